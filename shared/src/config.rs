@@ -1,0 +1,79 @@
+//! Command-line and environment settings shared by every function, with the same names
+//! everywhere (the design contract). Each binary `#[command(flatten)]`s the ones it needs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::naming::{BackupRegistry, Layout, NamingPolicy};
+
+/// Where NATS is.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsArgs {
+    /// NATS server URL (JetStream enabled, nats-server 2.10 or newer).
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+}
+
+/// The backup registry and how images are named in it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BackupArgs {
+    /// Where backups go: host[:port][/prefix], e.g. docker.io/acme or localhost:5000/backup.
+    #[arg(long, env = "BACKUP_REGISTRY")]
+    pub backup_registry: BackupRegistry,
+    /// How source repositories are laid out under the backup registry.
+    #[arg(long, env = "NAMING_LAYOUT", value_enum, default_value_t = Layout::Flat)]
+    pub naming_layout: Layout,
+}
+
+impl BackupArgs {
+    /// The naming policy these settings describe.
+    pub fn naming(&self) -> NamingPolicy {
+        NamingPolicy {
+            registry: self.backup_registry.clone(),
+            layout: self.naming_layout,
+        }
+    }
+}
+
+/// How registries are reached.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RegistryArgs {
+    /// Registries (host:port) reached over plain HTTP instead of HTTPS; repeat or comma-separate.
+    #[arg(
+        long = "insecure-registry",
+        env = "INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    pub insecure_registries: Vec<String>,
+    /// A docker config.json with credentials for the registries (the target's at least).
+    #[arg(long, env = "DOCKER_CONFIG_FILE")]
+    pub docker_config: Option<PathBuf>,
+}
+
+/// The admin HTTP server (health, readiness, metrics).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminArgs {
+    /// Address of the admin server: /healthz, /readyz, /metrics.
+    #[arg(long, env = "METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    pub metrics_listen: SocketAddr,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// Log format: plain text for people, JSON lines for collectors.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+    /// Log filter in `tracing` syntax (`info`, `backup=debug,kube=warn`).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}

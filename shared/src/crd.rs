@@ -1,0 +1,257 @@
+//! The `ImageBackup` custom resource (k8slab.io/v1alpha1, cluster-scoped, short name `ib`): one
+//! object per source image, the record of its backup. `crds/imagebackup.yaml` is generated from
+//! these types by `crdgen`; a test fails when the committed file is stale.
+//!
+//! This module only defines the shape and pure helpers on it; reading and writing objects is the
+//! job of the functions through `kube::Api`.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, CustomResourceExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::naming::image_backup_name;
+use crate::reference::Reference;
+
+/// What to back up and where: the desired state of one backup.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "k8slab.io",
+    version = "v1alpha1",
+    kind = "ImageBackup",
+    plural = "imagebackups",
+    shortname = "ib",
+    status = "ImageBackupStatus",
+    category = "all",
+    printcolumn = r#"{"name":"Source","type":"string","jsonPath":".spec.source"}"#,
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.target"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Progress","type":"string","jsonPath":".status.progress"}"#,
+    printcolumn = r#"{"name":"Digest","type":"string","priority":1,"jsonPath":".status.digest"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageBackupSpec {
+    /// The normalized source reference (`docker.io/library/nginx:1.14.0`); the object name is
+    /// derived from it.
+    pub source: String,
+    /// The backup reference without digest (`<registry>/<prefix>/library_nginx:1.14.0`).
+    pub target: String,
+    /// Pull secrets (`namespace/name` of `kubernetes.io/dockerconfigjson` Secrets) to read the
+    /// source with. Only the references are stored, never the contents.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pull_secrets: Vec<SecretRef>,
+}
+
+/// A reference to a Secret in some namespace (ImageBackups are cluster-scoped).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct SecretRef {
+    /// The Secret's namespace.
+    pub namespace: String,
+    /// The Secret's name.
+    pub name: String,
+}
+
+/// Where a backup stands.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum Phase {
+    /// Created, not yet claimed by a worker.
+    #[default]
+    Pending,
+    /// A worker holds the claim and is copying.
+    Copying,
+    /// Every blob and manifest is at the target, verified; `status.digest` is set.
+    Completed,
+    /// The last attempt failed with a permanent error; `status.lastError` says why.
+    Failed,
+}
+
+impl Phase {
+    /// True for phases no worker will move on from by itself.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Completed | Phase::Failed)
+    }
+}
+
+/// The observed state of a backup, written only through the status subresource.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageBackupStatus {
+    /// Where the backup stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// Digest of the top manifest or index at the target (identical to the source's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// The platforms copied (`linux/amd64`, `linux/arm64/v8`, `unknown/unknown`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<String>,
+    /// Bytes of all blobs of the image.
+    #[serde(default)]
+    pub bytes_total: u64,
+    /// Bytes moved or found present so far.
+    #[serde(default)]
+    pub bytes_copied: u64,
+    /// Number of distinct blobs of the image.
+    #[serde(default)]
+    pub blobs_total: u32,
+    /// Blobs uploaded or mounted so far.
+    #[serde(default)]
+    pub blobs_copied: u32,
+    /// Blobs that were already at the target.
+    #[serde(default)]
+    pub blobs_skipped: u32,
+    /// Human summary for `kubectl get` (`12/30 blobs, 41%`), derived from the numbers above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+    /// How many copy attempts were started.
+    #[serde(default)]
+    pub attempts: u32,
+    /// The last failure, with its class; never contains credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// The lease of the worker copying this image, so two workers never copy it at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<Claim>,
+    /// When the current or last attempt started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// When the copy completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Time>,
+    /// When this completed object will be deleted (the copy stays).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+    /// `Ready` and `Failed` conditions, in metav1.Condition form.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// A worker's lease on one ImageBackup.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Claim {
+    /// Identity of the holder (pod name and a per-process id).
+    pub holder: String,
+    /// Last renewal; the claim is stale after `leaseSeconds` without one.
+    pub renew_time: Time,
+    /// How long the claim lasts without renewal.
+    pub lease_seconds: u32,
+}
+
+// === impl ImageBackup ===
+
+impl ImageBackup {
+    /// A new object for `source` backed up to `target`, named deterministically.
+    pub fn for_source(source: &Reference, target: &Reference) -> Self {
+        let mut ib = ImageBackup::new(
+            &image_backup_name(source),
+            ImageBackupSpec {
+                source: source.to_string(),
+                target: target.to_string(),
+                pull_secrets: Vec::new(),
+            },
+        );
+        ib.metadata.labels = Some(
+            [(
+                "app.kubernetes.io/managed-by".to_string(),
+                "image-backup".to_string(),
+            )]
+            .into(),
+        );
+        ib
+    }
+
+    /// The phase, `Pending` when no status was written yet.
+    pub fn phase(&self) -> Phase {
+        self.status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .unwrap_or_default()
+    }
+}
+
+/// The summary shown in the Progress column.
+pub fn progress_summary(s: &ImageBackupStatus) -> String {
+    let done = s.blobs_copied + s.blobs_skipped;
+    let percent = if s.bytes_total == 0 {
+        if s.blobs_total > 0 && done >= s.blobs_total {
+            100
+        } else {
+            0
+        }
+    } else {
+        (s.bytes_copied.saturating_mul(100) / s.bytes_total).min(100)
+    };
+    format!("{done}/{} blobs, {percent}%", s.blobs_total)
+}
+
+/// The CustomResourceDefinition as YAML: what `crdgen` prints and `crds/imagebackup.yaml` holds.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    serde_yaml::to_string(&ImageBackup::crd())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_crd_is_current() {
+        let committed = include_str!("../../crds/imagebackup.yaml");
+        let generated = crd_yaml().unwrap();
+        assert!(
+            committed == generated,
+            "crds/imagebackup.yaml is stale: run `cargo run -q -p crdgen > crds/imagebackup.yaml`"
+        );
+    }
+
+    #[test]
+    fn crd_has_the_contract_shape() {
+        let crd = ImageBackup::crd();
+        assert_eq!(crd.spec.group, "k8slab.io");
+        assert_eq!(crd.spec.scope, "Cluster");
+        assert_eq!(crd.spec.names.short_names, Some(vec!["ib".to_string()]));
+        let v = &crd.spec.versions[0];
+        assert_eq!(v.name, "v1alpha1");
+        assert!(
+            v.subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some()
+        );
+        let columns: Vec<_> = v
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .filter(|c| c.priority.unwrap_or(0) == 0)
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(columns, ["Source", "Target", "Phase", "Progress", "Age"]);
+    }
+
+    #[test]
+    fn names_are_deterministic_and_status_serializes_camel_case() {
+        let src = Reference::parse_normalized("nginx:1.14.0").unwrap();
+        let tgt = Reference::parse_normalized("localhost:5000/library_nginx:1.14.0").unwrap();
+        let a = ImageBackup::for_source(&src, &tgt);
+        let b = ImageBackup::for_source(&src, &tgt);
+        assert_eq!(a.metadata.name, b.metadata.name);
+        assert_eq!(a.spec.source, "docker.io/library/nginx:1.14.0");
+        assert_eq!(a.phase(), Phase::Pending);
+        let status = ImageBackupStatus {
+            phase: Some(Phase::Copying),
+            bytes_total: 200,
+            bytes_copied: 50,
+            blobs_total: 4,
+            blobs_copied: 1,
+            ..Default::default()
+        };
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["phase"], "Copying");
+        assert_eq!(json["bytesCopied"], 50);
+        assert_eq!(progress_summary(&status), "1/4 blobs, 25%");
+    }
+}

@@ -1,0 +1,291 @@
+//! The events image-backup publishes and consumes: one typed payload per CloudEvents type, their
+//! subjects and idempotency ids, and the conversion to and from CloudEvents 1.0
+//! (`cloudevents-sdk`). Transport bindings live in the submodules; this file knows no transport.
+
+mod nats_binding;
+mod payloads;
+
+pub use nats_binding::{from_nats_message, to_nats_message};
+pub use payloads::{
+    ContainerChange, ImageCompleted, ImageFailed, WorkloadChanged, WorkloadImage, WorkloadKind,
+    WorkloadRef, WorkloadRolledOut,
+};
+
+use cloudevents::{AttributesReader, Data, Event, EventBuilder, EventBuilderV10};
+
+use crate::naming::subject_token;
+
+/// Prefix of every CloudEvents `type` we emit.
+pub const TYPE_PREFIX: &str = "io.k8slab.imagebackup.";
+/// `type` of [`WorkloadChanged`].
+pub const WORKLOAD_CHANGED: &str = "io.k8slab.imagebackup.workload.changed";
+/// `type` of [`ImageCompleted`].
+pub const IMAGE_COMPLETED: &str = "io.k8slab.imagebackup.image.completed";
+/// `type` of [`ImageFailed`].
+pub const IMAGE_FAILED: &str = "io.k8slab.imagebackup.image.failed";
+/// `type` of [`WorkloadRolledOut`].
+pub const WORKLOAD_ROLLED_OUT: &str = "io.k8slab.imagebackup.workload.rolledout";
+/// Subject prefix of events that could not be parsed (followed by the original subject).
+pub const DEADLETTER_PREFIX: &str = "imagebackup.deadletter.";
+
+/// Why bytes or a CloudEvent are not one of our events. Never a panic: every malformed input
+/// ends here, and the consumer dead-letters it.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    /// The message is neither binary mode (`ce-specversion` header) nor structured mode.
+    #[error(
+        "not a CloudEvent: no ce-specversion header and content type is not application/cloudevents+json"
+    )]
+    NotACloudEvent,
+    /// The CloudEvents envelope is malformed (missing attribute, bad spec version, bad JSON).
+    #[error("malformed CloudEvent: {0}")]
+    Envelope(#[source] cloudevents::message::Error),
+    /// The event is a valid CloudEvent of a type we do not know.
+    #[error("unknown event type {0:?}")]
+    UnknownType(String),
+    /// The event has no data, or data that is not JSON.
+    #[error("event {0:?} has no JSON data")]
+    NoData(String),
+    /// The JSON data does not match the type's schema.
+    #[error("event data does not match {ty}: {source}")]
+    Data {
+        /// The event type.
+        ty: String,
+        /// What serde said.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Building the CloudEvent failed (a bug: our attributes are always valid).
+    #[error("cannot build CloudEvent: {0}")]
+    Build(#[from] cloudevents::event::EventBuilderError),
+}
+
+/// One of our events, typed. The single `match` point for event types.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    /// A workload needs backups.
+    WorkloadChanged(WorkloadChanged),
+    /// An image was backed up.
+    ImageCompleted(ImageCompleted),
+    /// An image could not be backed up.
+    ImageFailed(ImageFailed),
+    /// A workload was moved to its backups.
+    WorkloadRolledOut(WorkloadRolledOut),
+}
+
+fn workload_tokens(w: &WorkloadRef) -> String {
+    format!(
+        "{}.{}.{}",
+        subject_token(&w.namespace),
+        w.kind.token(),
+        subject_token(&w.name)
+    )
+}
+
+// === impl Payload ===
+
+impl Payload {
+    /// The CloudEvents `type`.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Payload::WorkloadChanged(_) => WORKLOAD_CHANGED,
+            Payload::ImageCompleted(_) => IMAGE_COMPLETED,
+            Payload::ImageFailed(_) => IMAGE_FAILED,
+            Payload::WorkloadRolledOut(_) => WORKLOAD_ROLLED_OUT,
+        }
+    }
+
+    /// The NATS subject (`imagebackup.workload.changed.<ns>.<kind>.<name>`, ...), also the
+    /// CloudEvents `subject`.
+    pub fn subject(&self) -> String {
+        match self {
+            Payload::WorkloadChanged(p) => {
+                format!(
+                    "imagebackup.workload.changed.{}",
+                    workload_tokens(&p.workload)
+                )
+            }
+            Payload::ImageCompleted(p) => format!("imagebackup.image.completed.{}", p.name),
+            Payload::ImageFailed(p) => format!("imagebackup.image.failed.{}", p.name),
+            Payload::WorkloadRolledOut(p) => {
+                format!(
+                    "imagebackup.workload.rolledout.{}",
+                    workload_tokens(&p.workload)
+                )
+            }
+        }
+    }
+
+    /// A deterministic id: the CloudEvents `id` and the `Nats-Msg-Id`, so a retried or repeated
+    /// publish of the same fact is stored once within the stream's duplicate window.
+    pub fn id(&self) -> String {
+        match self {
+            Payload::WorkloadChanged(p) => format!(
+                "workload.changed/{}/{}/{}",
+                p.uid,
+                p.generation,
+                workload_tokens(&p.workload)
+            ),
+            Payload::ImageCompleted(p) => format!("image.completed/{}/{}", p.name, p.digest),
+            Payload::ImageFailed(p) => format!("image.failed/{}/{}", p.name, p.attempts),
+            Payload::WorkloadRolledOut(p) => {
+                format!("workload.rolledout/{}/{}", p.uid, p.generation)
+            }
+        }
+    }
+
+    fn data(&self) -> Result<serde_json::Value, serde_json::Error> {
+        match self {
+            Payload::WorkloadChanged(p) => serde_json::to_value(p),
+            Payload::ImageCompleted(p) => serde_json::to_value(p),
+            Payload::ImageFailed(p) => serde_json::to_value(p),
+            Payload::WorkloadRolledOut(p) => serde_json::to_value(p),
+        }
+    }
+
+    /// The CloudEvent for this payload; `source` names the emitter (`/image-backup/backup`).
+    pub fn to_cloudevent(&self, source: &str) -> Result<Event, EventError> {
+        let data = self.data().map_err(|source| EventError::Data {
+            ty: self.event_type().to_string(),
+            source,
+        })?;
+        Ok(EventBuilderV10::new()
+            .id(self.id())
+            .source(source)
+            .ty(self.event_type())
+            .subject(self.subject())
+            .time(chrono::Utc::now())
+            .data("application/json", data)
+            .build()?)
+    }
+
+    /// The typed payload of a CloudEvent, or why it is not one of ours.
+    pub fn from_cloudevent(event: &Event) -> Result<Self, EventError> {
+        let ty = event.ty().to_string();
+        let value = match event.data() {
+            Some(Data::Json(v)) => v.clone(),
+            Some(Data::Binary(b)) => {
+                serde_json::from_slice(b).map_err(|source| EventError::Data {
+                    ty: ty.clone(),
+                    source,
+                })?
+            }
+            Some(Data::String(s)) => {
+                serde_json::from_str(s).map_err(|source| EventError::Data {
+                    ty: ty.clone(),
+                    source,
+                })?
+            }
+            None => return Err(EventError::NoData(ty)),
+        };
+        let wrap = |source| EventError::Data {
+            ty: ty.clone(),
+            source,
+        };
+        Ok(match ty.as_str() {
+            WORKLOAD_CHANGED => {
+                Payload::WorkloadChanged(serde_json::from_value(value).map_err(wrap)?)
+            }
+            IMAGE_COMPLETED => {
+                Payload::ImageCompleted(serde_json::from_value(value).map_err(wrap)?)
+            }
+            IMAGE_FAILED => Payload::ImageFailed(serde_json::from_value(value).map_err(wrap)?),
+            WORKLOAD_ROLLED_OUT => {
+                Payload::WorkloadRolledOut(serde_json::from_value(value).map_err(wrap)?)
+            }
+            _ => return Err(EventError::UnknownType(ty)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorClass;
+
+    pub(crate) fn changed() -> Payload {
+        Payload::WorkloadChanged(WorkloadChanged {
+            workload: WorkloadRef {
+                kind: WorkloadKind::Deployment,
+                namespace: "default".into(),
+                name: "web.v2".into(),
+            },
+            uid: "u-1".into(),
+            generation: 3,
+            images: vec![WorkloadImage {
+                container: "nginx".into(),
+                init: false,
+                source: "docker.io/library/nginx:1.14.0".into(),
+                target: "localhost:5000/library_nginx:1.14.0".into(),
+            }],
+        })
+    }
+
+    #[test]
+    fn subjects_ids_and_types() {
+        let p = changed();
+        assert_eq!(
+            p.subject(),
+            "imagebackup.workload.changed.default.deployment.web_v2"
+        );
+        assert_eq!(p.id(), "workload.changed/u-1/3/default.deployment.web_v2");
+        let f = Payload::ImageFailed(ImageFailed {
+            name: "ib-0123".into(),
+            source: "s".into(),
+            target: "t".into(),
+            error_class: ErrorClass::NotFound,
+            message: "m".into(),
+            attempts: 2,
+        });
+        assert_eq!(f.subject(), "imagebackup.image.failed.ib-0123");
+        assert_eq!(f.event_type(), "io.k8slab.imagebackup.image.failed");
+    }
+
+    #[test]
+    fn cloudevent_round_trip() {
+        let p = changed();
+        let ce = p.to_cloudevent("/image-backup/watcher").unwrap();
+        assert_eq!(ce.ty(), WORKLOAD_CHANGED);
+        assert_eq!(ce.id(), p.id());
+        assert_eq!(Payload::from_cloudevent(&ce).unwrap(), p);
+        let json = serde_json::to_value(&ce).unwrap();
+        assert_eq!(json["data"]["images"][0]["container"], "nginx");
+        assert_eq!(json["data"]["workload"]["kind"], "Deployment");
+    }
+
+    #[test]
+    fn wrong_data_and_types_are_typed_errors() {
+        let ce = EventBuilderV10::new()
+            .id("1")
+            .source("/x")
+            .ty(WORKLOAD_CHANGED)
+            .data("application/json", serde_json::json!({"workload": 1}))
+            .build()
+            .unwrap();
+        assert!(matches!(
+            Payload::from_cloudevent(&ce),
+            Err(EventError::Data { .. })
+        ));
+        let ce = EventBuilderV10::new()
+            .id("1")
+            .source("/x")
+            .ty("other")
+            .build()
+            .unwrap();
+        assert!(matches!(
+            Payload::from_cloudevent(&ce),
+            Err(EventError::NoData(_))
+        ));
+        let ce = EventBuilderV10::new()
+            .id("1")
+            .source("/x")
+            .ty("other")
+            .data("application/json", serde_json::json!({}))
+            .build()
+            .unwrap();
+        assert!(matches!(
+            Payload::from_cloudevent(&ce),
+            Err(EventError::UnknownType(_))
+        ));
+    }
+}

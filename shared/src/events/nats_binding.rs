@@ -1,0 +1,227 @@
+//! The CloudEvents binding for `async-nats` messages (the SDK's own `nats` feature targets the
+//! retired `nats` crate). Reading accepts both modes: binary (`ce-*` headers, data as body) and
+//! structured (`content-type: application/cloudevents+json`, the whole event as JSON). Writing
+//! uses binary mode, so subscribers can route on headers without parsing the body.
+//!
+//! Built on the SDK's `message` traits, the way its HTTP binding is, so attribute parsing and
+//! validation are the SDK's. Never panics on any input.
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use cloudevents::event::SpecVersion;
+use cloudevents::message::{
+    BinaryDeserializer, BinarySerializer, Encoding, MessageAttributeValue, MessageDeserializer,
+    StructuredDeserializer, StructuredSerializer,
+};
+use cloudevents::{AttributesReader, Data, Event};
+
+use super::EventError;
+
+const SPEC_VERSION_HEADER: &str = "ce-specversion";
+const CONTENT_TYPE: &str = "content-type";
+const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json";
+
+/// Headers and body of a NATS message, seen as a CloudEvents message.
+struct NatsMessage<'a> {
+    headers: Option<&'a HeaderMap>,
+    body: &'a [u8],
+}
+
+impl NatsMessage<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        let headers = self.headers?;
+        headers
+            .iter()
+            .find(|(k, _)| AsRef::<str>::as_ref(k).eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| v.first())
+            .map(|v| v.as_str())
+    }
+}
+
+impl BinaryDeserializer for NatsMessage<'_> {
+    fn deserialize_binary<R: Sized, V: BinarySerializer<R>>(
+        self,
+        mut visitor: V,
+    ) -> cloudevents::message::Result<R> {
+        let version = self
+            .header(SPEC_VERSION_HEADER)
+            .ok_or(cloudevents::message::Error::WrongEncoding {})?;
+        let spec_version = SpecVersion::try_from(version)?;
+        let attributes = spec_version.attribute_names();
+        visitor = visitor.set_spec_version(spec_version)?;
+        if let Some(headers) = self.headers {
+            for (name, values) in headers.iter() {
+                let key = AsRef::<str>::as_ref(name).to_ascii_lowercase();
+                let Some(attr) = key.strip_prefix("ce-") else {
+                    continue;
+                };
+                if attr == "specversion" {
+                    continue;
+                }
+                let value = MessageAttributeValue::String(
+                    values
+                        .first()
+                        .map(|v| v.as_str().to_string())
+                        .unwrap_or_default(),
+                );
+                visitor = if attributes.contains(&attr) {
+                    visitor.set_attribute(attr, value)?
+                } else {
+                    visitor.set_extension(attr, value)?
+                };
+            }
+        }
+        if let Some(ct) = self.header(CONTENT_TYPE) {
+            visitor = visitor.set_attribute(
+                "datacontenttype",
+                MessageAttributeValue::String(ct.to_string()),
+            )?;
+        }
+        if self.body.is_empty() {
+            visitor.end()
+        } else {
+            visitor.end_with_data(self.body.to_vec())
+        }
+    }
+}
+
+impl StructuredDeserializer for NatsMessage<'_> {
+    fn deserialize_structured<R: Sized, V: StructuredSerializer<R>>(
+        self,
+        visitor: V,
+    ) -> cloudevents::message::Result<R> {
+        visitor.set_structured_event(self.body.to_vec())
+    }
+}
+
+impl MessageDeserializer for NatsMessage<'_> {
+    fn encoding(&self) -> Encoding {
+        let structured = self
+            .header(CONTENT_TYPE)
+            .is_some_and(|ct| ct.starts_with(STRUCTURED_CONTENT_TYPE));
+        if structured {
+            Encoding::STRUCTURED
+        } else if self.header(SPEC_VERSION_HEADER).is_some() {
+            Encoding::BINARY
+        } else if self.headers.is_none() && self.body.first() == Some(&b'{') {
+            // Structured mode without headers (core NATS publishers that cannot set any).
+            Encoding::STRUCTURED
+        } else {
+            Encoding::UNKNOWN
+        }
+    }
+}
+
+/// Reads a CloudEvent from a NATS message's headers and body, in either mode.
+pub fn from_nats_message(headers: Option<&HeaderMap>, body: &[u8]) -> Result<Event, EventError> {
+    let message = NatsMessage { headers, body };
+    if message.encoding() == Encoding::UNKNOWN {
+        return Err(EventError::NotACloudEvent);
+    }
+    MessageDeserializer::into_event(message).map_err(EventError::Envelope)
+}
+
+/// Writes a CloudEvent as a binary-mode NATS message: `ce-*` headers, `content-type`, and the
+/// data as the body.
+pub fn to_nats_message(event: &Event) -> (HeaderMap, Bytes) {
+    let mut headers = HeaderMap::new();
+    for (name, value) in event.iter_attributes() {
+        if name == "datacontenttype" {
+            headers.insert(CONTENT_TYPE, value.to_string().as_str());
+        } else {
+            headers.insert(format!("ce-{name}").as_str(), value.to_string().as_str());
+        }
+    }
+    for (name, value) in event.iter_extensions() {
+        headers.insert(format!("ce-{name}").as_str(), value.to_string().as_str());
+    }
+    let body = match event.data() {
+        Some(Data::Json(v)) => Bytes::from(serde_json::to_vec(v).unwrap_or_default()),
+        Some(Data::Binary(b)) => Bytes::from(b.clone()),
+        Some(Data::String(s)) => Bytes::from(s.clone()),
+        None => Bytes::new(),
+    };
+    if event.datacontenttype().is_none() && event.data().is_some() {
+        headers.insert(CONTENT_TYPE, "application/json");
+    }
+    (headers, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Payload;
+
+    fn sample() -> Event {
+        crate::events::tests::changed()
+            .to_cloudevent("/image-backup/test")
+            .unwrap()
+    }
+
+    #[test]
+    fn binary_mode_round_trip() {
+        let event = sample();
+        let (headers, body) = to_nats_message(&event);
+        assert_eq!(
+            headers.get("ce-specversion").map(|v| v.as_str()),
+            Some("1.0")
+        );
+        assert_eq!(
+            headers.get("ce-type").map(|v| v.as_str()),
+            Some("io.k8slab.imagebackup.workload.changed")
+        );
+        let back = from_nats_message(Some(&headers), &body).unwrap();
+        assert_eq!(
+            Payload::from_cloudevent(&back).unwrap(),
+            Payload::from_cloudevent(&event).unwrap()
+        );
+        assert_eq!(back.id(), event.id());
+    }
+
+    #[test]
+    fn structured_mode_is_read() {
+        let event = sample();
+        let body = serde_json::to_vec(&event).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "Content-Type",
+            "application/cloudevents+json; charset=utf-8",
+        );
+        let back = from_nats_message(Some(&headers), &body).unwrap();
+        assert_eq!(back.id(), event.id());
+        // Also without any headers at all.
+        let back = from_nats_message(None, &body).unwrap();
+        assert_eq!(
+            Payload::from_cloudevent(&back).unwrap(),
+            crate::events::tests::changed()
+        );
+    }
+
+    #[test]
+    fn malformed_messages_are_errors_not_panics() {
+        assert!(matches!(
+            from_nats_message(None, b"hello"),
+            Err(EventError::NotACloudEvent)
+        ));
+        assert!(from_nats_message(None, b"{not json").is_err());
+        let mut h = HeaderMap::new();
+        h.insert("ce-specversion", "9.9");
+        assert!(matches!(
+            from_nats_message(Some(&h), b"{}"),
+            Err(EventError::Envelope(_))
+        ));
+        let mut h = HeaderMap::new();
+        h.insert("ce-specversion", "1.0");
+        h.insert("ce-id", "1");
+        assert!(matches!(
+            from_nats_message(Some(&h), b"{}"),
+            Err(EventError::Envelope(_))
+        ));
+        let mut h = HeaderMap::new();
+        h.insert("content-type", "application/cloudevents+json");
+        assert!(matches!(
+            from_nats_message(Some(&h), br#"{"specversion":"1.0"}"#),
+            Err(EventError::Envelope(_))
+        ));
+    }
+}

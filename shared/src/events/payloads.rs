@@ -1,0 +1,131 @@
+//! The data of the four event types, as they travel in CloudEvents `data` (JSON, camelCase).
+//! Pure data: no transport, no I/O.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ErrorClass;
+
+/// The workload kinds image-backup watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum WorkloadKind {
+    /// apps/v1 Deployment.
+    Deployment,
+    /// apps/v1 DaemonSet.
+    DaemonSet,
+}
+
+impl WorkloadKind {
+    /// The lower-case token used in subjects (`deployment`, `daemonset`).
+    pub fn token(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "deployment",
+            WorkloadKind::DaemonSet => "daemonset",
+        }
+    }
+}
+
+/// Which workload an event is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadRef {
+    /// Deployment or DaemonSet.
+    pub kind: WorkloadKind,
+    /// The workload's namespace.
+    pub namespace: String,
+    /// The workload's name.
+    pub name: String,
+}
+
+/// One image of a workload that needs a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadImage {
+    /// The container's name.
+    pub container: String,
+    /// True for an initContainer.
+    pub init: bool,
+    /// The normalized source reference (`docker.io/library/nginx:1.14.0`).
+    pub source: String,
+    /// The backup reference, without digest.
+    pub target: String,
+}
+
+/// `io.k8slab.imagebackup.workload.changed`: a Ready workload runs images not yet backed up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadChanged {
+    /// The workload.
+    pub workload: WorkloadRef,
+    /// Its `metadata.uid` (empty when planned from a file).
+    pub uid: String,
+    /// Its `metadata.generation` (0 when planned from a file).
+    pub generation: i64,
+    /// Every image of the workload that is not in the backup registry.
+    pub images: Vec<WorkloadImage>,
+}
+
+/// `io.k8slab.imagebackup.image.completed`: the image is at the target, every blob verified.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageCompleted {
+    /// The ImageBackup object's name.
+    pub name: String,
+    /// The normalized source reference.
+    pub source: String,
+    /// The backup reference, without digest.
+    pub target: String,
+    /// Digest of the top manifest or index, identical at source and target.
+    pub digest: String,
+    /// The platforms copied.
+    pub platforms: Vec<String>,
+    /// Bytes of all blobs of the image.
+    pub bytes: u64,
+    /// How long the copy took, in seconds.
+    pub duration_seconds: f64,
+}
+
+/// `io.k8slab.imagebackup.image.failed`: an attempt failed for a reason retrying will not fix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageFailed {
+    /// The ImageBackup object's name.
+    pub name: String,
+    /// The normalized source reference.
+    pub source: String,
+    /// The backup reference, without digest.
+    pub target: String,
+    /// The class of the failure.
+    pub error_class: ErrorClass,
+    /// What went wrong, without credentials.
+    pub message: String,
+    /// How many attempts were made.
+    pub attempts: u32,
+}
+
+/// One container moved to its backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerChange {
+    /// The container's name.
+    pub container: String,
+    /// True for an initContainer.
+    pub init: bool,
+    /// The image before.
+    pub from: String,
+    /// The image after: `target@digest`.
+    pub to: String,
+}
+
+/// `io.k8slab.imagebackup.workload.rolledout`: the workload now runs its backups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadRolledOut {
+    /// The workload.
+    pub workload: WorkloadRef,
+    /// Its `metadata.uid`.
+    pub uid: String,
+    /// The generation the patch produced.
+    pub generation: i64,
+    /// What changed.
+    pub changes: Vec<ContainerChange>,
+}

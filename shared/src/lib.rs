@@ -1,0 +1,32 @@
+//! The common core of image-backup. Every rule that more than one function needs lives here,
+//! once: how references are parsed, how backups are named, what Ready and needs-backup mean, what
+//! an ImageBackup and each event look like, and how NATS is set up.
+//!
+//! # Layout
+//! - [`reference`]: parse and normalize image references (distribution/reference grammar).
+//! - [`naming`]: backup targets, `ImageBackup` names, subject tokens.
+//! - [`workload`]: Deployments and DaemonSets: images, the Ready rule, the backup plan.
+//! - [`crd`]: the `ImageBackup` custom resource and its CRD.
+//! - [`events`]: the four CloudEvents types and their NATS binding.
+//! - [`nats`]: stream and consumers from `nats/`, connect, publish with `Nats-Msg-Id`.
+//! - [`error`]: `ErrorClass`, the one vocabulary of failures.
+//! - [`config`]: command-line settings shared by every function.
+//! - [`telemetry`]: log set-up.
+//!
+//! The crate never depends on the test bed and never on a function.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod crd;
+pub mod error;
+pub mod events;
+pub mod naming;
+pub mod nats;
+pub mod reference;
+pub mod telemetry;
+pub mod workload;
+
+pub use error::ErrorClass;
+pub use naming::NamingPolicy;
+pub use reference::Reference;

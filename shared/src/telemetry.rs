@@ -1,0 +1,27 @@
+//! Logging set-up, shared by every binary so their logs look alike: plain or JSON lines on
+//! stderr (stdout is reserved for command output such as `watcher plan` and `backup copy`).
+
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+use crate::config::{LogArgs, LogFormat};
+
+/// Installs the global subscriber. Call once, at start-up; a second call is ignored.
+pub fn init_logging(args: &LogArgs) {
+    let filter = EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = match args.log_format {
+        LogFormat::Plain => registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .try_init(),
+        LogFormat::Json => registry
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+    };
+    drop(result);
+}

@@ -1,0 +1,5 @@
+//! Integration tests against the real services of the test bed. One binary, one process: every
+//! module below is a group of tests; each test starts the services it needs on free ports.
+
+mod nats_events;
+mod registry_images;

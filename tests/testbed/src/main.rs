@@ -1,0 +1,68 @@
+//! `testbed`: starts the real services of the test bed on loopback for a person to play with.
+//!
+//! `testbed up` starts nats-server (JetStream), a source registry, a backup registry and an
+//! htpasswd-protected registry, prints their endpoints, and stops them all on Ctrl-C.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use testbed::{Credentials, NatsServer, Registry, RegistryOptions};
+
+/// The image-backup test bed: real NATS and registries on loopback.
+#[derive(Debug, Parser)]
+#[command(name = "testbed", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start nats-server and three registries (source, backup, auth), print the endpoints, and
+    /// run until Ctrl-C or SIGTERM.
+    Up,
+}
+
+async fn up() -> anyhow::Result<()> {
+    let nats = NatsServer::start().context("starting nats-server")?;
+    let source = Registry::start().context("starting the source registry")?;
+    let backup = Registry::start().context("starting the backup registry")?;
+    let creds = Credentials {
+        username: "testbed".into(),
+        password: "testbed-password".into(),
+    };
+    let auth = Registry::start_with(RegistryOptions {
+        htpasswd: Some(creds.clone()),
+        ..Default::default()
+    })
+    .context("starting the auth registry")?;
+    let endpoints = serde_json::json!({
+        "nats": {"url": nats.url(), "version": nats.version()},
+        "registries": {
+            "source": source.host(),
+            "backup": backup.host(),
+            "auth": {"host": auth.host(), "username": creds.username, "password": creds.password},
+        },
+        "env": {
+            "NATS_URL": nats.url(),
+            "BACKUP_REGISTRY": format!("{}/backup", backup.host()),
+            "INSECURE_REGISTRIES": format!("{},{},{}", source.host(), backup.host(), auth.host()),
+        },
+    });
+    println!("{}", serde_json::to_string_pretty(&endpoints)?);
+    eprintln!("testbed: running; Ctrl-C stops everything");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("testbed: stopping");
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Up => up().await,
+    }
+}

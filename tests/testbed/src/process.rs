@@ -1,0 +1,83 @@
+//! Child processes of the test bed: a guard that kills the process (and waits for it) when the
+//! fixture is dropped, also when a test panics, plus helpers to pick ports and wait for them.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+/// A running child process, killed on drop.
+#[derive(Debug)]
+pub struct ChildGuard {
+    name: String,
+    child: Option<Child>,
+}
+
+impl ChildGuard {
+    /// Spawns `cmd` with stdout/stderr sent to `log` (a file in the fixture's temp dir).
+    pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> anyhow::Result<Self> {
+        let out =
+            std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+        let err = out.try_clone()?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .with_context(|| {
+                format!("cannot start {name} ({cmd:?}); is it installed? `./dev setup` installs it")
+            })?;
+        Ok(Self {
+            name: name.to_string(),
+            child: Some(child),
+        })
+    }
+
+    /// Fails if the process has already exited (it crashed on start-up).
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Some(child) = self.child.as_mut() {
+            if let Some(status) = child.try_wait()? {
+                bail!("{} exited early with {status}", self.name);
+            }
+        }
+        Ok(())
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the kernel will not hand it out again soon).
+pub fn free_port() -> anyhow::Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Waits until something accepts connections at `addr`, while `guard` keeps running.
+pub fn wait_for_port(addr: SocketAddr, guard: &mut ChildGuard, log: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if let Err(e) = guard.check_running() {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            bail!("{e}; its log:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("nothing listened on {addr} within 20 s")
+}
