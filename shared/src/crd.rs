@@ -177,14 +177,10 @@ impl ImageBackup {
 /// The summary shown in the Progress column.
 pub fn progress_summary(s: &ImageBackupStatus) -> String {
     let done = s.blobs_copied + s.blobs_skipped;
-    let percent = if s.bytes_total == 0 {
-        if s.blobs_total > 0 && done >= s.blobs_total {
-            100
-        } else {
-            0
-        }
-    } else {
-        (s.bytes_copied.saturating_mul(100) / s.bytes_total).min(100)
+    let percent = match s.bytes_copied.saturating_mul(100).checked_div(s.bytes_total) {
+        Some(p) => p.min(100),
+        None if s.blobs_total > 0 && done >= s.blobs_total => 100,
+        None => 0,
     };
     format!("{done}/{} blobs, {percent}%", s.blobs_total)
 }

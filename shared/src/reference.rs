@@ -259,10 +259,10 @@ impl Reference {
         let first_looks_like_host =
             first.contains(['.', ':']) || first == "localhost" || !path.contains('/');
         if self.domain == DEFAULT_DOMAIN && !first_looks_like_host {
-            if let Some(rest) = path.strip_prefix(OFFICIAL_REPO_PREFIX) {
-                if !rest.contains('/') {
-                    path = rest;
-                }
+            if let Some(rest) = path.strip_prefix(OFFICIAL_REPO_PREFIX)
+                && !rest.contains('/')
+            {
+                path = rest;
             }
         } else {
             out.push_str(&self.domain);
@@ -351,10 +351,10 @@ fn classify_invalid(s: &str) -> ReferenceError {
             return ReferenceError::InvalidTag(tag.to_string());
         }
     }
-    if let Some((_, digest)) = s.split_once('@') {
-        if let Err(e) = validate_digest(digest) {
-            return e;
-        }
+    if let Some((_, digest)) = s.split_once('@')
+        && let Err(e) = validate_digest(digest)
+    {
+        return e;
     }
     ReferenceError::InvalidFormat(s.to_string())
 }

@@ -1,5 +1,6 @@
 //! Integration tests against the real services of the test bed. One binary, one process: every
 //! module below is a group of tests; each test starts the services it needs on free ports.
 
+mod copy_engine;
 mod nats_events;
 mod registry_images;

@@ -6,13 +6,29 @@
 //! - [`nats_server`]: a real `nats-server -js` (2.10 or newer).
 //! - [`registry`]: real `docker-registry` instances, anonymous or htpasswd-protected.
 //! - [`image`]: generated multi-arch images pushed to a registry, and read-back helpers.
+//! - [`fault_proxy`]: a proxy in front of a registry that injects 429/503, cuts and corruption.
 #![forbid(unsafe_code)]
 
+pub mod fault_proxy;
 pub mod image;
 pub mod nats_server;
 pub mod process;
 pub mod registry;
 
+pub use fault_proxy::FaultProxy;
 pub use image::{Format, ImageSpec, PushedImage, Pusher};
 pub use nats_server::NatsServer;
 pub use registry::{Credentials, Registry, RegistryOptions};
+
+/// The path of a workspace binary built next to the running test (`target/<profile>/<name>`),
+/// for tests that drive a function's command line.
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    dir.join(name)
+}

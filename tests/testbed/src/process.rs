@@ -37,10 +37,10 @@ impl ChildGuard {
 
     /// Fails if the process has already exited (it crashed on start-up).
     pub fn check_running(&mut self) -> anyhow::Result<()> {
-        if let Some(child) = self.child.as_mut() {
-            if let Some(status) = child.try_wait()? {
-                bail!("{} exited early with {status}", self.name);
-            }
+        if let Some(child) = self.child.as_mut()
+            && let Some(status) = child.try_wait()?
+        {
+            bail!("{} exited early with {status}", self.name);
         }
         Ok(())
     }

@@ -1,0 +1,498 @@
+//! The copy engine: copies one image from a source registry to the backup registry so that the
+//! copy is byte-identical and verified, as fast as the registries allow.
+//!
+//! The order of work is the safety argument:
+//! 1. read the top manifest (exact bytes) and, for an index, every child manifest by digest,
+//!    checking each against its digest;
+//! 2. if the target tag already holds that digest, stop: the registry accepted that manifest only
+//!    once every blob it references was present (the warm path costs two requests);
+//! 3. move every distinct blob, several at once: skip it after one HEAD if the target repository
+//!    has it, mount it if another repository of the target registry is known to have it, else
+//!    stream it source → target through a hashing adapter that refuses to finish a blob whose
+//!    bytes do not match its digest (the upload is then cancelled);
+//! 4. only then push manifests, children before parents, the tagged top manifest last.
+//!
+//! So nothing is tagged at the target unless the whole tree verified.
+//!
+//! Transient failures (429, 5xx, cut connections) are retried per request and per blob within
+//! the client's [`RetryPolicy`]; everything else fails with a classified [`CopyError`].
+
+pub mod auth;
+pub mod client;
+pub mod error;
+pub mod manifest;
+pub mod verify;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+use shared::Reference;
+use tokio::sync::watch;
+
+pub use client::{ClientOptions, RegistryClient, Repo, RetryPolicy};
+pub use error::CopyError;
+
+use client::{RawManifest, UploadStart};
+use manifest::{BlobRef, Content};
+use verify::{Verdict, VerifyingStream};
+
+/// How many blobs move at once by default: enough to fill a fast link, few enough for a
+/// registry's connection limits.
+pub const DEFAULT_CONCURRENCY: usize = 8;
+/// How many blob locations the mount cache remembers.
+const LOCATION_CACHE: usize = 65_536;
+
+/// Progress of one copy, for the ImageBackup status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    /// Distinct blobs of the image.
+    pub blobs_total: u32,
+    /// Blobs uploaded or mounted.
+    pub blobs_copied: u32,
+    /// Blobs already present.
+    pub blobs_skipped: u32,
+    /// Bytes of all blobs.
+    pub bytes_total: u64,
+    /// Bytes uploaded, mounted or found present.
+    pub bytes_done: u64,
+}
+
+/// What a copy did: the `backup copy` summary line and the `image.completed` data.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CopySummary {
+    /// The source reference.
+    pub source: String,
+    /// The target reference (tag).
+    pub target: String,
+    /// Digest of the top manifest, identical at source and target.
+    pub digest: String,
+    /// Media type of the top manifest.
+    pub media_type: String,
+    /// Platforms copied.
+    pub platforms: Vec<String>,
+    /// Manifests pushed (0 when the target was already complete).
+    pub manifests: u32,
+    /// Distinct blobs of the image (0 when the target was already complete: not inspected).
+    pub blobs_total: u32,
+    /// Blobs uploaded.
+    pub blobs_copied: u32,
+    /// Blobs already in the target repository.
+    pub blobs_skipped: u32,
+    /// Blobs mounted from another repository of the target registry.
+    pub blobs_mounted: u32,
+    /// Bytes of all blobs.
+    pub bytes_total: u64,
+    /// Bytes uploaded.
+    pub bytes_uploaded: u64,
+    /// True when the target already held this exact digest and nothing was done.
+    pub already_complete: bool,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// How one blob got to the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BlobOutcome {
+    Skipped,
+    Mounted,
+    Uploaded,
+}
+
+/// Copies images. Holds the connection pool, token cache and a map of where blobs were last
+/// seen in the target registry (for cross-repository mounts), so one `Copier` should serve a
+/// whole process. Cheap to clone.
+#[derive(Clone)]
+pub struct Copier {
+    client: RegistryClient,
+    concurrency: usize,
+    locations: Arc<Mutex<HashMap<(String, String), String>>>,
+}
+
+/// The tree read from the source.
+struct Tree {
+    top: RawManifest,
+    top_media_type: String,
+    children: Vec<RawManifest>,
+    platforms: Vec<String>,
+    blobs: Vec<BlobRef>,
+}
+
+// === impl Copier ===
+
+impl Copier {
+    /// A copier over `client`, moving up to `concurrency` blobs at once.
+    pub fn new(client: RegistryClient, concurrency: usize) -> Self {
+        Self {
+            client,
+            concurrency: concurrency.max(1),
+            locations: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Copies `source` to `target` (which must carry a tag or a digest). Progress, if asked for,
+    /// is published on `progress` as blobs move.
+    pub async fn copy(
+        &self,
+        source: &Reference,
+        target: &Reference,
+        progress: Option<watch::Sender<Progress>>,
+    ) -> Result<CopySummary, CopyError> {
+        let started = Instant::now();
+        let src = Repo {
+            registry: source.domain().to_string(),
+            path: source.path().to_string(),
+        };
+        let dst = Repo {
+            registry: target.domain().to_string(),
+            path: target.path().to_string(),
+        };
+        let target_ref = target
+            .tag()
+            .or(target.digest())
+            .ok_or_else(|| CopyError::Invalid {
+                what: format!("target {target}"),
+                reason: "needs a tag or a digest".into(),
+            })?;
+        let top_what = format!("manifest {}", source.familiar());
+        let top = self
+            .client
+            .get_manifest(&src, source.pull_reference())
+            .await?
+            .ok_or_else(|| CopyError::NotFound {
+                what: top_what.clone(),
+                registry: src.registry.clone(),
+            })?;
+        if let Some(d) = target.digest()
+            && d != top.digest
+        {
+            return Err(CopyError::Invalid {
+                what: format!("target {target}"),
+                reason: format!("its digest differs from the source's {}", top.digest),
+            });
+        }
+        let top_media_type = manifest::effective_media_type(&top);
+        let content = manifest::parse(&top, &top_what)?;
+
+        // Warm path: the target already holds this exact manifest under the tag.
+        if self
+            .client
+            .manifest_digest(&dst, target_ref)
+            .await?
+            .as_deref()
+            == Some(top.digest.as_str())
+        {
+            let platforms = match &content {
+                Content::Index(children) => children.iter().map(|c| c.platform.clone()).collect(),
+                Content::Image(_) => Vec::new(),
+            };
+            return Ok(CopySummary {
+                source: source.to_string(),
+                target: target.to_string(),
+                digest: top.digest,
+                media_type: top_media_type,
+                platforms,
+                manifests: 0,
+                blobs_total: 0,
+                blobs_copied: 0,
+                blobs_skipped: 0,
+                blobs_mounted: 0,
+                bytes_total: 0,
+                bytes_uploaded: 0,
+                already_complete: true,
+                seconds: started.elapsed().as_secs_f64(),
+            });
+        }
+
+        let tree = self.read_tree(&src, top, top_media_type, content).await?;
+        let bytes_total = tree.blobs.iter().map(|b| b.size).sum();
+        let progress = progress.unwrap_or_else(|| watch::channel(Progress::default()).0);
+        progress.send_modify(|p| {
+            *p = Progress {
+                blobs_total: tree.blobs.len() as u32,
+                bytes_total,
+                ..Progress::default()
+            }
+        });
+
+        let outcomes: Vec<(BlobOutcome, u64)> = futures::stream::iter(tree.blobs.iter().cloned())
+            .map(|blob| {
+                let progress = progress.clone();
+                let (src, dst) = (src.clone(), dst.clone());
+                async move {
+                    let outcome = self.move_blob(&src, &dst, &blob, &progress).await?;
+                    progress.send_modify(|p| match outcome {
+                        BlobOutcome::Skipped => {
+                            p.blobs_skipped += 1;
+                            p.bytes_done += blob.size;
+                        }
+                        BlobOutcome::Mounted => {
+                            p.blobs_copied += 1;
+                            p.bytes_done += blob.size;
+                        }
+                        BlobOutcome::Uploaded => p.blobs_copied += 1,
+                    });
+                    Ok::<_, CopyError>((outcome, blob.size))
+                }
+            })
+            .buffer_unordered(self.concurrency)
+            .try_collect()
+            .await?;
+
+        // Every blob is present and verified: manifests now, children first, the tag last.
+        futures::stream::iter(tree.children.iter())
+            .map(|child| self.client.put_manifest(&dst, &child.digest, child))
+            .buffer_unordered(self.concurrency)
+            .try_collect::<Vec<()>>()
+            .await?;
+        self.client
+            .put_manifest(&dst, target_ref, &tree.top)
+            .await?;
+
+        let count = |o: BlobOutcome| outcomes.iter().filter(|(x, _)| *x == o).count() as u32;
+        Ok(CopySummary {
+            source: source.to_string(),
+            target: target.to_string(),
+            digest: tree.top.digest.clone(),
+            media_type: tree.top_media_type,
+            platforms: tree.platforms,
+            manifests: tree.children.len() as u32 + 1,
+            blobs_total: tree.blobs.len() as u32,
+            blobs_copied: count(BlobOutcome::Uploaded),
+            blobs_skipped: count(BlobOutcome::Skipped),
+            blobs_mounted: count(BlobOutcome::Mounted),
+            bytes_total,
+            bytes_uploaded: outcomes
+                .iter()
+                .filter(|(o, _)| *o == BlobOutcome::Uploaded)
+                .map(|(_, s)| s)
+                .sum(),
+            already_complete: false,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Reads every child manifest of an index (by digest, verified) and collects the distinct
+    /// blobs of the whole tree.
+    async fn read_tree(
+        &self,
+        src: &Repo,
+        top: RawManifest,
+        top_media_type: String,
+        content: Content,
+    ) -> Result<Tree, CopyError> {
+        let mut blobs = Vec::new();
+        let mut children = Vec::new();
+        let mut platforms = Vec::new();
+        match content {
+            Content::Image(b) => blobs.extend(b),
+            Content::Index(refs) => {
+                let fetched: Vec<(RawManifest, Content)> =
+                    futures::stream::iter(refs.iter())
+                        .map(|r| async move {
+                            let what = format!("manifest {}@{}", src.path, r.digest);
+                            let m = self.client.get_manifest(src, &r.digest).await?.ok_or_else(
+                                || CopyError::NotFound {
+                                    what: what.clone(),
+                                    registry: src.registry.clone(),
+                                },
+                            )?;
+                            let content = manifest::parse(&m, &what)?;
+                            if matches!(content, Content::Index(_)) {
+                                return Err(CopyError::Unsupported {
+                                    media_type: manifest::effective_media_type(&m),
+                                    what,
+                                    hint: " (an index inside an index is not copied)",
+                                });
+                            }
+                            Ok((m, content))
+                        })
+                        .buffered(self.concurrency)
+                        .try_collect()
+                        .await?;
+                for (r, (m, content)) in refs.iter().zip(fetched) {
+                    platforms.push(r.platform.clone());
+                    if let Content::Image(b) = content {
+                        blobs.extend(b);
+                    }
+                    children.push(m);
+                }
+            }
+        }
+        let mut seen = HashSet::new();
+        blobs.retain(|b| seen.insert(b.digest.clone()));
+        Ok(Tree {
+            top,
+            top_media_type,
+            children,
+            platforms,
+            blobs,
+        })
+    }
+
+    fn known_location(&self, registry: &str, digest: &str) -> Option<String> {
+        self.locations
+            .lock()
+            .ok()?
+            .get(&(registry.to_string(), digest.to_string()))
+            .cloned()
+    }
+
+    fn remember(&self, dst: &Repo, digest: &str) {
+        if let Ok(mut map) = self.locations.lock() {
+            if map.len() >= LOCATION_CACHE {
+                map.clear();
+            }
+            map.insert((dst.registry.clone(), digest.to_string()), dst.path.clone());
+        }
+    }
+
+    /// Gets one blob to the target: skip, mount or verified upload, retrying transient failures
+    /// of the whole transfer within the retry budget.
+    async fn move_blob(
+        &self,
+        src: &Repo,
+        dst: &Repo,
+        blob: &BlobRef,
+        progress: &watch::Sender<Progress>,
+    ) -> Result<BlobOutcome, CopyError> {
+        if self
+            .client
+            .blob_size(dst, &blob.digest, client::Access::Push)
+            .await?
+            .is_some()
+        {
+            self.remember(dst, &blob.digest);
+            return Ok(BlobOutcome::Skipped);
+        }
+        let mount_from = self
+            .known_location(&dst.registry, &blob.digest)
+            .filter(|path| *path != dst.path)
+            .map(|path| Repo {
+                registry: dst.registry.clone(),
+                path,
+            });
+        let policy = self.client.retry_policy().clone();
+        let mut attempt = 0;
+        loop {
+            let mount = mount_from
+                .as_ref()
+                .filter(|_| attempt == 0)
+                .map(|from| (blob.digest.as_str(), from));
+            let session = match self.client.start_upload(dst, mount).await? {
+                UploadStart::Mounted => {
+                    self.remember(dst, &blob.digest);
+                    return Ok(BlobOutcome::Mounted);
+                }
+                UploadStart::Session(location) => location,
+            };
+            match self.upload(src, dst, blob, &session, progress).await {
+                Ok(()) => {
+                    self.remember(dst, &blob.digest);
+                    return Ok(BlobOutcome::Uploaded);
+                }
+                Err(e) => {
+                    self.client.cancel_upload(dst, &session).await;
+                    let transient = matches!(
+                        e.class().disposition(),
+                        shared::error::Disposition::Transient
+                    );
+                    attempt += 1;
+                    if !transient || attempt >= policy.max_attempts {
+                        return Err(e);
+                    }
+                    tracing::debug!(digest = %blob.digest, error = %e, attempt, "retrying blob");
+                    tokio::time::sleep(policy.delay(attempt - 1, None)).await;
+                }
+            }
+        }
+    }
+
+    /// One streamed, verified transfer into an open upload session.
+    async fn upload(
+        &self,
+        src: &Repo,
+        dst: &Repo,
+        blob: &BlobRef,
+        session: &str,
+        progress: &watch::Sender<Progress>,
+    ) -> Result<(), CopyError> {
+        let resp = self.client.get_blob(src, &blob.digest).await?;
+        if let Some(len) = resp.content_length()
+            && len != blob.size
+        {
+            return Err(CopyError::Corrupt {
+                what: format!("blob {} of {}", blob.digest, src.path),
+                expected: format!("{} bytes", blob.size),
+                actual: format!("{len} bytes"),
+            });
+        }
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = sent.clone();
+        let progress_tx = progress.clone();
+        let (stream, verdict) = VerifyingStream::new(
+            Box::pin(resp.bytes_stream()),
+            &blob.digest,
+            blob.size,
+            Box::new(move |n| {
+                counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                progress_tx.send_modify(|p| p.bytes_done += n);
+            }),
+        );
+        let result = self
+            .client
+            .finish_upload(
+                dst,
+                session,
+                &blob.digest,
+                reqwest::Body::wrap_stream(stream),
+            )
+            .await;
+        let verdict = verdict
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or(Verdict::Pending);
+        let undo_progress = || {
+            let n = sent.load(std::sync::atomic::Ordering::Relaxed);
+            progress.send_modify(|p| p.bytes_done = p.bytes_done.saturating_sub(n));
+        };
+        match (verdict, result) {
+            (Verdict::Corrupt(expected, actual), _) => {
+                undo_progress();
+                Err(CopyError::Corrupt {
+                    what: format!("blob {} from {src}", blob.digest),
+                    expected,
+                    actual,
+                })
+            }
+            (Verdict::SourceFailed(cause), _) => {
+                undo_progress();
+                Err(CopyError::Unavailable {
+                    registry: src.registry.clone(),
+                    what: format!("blob {}", blob.digest),
+                    attempts: 1,
+                    cause,
+                })
+            }
+            (Verdict::Verified, Ok(())) => Ok(()),
+            (_, Err(e)) => {
+                undo_progress();
+                Err(e)
+            }
+            (Verdict::Pending, Ok(())) => {
+                undo_progress();
+                Err(CopyError::Protocol {
+                    registry: dst.registry.clone(),
+                    what: format!("upload blob {}", blob.digest),
+                    status: 201,
+                    message: "the registry accepted the upload before the whole blob was sent"
+                        .into(),
+                })
+            }
+        }
+    }
+}

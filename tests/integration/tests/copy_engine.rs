@@ -1,0 +1,544 @@
+//! The copy engine against real registries: byte identity, skips and mounts, auth, faults.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use backup::copy::auth::DockerConfig;
+use backup::copy::{ClientOptions, Copier, CopyError, Progress, RegistryClient, RetryPolicy};
+use shared::{ErrorClass, Reference};
+use testbed::{
+    Credentials, FaultProxy, Format, ImageSpec, PushedImage, Pusher, Registry, RegistryOptions,
+};
+use tokio::sync::watch;
+
+fn quick_retries() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 5,
+        base_delay: Duration::from_millis(20),
+        max_delay: Duration::from_millis(200),
+        max_retry_after: Duration::from_secs(5),
+    }
+}
+
+fn copier(insecure: &[String], credentials: DockerConfig) -> Copier {
+    let client = RegistryClient::new(ClientOptions {
+        insecure: insecure.iter().cloned().collect(),
+        credentials,
+        retry: quick_retries(),
+    })
+    .expect("client");
+    Copier::new(client, 4)
+}
+
+fn reference(s: &str) -> Reference {
+    Reference::parse_normalized(s).expect("reference")
+}
+
+/// Asserts that every manifest and blob of `image` is at `repo` of `target`, byte for byte.
+async fn assert_identical(target: &Pusher, repo: &str, tag: &str, image: &PushedImage) {
+    let (mt, top) = target
+        .get_manifest(repo, tag)
+        .await
+        .expect("get")
+        .expect("target tag exists");
+    assert_eq!(mt, image.media_type);
+    assert_eq!(
+        testbed::image::sha256_digest(&top),
+        image.digest,
+        "top digest preserved"
+    );
+    for (digest, media_type, bytes) in &image.manifests {
+        let (mt, got) = target
+            .get_manifest(repo, digest)
+            .await
+            .expect("get")
+            .expect("manifest at target");
+        assert_eq!(&mt, media_type);
+        assert_eq!(&got, bytes, "manifest {digest} byte-identical");
+    }
+    for blob in &image.blobs {
+        let got = target
+            .get_blob(repo, &blob.digest)
+            .await
+            .expect("get")
+            .expect("blob at target");
+        assert_eq!(testbed::image::sha256_digest(&got), blob.digest);
+    }
+}
+
+#[tokio::test]
+async fn oci_index_with_attestation_is_copied_byte_identical() {
+    let (src, dst) = (
+        Registry::start().expect("src"),
+        Registry::start().expect("dst"),
+    );
+    let pusher = Pusher::new(&src.host(), None);
+    let mut spec = ImageSpec::multi_arch(Format::Oci, 3, 64 * 1024, 21);
+    spec.shared_base = Some(100 * 1024);
+    spec.attestation = true;
+    let image = pusher
+        .push_image("library/app", "1.0", &spec)
+        .await
+        .expect("push");
+    let copier = copier(&[src.host(), dst.host()], DockerConfig::default());
+    let (tx, rx) = watch::channel(Progress::default());
+    let summary = copier
+        .copy(
+            &reference(&format!("{}/library/app:1.0", src.host())),
+            &reference(&format!("{}/backup/library_app:1.0", dst.host())),
+            Some(tx),
+        )
+        .await
+        .expect("copy");
+    assert_eq!(summary.digest, image.digest);
+    assert_eq!(
+        summary.platforms,
+        vec!["linux/amd64", "linux/arm64/v8", "unknown/unknown"]
+    );
+    assert_eq!(summary.blobs_total as usize, image.blobs.len());
+    assert_eq!(summary.blobs_copied as usize, image.blobs.len());
+    assert_eq!(summary.bytes_total, image.blob_bytes());
+    assert_eq!(summary.manifests, 4);
+    let final_progress = rx.borrow().clone();
+    assert_eq!(final_progress.bytes_done, final_progress.bytes_total);
+    assert_eq!(final_progress.blobs_copied as usize, image.blobs.len());
+    let target = Pusher::new(&dst.host(), None);
+    assert_identical(&target, "backup/library_app", "1.0", &image).await;
+
+    // skopeo, an independent client, reads the same raw bytes at both ends.
+    let raw = |host: String, repo: &str| {
+        let out = std::process::Command::new("skopeo")
+            .args([
+                "inspect",
+                "--raw",
+                "--tls-verify=false",
+                &format!("docker://{host}/{repo}:1.0"),
+            ])
+            .output()
+            .expect("skopeo runs");
+        assert!(
+            out.status.success(),
+            "skopeo: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    assert_eq!(
+        raw(src.host(), "library/app"),
+        raw(dst.host(), "backup/library_app")
+    );
+}
+
+#[tokio::test]
+async fn docker_manifest_list_and_single_manifest() {
+    let (src, dst) = (
+        Registry::start().expect("src"),
+        Registry::start().expect("dst"),
+    );
+    let pusher = Pusher::new(&src.host(), None);
+    let list = pusher
+        .push_image(
+            "d/list",
+            "v1",
+            &ImageSpec::multi_arch(Format::Docker, 2, 10_000, 5),
+        )
+        .await
+        .expect("push");
+    let single = pusher
+        .push_image(
+            "d/single",
+            "v1",
+            &ImageSpec::single(Format::Docker, 2, 10_000, 6),
+        )
+        .await
+        .expect("push");
+    let copier = copier(&[src.host(), dst.host()], DockerConfig::default());
+    let target = Pusher::new(&dst.host(), None);
+    for (repo, image) in [("d/list", &list), ("d/single", &single)] {
+        let summary = copier
+            .copy(
+                &reference(&format!("{}/{repo}:v1", src.host())),
+                &reference(&format!("{}/b/{}:v1", dst.host(), repo.replace('/', "_"))),
+                None,
+            )
+            .await
+            .expect("copy");
+        assert_eq!(summary.digest, image.digest);
+        assert_identical(
+            &target,
+            &format!("b/{}", repo.replace('/', "_")),
+            "v1",
+            image,
+        )
+        .await;
+    }
+    // By digest, too.
+    let by_digest = reference(&format!("{}/d/single@{}", src.host(), single.digest));
+    let summary = copier
+        .copy(
+            &by_digest,
+            &reference(&format!("{}/b/pinned:v1", dst.host())),
+            None,
+        )
+        .await
+        .expect("copy by digest");
+    assert_eq!(summary.digest, single.digest);
+}
+
+#[tokio::test]
+async fn warm_copies_skip_and_mount() {
+    let (src, dst) = (
+        Registry::start().expect("src"),
+        Registry::start().expect("dst"),
+    );
+    let proxy = FaultProxy::start(&dst.host()).await.expect("proxy");
+    let pusher = Pusher::new(&src.host(), None);
+    let mut a = ImageSpec::multi_arch(Format::Oci, 2, 50_000, 31);
+    a.shared_base = Some(200_000);
+    a.base_seed = 99;
+    let mut b = a.clone();
+    b.seed = 32;
+    let image_a = pusher.push_image("x/a", "1", &a).await.expect("push a");
+    let image_b = pusher.push_image("x/b", "1", &b).await.expect("push b");
+    let copier = copier(&[src.host(), proxy.host()], DockerConfig::default());
+    let target_a = reference(&format!("{}/bk/x_a:1", proxy.host()));
+    copier
+        .copy(
+            &reference(&format!("{}/x/a:1", src.host())),
+            &target_a,
+            None,
+        )
+        .await
+        .expect("cold copy");
+
+    // Same image again: the target is complete; no upload, about one request to the target.
+    proxy.reset_requests();
+    let warm = copier
+        .copy(
+            &reference(&format!("{}/x/a:1", src.host())),
+            &target_a,
+            None,
+        )
+        .await
+        .expect("warm copy");
+    assert!(warm.already_complete);
+    assert_eq!(
+        proxy.requests(),
+        vec!["HEAD /v2/bk/x_a/manifests/1".to_string()]
+    );
+
+    // Same image, new tag in the same repository: every blob skipped after one HEAD.
+    let again = copier
+        .copy(
+            &reference(&format!("{}/x/a:1", src.host())),
+            &reference(&format!("{}/bk/x_a:other", proxy.host())),
+            None,
+        )
+        .await
+        .expect("copy");
+    assert_eq!(
+        (
+            again.blobs_copied,
+            again.blobs_mounted,
+            again.blobs_skipped as usize
+        ),
+        (0, 0, image_a.blobs.len())
+    );
+    assert!(
+        !proxy
+            .requests()
+            .iter()
+            .any(|r| r.starts_with("PUT /v2/bk/x_a/blobs") || r.starts_with("PATCH"))
+    );
+
+    // Another image sharing the base layer, to another repository: the base is mounted.
+    let copied = copier
+        .copy(
+            &reference(&format!("{}/x/b:1", src.host())),
+            &reference(&format!("{}/bk/x_b:1", proxy.host())),
+            None,
+        )
+        .await
+        .expect("copy b");
+    assert_eq!(copied.blobs_mounted, 1);
+    assert_eq!(copied.blobs_copied as usize, image_b.blobs.len() - 1);
+    assert!(
+        proxy
+            .requests()
+            .iter()
+            .any(|r| r == "POST /v2/bk/x_b/blobs/uploads/")
+    );
+    assert_identical(&Pusher::new(&dst.host(), None), "bk/x_b", "1", &image_b).await;
+}
+
+#[tokio::test]
+async fn transient_faults_are_retried_to_success() {
+    let (src, dst) = (
+        Registry::start().expect("src"),
+        Registry::start().expect("dst"),
+    );
+    let proxy = FaultProxy::start(&src.host()).await.expect("proxy");
+    let pusher = Pusher::new(&src.host(), None);
+    let image = pusher
+        .push_image(
+            "f/app",
+            "1",
+            &ImageSpec::multi_arch(Format::Oci, 2, 300_000, 41),
+        )
+        .await
+        .expect("push");
+    let copier = copier(&[proxy.host(), dst.host()], DockerConfig::default());
+    let source = reference(&format!("{}/f/app:1", proxy.host()));
+
+    // 429 with Retry-After, then a burst of 503s.
+    proxy.fail_next(&[(429, Some(1)), (503, None), (503, None), (502, None)]);
+    // A connection cut in the middle of a layer.
+    let layer = image
+        .blobs
+        .iter()
+        .find(|b| b.size == 300_000)
+        .expect("a layer");
+    proxy.cut_blob_once(&layer.digest, 100_000);
+    let started = std::time::Instant::now();
+    let summary = copier
+        .copy(
+            &source,
+            &reference(&format!("{}/t/app:1", dst.host())),
+            None,
+        )
+        .await
+        .expect("copy succeeds after retries");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After honoured"
+    );
+    assert_eq!(summary.digest, image.digest);
+    assert_identical(&Pusher::new(&dst.host(), None), "t/app", "1", &image).await;
+}
+
+#[tokio::test]
+async fn permanent_faults_fail_with_their_class_and_tag_nothing() {
+    let (src, dst) = (
+        Registry::start().expect("src"),
+        Registry::start().expect("dst"),
+    );
+    let proxy = FaultProxy::start(&src.host()).await.expect("proxy");
+    let pusher = Pusher::new(&src.host(), None);
+    let image = pusher
+        .push_image(
+            "p/app",
+            "1",
+            &ImageSpec::multi_arch(Format::Docker, 2, 50_000, 51),
+        )
+        .await
+        .expect("push");
+    let copier = copier(&[proxy.host(), dst.host()], DockerConfig::default());
+    let target_pusher = Pusher::new(&dst.host(), None);
+
+    // One flipped byte in one layer: Corrupt, and no tag at the target.
+    proxy.corrupt_blob(&image.blobs[1].digest);
+    let err = copier
+        .copy(
+            &reference(&format!("{}/p/app:1", proxy.host())),
+            &reference(&format!("{}/t/app:1", dst.host())),
+            None,
+        )
+        .await
+        .expect_err("corrupt");
+    assert_eq!(err.class(), ErrorClass::Corrupt, "{err}");
+    assert!(matches!(err, CopyError::Corrupt { .. }));
+    assert!(
+        target_pusher.tags("t/app").await.expect("tags").is_empty(),
+        "nothing tagged after corruption"
+    );
+    assert!(
+        target_pusher
+            .get_blob("t/app", &image.blobs[1].digest)
+            .await
+            .expect("get")
+            .is_none(),
+        "corrupt blob never committed"
+    );
+
+    // A missing manifest.
+    let err = copier
+        .copy(
+            &reference(&format!("{}/p/app:nope", proxy.host())),
+            &reference(&format!("{}/t/app:nope", dst.host())),
+            None,
+        )
+        .await
+        .expect_err("missing");
+    assert_eq!(err.class(), ErrorClass::NotFound, "{err}");
+
+    // 503 past the budget.
+    proxy.fail_next(&[(503, None); 5]);
+    let err = copier
+        .copy(
+            &reference(&format!("{}/p/app:1", proxy.host())),
+            &reference(&format!("{}/t/app:2", dst.host())),
+            None,
+        )
+        .await
+        .expect_err("unavailable");
+    assert_eq!(err.class(), ErrorClass::Unavailable, "{err}");
+    // 429 with a Retry-After longer than we wait.
+    proxy.fail_next(&[(429, Some(3600))]);
+    let err = copier
+        .copy(
+            &reference(&format!("{}/p/app:1", proxy.host())),
+            &reference(&format!("{}/t/app:2", dst.host())),
+            None,
+        )
+        .await
+        .expect_err("rate limited");
+    assert_eq!(err.class(), ErrorClass::RateLimited, "{err}");
+    assert!(target_pusher.tags("t/app").await.expect("tags").is_empty());
+}
+
+fn docker_config(dir: &std::path::Path, host: &str, user: &str, password: &str) -> DockerConfig {
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let path = dir.join("config.json");
+    std::fs::write(
+        &path,
+        serde_json::json!({"auths": {format!("http://{host}"): {"auth": auth}}}).to_string(),
+    )
+    .expect("write");
+    DockerConfig::from_file(&path).expect("config")
+}
+
+#[tokio::test]
+async fn htpasswd_target_from_a_docker_config_and_wrong_credentials() {
+    let src = Registry::start().expect("src");
+    let creds = Credentials {
+        username: "backup".into(),
+        password: "pa55-word".into(),
+    };
+    let dst = Registry::start_with(RegistryOptions {
+        htpasswd: Some(creds.clone()),
+        ..Default::default()
+    })
+    .expect("dst");
+    let image = Pusher::new(&src.host(), None)
+        .push_image("a/b", "1", &ImageSpec::single(Format::Oci, 2, 20_000, 61))
+        .await
+        .expect("push");
+    let dir = tempfile::tempdir().expect("tmp");
+    let hosts = [src.host(), dst.host()];
+
+    let wrong = copier(
+        &hosts,
+        docker_config(dir.path(), &dst.host(), "backup", "wrong-password"),
+    );
+    let err = wrong
+        .copy(
+            &reference(&format!("{}/a/b:1", src.host())),
+            &reference(&format!("{}/x/a_b:1", dst.host())),
+            None,
+        )
+        .await
+        .expect_err("refused");
+    assert_eq!(err.class(), ErrorClass::Unauthorized, "{err}");
+    assert!(
+        !err.to_string().contains("wrong-password"),
+        "no credential in errors: {err}"
+    );
+    let anonymous = copier(&hosts, DockerConfig::default());
+    let err = anonymous
+        .copy(
+            &reference(&format!("{}/a/b:1", src.host())),
+            &reference(&format!("{}/x/a_b:1", dst.host())),
+            None,
+        )
+        .await
+        .expect_err("refused");
+    assert!(
+        err.to_string().contains("no credentials are configured"),
+        "{err}"
+    );
+
+    let right = copier(
+        &hosts,
+        docker_config(dir.path(), &dst.host(), "backup", "pa55-word"),
+    );
+    let summary = right
+        .copy(
+            &reference(&format!("{}/a/b:1", src.host())),
+            &reference(&format!("{}/x/a_b:1", dst.host())),
+            None,
+        )
+        .await
+        .expect("copy");
+    assert_eq!(summary.digest, image.digest);
+    assert_identical(
+        &Pusher::new(&dst.host(), Some(&creds)),
+        "x/a_b",
+        "1",
+        &image,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn backup_copy_command_prints_one_json_summary() {
+    let (src, dst) = (
+        Registry::start().expect("src"),
+        Registry::start().expect("dst"),
+    );
+    let image = Pusher::new(&src.host(), None)
+        .push_image(
+            "c/app",
+            "2",
+            &ImageSpec::multi_arch(Format::Oci, 1, 1000, 71),
+        )
+        .await
+        .expect("push");
+    let run = |target: &str| {
+        std::process::Command::new(testbed::workspace_binary("backup"))
+            .args(["copy", &format!("{}/c/app:2", src.host()), target])
+            .args([
+                "--insecure-registry",
+                &format!("{},{}", src.host(), dst.host()),
+            ])
+            .env_remove("DOCKER_CONFIG_FILE")
+            .output()
+            .expect("backup binary (built by cargo test --workspace)")
+    };
+    let out = run(&format!("{}/b/c_app:2", dst.host()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    assert_eq!(stdout.lines().count(), 1);
+    let summary: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(summary["digest"], image.digest.as_str());
+    assert_eq!(summary["blobsCopied"], image.blobs.len());
+    let keys: HashSet<&str> = summary
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for k in [
+        "digest",
+        "mediaType",
+        "platforms",
+        "blobsCopied",
+        "blobsSkipped",
+        "blobsMounted",
+        "bytesUploaded",
+        "seconds",
+    ] {
+        assert!(keys.contains(k), "summary has {k}");
+    }
+    let out = run("Not A Reference");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Invalid"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

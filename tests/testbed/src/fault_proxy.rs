@@ -1,0 +1,226 @@
+//! A fault-injecting HTTP proxy in front of a real registry, for the copy engine's fault tests:
+//! answer the next requests with chosen statuses (429 with `Retry-After`, bursts of 503), cut a
+//! blob download after N bytes, flip a byte in a blob, and count the requests that pass.
+//! Everything else is forwarded unchanged, streaming both ways.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Response, StatusCode};
+use futures::StreamExt;
+
+/// The faults to inject; each test sets what it needs.
+#[derive(Debug, Default)]
+struct Faults {
+    /// The next requests get these answers instead of the registry's: (status, Retry-After).
+    statuses: VecDeque<(u16, Option<u64>)>,
+    /// Only requests whose path contains this are faulted (all when `None`).
+    only_paths: Option<String>,
+    /// GET of these blobs is cut after this many bytes, once each.
+    cut_blobs: HashMap<String, usize>,
+    /// GET of these blobs has one byte flipped, every time.
+    flip_blobs: HashSet<String>,
+}
+
+struct ProxyState {
+    upstream: String,
+    public: String,
+    http: reqwest::Client,
+    faults: Mutex<Faults>,
+    requests: Mutex<Vec<String>>,
+}
+
+/// A running proxy; stops when dropped.
+pub struct FaultProxy {
+    addr: SocketAddr,
+    state: Arc<ProxyState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FaultProxy {
+    /// Starts a proxy for the registry at `upstream_host` (`127.0.0.1:5000`) on a free port.
+    pub async fn start(upstream_host: &str) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(ProxyState {
+            upstream: format!("http://{upstream_host}"),
+            public: format!("http://{addr}"),
+            http: reqwest::Client::builder().no_proxy().build()?,
+            faults: Mutex::new(Faults::default()),
+            requests: Mutex::new(Vec::new()),
+        });
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(state.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, state, task })
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Answers the next requests (matching the path filter) with these statuses.
+    pub fn fail_next(&self, statuses: &[(u16, Option<u64>)]) {
+        if let Ok(mut f) = self.state.faults.lock() {
+            f.statuses.extend(statuses.iter().copied());
+        }
+    }
+
+    /// Restricts status faults to paths containing `fragment` (`/blobs/`, `/manifests/`).
+    pub fn only_paths(&self, fragment: &str) {
+        if let Ok(mut f) = self.state.faults.lock() {
+            f.only_paths = Some(fragment.to_string());
+        }
+    }
+
+    /// Cuts the next download of blob `digest` after `after` bytes.
+    pub fn cut_blob_once(&self, digest: &str, after: usize) {
+        if let Ok(mut f) = self.state.faults.lock() {
+            f.cut_blobs.insert(digest.to_string(), after);
+        }
+    }
+
+    /// Flips one byte of every download of blob `digest`.
+    pub fn corrupt_blob(&self, digest: &str) {
+        if let Ok(mut f) = self.state.faults.lock() {
+            f.flip_blobs.insert(digest.to_string());
+        }
+    }
+
+    /// The requests forwarded so far, as `METHOD path`.
+    pub fn requests(&self) -> Vec<String> {
+        self.state
+            .requests
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
+    /// Forgets the request log.
+    pub fn reset_requests(&self) {
+        if let Ok(mut r) = self.state.requests.lock() {
+            r.clear();
+        }
+    }
+}
+
+fn blob_digest(path: &str) -> Option<String> {
+    let (_, rest) = path.split_once("/blobs/")?;
+    rest.starts_with("sha256:").then(|| rest.to_string())
+}
+
+async fn handle(State(state): State<Arc<ProxyState>>, request: Request) -> Response<Body> {
+    let method = request.method().clone();
+    let path_and_query = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let path = request.uri().path().to_string();
+    let injected = {
+        let mut f = match state.faults.lock() {
+            Ok(f) => f,
+            Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "poisoned"),
+        };
+        let applies = f
+            .only_paths
+            .as_ref()
+            .is_none_or(|p| path.contains(p.as_str()));
+        if applies {
+            f.statuses.pop_front()
+        } else {
+            None
+        }
+    };
+    if let Some((status, retry_after)) = injected {
+        let mut resp = error(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            "injected fault",
+        );
+        if let Some(s) = retry_after
+            && let Ok(v) = HeaderValue::from_str(&s.to_string())
+        {
+            resp.headers_mut().insert("retry-after", v);
+        }
+        return resp;
+    }
+    if let Ok(mut r) = state.requests.lock() {
+        r.push(format!("{method} {path}"));
+    }
+    let url = format!("{}{path_and_query}", state.upstream);
+    let mut upstream = state.http.request(method.clone(), &url);
+    for (name, value) in request.headers() {
+        if name != "host" {
+            upstream = upstream.header(name, value);
+        }
+    }
+    let body = reqwest::Body::wrap_stream(request.into_body().into_data_stream());
+    let resp = match upstream.body(body).send().await {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_GATEWAY, &e.to_string()),
+    };
+    let mut builder = Response::builder().status(resp.status().as_u16());
+    for (name, value) in resp.headers() {
+        if name == "location" {
+            let rewritten = value
+                .to_str()
+                .unwrap_or("")
+                .replace(&state.upstream, &state.public);
+            builder = builder.header(name, rewritten);
+        } else {
+            builder = builder.header(name, value);
+        }
+    }
+    let digest = (method == axum::http::Method::GET)
+        .then(|| blob_digest(&path))
+        .flatten();
+    let (cut, flip) = match (&digest, state.faults.lock()) {
+        (Some(d), Ok(mut f)) => (f.cut_blobs.remove(d), f.flip_blobs.contains(d)),
+        _ => (None, false),
+    };
+    let mut sent = 0usize;
+    let mut flipped = false;
+    let stream = resp.bytes_stream().map(move |chunk| {
+        let mut chunk = chunk.map_err(std::io::Error::other)?;
+        if flip && !flipped && !chunk.is_empty() {
+            let mut v = chunk.to_vec();
+            let i = v.len().min(10) - 1;
+            v[i] ^= 0xFF;
+            chunk = bytes::Bytes::from(v);
+            flipped = true;
+        }
+        if let Some(limit) = cut
+            && sent + chunk.len() > limit
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "injected cut",
+            ));
+        }
+        sent += chunk.len();
+        Ok(chunk)
+    });
+    builder
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| error(StatusCode::BAD_GATEWAY, "bad response"))
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    let body = serde_json::json!({"errors": [{"code": "TESTBED", "message": message}]}).to_string();
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = status;
+    resp
+}
