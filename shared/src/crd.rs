@@ -177,7 +177,11 @@ impl ImageBackup {
 /// The summary shown in the Progress column.
 pub fn progress_summary(s: &ImageBackupStatus) -> String {
     let done = s.blobs_copied + s.blobs_skipped;
-    let percent = match s.bytes_copied.saturating_mul(100).checked_div(s.bytes_total) {
+    let percent = match s
+        .bytes_copied
+        .saturating_mul(100)
+        .checked_div(s.bytes_total)
+    {
         Some(p) => p.min(100),
         None if s.blobs_total > 0 && done >= s.blobs_total => 100,
         None => 0,

@@ -542,3 +542,65 @@ async fn backup_copy_command_prints_one_json_summary() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn token_auth_registry_with_cached_tokens() {
+    let src = Registry::start().expect("src");
+    let creds = Credentials {
+        username: "robot".into(),
+        password: "t0ken-pass".into(),
+    };
+    let (dst, issuer) = testbed::token_auth::start_token_registry(creds.clone())
+        .await
+        .expect("token registry");
+    let image = Pusher::new(&src.host(), None)
+        .push_image(
+            "t/app",
+            "1",
+            &ImageSpec::multi_arch(Format::Oci, 3, 20_000, 81),
+        )
+        .await
+        .expect("push");
+    let dir = tempfile::tempdir().expect("tmp");
+    let hosts = [src.host(), dst.host()];
+
+    let good = copier(
+        &hosts,
+        docker_config(dir.path(), &dst.host(), "robot", "t0ken-pass"),
+    );
+    let summary = good
+        .copy(
+            &reference(&format!("{}/t/app:1", src.host())),
+            &reference(&format!("{}/b/t_app:1", dst.host())),
+            None,
+        )
+        .await
+        .expect("copy");
+    assert_eq!(summary.digest, image.digest);
+    // One scope (pull,push on the target repository): one token, reused for every request.
+    assert_eq!(issuer.issued(), 1, "tokens are cached per scope");
+    let warm = good
+        .copy(
+            &reference(&format!("{}/t/app:1", src.host())),
+            &reference(&format!("{}/b/t_app:1", dst.host())),
+            None,
+        )
+        .await
+        .expect("warm");
+    assert!(warm.already_complete);
+
+    let bad = copier(
+        &hosts,
+        docker_config(dir.path(), &dst.host(), "robot", "nope"),
+    );
+    let err = bad
+        .copy(
+            &reference(&format!("{}/t/app:1", src.host())),
+            &reference(&format!("{}/b/t_app:2", dst.host())),
+            None,
+        )
+        .await
+        .expect_err("refused");
+    assert_eq!(err.class(), ErrorClass::Unauthorized, "{err}");
+    assert!(issuer.refused() >= 1);
+}

@@ -5,16 +5,23 @@
 //! - [`process`]: child-process guards (killed on drop, also on panic), free ports.
 //! - [`nats_server`]: a real `nats-server -js` (2.10 or newer).
 //! - [`registry`]: real `docker-registry` instances, anonymous or htpasswd-protected.
+//! - [`token_auth`]: a registry behind `auth: token` and its test token issuer.
 //! - [`image`]: generated multi-arch images pushed to a registry, and read-back helpers.
+//! - [`apiserver`]: the test Kubernetes API server (kube-rs and kubectl talk to it unchanged).
+//! - [`bench`]: the copy benchmark (`testbed bench-copy`), against skopeo.
 //! - [`fault_proxy`]: a proxy in front of a registry that injects 429/503, cuts and corruption.
 #![forbid(unsafe_code)]
 
+pub mod apiserver;
+pub mod bench;
 pub mod fault_proxy;
 pub mod image;
 pub mod nats_server;
 pub mod process;
 pub mod registry;
+pub mod token_auth;
 
+pub use apiserver::ApiServer;
 pub use fault_proxy::FaultProxy;
 pub use image::{Format, ImageSpec, PushedImage, Pusher};
 pub use nats_server::NatsServer;

@@ -20,6 +20,19 @@ enum Command {
     /// Start nats-server and three registries (source, backup, auth), print the endpoints, and
     /// run until Ctrl-C or SIGTERM.
     Up,
+    /// Benchmark `backup copy` against `skopeo copy` on four image shapes (build with
+    /// `--release` first); prints a Markdown table for docs/benchmarks.md.
+    BenchCopy {
+        /// Runs per measurement (median is reported).
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+        /// Only this shape (small, medium, many, large).
+        #[arg(long)]
+        only: Option<String>,
+        /// The backup binary to time (default: next to this binary).
+        #[arg(long)]
+        backup: Option<std::path::PathBuf>,
+    },
 }
 
 async fn up() -> anyhow::Result<()> {
@@ -64,5 +77,11 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Up => up().await,
+        Command::BenchCopy { runs, only, backup } => {
+            let bin = backup.unwrap_or_else(testbed::bench::default_backup_binary);
+            let report = testbed::bench::run(&bin, runs.max(1), only.as_deref()).await?;
+            println!("{report}");
+            Ok(())
+        }
     }
 }

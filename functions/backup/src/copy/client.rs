@@ -529,16 +529,18 @@ impl RegistryClient {
         }))
     }
 
-    /// The digest of a manifest by tag or digest (HEAD), `None` on 404.
+    /// The digest of a manifest by tag or digest (HEAD), `None` on 404. `access` picks the
+    /// token scope (a target is always spoken to with push access, so one token serves all).
     pub async fn manifest_digest(
         &self,
         repo: &Repo,
         reference: &str,
+        access: Access,
     ) -> Result<Option<String>, CopyError> {
         let what = format!("manifest {}:{reference}", repo.path);
         let url = self.url(repo, &format!("manifests/{reference}"));
         let resp = self
-            .send(repo, Access::Pull, None, &what, |c| {
+            .send(repo, access, None, &what, |c| {
                 c.head(&url)
                     .header(header::ACCEPT, MANIFEST_ACCEPT)
                     .timeout(Duration::from_secs(30))

@@ -181,7 +181,7 @@ impl Copier {
         // Warm path: the target already holds this exact manifest under the tag.
         if self
             .client
-            .manifest_digest(&dst, target_ref)
+            .manifest_digest(&dst, target_ref, client::Access::Push)
             .await?
             .as_deref()
             == Some(top.digest.as_str())

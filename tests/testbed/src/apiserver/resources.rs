@@ -1,0 +1,255 @@
+//! The resource types the test API server serves: the built-ins image-backup and kubectl need,
+//! and every version of every CustomResourceDefinition created at run time.
+
+use serde_json::Value;
+
+/// One served resource (a group/version/resource triple and what the server knows of it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resource {
+    /// API group; empty for core.
+    pub group: String,
+    /// Version.
+    pub version: String,
+    /// Plural name used in URLs.
+    pub plural: String,
+    /// Singular name.
+    pub singular: String,
+    /// Kind.
+    pub kind: String,
+    /// Namespaced or cluster-scoped.
+    pub namespaced: bool,
+    /// Whether `/status` is a subresource (then main writes ignore `status` and vice versa).
+    pub status_subresource: bool,
+    /// Short names (`ib`, `deploy`).
+    pub short_names: Vec<String>,
+    /// Categories (`all`).
+    pub categories: Vec<String>,
+    /// Extra Table columns (CRD additionalPrinterColumns).
+    pub printer_columns: Vec<PrinterColumn>,
+    /// Whether spec changes bump `metadata.generation` (all but a few core kinds).
+    pub tracks_generation: bool,
+}
+
+/// A Table column evaluated from a simple JSONPath.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrinterColumn {
+    /// Header.
+    pub name: String,
+    /// OpenAPI type (`string`, `integer`, `date`, ...).
+    pub type_: String,
+    /// `.spec.source`-style path.
+    pub json_path: String,
+    /// 0 shows by default; higher only with `-o wide`.
+    pub priority: i64,
+    /// Column description.
+    pub description: String,
+}
+
+impl Resource {
+    /// `apiVersion` of objects of this resource.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// The key objects are stored under (all versions of a group/resource share storage).
+    pub fn storage_key(&self) -> String {
+        format!("{}/{}", self.group, self.plural)
+    }
+
+    /// Discovery entry (`APIResource`).
+    pub fn api_resource(&self) -> Value {
+        let mut verbs = vec![
+            "create",
+            "delete",
+            "deletecollection",
+            "get",
+            "list",
+            "patch",
+            "update",
+            "watch",
+        ];
+        verbs.sort_unstable();
+        let mut v = serde_json::json!({
+            "name": self.plural, "singularName": self.singular, "namespaced": self.namespaced,
+            "kind": self.kind, "verbs": verbs,
+        });
+        if !self.short_names.is_empty() {
+            v["shortNames"] = serde_json::json!(self.short_names);
+        }
+        if !self.categories.is_empty() {
+            v["categories"] = serde_json::json!(self.categories);
+        }
+        v
+    }
+}
+
+fn builtin(
+    group: &str,
+    version: &str,
+    plural: &str,
+    kind: &str,
+    namespaced: bool,
+    status: bool,
+    short: &[&str],
+) -> Resource {
+    Resource {
+        group: group.into(),
+        version: version.into(),
+        plural: plural.into(),
+        singular: kind.to_lowercase(),
+        kind: kind.into(),
+        namespaced,
+        status_subresource: status,
+        short_names: short.iter().map(|s| s.to_string()).collect(),
+        categories: if matches!(kind, "Deployment" | "DaemonSet") {
+            vec!["all".into()]
+        } else {
+            vec![]
+        },
+        printer_columns: Vec::new(),
+        tracks_generation: !matches!(kind, "Namespace" | "Secret" | "Event" | "Lease"),
+    }
+}
+
+/// The built-in resources.
+pub fn builtins() -> Vec<Resource> {
+    vec![
+        builtin("", "v1", "namespaces", "Namespace", false, true, &["ns"]),
+        builtin("", "v1", "secrets", "Secret", true, false, &[]),
+        builtin("", "v1", "events", "Event", true, false, &["ev"]),
+        builtin("", "v1", "configmaps", "ConfigMap", true, false, &["cm"]),
+        builtin(
+            "apps",
+            "v1",
+            "deployments",
+            "Deployment",
+            true,
+            true,
+            &["deploy"],
+        ),
+        builtin("apps", "v1", "daemonsets", "DaemonSet", true, true, &["ds"]),
+        builtin(
+            "events.k8s.io",
+            "v1",
+            "events",
+            "Event",
+            true,
+            false,
+            &["ev"],
+        ),
+        builtin(
+            "coordination.k8s.io",
+            "v1",
+            "leases",
+            "Lease",
+            true,
+            false,
+            &[],
+        ),
+        builtin(
+            "apiextensions.k8s.io",
+            "v1",
+            "customresourcedefinitions",
+            "CustomResourceDefinition",
+            false,
+            true,
+            &["crd", "crds"],
+        ),
+    ]
+}
+
+/// The resources a CustomResourceDefinition object defines (one per served version).
+pub fn from_crd(crd: &Value) -> Vec<Resource> {
+    let spec = &crd["spec"];
+    let group = spec["group"].as_str().unwrap_or_default().to_string();
+    let names = &spec["names"];
+    let plural = names["plural"].as_str().unwrap_or_default().to_string();
+    let kind = names["kind"].as_str().unwrap_or_default().to_string();
+    let singular = names["singular"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| kind.to_lowercase());
+    let strings = |v: &Value| {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let namespaced = spec["scope"].as_str() != Some("Cluster");
+    spec["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v["served"].as_bool().unwrap_or(true))
+        .map(|v| Resource {
+            group: group.clone(),
+            version: v["name"].as_str().unwrap_or_default().to_string(),
+            plural: plural.clone(),
+            singular: singular.clone(),
+            kind: kind.clone(),
+            namespaced,
+            status_subresource: v["subresources"]["status"].is_object(),
+            short_names: strings(&names["shortNames"]),
+            categories: strings(&names["categories"]),
+            printer_columns: v["additionalPrinterColumns"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| PrinterColumn {
+                    name: c["name"].as_str().unwrap_or_default().to_string(),
+                    type_: c["type"].as_str().unwrap_or("string").to_string(),
+                    json_path: c["jsonPath"].as_str().unwrap_or_default().to_string(),
+                    priority: c["priority"].as_i64().unwrap_or(0),
+                    description: c["description"].as_str().unwrap_or_default().to_string(),
+                })
+                .collect(),
+            tracks_generation: true,
+        })
+        .collect()
+}
+
+/// Evaluates a simple JSONPath (`.spec.source`, `.status.conditions[0].type`, `.metadata.name`).
+pub fn json_path<'a>(object: &'a Value, path: &str) -> Option<&'a Value> {
+    let mut current = object;
+    let path = path
+        .trim()
+        .trim_start_matches('{')
+        .trim_end_matches('}')
+        .trim_start_matches('$');
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let (name, index) = match part.split_once('[') {
+            Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        if !name.is_empty() {
+            current = current.get(name)?;
+        }
+        if let Some(i) = index {
+            current = current.get(i)?;
+        }
+    }
+    Some(current)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_paths() {
+        let v = serde_json::json!({"spec": {"source": "s"}, "status": {"conditions": [{"type": "Ready"}]}});
+        assert_eq!(json_path(&v, ".spec.source"), Some(&serde_json::json!("s")));
+        assert_eq!(
+            json_path(&v, ".status.conditions[0].type"),
+            Some(&serde_json::json!("Ready"))
+        );
+        assert_eq!(json_path(&v, ".status.phase"), None);
+    }
+}

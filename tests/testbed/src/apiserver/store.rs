@@ -1,0 +1,341 @@
+//! The API server's state: objects by resource, namespace and name; one global, monotonically
+//! increasing resourceVersion; a bounded history of changes for watches (older resourceVersions
+//! answer 410 Gone); and a broadcast of new changes to open watches.
+//!
+//! Object rules applied here, as kube-apiserver does: uid and creationTimestamp on create,
+//! resourceVersion on every write, `metadata.generation` bumped only when something other than
+//! metadata and status changes, `status` kept apart when the resource has a status subresource,
+//! finalizers holding a deleted object with a deletionTimestamp until they are removed.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use super::error::ApiError;
+use super::resources::Resource;
+
+/// How many changes the history keeps before older resourceVersions are "compacted".
+pub const HISTORY: usize = 10_000;
+
+/// What happened to an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeType {
+    /// Created.
+    Added,
+    /// Updated.
+    Modified,
+    /// Deleted.
+    Deleted,
+}
+
+impl ChangeType {
+    /// The watch event type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeType::Added => "ADDED",
+            ChangeType::Modified => "MODIFIED",
+            ChangeType::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One change, as watches see it.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// The resourceVersion of the change.
+    pub rv: u64,
+    /// What happened.
+    pub kind: ChangeType,
+    /// `group/plural` of the object.
+    pub storage_key: String,
+    /// Namespace ("" for cluster-scoped).
+    pub namespace: String,
+    /// The object after (or, for deletes, at) the change.
+    pub object: Value,
+}
+
+/// Where an object lives.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Key {
+    /// `group/plural`.
+    pub storage_key: String,
+    /// Namespace ("" for cluster-scoped).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+/// The objects and their history.
+pub struct Store {
+    rv: u64,
+    objects: BTreeMap<Key, Value>,
+    history: VecDeque<Arc<Change>>,
+    /// Changes at or below this rv are no longer in `history`.
+    compacted_to: u64,
+    changes: broadcast::Sender<Arc<Change>>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        let (changes, _) = broadcast::channel(4096);
+        Self {
+            rv: 1,
+            objects: BTreeMap::new(),
+            history: VecDeque::new(),
+            compacted_to: 1,
+            changes,
+        }
+    }
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// The parts of an object that count as its spec for `metadata.generation`.
+fn spec_part(object: &Value) -> Value {
+    let mut v = object.clone();
+    if let Some(map) = v.as_object_mut() {
+        map.remove("metadata");
+        map.remove("status");
+        map.remove("apiVersion");
+        map.remove("kind");
+    }
+    v
+}
+
+impl Store {
+    /// The current resourceVersion (what a list returns).
+    pub fn resource_version(&self) -> u64 {
+        self.rv
+    }
+
+    /// One object.
+    pub fn get(&self, key: &Key) -> Option<&Value> {
+        self.objects.get(key)
+    }
+
+    /// Every object of a resource, in a namespace or (`None`) in all.
+    pub fn list(&self, storage_key: &str, namespace: Option<&str>) -> Vec<Value> {
+        self.objects
+            .iter()
+            .filter(|(k, _)| {
+                k.storage_key == storage_key && namespace.is_none_or(|ns| k.namespace == ns)
+            })
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Subscribes to changes after the current resourceVersion.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
+        self.changes.subscribe()
+    }
+
+    /// Changes after `rv`, or `Err(Gone)` when some were compacted away.
+    pub fn since(&self, rv: u64) -> Result<Vec<Arc<Change>>, ApiError> {
+        if rv < self.compacted_to {
+            return Err(ApiError::gone(rv));
+        }
+        Ok(self.history.iter().filter(|c| c.rv > rv).cloned().collect())
+    }
+
+    /// Forgets the whole history, so every earlier resourceVersion answers 410 (a fault for tests).
+    pub fn compact(&mut self) {
+        self.history.clear();
+        self.compacted_to = self.rv;
+    }
+
+    fn record(&mut self, kind: ChangeType, key: &Key, object: Value) {
+        let change = Arc::new(Change {
+            rv: self.rv,
+            kind,
+            storage_key: key.storage_key.clone(),
+            namespace: key.namespace.clone(),
+            object,
+        });
+        self.history.push_back(change.clone());
+        while self.history.len() > HISTORY {
+            if let Some(old) = self.history.pop_front() {
+                self.compacted_to = old.rv;
+            }
+        }
+        let _ = self.changes.send(change);
+    }
+
+    fn next_rv(&mut self) -> u64 {
+        self.rv += 1;
+        self.rv
+    }
+
+    /// Creates an object (name already resolved); 409 AlreadyExists if present.
+    pub fn create(
+        &mut self,
+        resource: &Resource,
+        key: Key,
+        mut object: Value,
+    ) -> Result<Value, ApiError> {
+        if self.objects.contains_key(&key) {
+            return Err(ApiError::already_exists(resource, &key.name));
+        }
+        let rv = self.next_rv();
+        if resource.status_subresource {
+            if let Some(map) = object.as_object_mut() {
+                map.remove("status");
+            }
+        }
+        object["apiVersion"] = resource.api_version().into();
+        object["kind"] = resource.kind.clone().into();
+        let meta = &mut object["metadata"];
+        meta["name"] = key.name.clone().into();
+        if resource.namespaced {
+            meta["namespace"] = key.namespace.clone().into();
+        }
+        meta["uid"] = uuid_v4().into();
+        meta["creationTimestamp"] = now().into();
+        meta["resourceVersion"] = rv.to_string().into();
+        if resource.tracks_generation {
+            meta["generation"] = 1.into();
+        }
+        if let Some(m) = meta.as_object_mut() {
+            m.remove("deletionTimestamp");
+        }
+        self.objects.insert(key.clone(), object.clone());
+        self.record(ChangeType::Added, &key, object.clone());
+        Ok(object)
+    }
+
+    /// Replaces an object. `status_only` is a write to `/status`. A resourceVersion in the new
+    /// object must match the stored one (409 Conflict otherwise).
+    pub fn update(
+        &mut self,
+        resource: &Resource,
+        key: &Key,
+        mut object: Value,
+        status_only: bool,
+    ) -> Result<Value, ApiError> {
+        let Some(current) = self.objects.get(key).cloned() else {
+            return Err(ApiError::not_found(resource, &key.name));
+        };
+        if let Some(given) = object["metadata"]["resourceVersion"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+        {
+            if Some(given) != current["metadata"]["resourceVersion"].as_str() {
+                return Err(ApiError::conflict(resource, &key.name));
+            }
+        }
+        if status_only {
+            // Only status changes on /status.
+            let status = object.get("status").cloned();
+            object = current.clone();
+            match status {
+                Some(s) => object["status"] = s,
+                None => {
+                    if let Some(m) = object.as_object_mut() {
+                        m.remove("status");
+                    }
+                }
+            }
+        } else {
+            // Immutable and server-owned metadata comes from the stored object.
+            for field in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "generation",
+                "namespace",
+                "name",
+            ] {
+                match current["metadata"].get(field) {
+                    Some(v) => object["metadata"][field] = v.clone(),
+                    None => {
+                        if let Some(m) = object["metadata"].as_object_mut() {
+                            m.remove(field);
+                        }
+                    }
+                }
+            }
+            if resource.status_subresource {
+                match current.get("status") {
+                    Some(s) => object["status"] = s.clone(),
+                    None => {
+                        if let Some(m) = object.as_object_mut() {
+                            m.remove("status");
+                        }
+                    }
+                }
+            }
+        }
+        object["apiVersion"] = resource.api_version().into();
+        object["kind"] = resource.kind.clone().into();
+        if resource.tracks_generation && spec_part(&object) != spec_part(&current) {
+            let generation = current["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
+            object["metadata"]["generation"] = generation.into();
+        }
+        // A deleted object whose last finalizer went away is gone.
+        let deleting = current["metadata"].get("deletionTimestamp").is_some();
+        let finalizers_left = object["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty());
+        let rv = self.next_rv();
+        object["metadata"]["resourceVersion"] = rv.to_string().into();
+        if deleting && !finalizers_left {
+            self.objects.remove(key);
+            self.record(ChangeType::Deleted, key, object.clone());
+            return Ok(object);
+        }
+        if object == current {
+            // kube-apiserver skips no-op writes; undo the rv bump.
+            self.rv -= 1;
+            return Ok(current);
+        }
+        self.objects.insert(key.clone(), object.clone());
+        self.record(ChangeType::Modified, key, object.clone());
+        Ok(object)
+    }
+
+    /// Deletes an object, or marks it with a deletionTimestamp while finalizers remain.
+    pub fn delete(&mut self, resource: &Resource, key: &Key) -> Result<Value, ApiError> {
+        let Some(mut current) = self.objects.get(key).cloned() else {
+            return Err(ApiError::not_found(resource, &key.name));
+        };
+        let has_finalizers = current["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty());
+        let rv = self.next_rv();
+        current["metadata"]["resourceVersion"] = rv.to_string().into();
+        if has_finalizers {
+            if current["metadata"].get("deletionTimestamp").is_none() {
+                current["metadata"]["deletionTimestamp"] = now().into();
+                current["metadata"]["deletionGracePeriodSeconds"] = 0.into();
+                self.objects.insert(key.clone(), current.clone());
+                self.record(ChangeType::Modified, key, current.clone());
+            } else {
+                self.rv -= 1;
+            }
+            return Ok(current);
+        }
+        self.objects.remove(key);
+        self.record(ChangeType::Deleted, key, current.clone());
+        Ok(current)
+    }
+}
+
+/// A random RFC 4122 version-4 UUID.
+pub fn uuid_v4() -> String {
+    let b: [u8; 16] = rand::random();
+    let mut b = b;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}

@@ -1,0 +1,193 @@
+//! The copy benchmark: `backup copy` against `skopeo copy --all --preserve-digests`, side by side
+//! in one run, on two local registries and four generated image shapes, cold (target storage and
+//! skopeo's blob-info cache wiped before every run) and warm (target complete), timed by
+//! hyperfine (median of N runs), plus peak RSS from `/usr/bin/time -v`. Prints a Markdown table
+//! for `docs/benchmarks.md`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+use crate::{Format, ImageSpec, Pusher, Registry};
+
+const MIB: usize = 1024 * 1024;
+const SKOPEO_CACHE: &str = "/var/lib/containers/cache/blob-info-cache-v1.boltdb";
+
+/// One image shape of the benchmark.
+struct Shape {
+    name: &'static str,
+    spec: ImageSpec,
+}
+
+fn shapes() -> Vec<Shape> {
+    let mut medium = ImageSpec::multi_arch(Format::Oci, 5, 20 * MIB, 2);
+    medium.shared_base = Some(10 * MIB);
+    vec![
+        Shape {
+            name: "small",
+            spec: ImageSpec::multi_arch(Format::Oci, 3, MIB, 1),
+        },
+        Shape {
+            name: "medium",
+            spec: medium,
+        },
+        Shape {
+            name: "many",
+            spec: ImageSpec::single(Format::Oci, 60, 64 * 1024, 3),
+        },
+        Shape {
+            name: "large",
+            spec: ImageSpec::single(Format::Oci, 4, 256 * MIB, 4),
+        },
+    ]
+}
+
+/// One measured line.
+#[derive(Debug, Clone)]
+struct Measure {
+    median: f64,
+    rss_kib: Option<u64>,
+}
+
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+fn hyperfine(command: &str, prepare: Option<&str>, runs: u32, json: &Path) -> anyhow::Result<f64> {
+    let mut cmd = Command::new("hyperfine");
+    cmd.args([
+        "--runs",
+        &runs.to_string(),
+        "--warmup",
+        "0",
+        "--style",
+        "none",
+        "--export-json",
+    ])
+    .arg(json);
+    if let Some(p) = prepare {
+        cmd.args(["--prepare", p]);
+    }
+    cmd.arg(command);
+    let out = cmd
+        .output()
+        .context("hyperfine (apt-get install hyperfine)")?;
+    if !out.status.success() {
+        bail!(
+            "hyperfine failed for {command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(json)?)?;
+    v["results"][0]["median"]
+        .as_f64()
+        .context("hyperfine JSON has no median")
+}
+
+fn peak_rss(command: &str, prepare: Option<&str>) -> anyhow::Result<u64> {
+    if let Some(p) = prepare {
+        Command::new("sh").args(["-c", p]).status()?;
+    }
+    let out = Command::new("/usr/bin/time")
+        .args(["-v", "sh", "-c", command])
+        .output()
+        .context("/usr/bin/time (apt-get install time)")?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    text.lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Maximum resident set size (kbytes): ")
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .context("no RSS in /usr/bin/time output")
+}
+
+/// Runs the benchmark; returns the Markdown report.
+pub async fn run(backup_bin: &Path, runs: u32, only: Option<&str>) -> anyhow::Result<String> {
+    let src = Registry::start()?;
+    let dst = Registry::start()?;
+    let pusher = Pusher::new(&src.host(), None);
+    let work = tempfile::tempdir()?;
+    let wipe = format!(
+        "rm -rf {} {}",
+        sh_quote(&dst.storage_dir().join("docker").display().to_string()),
+        SKOPEO_CACHE
+    );
+    let mut rows = Vec::new();
+    for shape in shapes()
+        .into_iter()
+        .filter(|s| only.is_none_or(|o| o == s.name))
+    {
+        eprintln!("bench: pushing {}", shape.name);
+        let image = pusher
+            .push_image(&format!("bench/{}", shape.name), "1", &shape.spec)
+            .await?;
+        let source = format!("{}/bench/{}:1", src.host(), shape.name);
+        let ours_target = format!("{}/ours/{}:1", dst.host(), shape.name);
+        let skopeo_target = format!("{}/skopeo/{}:1", dst.host(), shape.name);
+        let ours = format!(
+            "{} copy {source} {ours_target} --insecure-registry {},{} >/dev/null",
+            backup_bin.display(),
+            src.host(),
+            dst.host()
+        );
+        let skopeo = format!(
+            "skopeo copy -q --all --preserve-digests --src-tls-verify=false --dest-tls-verify=false docker://{source} docker://{skopeo_target} >/dev/null"
+        );
+        let mut measures = Vec::new();
+        for (tool, command) in [("backup copy", &ours), ("skopeo", &skopeo)] {
+            eprintln!("bench: {} {tool} cold", shape.name);
+            let cold = hyperfine(command, Some(&wipe), runs, &work.path().join("cold.json"))?;
+            let rss = peak_rss(command, Some(&wipe)).ok();
+            eprintln!("bench: {} {tool} warm", shape.name);
+            // The RSS run left the target complete.
+            let warm = hyperfine(command, None, runs, &work.path().join("warm.json"))?;
+            measures.push((
+                tool,
+                Measure {
+                    median: cold,
+                    rss_kib: rss,
+                },
+                warm,
+            ));
+        }
+        rows.push((shape.name, image.blob_bytes(), measures));
+    }
+    let mut out = String::new();
+    out.push_str(&format!(
+        "| shape | bytes | tool | cold median (s) | warm median (s) | peak RSS (MiB) |\n|---|---|---|---|---|---|\n"
+    ));
+    let mut ratios = String::from(
+        "\n| shape | cold speed-up vs skopeo | warm speed-up vs skopeo |\n|---|---|---|\n",
+    );
+    for (name, bytes, measures) in &rows {
+        for (tool, cold, warm) in measures {
+            out.push_str(&format!(
+                "| {name} | {:.1} MiB | {tool} | {:.3} | {:.3} | {} |\n",
+                *bytes as f64 / MIB as f64,
+                cold.median,
+                warm,
+                cold.rss_kib
+                    .map_or("?".to_string(), |k| format!("{:.1}", k as f64 / 1024.0))
+            ));
+        }
+        if let [(_, ours_cold, ours_warm), (_, skopeo_cold, skopeo_warm)] = measures.as_slice() {
+            ratios.push_str(&format!(
+                "| {name} | {:.2}x | {:.2}x |\n",
+                skopeo_cold.median / ours_cold.median,
+                skopeo_warm / ours_warm
+            ));
+        }
+    }
+    out.push_str(&ratios);
+    Ok(out)
+}
+
+/// The `backup` binary next to the running `testbed` binary, if built.
+pub fn default_backup_binary() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("backup")))
+        .unwrap_or_else(|| PathBuf::from("backup"))
+}
