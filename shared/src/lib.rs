@@ -12,6 +12,7 @@
 //! - [`error`]: `ErrorClass`, the one vocabulary of failures.
 //! - [`config`]: command-line settings shared by every function.
 //! - [`telemetry`]: log set-up.
+//! - [`tls`]: the process-wide TLS crypto provider (ring).
 //!
 //! The crate never depends on the test bed and never on a function.
 #![forbid(unsafe_code)]
@@ -25,6 +26,7 @@ pub mod naming;
 pub mod nats;
 pub mod reference;
 pub mod telemetry;
+pub mod tls;
 pub mod workload;
 
 pub use error::ErrorClass;

@@ -1,6 +1,8 @@
 //! Integration tests against the real services of the test bed. One binary, one process: every
 //! module below is a group of tests; each test starts the services it needs on free ports.
 
+mod apiserver;
 mod copy_engine;
+mod kubectl;
 mod nats_events;
 mod registry_images;

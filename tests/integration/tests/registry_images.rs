@@ -103,6 +103,7 @@ async fn htpasswd_registry_refuses_anonymous_and_accepts_its_user() {
             .await
             .is_err()
     );
+    shared::tls::ensure_crypto_provider();
     let status = reqwest::get(format!("{}/v2/", registry.url()))
         .await
         .expect("get")

@@ -49,6 +49,7 @@ impl Drop for FaultProxy {
 impl FaultProxy {
     /// Starts a proxy for the registry at `upstream_host` (`127.0.0.1:5000`) on a free port.
     pub async fn start(upstream_host: &str) -> anyhow::Result<Self> {
+        shared::tls::ensure_crypto_provider();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(ProxyState {

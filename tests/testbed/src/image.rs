@@ -165,7 +165,10 @@ impl Pusher {
             )
         });
         Self {
-            http: reqwest::Client::new(),
+            http: {
+                shared::tls::ensure_crypto_provider();
+                reqwest::Client::new()
+            },
             base: format!("http://{host}"),
             host: host.to_string(),
             authorization,

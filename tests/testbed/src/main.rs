@@ -20,6 +20,19 @@ enum Command {
     /// Start nats-server and three registries (source, backup, auth), print the endpoints, and
     /// run until Ctrl-C or SIGTERM.
     Up,
+    /// Run the test Kubernetes API server on ADDR and write a kubeconfig for it (kubectl and
+    /// kube-rs work against it unchanged); runs until Ctrl-C or SIGTERM.
+    Apiserver {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:6443")]
+        listen: std::net::SocketAddr,
+        /// Where to write the kubeconfig.
+        #[arg(long)]
+        kubeconfig: std::path::PathBuf,
+        /// Do not simulate Deployments and DaemonSets becoming Ready.
+        #[arg(long)]
+        no_simulation: bool,
+    },
     /// Benchmark `backup copy` against `skopeo copy` on four image shapes (build with
     /// `--release` first); prints a Markdown table for docs/benchmarks.md.
     BenchCopy {
@@ -63,13 +76,38 @@ async fn up() -> anyhow::Result<()> {
     });
     println!("{}", serde_json::to_string_pretty(&endpoints)?);
     eprintln!("testbed: running; Ctrl-C stops everything");
+    wait_for_signal().await?;
+    eprintln!("testbed: stopping");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    eprintln!("testbed: stopping");
     Ok(())
+}
+
+async fn apiserver(
+    listen: std::net::SocketAddr,
+    kubeconfig: &std::path::Path,
+    no_simulation: bool,
+) -> anyhow::Result<()> {
+    let server = testbed::ApiServer::start_on(listen).await?;
+    server.simulate_workloads(!no_simulation);
+    server.write_kubeconfig(kubeconfig)?;
+    println!(
+        "{}",
+        serde_json::json!({"server": server.url(), "kubeconfig": kubeconfig})
+    );
+    eprintln!(
+        "testbed apiserver: serving {}; KUBECONFIG={} kubectl get ns",
+        server.url(),
+        kubeconfig.display()
+    );
+    wait_for_signal().await
 }
 
 #[tokio::main]
@@ -77,6 +115,11 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Up => up().await,
+        Command::Apiserver {
+            listen,
+            kubeconfig,
+            no_simulation,
+        } => apiserver(listen, &kubeconfig, no_simulation).await,
         Command::BenchCopy { runs, only, backup } => {
             let bin = backup.unwrap_or_else(testbed::bench::default_backup_binary);
             let report = testbed::bench::run(&bin, runs.max(1), only.as_deref()).await?;

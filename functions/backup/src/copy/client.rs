@@ -147,6 +147,7 @@ pub enum Access {
 impl RegistryClient {
     /// A client with its own connection pool.
     pub fn new(options: ClientOptions) -> Result<Self, CopyError> {
+        shared::tls::ensure_crypto_provider();
         let http = reqwest::Client::builder()
             .user_agent(concat!("image-backup/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))

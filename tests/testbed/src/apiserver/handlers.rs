@@ -988,12 +988,13 @@ async fn watch(
     let rv_param = query.get("resourceVersion").cloned().unwrap_or_default();
 
     // Under the store lock: the initial events and a subscription, so nothing falls between.
-    let (initial, mut live, start_rv) = {
+    let (initial, mut live, start_rv, mut epoch) = {
         let store = state
             .store
             .lock()
             .map_err(|_| ApiError::invalid("poisoned"))?;
         let live = store.subscribe();
+        let epoch = store.epoch();
         let start_rv = store.resource_version();
         let synthetic = rv_param.is_empty() || rv_param == "0" || initial_events;
         let initial: std::result::Result<Vec<(ChangeType, Value)>, ApiError> = if synthetic {
@@ -1019,7 +1020,7 @@ async fn watch(
                 ))),
             }
         };
-        (initial, live, start_rv)
+        (initial, live, start_rv, epoch)
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
     let query = query.clone();
@@ -1078,6 +1079,7 @@ async fn watch(
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => return,
+                _ = epoch.changed() => return,
                 _ = ticker.tick(), if bookmarks => {
                     if tx.send(bookmark(last_rv, false)).await.is_err() { return; }
                 }

@@ -152,6 +152,7 @@ impl ApiServer {
 
     /// A kube-rs client for this server.
     pub fn client(&self) -> anyhow::Result<kube::Client> {
+        shared::tls::ensure_crypto_provider();
         let config = kube::Config::new(self.url().parse()?);
         Ok(kube::Client::try_from(config)?)
     }

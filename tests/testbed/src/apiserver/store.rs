@@ -75,17 +75,21 @@ pub struct Store {
     /// Changes at or below this rv are no longer in `history`.
     compacted_to: u64,
     changes: broadcast::Sender<Arc<Change>>,
+    /// Bumped by compaction: open watches end, as they do when an API server restarts.
+    epoch: tokio::sync::watch::Sender<u64>,
 }
 
 impl Default for Store {
     fn default() -> Self {
         let (changes, _) = broadcast::channel(4096);
+        let (epoch, _) = tokio::sync::watch::channel(0);
         Self {
             rv: 1,
             objects: BTreeMap::new(),
             history: VecDeque::new(),
             compacted_to: 1,
             changes,
+            epoch,
         }
     }
 }
@@ -141,10 +145,19 @@ impl Store {
         Ok(self.history.iter().filter(|c| c.rv > rv).cloned().collect())
     }
 
-    /// Forgets the whole history, so every earlier resourceVersion answers 410 (a fault for tests).
+    /// Ends when a compaction happens (watches select on it).
+    pub fn epoch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.epoch.subscribe()
+    }
+
+    /// Forgets the whole history and ends every open watch, so a client resuming from any
+    /// earlier resourceVersion gets 410 Gone and must re-list (a fault for tests). The compaction
+    /// takes a resourceVersion of its own, as an etcd compaction does.
     pub fn compact(&mut self) {
+        self.rv += 1;
         self.history.clear();
         self.compacted_to = self.rv;
+        self.epoch.send_modify(|e| *e += 1);
     }
 
     fn record(&mut self, kind: ChangeType, key: &Key, object: Value) {

@@ -1,0 +1,742 @@
+//! The test API server through kube-rs, exactly as the functions will use it.
+
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{CustomResourceExt, ResourceExt};
+use serde_json::json;
+use shared::crd::{ImageBackup, ImageBackupStatus, Phase};
+use shared::workload::Workload;
+use testbed::ApiServer;
+
+fn deployment(name: &str, image: &str) -> Deployment {
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "labels": {"app": name, "tier": "web"}},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}},
+                              "spec": {"containers": [{"name": "main", "image": image}, {"name": "side", "image": "busybox:1"}]}}}
+    }))
+    .expect("deployment")
+}
+
+fn status_code(e: &kube::Error) -> (u16, String) {
+    match e {
+        kube::Error::Api(s) => (s.code, s.reason.clone()),
+        other => panic!("not an API error: {other}"),
+    }
+}
+
+async fn install_crd(client: &kube::Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.create(&PostParams::default(), &ImageBackup::crd())
+        .await
+        .expect("create CRD");
+}
+
+#[tokio::test]
+async fn discovery_and_a_crd_that_starts_serving() {
+    let server = ApiServer::start().await.expect("server");
+    let client = server.client().expect("client");
+    let version = client.apiserver_version().await.expect("version");
+    assert_eq!(version.major, "1");
+    let ibs: Api<ImageBackup> = Api::all(client.clone());
+    assert_eq!(
+        status_code(
+            &ibs.list(&ListParams::default())
+                .await
+                .expect_err("not served yet")
+        )
+        .0,
+        404
+    );
+    install_crd(&client).await;
+    let crd: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let stored = crd.get("imagebackups.k8slab.io").await.expect("crd");
+    assert!(
+        stored
+            .status
+            .expect("status")
+            .conditions
+            .expect("conditions")
+            .iter()
+            .any(|c| c.type_ == "Established")
+    );
+
+    let discovery = kube::discovery::Discovery::new(client.clone())
+        .run()
+        .await
+        .expect("discovery");
+    let kinds: Vec<String> = discovery
+        .groups()
+        .flat_map(|g| g.recommended_resources().into_iter().map(|(r, _)| r.kind))
+        .collect();
+    for k in [
+        "Deployment",
+        "DaemonSet",
+        "Namespace",
+        "Secret",
+        "Lease",
+        "CustomResourceDefinition",
+        "ImageBackup",
+    ] {
+        assert!(kinds.iter().any(|x| x == k), "{k} discovered in {kinds:?}");
+    }
+    let ib = ImageBackup::for_source(
+        &shared::Reference::parse_normalized("nginx:1.14.0").expect("ref"),
+        &shared::Reference::parse_normalized("localhost:5000/library_nginx:1.14.0").expect("ref"),
+    );
+    let created = ibs
+        .create(&PostParams::default(), &ib)
+        .await
+        .expect("create ib");
+    assert_eq!(created.metadata.namespace, None, "cluster-scoped");
+    assert_eq!(created.metadata.generation, Some(1));
+    let err = ibs
+        .create(&PostParams::default(), &ib)
+        .await
+        .expect_err("second create");
+    assert_eq!(status_code(&err), (409, "AlreadyExists".into()));
+}
+
+#[tokio::test]
+async fn crud_resource_versions_generation_and_status() {
+    let server = ApiServer::start().await.expect("server");
+    server.simulate_workloads(false);
+    let client = server.client().expect("client");
+    let api: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let created = api
+        .create(&PostParams::default(), &deployment("web", "nginx:1.14.0"))
+        .await
+        .expect("create");
+    assert!(created.metadata.uid.is_some() && created.metadata.creation_timestamp.is_some());
+    assert_eq!(created.metadata.generation, Some(1));
+    let rv1: u64 = created
+        .resource_version()
+        .expect("rv")
+        .parse()
+        .expect("numeric rv");
+
+    // generateName.
+    let mut generated = deployment("x", "nginx");
+    generated.metadata.name = None;
+    generated.metadata.generate_name = Some("gen-".into());
+    let g = api
+        .create(&PostParams::default(), &generated)
+        .await
+        .expect("generateName");
+    assert!(g.name_any().starts_with("gen-") && g.name_any().len() == 9);
+
+    // Status through the main resource is ignored; status through /status changes only status.
+    let mut with_status = created.clone();
+    with_status.status = Some(serde_json::from_value(json!({"replicas": 7})).expect("status"));
+    with_status
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert("extra".into(), "1".into());
+    let replaced = api
+        .replace("web", &PostParams::default(), &with_status)
+        .await
+        .expect("replace");
+    assert!(
+        replaced.status.is_none(),
+        "status ignored on the main resource"
+    );
+    assert_eq!(
+        replaced.metadata.generation,
+        Some(1),
+        "metadata changes do not bump generation"
+    );
+    let rv2: u64 = replaced
+        .resource_version()
+        .expect("rv")
+        .parse()
+        .expect("rv");
+    assert!(rv2 > rv1);
+
+    let status_patch =
+        json!({"status": {"observedGeneration": 1, "replicas": 2}, "spec": {"replicas": 9}});
+    let after = api
+        .patch_status("web", &PatchParams::default(), &Patch::Merge(&status_patch))
+        .await
+        .expect("status patch");
+    assert_eq!(after.status.as_ref().and_then(|s| s.replicas), Some(2));
+    assert_eq!(
+        after.spec.as_ref().and_then(|s| s.replicas),
+        Some(2),
+        "spec ignored on /status"
+    );
+    assert_eq!(
+        after.metadata.generation,
+        Some(1),
+        "status writes do not bump generation"
+    );
+
+    // Spec change bumps generation; a stale resourceVersion is a Conflict.
+    let mut stale = replaced.clone();
+    stale.spec.as_mut().expect("spec").replicas = Some(3);
+    let err = api
+        .replace("web", &PostParams::default(), &stale)
+        .await
+        .expect_err("stale");
+    assert_eq!(status_code(&err), (409, "Conflict".into()));
+    let mut fresh = api.get("web").await.expect("get");
+    fresh.spec.as_mut().expect("spec").replicas = Some(3);
+    let bumped = api
+        .replace("web", &PostParams::default(), &fresh)
+        .await
+        .expect("replace");
+    assert_eq!(bumped.metadata.generation, Some(2));
+
+    // Errors are metav1.Status with the real reasons.
+    assert_eq!(
+        status_code(&api.get("nope").await.expect_err("missing")),
+        (404, "NotFound".into())
+    );
+    let other_ns: Api<Deployment> = Api::namespaced(client.clone(), "missing-ns");
+    assert_eq!(
+        status_code(
+            &other_ns
+                .create(&PostParams::default(), &deployment("a", "nginx"))
+                .await
+                .expect_err("no ns")
+        )
+        .0,
+        404
+    );
+    let mut bad = deployment("Bad_Name", "nginx");
+    bad.metadata.name = Some("Bad_Name".into());
+    assert_eq!(
+        status_code(
+            &api.create(&PostParams::default(), &bad)
+                .await
+                .expect_err("invalid")
+        ),
+        (422, "Invalid".into())
+    );
+}
+
+#[tokio::test]
+async fn the_four_patch_types() {
+    let server = ApiServer::start().await.expect("server");
+    server.simulate_workloads(false);
+    let client = server.client().expect("client");
+    let api: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    api.create(&PostParams::default(), &deployment("web", "nginx:1.14.0"))
+        .await
+        .expect("create");
+
+    // Strategic merge: containers merged by name, the other container untouched.
+    let smp = json!({"spec": {"template": {"spec": {"containers": [{"name": "main", "image": "backup/nginx@sha256:abc"}]}}}});
+    let d = api
+        .patch("web", &PatchParams::default(), &Patch::Strategic(&smp))
+        .await
+        .expect("strategic");
+    let containers = d.spec.expect("spec").template.spec.expect("pod").containers;
+    let images: Vec<_> = containers
+        .iter()
+        .map(|c| (c.name.as_str(), c.image.as_deref().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        images,
+        [("main", "backup/nginx@sha256:abc"), ("side", "busybox:1")]
+    );
+
+    // JSON merge patch replaces lists.
+    let merge = json!({"metadata": {"labels": {"tier": null, "merged": "yes"}}});
+    let d = api
+        .patch("web", &PatchParams::default(), &Patch::Merge(&merge))
+        .await
+        .expect("merge");
+    let labels = d.metadata.labels.expect("labels");
+    assert_eq!(
+        (labels.get("tier"), labels.get("merged").map(String::as_str)),
+        (None, Some("yes"))
+    );
+
+    // JSON patch with a passing and a failing test.
+    let ok: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": "/spec/replicas", "value": 2},
+        {"op": "replace", "path": "/spec/replicas", "value": 4}
+    ]))
+    .expect("patch");
+    let d = api
+        .patch("web", &PatchParams::default(), &Patch::Json::<()>(ok))
+        .await
+        .expect("json patch");
+    assert_eq!(d.spec.expect("spec").replicas, Some(4));
+    let failing: json_patch::Patch =
+        serde_json::from_value(json!([{"op": "test", "path": "/spec/replicas", "value": 99}]))
+            .expect("patch");
+    let err = api
+        .patch("web", &PatchParams::default(), &Patch::Json::<()>(failing))
+        .await
+        .expect_err("test fails");
+    assert_eq!(status_code(&err), (422, "Invalid".into()));
+
+    // Server-side apply creates and updates.
+    let applied = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "applied"},
+        "spec": {"selector": {"matchLabels": {"app": "a"}}, "template": {"metadata": {"labels": {"app": "a"}}, "spec": {"containers": [{"name": "c", "image": "redis:7"}]}}}});
+    let params = PatchParams::apply("testbed-test").force();
+    let d = api
+        .patch("applied", &params, &Patch::Apply(&applied))
+        .await
+        .expect("apply create");
+    assert_eq!(d.metadata.generation, Some(1));
+    let mut changed = applied.clone();
+    changed["spec"]["template"]["spec"]["containers"][0]["image"] = "redis:7.2".into();
+    let d = api
+        .patch("applied", &params, &Patch::Apply(&changed))
+        .await
+        .expect("apply update");
+    assert_eq!(d.metadata.generation, Some(2));
+    let err = api
+        .patch("applied", &PatchParams::default(), &Patch::Apply(&changed))
+        .await
+        .expect_err("no field manager");
+    assert_eq!(status_code(&err).0, 400);
+
+    // Strategic merge is refused for custom resources, as kube-apiserver does.
+    install_crd(&client).await;
+    let ibs: Api<ImageBackup> = Api::all(client.clone());
+    let ib = ImageBackup::for_source(
+        &shared::Reference::parse_normalized("nginx").expect("ref"),
+        &shared::Reference::parse_normalized("localhost:5000/library_nginx").expect("ref"),
+    );
+    ibs.create(&PostParams::default(), &ib).await.expect("ib");
+    let err = ibs
+        .patch(
+            &ib.name_any(),
+            &PatchParams::default(),
+            &Patch::Strategic(&json!({"spec": {}})),
+        )
+        .await
+        .expect_err("smp on CR");
+    assert_eq!(status_code(&err).0, 415);
+    let status = ImageBackupStatus {
+        phase: Some(Phase::Copying),
+        ..Default::default()
+    };
+    let patched = ibs
+        .patch_status(
+            &ib.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": status})),
+        )
+        .await
+        .expect("status patch");
+    assert_eq!(patched.phase(), Phase::Copying);
+}
+
+#[tokio::test]
+async fn finalizers_selectors_and_all_namespaces() {
+    let server = ApiServer::start().await.expect("server");
+    let client = server.client().expect("client");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "team-a"}})).expect("ns"),
+        )
+        .await
+        .expect("ns");
+    let cms_default: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let cms_a: Api<ConfigMap> = Api::namespaced(client.clone(), "team-a");
+    let cm = |name: &str, app: &str| -> ConfigMap {
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": {"app": app}}}))
+            .expect("cm")
+    };
+    cms_default
+        .create(&PostParams::default(), &cm("one", "x"))
+        .await
+        .expect("cm");
+    cms_default
+        .create(&PostParams::default(), &cm("two", "y"))
+        .await
+        .expect("cm");
+    cms_a
+        .create(&PostParams::default(), &cm("three", "x"))
+        .await
+        .expect("cm");
+    let all: Api<ConfigMap> = Api::all(client.clone());
+    let names = |list: kube::core::ObjectList<ConfigMap>| {
+        list.items
+            .iter()
+            .map(ResourceExt::name_any)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(all.list(&ListParams::default()).await.expect("list")),
+        ["one", "two", "three"]
+    );
+    assert_eq!(
+        names(
+            all.list(&ListParams::default().labels("app=x"))
+                .await
+                .expect("list")
+        ),
+        ["one", "three"]
+    );
+    assert_eq!(
+        names(
+            all.list(&ListParams::default().labels("app in (y,z)"))
+                .await
+                .expect("list")
+        ),
+        ["two"]
+    );
+    assert_eq!(
+        names(
+            all.list(&ListParams::default().labels("app!=x"))
+                .await
+                .expect("list")
+        ),
+        ["two"]
+    );
+    assert_eq!(
+        names(
+            all.list(&ListParams::default().fields("metadata.namespace=team-a"))
+                .await
+                .expect("list")
+        ),
+        ["three"]
+    );
+    assert_eq!(
+        names(
+            cms_default
+                .list(&ListParams::default().fields("metadata.name=two"))
+                .await
+                .expect("list")
+        ),
+        ["two"]
+    );
+    assert_eq!(
+        status_code(
+            &all.list(&ListParams::default().fields("spec.x=1"))
+                .await
+                .expect_err("bad field")
+        )
+        .0,
+        400
+    );
+
+    // A finalizer keeps a deleted object, with a deletionTimestamp, until it is removed.
+    cms_default
+        .patch(
+            "one",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"finalizers": ["k8slab.io/test"]}})),
+        )
+        .await
+        .expect("add finalizer");
+    cms_default
+        .delete("one", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let held = cms_default.get("one").await.expect("still there");
+    assert!(held.metadata.deletion_timestamp.is_some());
+    cms_default
+        .patch(
+            "one",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .expect("remove finalizer");
+    assert_eq!(
+        status_code(&cms_default.get("one").await.expect_err("gone")).0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn watcher_and_reflector_survive_a_forced_410() {
+    let server = ApiServer::start().await.expect("server");
+    let client = server.client().expect("client");
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let cm = |name: &str| -> ConfigMap {
+        serde_json::from_value(json!({"metadata": {"name": name}})).expect("cm")
+    };
+    api.create(&PostParams::default(), &cm("before"))
+        .await
+        .expect("cm");
+
+    let (reader, writer) = reflector::store::<ConfigMap>();
+    let inits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = inits.clone();
+    let stream = reflector(
+        writer,
+        watcher(api.clone(), watcher::Config::default().any_semantic()),
+    )
+    .inspect_ok(move |e| {
+        if matches!(e, watcher::Event::Init) {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    })
+    .default_backoff()
+    .applied_objects();
+    let task = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(_item) = stream.next().await {}
+    });
+    reader.wait_until_ready().await.expect("store ready");
+    assert_eq!(reader.state().len(), 1);
+
+    api.create(&PostParams::default(), &cm("during"))
+        .await
+        .expect("cm");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while reader.state().len() != 2 {
+        assert!(tokio::time::Instant::now() < deadline, "event not seen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Compaction ends the watch; resuming from the watcher's last resourceVersion gets 410 Gone,
+    // and the watcher must re-list (a second Init).
+    server.compact();
+    api.create(&PostParams::default(), &cm("after"))
+        .await
+        .expect("cm");
+    // A watch cut after each event also keeps the reflector whole (it resumes without a re-list).
+    server.cut_watches_after(Some(1));
+    api.create(&PostParams::default(), &cm("cut"))
+        .await
+        .expect("cm");
+    api.create(&PostParams::default(), &cm("cut2"))
+        .await
+        .expect("cm");
+    server.cut_watches_after(None);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut names: Vec<String> = reader.state().iter().map(|c| c.name_any()).collect();
+        names.sort();
+        if names == ["after", "before", "cut", "cut2", "during"]
+            && inits.load(std::sync::atomic::Ordering::SeqCst) >= 2
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reflector did not converge: {names:?}, inits {}",
+            inits.load(std::sync::atomic::Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    api.delete("before", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while reader.state().len() != 4 {
+        assert!(tokio::time::Instant::now() < deadline, "delete not seen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    task.abort();
+}
+
+#[tokio::test]
+async fn raw_watch_bookmarks_and_gone() {
+    let server = ApiServer::start().await.expect("server");
+    let client = server.client().expect("client");
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let rv = api
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .metadata
+        .resource_version
+        .expect("rv");
+    let params = kube::api::WatchParams::default().timeout(5);
+    let mut stream = api.watch(&params, &rv).await.expect("watch").boxed();
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "w"}})).expect("cm"),
+    )
+    .await
+    .expect("create");
+    let mut saw_added = false;
+    let mut saw_bookmark = false;
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(6), stream.next())
+        .await
+        .expect("event in time")
+    {
+        match event.expect("event") {
+            kube::api::WatchEvent::Added(cm) => saw_added |= cm.name_any() == "w",
+            kube::api::WatchEvent::Bookmark(_) => saw_bookmark = true,
+            _ => {}
+        }
+        if saw_added && saw_bookmark {
+            break;
+        }
+    }
+    assert!(saw_added && saw_bookmark);
+    server.compact();
+    let mut stream = api
+        .watch(&kube::api::WatchParams::default(), &rv)
+        .await
+        .expect("watch")
+        .boxed();
+    match stream.next().await.expect("an event").expect("decoded") {
+        kube::api::WatchEvent::Error(e) => {
+            assert_eq!((e.code, e.reason.as_str()), (410, "Expired"))
+        }
+        other => panic!("expected 410, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn tables_show_the_crd_printer_columns() {
+    let server = ApiServer::start().await.expect("server");
+    let client = server.client().expect("client");
+    install_crd(&client).await;
+    let ibs: Api<ImageBackup> = Api::all(client.clone());
+    let ib = ImageBackup::for_source(
+        &shared::Reference::parse_normalized("nginx:1.14.0").expect("ref"),
+        &shared::Reference::parse_normalized("localhost:5000/library_nginx:1.14.0").expect("ref"),
+    );
+    ibs.create(&PostParams::default(), &ib)
+        .await
+        .expect("create");
+    let status = json!({"status": {"phase": "Copying", "progress": "1/4 blobs, 25%"}});
+    ibs.patch_status(
+        &ib.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&status),
+    )
+    .await
+    .expect("status");
+    let request = http::Request::get("/apis/k8slab.io/v1alpha1/imagebackups")
+        .header(
+            "Accept",
+            "application/json;as=Table;g=meta.k8s.io;v=v1,application/json",
+        )
+        .body(Vec::new())
+        .expect("request");
+    let table: serde_json::Value = client.request(request).await.expect("table");
+    assert_eq!(table["kind"], "Table");
+    let columns: Vec<&str> = table["columnDefinitions"]
+        .as_array()
+        .expect("columns")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            "Name", "Source", "Target", "Phase", "Progress", "Digest", "Age"
+        ]
+    );
+    let cells = &table["rows"][0]["cells"];
+    assert_eq!(cells[1], "docker.io/library/nginx:1.14.0");
+    assert_eq!(cells[3], "Copying");
+    assert_eq!(cells[4], "1/4 blobs, 25%");
+    assert!(cells[6].as_str().expect("age").ends_with('s'));
+}
+
+#[tokio::test]
+async fn workloads_become_ready_unless_held() {
+    let server = ApiServer::start().await.expect("server");
+    let client = server.client().expect("client");
+    let api: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    server.hold_not_ready("default", "held");
+    api.create(&PostParams::default(), &deployment("web", "nginx:1"))
+        .await
+        .expect("create");
+    api.create(&PostParams::default(), &deployment("held", "nginx:1"))
+        .await
+        .expect("create");
+    let ready = |d: Deployment| Workload::Deployment(Box::new(d)).is_ready();
+    let wait_ready = |name: &'static str| {
+        let api = api.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                if ready(api.get(name).await.expect("get")) {
+                    return;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{name} never became Ready"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    wait_ready("web").await;
+    // A spec change makes it not-Ready until the simulated rollout completes.
+    let patched = api
+        .patch("web", &PatchParams::default(), &Patch::Strategic(&json!({"spec": {"template": {"spec": {"containers": [{"name": "main", "image": "nginx:2"}]}}}})))
+        .await
+        .expect("patch");
+    assert!(!ready(patched), "not Ready right after a spec change");
+    wait_ready("web").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = api.get("held").await.expect("get");
+    assert_eq!(held.status.as_ref().and_then(|s| s.ready_replicas), Some(0));
+    assert!(!ready(held));
+    server.release("default", "held");
+    wait_ready("held").await;
+}
+
+#[tokio::test]
+async fn injected_faults_and_latency() {
+    let server = ApiServer::start().await.expect("server");
+    let client = server.client().expect("client");
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    // The server answers injected faults as kube-apiserver would (Status JSON, Retry-After)...
+    server.fail_next(&[503, 429]);
+    shared::tls::ensure_crypto_provider();
+    let http = reqwest::Client::new();
+    let resp = http
+        .get(format!(
+            "{}/api/v1/namespaces/default/configmaps",
+            server.url()
+        ))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status().as_u16(), 503);
+    let body: serde_json::Value = resp.json().await.expect("status json");
+    assert_eq!(
+        (body["kind"].as_str(), body["reason"].as_str()),
+        (Some("Status"), Some("ServiceUnavailable"))
+    );
+    let resp = http
+        .get(format!(
+            "{}/api/v1/namespaces/default/configmaps",
+            server.url()
+        ))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status().as_u16(), 429);
+    assert_eq!(
+        resp.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    // ...and kube-rs's own retry of 429/503 rides them out.
+    server.fail_next(&[503, 429]);
+    api.list(&ListParams::default())
+        .await
+        .expect("served after kube-rs retries");
+    server.fail_next(&[500]);
+    assert_eq!(
+        status_code(
+            &api.list(&ListParams::default())
+                .await
+                .expect_err("500 is not retried")
+        )
+        .0,
+        500
+    );
+    server.set_latency(Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    api.list(&ListParams::default()).await.expect("slow");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+}
