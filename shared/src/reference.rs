@@ -42,7 +42,8 @@ pub const NAME_TOTAL_LENGTH_MAX: usize = 255;
 const DOMAIN_COMPONENT: &str = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])";
 const IPV6: &str = r"\[(?:[a-fA-F0-9:]+)\]";
 const PATH_COMPONENT: &str = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*";
-const TAG: &str = r"[\w][\w.-]{0,127}";
+/// Go's `\w` is ASCII-only; Rust's is Unicode (and compiles to a far larger automaton).
+const TAG: &str = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}";
 const DIGEST: &str = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*[:][0-9a-fA-F]{32,}";
 
 fn domain_pattern() -> String {
@@ -481,6 +482,11 @@ mod tests {
             None
         );
         assert!(Reference::parse_normalized("nginx:_under").is_ok());
+        // `\w` in the grammar is ASCII, as in Go.
+        assert_eq!(
+            Reference::parse_normalized("nginx:caf\u{e9}"),
+            Err(ReferenceError::InvalidTag("caf\u{e9}".into()))
+        );
         assert!(Reference::parse_normalized("nginx:1.0-rc.1").is_ok());
     }
 

@@ -127,7 +127,11 @@ enum AuthScheme {
 /// Talks the distribution API to any number of registries. Cheap to clone.
 #[derive(Clone)]
 pub struct RegistryClient {
-    http: reqwest::Client,
+    /// For plain-HTTP (insecure) registries: built without loading any root certificate.
+    plain: reqwest::Client,
+    /// For HTTPS: built on first use, because loading the system's root certificates costs
+    /// ~50 ms, which a one-shot copy between local registries should not pay.
+    tls: Arc<std::sync::OnceLock<reqwest::Client>>,
     options: Arc<ClientOptions>,
     tokens: Arc<TokenCache>,
     schemes: Arc<Mutex<HashMap<String, AuthScheme>>>,
@@ -145,26 +149,48 @@ pub enum Access {
 // === impl RegistryClient ===
 
 impl RegistryClient {
-    /// A client with its own connection pool.
-    pub fn new(options: ClientOptions) -> Result<Self, CopyError> {
-        shared::tls::ensure_crypto_provider();
-        let http = reqwest::Client::builder()
+    fn builder() -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
             .user_agent(concat!("image-backup/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(32)
             .tcp_nodelay(true)
             .no_proxy()
+    }
+
+    /// A client with its own connection pools.
+    pub fn new(options: ClientOptions) -> Result<Self, CopyError> {
+        shared::tls::ensure_crypto_provider();
+        let plain = Self::builder()
+            .tls_certs_only(Vec::new())
             .build()
             .map_err(|e| CopyError::Invalid {
                 what: "HTTP client".into(),
                 reason: e.to_string(),
             })?;
         Ok(Self {
-            http,
+            plain,
+            tls: Arc::new(std::sync::OnceLock::new()),
             options: Arc::new(options),
             tokens: Arc::new(TokenCache::default()),
             schemes: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    /// The HTTP client for a URL: the plain one for `http://`, the TLS one (built now if
+    /// needed, with the system's root certificates) for anything else.
+    fn http(&self, url: &str) -> &reqwest::Client {
+        if url.starts_with("http://") {
+            return &self.plain;
+        }
+        self.tls.get_or_init(|| {
+            Self::builder().build().unwrap_or_else(|e| {
+                // Building only fails when the TLS backend cannot load; then HTTPS requests
+                // fail with a transport error that names the registry, via the plain client.
+                tracing::warn!(error = %e, "cannot build the HTTPS client");
+                self.plain.clone()
+            })
         })
     }
 
@@ -278,7 +304,7 @@ impl RegistryClient {
                     if let Some(s) = service {
                         form.push(("service", s.to_string()));
                     }
-                    self.http.post(realm).form(&form)
+                    self.http(realm).post(realm).form(&form)
                 }
                 other => {
                     let mut query: Vec<(&str, &str)> =
@@ -286,7 +312,7 @@ impl RegistryClient {
                     if let Some(s) = service {
                         query.push(("service", s));
                     }
-                    let r = self.http.get(realm).query(&query);
+                    let r = self.http(realm).get(realm).query(&query);
                     match other.as_ref().and_then(|c| c.basic_header()) {
                         Some(h) => r.header(header::AUTHORIZATION, h),
                         None => r,
@@ -399,10 +425,11 @@ impl RegistryClient {
                 authorization = Some(format!("Bearer {token}"));
             }
         }
+        let http = self.http(&self.base(registry));
         let mut auth_refreshed = false;
         let mut attempt: u32 = 0;
         loop {
-            let mut request = build(&self.http);
+            let mut request = build(http);
             if let Some(a) = &authorization {
                 request = request.header(header::AUTHORIZATION, a);
             }
@@ -693,6 +720,7 @@ impl RegistryClient {
         repo: &Repo,
         location: &str,
         digest: &str,
+        size: u64,
         body: reqwest::Body,
     ) -> Result<(), CopyError> {
         let what = format!("upload blob {digest} to {}", repo.path);
@@ -700,9 +728,12 @@ impl RegistryClient {
         let sep = if location.contains('?') { '&' } else { '?' };
         let url = format!("{location}{sep}digest={digest}");
         let mut request = self
-            .http
+            .http(&url)
             .put(&url)
             .header(header::CONTENT_TYPE, "application/octet-stream")
+            // Known length: the registry reads a plain body instead of chunks, and a body that
+            // ends early (a held-back corrupt chunk) can never look complete.
+            .header(header::CONTENT_LENGTH, size)
             .body(body);
         if let Some(a) = self.known_authorization(&repo.registry, &scopes) {
             request = request.header(header::AUTHORIZATION, a);
@@ -722,7 +753,10 @@ impl RegistryClient {
     /// Cancels an upload session (best effort: the registry purges stale sessions anyway).
     pub async fn cancel_upload(&self, repo: &Repo, location: &str) {
         let scopes = Self::scopes(repo, Access::Push, None);
-        let mut request = self.http.delete(location).timeout(Duration::from_secs(10));
+        let mut request = self
+            .http(location)
+            .delete(location)
+            .timeout(Duration::from_secs(10));
         if let Some(a) = self.known_authorization(&repo.registry, &scopes) {
             request = request.header(header::AUTHORIZATION, a);
         }

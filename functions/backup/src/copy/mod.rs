@@ -449,6 +449,7 @@ impl Copier {
                 dst,
                 session,
                 &blob.digest,
+                blob.size,
                 reqwest::Body::wrap_stream(stream),
             )
             .await;
