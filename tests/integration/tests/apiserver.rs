@@ -680,6 +680,32 @@ async fn workloads_become_ready_unless_held() {
     assert!(!ready(held));
     server.release("default", "held");
     wait_ready("held").await;
+
+    // DaemonSets too: desiredNumberScheduled pods on the simulated nodes, all ready.
+    let daemonsets: Api<k8s_openapi::api::apps::v1::DaemonSet> =
+        Api::namespaced(client.clone(), "default");
+    let ds: k8s_openapi::api::apps::v1::DaemonSet = serde_json::from_value(json!({
+        "metadata": {"name": "agent"},
+        "spec": {"selector": {"matchLabels": {"app": "agent"}}, "template": {"metadata": {"labels": {"app": "agent"}}, "spec": {"containers": [{"name": "a", "image": "fluentd:1"}]}}}
+    }))
+    .expect("ds");
+    daemonsets
+        .create(&PostParams::default(), &ds)
+        .await
+        .expect("create ds");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ds = daemonsets.get("agent").await.expect("get");
+        if Workload::DaemonSet(Box::new(ds.clone())).is_ready() {
+            assert_eq!(ds.status.expect("status").desired_number_scheduled, 2);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "DaemonSet never became Ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]

@@ -1160,6 +1160,11 @@ fn operations(r: &Resource, v3: bool) -> Value {
 }
 
 fn object_schema(r: &Resource) -> Value {
+    if let Some(schema) = &r.schema {
+        let mut schema = schema.clone();
+        schema["x-kubernetes-group-version-kind"] = gvk_extension(r);
+        return schema;
+    }
     json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true, "x-kubernetes-group-version-kind": gvk_extension(r),
            "properties": {"apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}})
 }

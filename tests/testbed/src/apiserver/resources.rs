@@ -28,6 +28,8 @@ pub struct Resource {
     pub printer_columns: Vec<PrinterColumn>,
     /// Whether spec changes bump `metadata.generation` (all but a few core kinds).
     pub tracks_generation: bool,
+    /// The OpenAPI v3 schema (CRDs: their `openAPIV3Schema`), served for `kubectl explain`.
+    pub schema: Option<Value>,
 }
 
 /// A Table column evaluated from a simple JSONPath.
@@ -112,6 +114,7 @@ fn builtin(
         },
         printer_columns: Vec::new(),
         tracks_generation: !matches!(kind, "Namespace" | "Secret" | "Event" | "Lease"),
+        schema: None,
     }
 }
 
@@ -211,6 +214,9 @@ pub fn from_crd(crd: &Value) -> Vec<Resource> {
                 })
                 .collect(),
             tracks_generation: true,
+            schema: v["schema"]["openAPIV3Schema"]
+                .as_object()
+                .map(|o| Value::Object(o.clone())),
         })
         .collect()
 }
