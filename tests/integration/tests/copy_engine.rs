@@ -269,6 +269,23 @@ async fn warm_copies_skip_and_mount() {
             .any(|r| r == "POST /v2/bk/x_b/blobs/uploads/")
     );
     assert_identical(&Pusher::new(&dst.host(), None), "bk/x_b", "1", &image_b).await;
+
+    // Within one registry (a fresh process, nothing remembered): every blob is mounted from the
+    // source repository, nothing is uploaded.
+    let fresh = self::copier(&[src.host()], DockerConfig::default());
+    let local = fresh
+        .copy(
+            &reference(&format!("{}/x/a:1", src.host())),
+            &reference(&format!("{}/mirror/x_a:1", src.host())),
+            None,
+        )
+        .await
+        .expect("copy within a registry");
+    assert_eq!(
+        (local.blobs_mounted as usize, local.blobs_copied),
+        (image_a.blobs.len(), 0)
+    );
+    assert_identical(&pusher, "mirror/x_a", "1", &image_a).await;
 }
 
 #[tokio::test]

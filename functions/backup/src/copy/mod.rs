@@ -7,7 +7,8 @@
 //! 2. if the target tag already holds that digest, stop: the registry accepted that manifest only
 //!    once every blob it references was present (the warm path costs two requests);
 //! 3. move every distinct blob, several at once: skip it after one HEAD if the target repository
-//!    has it, mount it if another repository of the target registry is known to have it, else
+//!    has it, mount it if another repository of the target registry is known to have it (one
+//!    this process copied it to, or the source repository when both are in one registry), else
 //!    stream it source → target through a hashing adapter that refuses to finish a blob whose
 //!    bytes do not match its digest (the upload is then cancelled);
 //! 4. only then push manifests, children before parents, the tagged top manifest last.
@@ -369,8 +370,11 @@ impl Copier {
             self.remember(dst, &blob.digest);
             return Ok(BlobOutcome::Skipped);
         }
+        // Where the target registry already has this blob: a repository this process saw it
+        // in, or the source repository itself when source and target share a registry.
         let mount_from = self
             .known_location(&dst.registry, &blob.digest)
+            .or_else(|| (src.registry == dst.registry).then(|| src.path.clone()))
             .filter(|path| *path != dst.path)
             .map(|path| Repo {
                 registry: dst.registry.clone(),
