@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng as _;
-use reqwest::{RequestBuilder, Response, StatusCode, header};
+use reqwest::{Method, RequestBuilder, Response, StatusCode, header};
 use sha2::{Digest as _, Sha256};
 
 use super::auth::{Challenge, Credential, DockerConfig, TokenCache, TokenResponse};
@@ -491,6 +491,32 @@ impl RegistryClient {
         }
     }
 
+    /// GET or HEAD of a manifest: `None` on 404, an error for any other failure.
+    async fn manifest_request(
+        &self,
+        repo: &Repo,
+        reference: &str,
+        method: Method,
+        access: Access,
+        what: &str,
+    ) -> Result<Option<Response>, CopyError> {
+        let url = self.url(repo, &format!("manifests/{reference}"));
+        let resp = self
+            .send(repo, access, None, what, |c| {
+                c.request(method.clone(), &url)
+                    .header(header::ACCEPT, MANIFEST_ACCEPT)
+                    .timeout(Duration::from_secs(30))
+            })
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(status_error(&repo.registry, what, resp, 1).await);
+        }
+        Ok(Some(resp))
+    }
+
     /// Reads a manifest by tag or digest (`head` only asks for its digest): `None` on 404.
     /// The bytes are checked against the requested digest and the registry's
     /// `Docker-Content-Digest`.
@@ -500,20 +526,12 @@ impl RegistryClient {
         reference: &str,
     ) -> Result<Option<RawManifest>, CopyError> {
         let what = format!("manifest {}:{reference}", repo.path);
-        let url = self.url(repo, &format!("manifests/{reference}"));
-        let resp = self
-            .send(repo, Access::Pull, None, &what, |c| {
-                c.get(&url)
-                    .header(header::ACCEPT, MANIFEST_ACCEPT)
-                    .timeout(Duration::from_secs(30))
-            })
-            .await?;
-        if resp.status() == StatusCode::NOT_FOUND {
+        let Some(resp) = self
+            .manifest_request(repo, reference, Method::GET, Access::Pull, &what)
+            .await?
+        else {
             return Ok(None);
-        }
-        if !resp.status().is_success() {
-            return Err(status_error(&repo.registry, &what, resp, 1).await);
-        }
+        };
         let media_type = content_type(&resp);
         let header_digest = resp
             .headers()
@@ -566,20 +584,12 @@ impl RegistryClient {
         access: Access,
     ) -> Result<Option<String>, CopyError> {
         let what = format!("manifest {}:{reference}", repo.path);
-        let url = self.url(repo, &format!("manifests/{reference}"));
-        let resp = self
-            .send(repo, access, None, &what, |c| {
-                c.head(&url)
-                    .header(header::ACCEPT, MANIFEST_ACCEPT)
-                    .timeout(Duration::from_secs(30))
-            })
-            .await?;
-        if resp.status() == StatusCode::NOT_FOUND {
+        let Some(resp) = self
+            .manifest_request(repo, reference, Method::HEAD, access, &what)
+            .await?
+        else {
             return Ok(None);
-        }
-        if !resp.status().is_success() {
-            return Err(status_error(&repo.registry, &what, resp, 1).await);
-        }
+        };
         Ok(resp
             .headers()
             .get("docker-content-digest")
