@@ -1,12 +1,12 @@
 //! Image references: parsing and normalization exactly as the canonical grammar of
 //! `distribution/reference` (the one Docker, containerd and the kubelet use).
 //!
-//! Why our own parser: the grammar is small, and the crates that parse references either accept
-//! upper case in repository paths, skip the 255-character limit or the digest validation, or do not
-//! keep the difference between "no tag" and "latest". This module mirrors the Go code closely (the
-//! same regular expressions, `splitDockerDomain`, `ParseNormalizedNamed`, `digest.Parse`) and its
-//! tests are the upstream edge cases. It must not do any network access or naming policy: that is
-//! [`crate::naming`].
+//! Why our own parser: `oci-client` re-exports oci-spec's `Reference`, which departs from the
+//! grammar (no IPv6 hosts, Unicode `\w` in tags, digests checked for length only, 64-hex IDs
+//! accepted as names, the 255 limit applied to the path alone, `latest` added at parse time).
+//! This module mirrors the Go code closely (the same regular expressions with ASCII classes,
+//! `splitDockerDomain`, `ParseNormalizedNamed`, `digest.Parse`) and its tests cover the grammar's
+//! edge cases, valid and invalid. It must not do any network access or naming policy: that is [`crate::naming`].
 //!
 //! ```text
 //! reference        := name [ ":" tag ] [ "@" digest ]

@@ -48,6 +48,13 @@ fn shapes() -> Vec<Shape> {
 struct Measure {
     median: f64,
     rss_kib: Option<u64>,
+    cpu_seconds: Option<f64>,
+}
+
+/// Peak RSS (KiB) and user+system CPU seconds of one run.
+struct Usage {
+    rss_kib: u64,
+    cpu_seconds: f64,
 }
 
 fn sh_quote(s: &str) -> String {
@@ -85,7 +92,7 @@ fn hyperfine(command: &str, prepare: Option<&str>, runs: u32, json: &Path) -> an
         .context("hyperfine JSON has no median")
 }
 
-fn peak_rss(command: &str, prepare: Option<&str>) -> anyhow::Result<u64> {
+fn usage(command: &str, prepare: Option<&str>) -> anyhow::Result<Usage> {
     if let Some(p) = prepare {
         Command::new("sh").args(["-c", p]).status()?;
     }
@@ -94,13 +101,22 @@ fn peak_rss(command: &str, prepare: Option<&str>) -> anyhow::Result<u64> {
         .output()
         .context("/usr/bin/time (apt-get install time)")?;
     let text = String::from_utf8_lossy(&out.stderr);
-    text.lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("Maximum resident set size (kbytes): ")
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .context("no RSS in /usr/bin/time output")
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()))
+    };
+    let rss_kib = field("Maximum resident set size (kbytes):")
+        .and_then(|v| v.parse().ok())
+        .context("no RSS in /usr/bin/time output")?;
+    let seconds = |name: &str| {
+        field(name)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    Ok(Usage {
+        rss_kib,
+        cpu_seconds: seconds("User time (seconds):") + seconds("System time (seconds):"),
+    })
 }
 
 /// Runs the benchmark; returns the Markdown report.
@@ -139,7 +155,7 @@ pub async fn run(backup_bin: &Path, runs: u32, only: Option<&str>) -> anyhow::Re
         for (tool, command) in [("backup copy", &ours), ("skopeo", &skopeo)] {
             eprintln!("bench: {} {tool} cold", shape.name);
             let cold = hyperfine(command, Some(&wipe), runs, &work.path().join("cold.json"))?;
-            let rss = peak_rss(command, Some(&wipe)).ok();
+            let usage = usage(command, Some(&wipe)).ok();
             eprintln!("bench: {} {tool} warm", shape.name);
             // The RSS run left the target complete.
             let warm = hyperfine(command, None, runs, &work.path().join("warm.json"))?;
@@ -147,7 +163,8 @@ pub async fn run(backup_bin: &Path, runs: u32, only: Option<&str>) -> anyhow::Re
                 tool,
                 Measure {
                     median: cold,
-                    rss_kib: rss,
+                    rss_kib: usage.as_ref().map(|u| u.rss_kib),
+                    cpu_seconds: usage.as_ref().map(|u| u.cpu_seconds),
                 },
                 warm,
             ));
@@ -155,21 +172,21 @@ pub async fn run(backup_bin: &Path, runs: u32, only: Option<&str>) -> anyhow::Re
         rows.push((shape.name, image.blob_bytes(), measures));
     }
     let mut out = String::new();
-    out.push_str(&format!(
-        "| shape | bytes | tool | cold median (s) | warm median (s) | peak RSS (MiB) |\n|---|---|---|---|---|---|\n"
-    ));
+    out.push_str("| shape | bytes | tool | cold median (s) | warm median (s) | peak RSS (MiB) | CPU of one cold run (s) |\n|---|---|---|---|---|---|---|\n");
     let mut ratios = String::from(
         "\n| shape | cold speed-up vs skopeo | warm speed-up vs skopeo |\n|---|---|---|\n",
     );
     for (name, bytes, measures) in &rows {
         for (tool, cold, warm) in measures {
             out.push_str(&format!(
-                "| {name} | {:.1} MiB | {tool} | {:.3} | {:.3} | {} |\n",
+                "| {name} | {:.1} MiB | {tool} | {:.3} | {:.3} | {} | {} |\n",
                 *bytes as f64 / MIB as f64,
                 cold.median,
                 warm,
                 cold.rss_kib
-                    .map_or("?".to_string(), |k| format!("{:.1}", k as f64 / 1024.0))
+                    .map_or("?".to_string(), |k| format!("{:.1}", k as f64 / 1024.0)),
+                cold.cpu_seconds
+                    .map_or("?".to_string(), |c| format!("{c:.2}"))
             ));
         }
         if let [(_, ours_cold, ours_warm), (_, skopeo_cold, skopeo_warm)] = measures.as_slice() {

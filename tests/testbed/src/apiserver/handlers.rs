@@ -71,7 +71,7 @@ struct Target {
 }
 
 fn query_map(uri: &axum::http::Uri) -> BTreeMap<String, String> {
-    uri.query().map(|q| url_decode_pairs(q)).unwrap_or_default()
+    uri.query().map(url_decode_pairs).unwrap_or_default()
 }
 
 fn url_decode_pairs(q: &str) -> BTreeMap<String, String> {
@@ -282,19 +282,20 @@ fn parse_target(state: &ApiState, group: &str, version: &str, rest: &[&str]) -> 
             .find(|r| r.group == group && r.version == version && r.plural == plural)
             .cloned()
     };
-    if rest.first() == Some(&"namespaces") && rest.len() >= 3 {
-        if let Some(r) = find(rest[2]).filter(|r| r.namespaced) {
-            let status = rest.get(4) == Some(&"status");
-            if rest.len() > 5 || (rest.len() == 5 && !status) {
-                return None;
-            }
-            return Some(Target {
-                resource: r,
-                namespace: Some(rest[1].to_string()),
-                name: rest.get(3).map(|s| s.to_string()),
-                status,
-            });
+    if rest.first() == Some(&"namespaces")
+        && rest.len() >= 3
+        && let Some(r) = find(rest[2]).filter(|r| r.namespaced)
+    {
+        let status = rest.get(4) == Some(&"status");
+        if rest.len() > 5 || (rest.len() == 5 && !status) {
+            return None;
         }
+        return Some(Target {
+            resource: r,
+            namespace: Some(rest[1].to_string()),
+            name: rest.get(3).map(|s| s.to_string()),
+            status,
+        });
     }
     let r = find(rest.first()?)?;
     let status = rest.get(2) == Some(&"status");
@@ -636,12 +637,12 @@ fn create(
         .as_deref()
         .filter(|_| target.resource.namespaced)
     {
-        if let Some(given) = object["metadata"]["namespace"].as_str() {
-            if given != ns {
-                return Err(ApiError::bad_request(format!(
-                    "the namespace of the provided object ({given}) does not match the namespace sent on the request ({ns})"
-                )));
-            }
+        if let Some(given) = object["metadata"]["namespace"].as_str()
+            && given != ns
+        {
+            return Err(ApiError::bad_request(format!(
+                "the namespace of the provided object ({given}) does not match the namespace sent on the request ({ns})"
+            )));
         }
         if !namespace_exists(state, ns) {
             return Err(ApiError {
@@ -783,12 +784,12 @@ fn update(
     body: &[u8],
 ) -> Result<Response> {
     let object = parse_body(headers, body)?;
-    if let Some(given) = object["metadata"]["name"].as_str() {
-        if given != name {
-            return Err(ApiError::bad_request(format!(
-                "the name of the object ({given}) does not match the name on the URL ({name})"
-            )));
-        }
+    if let Some(given) = object["metadata"]["name"].as_str()
+        && given != name
+    {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({given}) does not match the name on the URL ({name})"
+        )));
     }
     let updated = {
         let mut store = state
@@ -845,9 +846,7 @@ fn patch_object(
         }
         "application/strategic-merge-patch+json" => {
             if is_crd_object {
-                return Err(ApiError::unsupported_media_type(format!(
-                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml"
-                )));
+                return Err(ApiError::unsupported_media_type("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml".to_string()));
             }
             patch::strategic_merge(&mut object, &parse_body(headers, body)?)
         }

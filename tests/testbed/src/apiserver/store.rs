@@ -193,10 +193,10 @@ impl Store {
             return Err(ApiError::already_exists(resource, &key.name));
         }
         let rv = self.next_rv();
-        if resource.status_subresource {
-            if let Some(map) = object.as_object_mut() {
-                map.remove("status");
-            }
+        if resource.status_subresource
+            && let Some(map) = object.as_object_mut()
+        {
+            map.remove("status");
         }
         object["apiVersion"] = resource.api_version().into();
         object["kind"] = resource.kind.clone().into();
@@ -234,10 +234,9 @@ impl Store {
         if let Some(given) = object["metadata"]["resourceVersion"]
             .as_str()
             .filter(|s| !s.is_empty())
+            && Some(given) != current["metadata"]["resourceVersion"].as_str()
         {
-            if Some(given) != current["metadata"]["resourceVersion"].as_str() {
-                return Err(ApiError::conflict(resource, &key.name));
-            }
+            return Err(ApiError::conflict(resource, &key.name));
         }
         if status_only {
             // Only status changes on /status.
