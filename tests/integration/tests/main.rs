@@ -6,3 +6,4 @@ mod copy_engine;
 mod kubectl;
 mod nats_events;
 mod registry_images;
+mod testbed_up;

@@ -17,8 +17,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Start nats-server and three registries (source, backup, auth), print the endpoints, and
-    /// run until Ctrl-C or SIGTERM.
+    /// Start nats-server, three registries (source, backup, auth) and the test API server (with
+    /// the ImageBackup CRD installed), print the endpoints and a kubeconfig path, and run until
+    /// Ctrl-C or SIGTERM.
     Up,
     /// Run the test Kubernetes API server on ADDR and write a kubeconfig for it (kubectl and
     /// kube-rs work against it unchanged); runs until Ctrl-C or SIGTERM.
@@ -61,8 +62,19 @@ async fn up() -> anyhow::Result<()> {
         ..Default::default()
     })
     .context("starting the auth registry")?;
+    let apiserver = testbed::ApiServer::start()
+        .await
+        .context("starting the test API server")?;
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = dir.path().join("kubeconfig");
+    apiserver.write_kubeconfig(&kubeconfig)?;
+    apiserver
+        .install_imagebackup_crd()
+        .await
+        .context("installing the ImageBackup CRD")?;
     let endpoints = serde_json::json!({
         "nats": {"url": nats.url(), "version": nats.version()},
+        "apiserver": {"url": apiserver.url(), "kubeconfig": kubeconfig},
         "registries": {
             "source": source.host(),
             "backup": backup.host(),
@@ -70,6 +82,7 @@ async fn up() -> anyhow::Result<()> {
         },
         "env": {
             "NATS_URL": nats.url(),
+            "KUBECONFIG": kubeconfig,
             "BACKUP_REGISTRY": format!("{}/backup", backup.host()),
             "INSECURE_REGISTRIES": format!("{},{},{}", source.host(), backup.host(), auth.host()),
         },

@@ -157,6 +157,16 @@ impl ApiServer {
         Ok(kube::Client::try_from(config)?)
     }
 
+    /// Creates the ImageBackup CRD (from the Rust type, as `crds/imagebackup.yaml` is) through
+    /// the API, as `kubectl apply -f crds/imagebackup.yaml` would.
+    pub async fn install_imagebackup_crd(&self) -> anyhow::Result<()> {
+        use kube::CustomResourceExt as _;
+        let crd = shared::crd::ImageBackup::crd();
+        let api = kube::Api::all(self.client()?);
+        api.create(&kube::api::PostParams::default(), &crd).await?;
+        Ok(())
+    }
+
     /// Adds latency to every request.
     pub fn set_latency(&self, latency: Duration) {
         if let Ok(mut f) = self.state.faults.lock() {

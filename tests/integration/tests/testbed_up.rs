@@ -1,0 +1,95 @@
+//! `testbed up`: the services a person plays with start, answer, and stop on SIGTERM.
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+#[tokio::test]
+async fn testbed_up_starts_everything_and_stops_on_sigterm() {
+    let mut child = Command::new(testbed::workspace_binary("testbed"))
+        .arg("up")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("testbed binary (built by cargo test --workspace)");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut text = String::new();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.expect("line");
+        let end = line == "}";
+        text.push_str(&line);
+        if end {
+            break;
+        }
+    }
+    let endpoints: serde_json::Value = serde_json::from_str(&text).expect("endpoints JSON");
+    let nats_url = endpoints["nats"]["url"].as_str().expect("nats url");
+    shared::nats::connect(nats_url, "testbed-up-test")
+        .await
+        .expect("NATS answers");
+    shared::tls::ensure_crypto_provider();
+    let http = reqwest::Client::new();
+    for (name, want) in [("source", 200), ("backup", 200)] {
+        let host = endpoints["registries"][name].as_str().expect("host");
+        let status = http
+            .get(format!("http://{host}/v2/"))
+            .send()
+            .await
+            .expect("registry")
+            .status();
+        assert_eq!(status.as_u16(), want, "{name}");
+    }
+    let auth = endpoints["registries"]["auth"]["host"]
+        .as_str()
+        .expect("auth host");
+    assert_eq!(
+        http.get(format!("http://{auth}/v2/"))
+            .send()
+            .await
+            .expect("registry")
+            .status()
+            .as_u16(),
+        401
+    );
+    let api = endpoints["apiserver"]["url"].as_str().expect("api url");
+    let crd = http
+        .get(format!("{api}/apis/k8slab.io/v1alpha1"))
+        .send()
+        .await
+        .expect("apiserver");
+    assert_eq!(
+        crd.status().as_u16(),
+        200,
+        "the ImageBackup CRD is installed"
+    );
+    assert!(
+        std::path::Path::new(endpoints["env"]["KUBECONFIG"].as_str().expect("kubeconfig")).exists()
+    );
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().expect("wait") {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "testbed up did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "{exit}");
+    // Its services went with it.
+    let source = endpoints["registries"]["source"].as_str().expect("host");
+    assert!(
+        http.get(format!("http://{source}/v2/"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .is_err()
+    );
+}
