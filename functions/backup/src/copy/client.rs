@@ -781,13 +781,23 @@ fn retryable_status(s: StatusCode) -> bool {
 }
 
 fn retry_after(resp: &Response) -> Option<Duration> {
-    let v = resp
-        .headers()
-        .get(header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    v.parse::<u64>().ok().map(Duration::from_secs)
+    let v = resp.headers().get(header::RETRY_AFTER)?.to_str().ok()?;
+    parse_retry_after(v, chrono::Utc::now())
+}
+
+/// `Retry-After` is either delay-seconds or an HTTP-date (RFC 9110); a date in the past means
+/// "now".
+fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let date = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    Some(
+        (date.with_timezone(&chrono::Utc) - now)
+            .to_std()
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 fn content_type(resp: &Response) -> String {
@@ -870,5 +880,39 @@ pub async fn status_error(registry: &str, what: &str, resp: Response, attempts: 
             status: s.as_u16(),
             message,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_seconds_and_http_dates() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-26T10:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("Thu, 26 Nov 2026 10:00:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Thu, 26 Nov 2026 09:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let p = RetryPolicy::default();
+        assert!(p.delay(0, None) <= Duration::from_millis(200));
+        assert!(p.delay(0, None) >= Duration::from_millis(100));
+        assert!(p.delay(20, None) <= p.max_delay);
+        assert_eq!(
+            p.delay(3, Some(Duration::from_secs(2))),
+            Duration::from_secs(2)
+        );
     }
 }
