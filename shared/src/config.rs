@@ -1,7 +1,6 @@
 //! Command-line and environment settings shared by every function, with the same names
 //! everywhere (the design contract). Each binary `#[command(flatten)]`s the ones it needs.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::naming::{BackupRegistry, Layout, NamingPolicy};
@@ -48,14 +47,6 @@ pub struct RegistryArgs {
     /// A docker config.json with credentials for the registries (the target's at least).
     #[arg(long, env = "DOCKER_CONFIG_FILE")]
     pub docker_config: Option<PathBuf>,
-}
-
-/// The admin HTTP server (health, readiness, metrics).
-#[derive(Debug, Clone, clap::Args)]
-pub struct AdminArgs {
-    /// Address of the admin server: /healthz, /readyz, /metrics.
-    #[arg(long, env = "METRICS_LISTEN", default_value = "0.0.0.0:9090")]
-    pub metrics_listen: SocketAddr,
 }
 
 /// How logs are written.

@@ -1,4 +1,5 @@
-//! HTTP routing and the verbs: discovery, CRUD, patch, status, list, watch, Tables, OpenAPI.
+//! HTTP routing and the verbs (get, list, create, update, patch, delete, deletecollection, the
+//! status subresource); discovery, selectors, Tables, watch and OpenAPI live in the submodules.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,6 +18,18 @@ use super::resources::{self, Resource, json_path};
 use super::simulation;
 use super::store::{ChangeType, Key};
 
+mod discovery;
+mod openapi;
+mod selectors;
+mod table;
+mod watch;
+
+use discovery::*;
+use openapi::*;
+use selectors::*;
+use table::*;
+use watch::*;
+
 type Result<T> = std::result::Result<T, ApiError>;
 
 /// The router: everything goes through one fallback that parses Kubernetes paths.
@@ -29,7 +42,7 @@ pub(crate) fn bootstrap(state: &ApiState) -> anyhow::Result<()> {
     let ns = resources::builtins()
         .into_iter()
         .find(|r| r.plural == "namespaces")
-        .context_ok()?;
+        .ok_or_else(|| anyhow::anyhow!("namespaces is a built-in resource"))?;
     let mut store = state
         .store
         .lock()
@@ -51,15 +64,6 @@ pub(crate) fn bootstrap(state: &ApiState) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!(e.message))?;
     }
     Ok(())
-}
-
-trait ContextOk<T> {
-    fn context_ok(self) -> anyhow::Result<T>;
-}
-impl<T> ContextOk<T> for Option<T> {
-    fn context_ok(self) -> anyhow::Result<T> {
-        self.ok_or_else(|| anyhow::anyhow!("missing built-in"))
-    }
 }
 
 /// A parsed resource path.
@@ -222,59 +226,6 @@ fn is_true(v: Option<&String>) -> bool {
     v.is_some_and(|v| v == "true" || v == "1")
 }
 
-fn version() -> Value {
-    json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-testbed", "gitCommit": "testbed", "gitTreeState": "clean",
-           "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24", "compiler": "gc", "platform": "linux/amd64"})
-}
-
-fn resources_of(state: &ApiState) -> Vec<Resource> {
-    state
-        .resources
-        .read()
-        .map(|r| r.clone())
-        .unwrap_or_default()
-}
-
-fn resource_list(state: &ApiState, group: &str, version: &str) -> Value {
-    let mut list = Vec::new();
-    for r in resources_of(state)
-        .iter()
-        .filter(|r| r.group == group && r.version == version)
-    {
-        list.push(r.api_resource());
-        if r.status_subresource {
-            list.push(json!({"name": format!("{}/status", r.plural), "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get", "patch", "update"]}));
-        }
-    }
-    let gv = if group.is_empty() {
-        version.to_string()
-    } else {
-        format!("{group}/{version}")
-    };
-    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list})
-}
-
-fn group_list(state: &ApiState) -> Value {
-    let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for r in resources_of(state).iter().filter(|r| !r.group.is_empty()) {
-        let versions = groups.entry(r.group.clone()).or_default();
-        if !versions.contains(&r.version) {
-            versions.push(r.version.clone());
-        }
-    }
-    let groups: Vec<Value> = groups
-        .into_iter()
-        .map(|(name, versions)| {
-            let vs: Vec<Value> = versions
-                .iter()
-                .map(|v| json!({"groupVersion": format!("{name}/{v}"), "version": v}))
-                .collect();
-            json!({"name": name, "versions": vs.clone(), "preferredVersion": vs[0].clone()})
-        })
-        .collect();
-    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
-}
-
 fn parse_target(state: &ApiState, group: &str, version: &str, rest: &[&str]) -> Option<Target> {
     let all = resources_of(state);
     let find = |plural: &str| {
@@ -351,153 +302,6 @@ fn get(state: &ApiState, target: &Target, name: &str) -> Result<Value> {
         .ok_or_else(|| ApiError::not_found(&target.resource, name))
 }
 
-/// A parsed label selector term.
-enum Term {
-    Eq(String, String),
-    Ne(String, String),
-    In(String, Vec<String>),
-    NotIn(String, Vec<String>),
-    Exists(String),
-    NotExists(String),
-}
-
-fn split_terms(s: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut depth = 0;
-    let mut cur = String::new();
-    for c in s.chars() {
-        match c {
-            '(' => {
-                depth += 1;
-                cur.push(c);
-            }
-            ')' => {
-                depth -= 1;
-                cur.push(c);
-            }
-            ',' if depth == 0 => out.push(std::mem::take(&mut cur)),
-            _ => cur.push(c),
-        }
-    }
-    if !cur.trim().is_empty() {
-        out.push(cur);
-    }
-    out.into_iter()
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty())
-        .collect()
-}
-
-fn parse_label_selector(s: &str) -> Result<Vec<Term>> {
-    let set = |v: &str| -> Vec<String> {
-        v.trim()
-            .trim_start_matches('(')
-            .trim_end_matches(')')
-            .split(',')
-            .map(|x| x.trim().to_string())
-            .collect()
-    };
-    split_terms(s)
-        .into_iter()
-        .map(|t| {
-            if let Some((k, v)) = t.split_once(" notin ") {
-                Ok(Term::NotIn(k.trim().into(), set(v)))
-            } else if let Some((k, v)) = t.split_once(" in ") {
-                Ok(Term::In(k.trim().into(), set(v)))
-            } else if let Some((k, v)) = t.split_once("!=") {
-                Ok(Term::Ne(k.trim().into(), v.trim().into()))
-            } else if let Some((k, v)) = t.split_once("==").or_else(|| t.split_once('=')) {
-                Ok(Term::Eq(k.trim().into(), v.trim().into()))
-            } else if let Some(k) = t.strip_prefix('!') {
-                Ok(Term::NotExists(k.trim().into()))
-            } else if t
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
-            {
-                Ok(Term::Exists(t))
-            } else {
-                Err(ApiError::bad_request(format!(
-                    "unable to parse requirement: {t:?}"
-                )))
-            }
-        })
-        .collect()
-}
-
-fn labels_match(object: &Value, terms: &[Term]) -> bool {
-    let labels = &object["metadata"]["labels"];
-    let get = |k: &str| labels.get(k).and_then(Value::as_str);
-    terms.iter().all(|t| match t {
-        Term::Eq(k, v) => get(k) == Some(v.as_str()),
-        Term::Ne(k, v) => get(k) != Some(v.as_str()),
-        Term::In(k, vs) => get(k).is_some_and(|x| vs.iter().any(|v| v == x)),
-        Term::NotIn(k, vs) => get(k).is_none_or(|x| !vs.iter().any(|v| v == x)),
-        Term::Exists(k) => get(k).is_some(),
-        Term::NotExists(k) => get(k).is_none(),
-    })
-}
-
-fn parse_field_selector(s: &str) -> Result<Vec<(String, bool, String)>> {
-    split_terms(s)
-        .into_iter()
-        .map(|t| {
-            let (field, eq, value) = if let Some((f, v)) = t.split_once("!=") {
-                (f, false, v)
-            } else if let Some((f, v)) = t.split_once("==").or_else(|| t.split_once('=')) {
-                (f, true, v)
-            } else {
-                return Err(ApiError::bad_request(format!(
-                    "invalid field selector: {t:?}"
-                )));
-            };
-            match field.trim() {
-                "metadata.name" | "metadata.namespace" => {
-                    Ok((field.trim().to_string(), eq, value.trim().to_string()))
-                }
-                other => Err(ApiError::bad_request(format!(
-                    "field label not supported: {other}"
-                ))),
-            }
-        })
-        .collect()
-}
-
-fn fields_match(object: &Value, terms: &[(String, bool, String)]) -> bool {
-    terms.iter().all(|(field, eq, value)| {
-        let actual = json_path(object, field)
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        (actual == value) == *eq
-    })
-}
-
-/// Label and field selectors of a list or watch.
-struct Filter {
-    labels: Vec<Term>,
-    fields: Vec<(String, bool, String)>,
-}
-
-impl Filter {
-    fn from_query(query: &BTreeMap<String, String>) -> Result<Self> {
-        Ok(Self {
-            labels: query
-                .get("labelSelector")
-                .map(|s| parse_label_selector(s))
-                .transpose()?
-                .unwrap_or_default(),
-            fields: query
-                .get("fieldSelector")
-                .map(|s| parse_field_selector(s))
-                .transpose()?
-                .unwrap_or_default(),
-        })
-    }
-
-    fn matches(&self, object: &Value) -> bool {
-        labels_match(object, &self.labels) && fields_match(object, &self.fields)
-    }
-}
-
 fn list(
     state: &ApiState,
     target: &Target,
@@ -535,71 +339,6 @@ fn list(
 fn with_version(mut object: Value, resource: &Resource) -> Value {
     object["apiVersion"] = resource.api_version().into();
     object
-}
-
-fn human_age(timestamp: &str) -> String {
-    let Ok(t) = chrono::DateTime::parse_from_rfc3339(timestamp) else {
-        return "<invalid>".into();
-    };
-    let secs = (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
-        .num_seconds()
-        .max(0);
-    match secs {
-        s if s < 120 => format!("{s}s"),
-        s if s < 3600 * 2 => format!("{}m", s / 60),
-        s if s < 86400 * 2 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86400),
-    }
-}
-
-fn to_table(
-    resource: &Resource,
-    items: &[Value],
-    query: &BTreeMap<String, String>,
-    rv: Option<u64>,
-) -> Value {
-    let mut columns = vec![
-        json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0}),
-    ];
-    let custom = !resource.printer_columns.is_empty();
-    for c in &resource.printer_columns {
-        columns.push(json!({"name": c.name, "type": if c.type_ == "date" { "string" } else { c.type_.as_str() }, "format": "", "description": c.description, "priority": c.priority}));
-    }
-    if !custom {
-        columns.push(json!({"name": "Age", "type": "string", "format": "", "description": "CreationTimestamp", "priority": 0}));
-    }
-    let include_object = query
-        .get("includeObject")
-        .map(String::as_str)
-        .unwrap_or("PartialObjectMetadata");
-    let rows: Vec<Value> = items
-        .iter()
-        .map(|o| {
-            let mut cells = vec![o["metadata"]["name"].clone()];
-            for c in &resource.printer_columns {
-                let v = json_path(o, &c.json_path).cloned();
-                cells.push(match (v, c.type_.as_str()) {
-                    (Some(Value::String(s)), "date") => human_age(&s).into(),
-                    (Some(v), _) => v,
-                    (None, _) => Value::Null,
-                });
-            }
-            if !custom {
-                cells.push(human_age(o["metadata"]["creationTimestamp"].as_str().unwrap_or("")).into());
-            }
-            let object = match include_object {
-                "None" => Value::Null,
-                "Object" => o.clone(),
-                _ => json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"].clone()}),
-            };
-            json!({"cells": cells, "object": object})
-        })
-        .collect();
-    let mut table = json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {}, "columnDefinitions": columns, "rows": rows});
-    if let Some(rv) = rv {
-        table["metadata"]["resourceVersion"] = rv.to_string().into();
-    }
-    table
 }
 
 fn namespace_exists(state: &ApiState, namespace: &str) -> bool {
@@ -957,262 +696,5 @@ fn delete_collection(
     Ok(json_response(
         StatusCode::OK,
         json!({"kind": format!("{}List", target.resource.kind), "apiVersion": target.resource.api_version(), "metadata": {}, "items": items}),
-    ))
-}
-
-fn watch_line(kind: &str, object: Value) -> Bytes {
-    let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
-    line.push(b'\n');
-    Bytes::from(line)
-}
-
-async fn watch(
-    state: &Arc<ApiState>,
-    target: &Target,
-    query: &BTreeMap<String, String>,
-    table: bool,
-) -> Result<Response> {
-    let filter = Filter::from_query(query)?;
-    let resource = target.resource.clone();
-    let storage_key = resource.storage_key();
-    let namespace = target.namespace.clone();
-    let bookmarks = is_true(query.get("allowWatchBookmarks"));
-    let initial_events = is_true(query.get("sendInitialEvents"));
-    let timeout = query
-        .get("timeoutSeconds")
-        .and_then(|t| t.parse::<u64>().ok())
-        .map(Duration::from_secs)
-        .unwrap_or(Duration::from_secs(1800));
-    let cut_after = state.faults.lock().ok().and_then(|f| f.cut_watches_after);
-    let rv_param = query.get("resourceVersion").cloned().unwrap_or_default();
-
-    // Under the store lock: the initial events and a subscription, so nothing falls between.
-    let (initial, mut live, start_rv, mut epoch) = {
-        let store = state
-            .store
-            .lock()
-            .map_err(|_| ApiError::invalid("poisoned"))?;
-        let live = store.subscribe();
-        let epoch = store.epoch();
-        let start_rv = store.resource_version();
-        let synthetic = rv_param.is_empty() || rv_param == "0" || initial_events;
-        let initial: std::result::Result<Vec<(ChangeType, Value)>, ApiError> = if synthetic {
-            Ok(store
-                .list(&storage_key, namespace.as_deref())
-                .into_iter()
-                .map(|o| (ChangeType::Added, o))
-                .collect())
-        } else {
-            match rv_param.parse::<u64>() {
-                Ok(rv) => store.since(rv).map(|changes| {
-                    changes
-                        .into_iter()
-                        .filter(|c| {
-                            c.storage_key == storage_key
-                                && namespace.as_ref().is_none_or(|ns| *ns == c.namespace)
-                        })
-                        .map(|c| (c.kind, c.object.clone()))
-                        .collect()
-                }),
-                Err(_) => Err(ApiError::bad_request(format!(
-                    "invalid resourceVersion {rv_param:?}"
-                ))),
-            }
-        };
-        (initial, live, start_rv, epoch)
-    };
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
-    let query = query.clone();
-    let render = move |kind: ChangeType, object: Value| -> Option<Bytes> {
-        if !filter.matches(&object) {
-            return None;
-        }
-        let object = with_version(object, &resource);
-        let object = if table {
-            to_table(&resource, &[object], &query, None)
-        } else {
-            object
-        };
-        Some(watch_line(kind.as_str(), object))
-    };
-    let bookmark_kind = target.resource.kind.clone();
-    let bookmark_version = target.resource.api_version();
-    tokio::spawn(async move {
-        let mut sent = 0usize;
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut last_rv = start_rv;
-        let bookmark = |rv: u64, end: bool| {
-            let mut meta = json!({"resourceVersion": rv.to_string()});
-            if end {
-                meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
-            }
-            watch_line(
-                "BOOKMARK",
-                json!({"kind": bookmark_kind, "apiVersion": bookmark_version, "metadata": meta}),
-            )
-        };
-        match initial {
-            Err(e) => {
-                let _ = tx.send(watch_line("ERROR", e.status())).await;
-                return;
-            }
-            Ok(events) => {
-                for (kind, object) in events {
-                    if let Some(line) = render(kind, object) {
-                        if tx.send(line).await.is_err() {
-                            return;
-                        }
-                        sent += 1;
-                        if cut_after.is_some_and(|n| sent >= n) {
-                            return;
-                        }
-                    }
-                }
-            }
-        }
-        if initial_events && bookmarks && tx.send(bookmark(start_rv, true)).await.is_err() {
-            return;
-        }
-        let mut ticker = tokio::time::interval(Duration::from_secs(1));
-        ticker.tick().await;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => return,
-                _ = epoch.changed() => return,
-                _ = ticker.tick(), if bookmarks => {
-                    if tx.send(bookmark(last_rv, false)).await.is_err() { return; }
-                }
-                change = live.recv() => {
-                    let change = match change {
-                        Ok(c) => c,
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                            let _ = tx.send(watch_line("ERROR", ApiError::gone(last_rv).status())).await;
-                            return;
-                        }
-                        Err(_) => return,
-                    };
-                    last_rv = change.rv;
-                    if change.rv <= start_rv || change.storage_key != storage_key || namespace.as_ref().is_some_and(|ns| *ns != change.namespace) {
-                        continue;
-                    }
-                    if let Some(line) = render(change.kind, change.object.clone()) {
-                        if tx.send(line).await.is_err() { return; }
-                        sent += 1;
-                        if cut_after.is_some_and(|n| sent >= n) { return; }
-                    }
-                }
-            }
-        }
-    });
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx))
-    });
-    Ok(Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header("transfer-encoding", "chunked")
-        .body(Body::from_stream(stream))
-        .unwrap_or_else(|_| ApiError::invalid("response").into_response()))
-}
-
-fn served_gvks(state: &ApiState) -> Vec<(Resource, String)> {
-    resources_of(state)
-        .into_iter()
-        .map(|r| {
-            let gv = if r.group.is_empty() {
-                format!("api/{}", r.version)
-            } else {
-                format!("apis/{}/{}", r.group, r.version)
-            };
-            (r, gv)
-        })
-        .collect()
-}
-
-fn schema_name(r: &Resource) -> String {
-    let group = if r.group.is_empty() {
-        "core".to_string()
-    } else {
-        r.group.clone()
-    };
-    format!(
-        "io.testbed.{}.{}.{}",
-        group.replace('.', "_"),
-        r.version,
-        r.kind
-    )
-}
-
-fn gvk_extension(r: &Resource) -> Value {
-    json!([{"group": r.group, "version": r.version, "kind": r.kind}])
-}
-
-fn operations(r: &Resource, v3: bool) -> Value {
-    let params = json!([
-        {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}, "type": "string", "uniqueItems": true},
-        {"name": "fieldManager", "in": "query", "schema": {"type": "string"}, "type": "string", "uniqueItems": true},
-        {"name": "dryRun", "in": "query", "schema": {"type": "string"}, "type": "string", "uniqueItems": true}
-    ]);
-    let _ = v3;
-    let op = |verb: &str| json!({"operationId": format!("{verb}{}", r.kind), "parameters": params.clone(), "x-kubernetes-group-version-kind": {"group": r.group, "version": r.version, "kind": r.kind}, "responses": {"200": {"description": "OK"}}});
-    json!({"get": op("read"), "put": op("replace"), "patch": op("patch"), "delete": op("delete")})
-}
-
-fn object_schema(r: &Resource) -> Value {
-    if let Some(schema) = &r.schema {
-        let mut schema = schema.clone();
-        schema["x-kubernetes-group-version-kind"] = gvk_extension(r);
-        return schema;
-    }
-    json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true, "x-kubernetes-group-version-kind": gvk_extension(r),
-           "properties": {"apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}})
-}
-
-fn named_path(r: &Resource, gv: &str) -> String {
-    if r.namespaced {
-        format!("/{gv}/namespaces/{{namespace}}/{}/{{name}}", r.plural)
-    } else {
-        format!("/{gv}/{}/{{name}}", r.plural)
-    }
-}
-
-fn openapi_v2(state: &ApiState) -> Value {
-    let mut paths = serde_json::Map::new();
-    let mut definitions = serde_json::Map::new();
-    for (r, gv) in served_gvks(state) {
-        paths.insert(named_path(&r, &gv), operations(&r, false));
-        definitions.insert(schema_name(&r), object_schema(&r));
-    }
-    json!({"swagger": "2.0", "info": {"title": "testbed", "version": "v1.33.0"}, "paths": paths, "definitions": definitions})
-}
-
-fn openapi_v3_root(state: &ApiState) -> Value {
-    let mut paths = serde_json::Map::new();
-    for (_, gv) in served_gvks(state) {
-        paths.insert(
-            gv.clone(),
-            json!({"serverRelativeURL": format!("/openapi/v3/{gv}?hash=testbed")}),
-        );
-    }
-    json!({"paths": paths})
-}
-
-fn openapi_v3_group(state: &ApiState, rest: &[&str]) -> Result<Response> {
-    let gv = rest.join("/");
-    let mut paths = serde_json::Map::new();
-    let mut schemas = serde_json::Map::new();
-    for (r, path_gv) in served_gvks(state) {
-        if path_gv != gv {
-            continue;
-        }
-        paths.insert(named_path(&r, &gv), operations(&r, true));
-        schemas.insert(schema_name(&r), object_schema(&r));
-    }
-    if paths.is_empty() {
-        return Err(ApiError::no_route(&format!("/openapi/v3/{gv}")));
-    }
-    Ok(json_response(
-        StatusCode::OK,
-        json!({"openapi": "3.0.0", "info": {"title": "testbed", "version": "v1.33.0"}, "paths": paths, "components": {"schemas": schemas}}),
     ))
 }

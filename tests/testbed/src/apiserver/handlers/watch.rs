@@ -1,0 +1,159 @@
+//! Watch: synthetic ADDED events or the history after a resourceVersion, then live changes;
+//! BOOKMARKs, `sendInitialEvents`, `timeoutSeconds`, 410 as an ERROR event, and the cut fault.
+
+use super::*;
+
+pub(super) fn watch_line(kind: &str, object: Value) -> Bytes {
+    let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+pub(super) async fn watch(
+    state: &Arc<ApiState>,
+    target: &Target,
+    query: &BTreeMap<String, String>,
+    table: bool,
+) -> Result<Response> {
+    let filter = Filter::from_query(query)?;
+    let resource = target.resource.clone();
+    let storage_key = resource.storage_key();
+    let namespace = target.namespace.clone();
+    let bookmarks = is_true(query.get("allowWatchBookmarks"));
+    let initial_events = is_true(query.get("sendInitialEvents"));
+    let timeout = query
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(1800));
+    let cut_after = state.faults.lock().ok().and_then(|f| f.cut_watches_after);
+    let rv_param = query.get("resourceVersion").cloned().unwrap_or_default();
+
+    // Under the store lock: the initial events and a subscription, so nothing falls between.
+    let (initial, mut live, start_rv, mut epoch) = {
+        let store = state
+            .store
+            .lock()
+            .map_err(|_| ApiError::invalid("poisoned"))?;
+        let live = store.subscribe();
+        let epoch = store.epoch();
+        let start_rv = store.resource_version();
+        let synthetic = rv_param.is_empty() || rv_param == "0" || initial_events;
+        let initial: std::result::Result<Vec<(ChangeType, Value)>, ApiError> = if synthetic {
+            Ok(store
+                .list(&storage_key, namespace.as_deref())
+                .into_iter()
+                .map(|o| (ChangeType::Added, o))
+                .collect())
+        } else {
+            match rv_param.parse::<u64>() {
+                Ok(rv) => store.since(rv).map(|changes| {
+                    changes
+                        .into_iter()
+                        .filter(|c| {
+                            c.storage_key == storage_key
+                                && namespace.as_ref().is_none_or(|ns| *ns == c.namespace)
+                        })
+                        .map(|c| (c.kind, c.object.clone()))
+                        .collect()
+                }),
+                Err(_) => Err(ApiError::bad_request(format!(
+                    "invalid resourceVersion {rv_param:?}"
+                ))),
+            }
+        };
+        (initial, live, start_rv, epoch)
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
+    let query = query.clone();
+    let render = move |kind: ChangeType, object: Value| -> Option<Bytes> {
+        if !filter.matches(&object) {
+            return None;
+        }
+        let object = with_version(object, &resource);
+        let object = if table {
+            to_table(&resource, &[object], &query, None)
+        } else {
+            object
+        };
+        Some(watch_line(kind.as_str(), object))
+    };
+    let bookmark_kind = target.resource.kind.clone();
+    let bookmark_version = target.resource.api_version();
+    tokio::spawn(async move {
+        let mut sent = 0usize;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last_rv = start_rv;
+        let bookmark = |rv: u64, end: bool| {
+            let mut meta = json!({"resourceVersion": rv.to_string()});
+            if end {
+                meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+            }
+            watch_line(
+                "BOOKMARK",
+                json!({"kind": bookmark_kind, "apiVersion": bookmark_version, "metadata": meta}),
+            )
+        };
+        match initial {
+            Err(e) => {
+                let _ = tx.send(watch_line("ERROR", e.status())).await;
+                return;
+            }
+            Ok(events) => {
+                for (kind, object) in events {
+                    if let Some(line) = render(kind, object) {
+                        if tx.send(line).await.is_err() {
+                            return;
+                        }
+                        sent += 1;
+                        if cut_after.is_some_and(|n| sent >= n) {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        if initial_events && bookmarks && tx.send(bookmark(start_rv, true)).await.is_err() {
+            return;
+        }
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return,
+                _ = epoch.changed() => return,
+                _ = ticker.tick(), if bookmarks => {
+                    if tx.send(bookmark(last_rv, false)).await.is_err() { return; }
+                }
+                change = live.recv() => {
+                    let change = match change {
+                        Ok(c) => c,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            let _ = tx.send(watch_line("ERROR", ApiError::gone(last_rv).status())).await;
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    last_rv = change.rv;
+                    if change.rv <= start_rv || change.storage_key != storage_key || namespace.as_ref().is_some_and(|ns| *ns != change.namespace) {
+                        continue;
+                    }
+                    if let Some(line) = render(change.kind, change.object.clone()) {
+                        if tx.send(line).await.is_err() { return; }
+                        sent += 1;
+                        if cut_after.is_some_and(|n| sent >= n) { return; }
+                    }
+                }
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx))
+    });
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("transfer-encoding", "chunked")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| ApiError::invalid("response").into_response()))
+}
