@@ -291,93 +291,109 @@ impl RegistryClient {
         let key = Self::token_key(registry, scopes);
         self.tokens.remove(&key);
         let credential = self.credential(registry).cloned();
-        let mut attempt = 0;
+        let what = format!("token for {what}");
+        let http = self.http(realm);
+        let resp = self
+            .with_retries(registry, &what, || {
+                let request = match &credential {
+                    Some(Credential::IdentityToken(refresh)) => {
+                        let mut form = vec![
+                            ("grant_type", "refresh_token".to_string()),
+                            ("refresh_token", refresh.clone()),
+                            ("client_id", "image-backup".to_string()),
+                            ("scope", scopes.join(" ")),
+                        ];
+                        if let Some(s) = service {
+                            form.push(("service", s.to_string()));
+                        }
+                        http.post(realm).form(&form)
+                    }
+                    other => {
+                        let mut query: Vec<(&str, &str)> =
+                            scopes.iter().map(|s| ("scope", s.as_str())).collect();
+                        if let Some(s) = service {
+                            query.push(("service", s));
+                        }
+                        let r = http.get(realm).query(&query);
+                        match other.as_ref().and_then(|c| c.basic_header()) {
+                            Some(h) => r.header(header::AUTHORIZATION, h),
+                            None => r,
+                        }
+                    }
+                };
+                request.timeout(Duration::from_secs(30))
+            })
+            .await?;
+        if matches!(
+            resp.status(),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+        ) {
+            return Err(self.unauthorized(registry, &what, resp.status()));
+        }
+        if !resp.status().is_success() {
+            return Err(status_error(registry, &what, resp, 1).await);
+        }
+        let protocol = |message: String| CopyError::Protocol {
+            registry: registry.into(),
+            what: what.clone(),
+            status: 200,
+            message,
+        };
+        let body: TokenResponse = resp
+            .json()
+            .await
+            .map_err(|e| protocol(format!("token response is not JSON: {e}")))?;
+        let token = body
+            .token
+            .or(body.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| protocol("token response has no token".into()))?;
+        let ttl = Duration::from_secs(body.expires_in.unwrap_or(60));
+        self.tokens.put(key, token.clone(), ttl);
+        Ok(token)
+    }
+
+    /// Sends the request `make` builds until the answer is not retryable (429, 408, 5xx,
+    /// transport errors are), pacing attempts by the [`RetryPolicy`] and `Retry-After`. Returns
+    /// that answer, whatever its status; `Err` when the budget is spent or `Retry-After` asks
+    /// for longer than we wait.
+    async fn with_retries(
+        &self,
+        registry: &str,
+        what: &str,
+        make: impl Fn() -> RequestBuilder,
+    ) -> Result<Response, CopyError> {
+        let policy = &self.options.retry;
+        let mut attempt: u32 = 0;
         loop {
-            let request = match &credential {
-                Some(Credential::IdentityToken(refresh)) => {
-                    let mut form = vec![
-                        ("grant_type", "refresh_token".to_string()),
-                        ("refresh_token", refresh.clone()),
-                        ("client_id", "image-backup".to_string()),
-                        ("scope", scopes.join(" ")),
-                    ];
-                    if let Some(s) = service {
-                        form.push(("service", s.to_string()));
-                    }
-                    self.http(realm).post(realm).form(&form)
-                }
-                other => {
-                    let mut query: Vec<(&str, &str)> =
-                        scopes.iter().map(|s| ("scope", s.as_str())).collect();
-                    if let Some(s) = service {
-                        query.push(("service", s));
-                    }
-                    let r = self.http(realm).get(realm).query(&query);
-                    match other.as_ref().and_then(|c| c.basic_header()) {
-                        Some(h) => r.header(header::AUTHORIZATION, h),
-                        None => r,
-                    }
-                }
-            };
-            let outcome = request.timeout(Duration::from_secs(30)).send().await;
-            match outcome {
-                Ok(resp) if resp.status().is_success() => {
-                    let body: TokenResponse =
-                        resp.json().await.map_err(|e| CopyError::Protocol {
-                            registry: registry.into(),
-                            what: format!("token for {what}"),
-                            status: 200,
-                            message: format!("token response is not JSON: {e}"),
-                        })?;
-                    let token = body
-                        .token
-                        .or(body.access_token)
-                        .filter(|t| !t.is_empty())
-                        .ok_or_else(|| CopyError::Protocol {
-                            registry: registry.into(),
-                            what: format!("token for {what}"),
-                            status: 200,
-                            message: "token response has no token".into(),
-                        })?;
-                    let ttl = Duration::from_secs(body.expires_in.unwrap_or(60));
-                    self.tokens.put(key, token.clone(), ttl);
-                    return Ok(token);
-                }
-                Ok(resp)
-                    if matches!(
-                        resp.status(),
-                        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
-                    ) =>
-                {
-                    return Err(self.unauthorized(registry, what, resp.status()));
-                }
-                Ok(resp)
-                    if retryable_status(resp.status())
-                        && attempt + 1 < self.options.retry.max_attempts =>
-                {
+            let last = attempt + 1 >= policy.max_attempts;
+            match make().send().await {
+                Ok(resp) if retryable_status(resp.status()) => {
                     let ra = retry_after(&resp);
-                    tokio::time::sleep(self.options.retry.delay(attempt, ra)).await;
-                }
-                Ok(resp) => {
-                    return Err(status_error(
+                    if last || ra.is_some_and(|d| d > policy.max_retry_after) {
+                        return Err(status_error(registry, what, resp, attempt + 1).await);
+                    }
+                    tracing::debug!(
                         registry,
-                        &format!("token for {what}"),
-                        resp,
-                        attempt + 1,
-                    )
-                    .await);
+                        what,
+                        status = resp.status().as_u16(),
+                        attempt,
+                        "retrying"
+                    );
+                    tokio::time::sleep(policy.delay(attempt, ra)).await;
                 }
-                Err(e) if attempt + 1 < self.options.retry.max_attempts => {
-                    drop(e);
-                    tokio::time::sleep(self.options.retry.delay(attempt, None)).await;
-                }
-                Err(e) => {
+                Ok(resp) => return Ok(resp),
+                Err(e) if last => {
                     return Err(CopyError::Unavailable {
                         registry: registry.into(),
-                        what: format!("token for {what}"),
+                        what: what.into(),
                         attempts: attempt + 1,
                         cause: transport_cause(&e),
                     });
+                }
+                Err(e) => {
+                    tracing::debug!(registry, what, error = %transport_cause(&e), attempt, "retrying");
+                    tokio::time::sleep(policy.delay(attempt, None)).await;
                 }
             }
             attempt += 1;
@@ -426,69 +442,39 @@ impl RegistryClient {
             }
         }
         let http = self.http(&self.base(registry));
-        let mut auth_refreshed = false;
-        let mut attempt: u32 = 0;
-        loop {
-            let mut request = build(http);
-            if let Some(a) = &authorization {
-                request = request.header(header::AUTHORIZATION, a);
+        let build = &build;
+        let send = |authorization: Option<String>| {
+            self.with_retries(registry, what, move || {
+                let request = build(http);
+                match &authorization {
+                    Some(a) => request.header(header::AUTHORIZATION, a),
+                    None => request,
+                }
+            })
+        };
+        let mut resp = send(authorization).await?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            // One answer to the challenge: learn the scheme, get a token or use basic auth.
+            let challenge = resp
+                .headers()
+                .get(header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            match self
+                .authorize(registry, &scopes, challenge.as_deref(), what)
+                .await?
+            {
+                Some(a) => resp = send(Some(a)).await?,
+                None => return Err(self.unauthorized(registry, what, resp.status())),
             }
-            match request.send().await {
-                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !auth_refreshed => {
-                    auth_refreshed = true;
-                    let challenge = resp
-                        .headers()
-                        .get(header::WWW_AUTHENTICATE)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string);
-                    match self
-                        .authorize(registry, &scopes, challenge.as_deref(), what)
-                        .await?
-                    {
-                        Some(a) => authorization = Some(a),
-                        None => return Err(self.unauthorized(registry, what, resp.status())),
-                    }
-                    continue;
-                }
-                Ok(resp)
-                    if matches!(
-                        resp.status(),
-                        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
-                    ) =>
-                {
-                    return Err(self.unauthorized(registry, what, resp.status()));
-                }
-                Ok(resp) if retryable_status(resp.status()) => {
-                    let ra = retry_after(&resp);
-                    let too_long = ra.is_some_and(|d| d > self.options.retry.max_retry_after);
-                    if attempt + 1 >= self.options.retry.max_attempts || too_long {
-                        return Err(status_error(registry, what, resp, attempt + 1).await);
-                    }
-                    tracing::debug!(
-                        registry,
-                        what,
-                        status = resp.status().as_u16(),
-                        attempt,
-                        "retrying"
-                    );
-                    tokio::time::sleep(self.options.retry.delay(attempt, ra)).await;
-                }
-                Ok(resp) => return Ok(resp),
-                Err(e) => {
-                    if attempt + 1 >= self.options.retry.max_attempts {
-                        return Err(CopyError::Unavailable {
-                            registry: registry.into(),
-                            what: what.into(),
-                            attempts: attempt + 1,
-                            cause: transport_cause(&e),
-                        });
-                    }
-                    tracing::debug!(registry, what, error = %transport_cause(&e), attempt, "retrying");
-                    tokio::time::sleep(self.options.retry.delay(attempt, None)).await;
-                }
-            }
-            attempt += 1;
         }
+        if matches!(
+            resp.status(),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+        ) {
+            return Err(self.unauthorized(registry, what, resp.status()));
+        }
+        Ok(resp)
     }
 
     /// GET or HEAD of a manifest: `None` on 404, an error for any other failure.
