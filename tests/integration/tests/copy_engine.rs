@@ -30,6 +30,26 @@ fn copier(insecure: &[String], credentials: DockerConfig) -> Copier {
     Copier::new(client, 4)
 }
 
+/// A source registry holding one generated image, and an empty target registry.
+async fn source_and_target(
+    repo: &str,
+    tag: &str,
+    spec: &ImageSpec,
+) -> (Registry, Registry, Pusher, PushedImage) {
+    let (src, dst) = (
+        Registry::start().expect("src"),
+        Registry::start().expect("dst"),
+    );
+    let pusher = Pusher::new(&src.host(), None);
+    let image = pusher.push_image(repo, tag, spec).await.expect("push");
+    (src, dst, pusher, image)
+}
+
+/// `host/path` as a reference.
+fn at(host: &str, path: &str) -> Reference {
+    reference(&format!("{host}/{path}"))
+}
+
 fn reference(s: &str) -> Reference {
     Reference::parse_normalized(s).expect("reference")
 }
@@ -84,8 +104,8 @@ async fn oci_index_with_attestation_is_copied_byte_identical() {
     let (tx, rx) = watch::channel(Progress::default());
     let summary = copier
         .copy(
-            &reference(&format!("{}/library/app:1.0", src.host())),
-            &reference(&format!("{}/backup/library_app:1.0", dst.host())),
+            &at(&src.host(), "library/app:1.0"),
+            &at(&dst.host(), "backup/library_app:1.0"),
             Some(tx),
         )
         .await
@@ -131,19 +151,12 @@ async fn oci_index_with_attestation_is_copied_byte_identical() {
 
 #[tokio::test]
 async fn docker_manifest_list_and_single_manifest() {
-    let (src, dst) = (
-        Registry::start().expect("src"),
-        Registry::start().expect("dst"),
-    );
-    let pusher = Pusher::new(&src.host(), None);
-    let list = pusher
-        .push_image(
-            "d/list",
-            "v1",
-            &ImageSpec::multi_arch(Format::Docker, 2, 10_000, 5),
-        )
-        .await
-        .expect("push");
+    let (src, dst, pusher, list) = source_and_target(
+        "d/list",
+        "v1",
+        &ImageSpec::multi_arch(Format::Docker, 2, 10_000, 5),
+    )
+    .await;
     let single = pusher
         .push_image(
             "d/single",
@@ -157,7 +170,7 @@ async fn docker_manifest_list_and_single_manifest() {
     for (repo, image) in [("d/list", &list), ("d/single", &single)] {
         let summary = copier
             .copy(
-                &reference(&format!("{}/{repo}:v1", src.host())),
+                &at(&src.host(), &format!("{repo}:v1")),
                 &reference(&format!("{}/b/{}:v1", dst.host(), repo.replace('/', "_"))),
                 None,
             )
@@ -175,11 +188,7 @@ async fn docker_manifest_list_and_single_manifest() {
     // By digest, too.
     let by_digest = reference(&format!("{}/d/single@{}", src.host(), single.digest));
     let summary = copier
-        .copy(
-            &by_digest,
-            &reference(&format!("{}/b/pinned:v1", dst.host())),
-            None,
-        )
+        .copy(&by_digest, &at(&dst.host(), "b/pinned:v1"), None)
         .await
         .expect("copy by digest");
     assert_eq!(summary.digest, single.digest);
@@ -201,24 +210,16 @@ async fn warm_copies_skip_and_mount() {
     let image_a = pusher.push_image("x/a", "1", &a).await.expect("push a");
     let image_b = pusher.push_image("x/b", "1", &b).await.expect("push b");
     let copier = copier(&[src.host(), proxy.host()], DockerConfig::default());
-    let target_a = reference(&format!("{}/bk/x_a:1", proxy.host()));
+    let target_a = at(&proxy.host(), "bk/x_a:1");
     copier
-        .copy(
-            &reference(&format!("{}/x/a:1", src.host())),
-            &target_a,
-            None,
-        )
+        .copy(&at(&src.host(), "x/a:1"), &target_a, None)
         .await
         .expect("cold copy");
 
     // Same image again: the target is complete; no upload, about one request to the target.
     proxy.reset_requests();
     let warm = copier
-        .copy(
-            &reference(&format!("{}/x/a:1", src.host())),
-            &target_a,
-            None,
-        )
+        .copy(&at(&src.host(), "x/a:1"), &target_a, None)
         .await
         .expect("warm copy");
     assert!(warm.already_complete);
@@ -230,8 +231,8 @@ async fn warm_copies_skip_and_mount() {
     // Same image, new tag in the same repository: every blob skipped after one HEAD.
     let again = copier
         .copy(
-            &reference(&format!("{}/x/a:1", src.host())),
-            &reference(&format!("{}/bk/x_a:other", proxy.host())),
+            &at(&src.host(), "x/a:1"),
+            &at(&proxy.host(), "bk/x_a:other"),
             None,
         )
         .await
@@ -254,8 +255,8 @@ async fn warm_copies_skip_and_mount() {
     // Another image sharing the base layer, to another repository: the base is mounted.
     let copied = copier
         .copy(
-            &reference(&format!("{}/x/b:1", src.host())),
-            &reference(&format!("{}/bk/x_b:1", proxy.host())),
+            &at(&src.host(), "x/b:1"),
+            &at(&proxy.host(), "bk/x_b:1"),
             None,
         )
         .await
@@ -275,8 +276,8 @@ async fn warm_copies_skip_and_mount() {
     let fresh = self::copier(&[src.host()], DockerConfig::default());
     let local = fresh
         .copy(
-            &reference(&format!("{}/x/a:1", src.host())),
-            &reference(&format!("{}/mirror/x_a:1", src.host())),
+            &at(&src.host(), "x/a:1"),
+            &at(&src.host(), "mirror/x_a:1"),
             None,
         )
         .await
@@ -290,22 +291,15 @@ async fn warm_copies_skip_and_mount() {
 
 #[tokio::test]
 async fn transient_faults_are_retried_to_success() {
-    let (src, dst) = (
-        Registry::start().expect("src"),
-        Registry::start().expect("dst"),
-    );
+    let (src, dst, _, image) = source_and_target(
+        "f/app",
+        "1",
+        &ImageSpec::multi_arch(Format::Oci, 2, 300_000, 41),
+    )
+    .await;
     let proxy = FaultProxy::start(&src.host()).await.expect("proxy");
-    let pusher = Pusher::new(&src.host(), None);
-    let image = pusher
-        .push_image(
-            "f/app",
-            "1",
-            &ImageSpec::multi_arch(Format::Oci, 2, 300_000, 41),
-        )
-        .await
-        .expect("push");
     let copier = copier(&[proxy.host(), dst.host()], DockerConfig::default());
-    let source = reference(&format!("{}/f/app:1", proxy.host()));
+    let source = at(&proxy.host(), "f/app:1");
 
     // 429 with Retry-After, then a burst of 503s.
     proxy.fail_next(&[(429, Some(1)), (503, None), (503, None), (502, None)]);
@@ -318,11 +312,7 @@ async fn transient_faults_are_retried_to_success() {
     proxy.cut_blob_once(&layer.digest, 100_000);
     let started = std::time::Instant::now();
     let summary = copier
-        .copy(
-            &source,
-            &reference(&format!("{}/t/app:1", dst.host())),
-            None,
-        )
+        .copy(&source, &at(&dst.host(), "t/app:1"), None)
         .await
         .expect("copy succeeds after retries");
     assert!(
@@ -335,20 +325,13 @@ async fn transient_faults_are_retried_to_success() {
 
 #[tokio::test]
 async fn permanent_faults_fail_with_their_class_and_tag_nothing() {
-    let (src, dst) = (
-        Registry::start().expect("src"),
-        Registry::start().expect("dst"),
-    );
+    let (src, dst, _, image) = source_and_target(
+        "p/app",
+        "1",
+        &ImageSpec::multi_arch(Format::Docker, 2, 50_000, 51),
+    )
+    .await;
     let proxy = FaultProxy::start(&src.host()).await.expect("proxy");
-    let pusher = Pusher::new(&src.host(), None);
-    let image = pusher
-        .push_image(
-            "p/app",
-            "1",
-            &ImageSpec::multi_arch(Format::Docker, 2, 50_000, 51),
-        )
-        .await
-        .expect("push");
     let copier = copier(&[proxy.host(), dst.host()], DockerConfig::default());
     let target_pusher = Pusher::new(&dst.host(), None);
 
@@ -356,8 +339,8 @@ async fn permanent_faults_fail_with_their_class_and_tag_nothing() {
     proxy.corrupt_blob(&image.blobs[1].digest);
     let err = copier
         .copy(
-            &reference(&format!("{}/p/app:1", proxy.host())),
-            &reference(&format!("{}/t/app:1", dst.host())),
+            &at(&proxy.host(), "p/app:1"),
+            &at(&dst.host(), "t/app:1"),
             None,
         )
         .await
@@ -380,8 +363,8 @@ async fn permanent_faults_fail_with_their_class_and_tag_nothing() {
     // A missing manifest.
     let err = copier
         .copy(
-            &reference(&format!("{}/p/app:nope", proxy.host())),
-            &reference(&format!("{}/t/app:nope", dst.host())),
+            &at(&proxy.host(), "p/app:nope"),
+            &at(&dst.host(), "t/app:nope"),
             None,
         )
         .await
@@ -392,8 +375,8 @@ async fn permanent_faults_fail_with_their_class_and_tag_nothing() {
     proxy.fail_next(&[(503, None); 5]);
     let err = copier
         .copy(
-            &reference(&format!("{}/p/app:1", proxy.host())),
-            &reference(&format!("{}/t/app:2", dst.host())),
+            &at(&proxy.host(), "p/app:1"),
+            &at(&dst.host(), "t/app:2"),
             None,
         )
         .await
@@ -403,8 +386,8 @@ async fn permanent_faults_fail_with_their_class_and_tag_nothing() {
     proxy.fail_next(&[(429, Some(3600))]);
     let err = copier
         .copy(
-            &reference(&format!("{}/p/app:1", proxy.host())),
-            &reference(&format!("{}/t/app:2", dst.host())),
+            &at(&proxy.host(), "p/app:1"),
+            &at(&dst.host(), "t/app:2"),
             None,
         )
         .await
@@ -449,11 +432,7 @@ async fn htpasswd_target_from_a_docker_config_and_wrong_credentials() {
         docker_config(dir.path(), &dst.host(), "backup", "wrong-password"),
     );
     let err = wrong
-        .copy(
-            &reference(&format!("{}/a/b:1", src.host())),
-            &reference(&format!("{}/x/a_b:1", dst.host())),
-            None,
-        )
+        .copy(&at(&src.host(), "a/b:1"), &at(&dst.host(), "x/a_b:1"), None)
         .await
         .expect_err("refused");
     assert_eq!(err.class(), ErrorClass::Unauthorized, "{err}");
@@ -463,11 +442,7 @@ async fn htpasswd_target_from_a_docker_config_and_wrong_credentials() {
     );
     let anonymous = copier(&hosts, DockerConfig::default());
     let err = anonymous
-        .copy(
-            &reference(&format!("{}/a/b:1", src.host())),
-            &reference(&format!("{}/x/a_b:1", dst.host())),
-            None,
-        )
+        .copy(&at(&src.host(), "a/b:1"), &at(&dst.host(), "x/a_b:1"), None)
         .await
         .expect_err("refused");
     assert!(
@@ -480,11 +455,7 @@ async fn htpasswd_target_from_a_docker_config_and_wrong_credentials() {
         docker_config(dir.path(), &dst.host(), "backup", "pa55-word"),
     );
     let summary = right
-        .copy(
-            &reference(&format!("{}/a/b:1", src.host())),
-            &reference(&format!("{}/x/a_b:1", dst.host())),
-            None,
-        )
+        .copy(&at(&src.host(), "a/b:1"), &at(&dst.host(), "x/a_b:1"), None)
         .await
         .expect("copy");
     assert_eq!(summary.digest, image.digest);
@@ -587,8 +558,8 @@ async fn token_auth_registry_with_cached_tokens() {
     );
     let summary = good
         .copy(
-            &reference(&format!("{}/t/app:1", src.host())),
-            &reference(&format!("{}/b/t_app:1", dst.host())),
+            &at(&src.host(), "t/app:1"),
+            &at(&dst.host(), "b/t_app:1"),
             None,
         )
         .await
@@ -598,8 +569,8 @@ async fn token_auth_registry_with_cached_tokens() {
     assert_eq!(issuer.issued(), 1, "tokens are cached per scope");
     let warm = good
         .copy(
-            &reference(&format!("{}/t/app:1", src.host())),
-            &reference(&format!("{}/b/t_app:1", dst.host())),
+            &at(&src.host(), "t/app:1"),
+            &at(&dst.host(), "b/t_app:1"),
             None,
         )
         .await
@@ -612,8 +583,8 @@ async fn token_auth_registry_with_cached_tokens() {
     );
     let err = bad
         .copy(
-            &reference(&format!("{}/t/app:1", src.host())),
-            &reference(&format!("{}/b/t_app:2", dst.host())),
+            &at(&src.host(), "t/app:1"),
+            &at(&dst.host(), "b/t_app:2"),
             None,
         )
         .await
