@@ -16,7 +16,7 @@ pub struct NatsArgs {
 /// The backup registry and how images are named in it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BackupArgs {
-    /// Where backups go: host[:port][/prefix], e.g. docker.io/acme or localhost:5000/backup.
+    /// Where backups go: `host[:port][/prefix]`, e.g. docker.io/acme or localhost:5000/backup.
     #[arg(long, env = "BACKUP_REGISTRY")]
     pub backup_registry: BackupRegistry,
     /// How source repositories are laid out under the backup registry.

@@ -3,7 +3,7 @@
 //! an ImageBackup and each event look like, and how NATS is set up.
 //!
 //! # Layout
-//! - [`reference`]: parse and normalize image references (distribution/reference grammar).
+//! - [`reference`](mod@reference): parse and normalize image references (distribution/reference grammar).
 //! - [`naming`]: backup targets, `ImageBackup` names, subject tokens.
 //! - [`workload`]: Deployments and DaemonSets: images, the Ready rule, the backup plan.
 //! - [`crd`]: the `ImageBackup` custom resource and its CRD.

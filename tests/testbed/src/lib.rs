@@ -8,7 +8,7 @@
 //! - [`token_auth`]: a registry behind `auth: token` and its test token issuer.
 //! - [`image`]: generated multi-arch images pushed to a registry, and read-back helpers.
 //! - [`apiserver`]: the test Kubernetes API server (kube-rs and kubectl talk to it unchanged).
-//! - [`bench`]: the copy benchmark (`testbed bench-copy`), against skopeo.
+//! - [`bench`](mod@bench): the copy benchmark (`testbed bench-copy`), against skopeo.
 //! - [`fault_proxy`]: a proxy in front of a registry that injects 429/503, cuts and corruption.
 #![forbid(unsafe_code)]
 
