@@ -105,6 +105,82 @@ async fn discovery_and_a_crd_that_starts_serving() {
 }
 
 #[tokio::test]
+async fn a_namespaced_crd_without_status_subresource() {
+    let server = ApiServer::start().await.expect("server");
+    let client = server.client().expect("client");
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.example.io"},
+        "spec": {"group": "example.io", "scope": "Namespaced",
+                 "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+                 "versions": [{"name": "v1", "served": true, "storage": true,
+                               "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
+    }))
+    .expect("crd");
+    Api::<CustomResourceDefinition>::all(client.clone())
+        .create(&PostParams::default(), &crd)
+        .await
+        .expect("create crd");
+    let resource = kube::api::ApiResource {
+        group: "example.io".into(),
+        version: "v1".into(),
+        api_version: "example.io/v1".into(),
+        kind: "Widget".into(),
+        plural: "widgets".into(),
+    };
+    let widgets: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), "default", &resource);
+    let mut w = kube::api::DynamicObject::new("w1", &resource);
+    w.data = json!({"spec": {"size": 1}, "status": {"ok": true}});
+    let created = widgets
+        .create(&PostParams::default(), &w)
+        .await
+        .expect("create widget");
+    assert_eq!(created.metadata.namespace.as_deref(), Some("default"));
+    // Without a status subresource, status is part of the main resource...
+    assert_eq!(created.data["status"]["ok"], true);
+    let patched = widgets
+        .patch(
+            "w1",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": {"ok": false}})),
+        )
+        .await
+        .expect("patch");
+    assert_eq!(patched.data["status"]["ok"], false);
+    assert_eq!(patched.metadata.generation, Some(1), "status is not spec");
+    // ...and there is no /status to write to.
+    let err = widgets
+        .patch_status(
+            "w1",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": {}})),
+        )
+        .await
+        .expect_err("no /status");
+    assert_eq!(status_code(&err).0, 404);
+    assert_eq!(
+        widgets
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .len(),
+        1
+    );
+    let elsewhere: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), "kube-system", &resource);
+    assert!(
+        elsewhere
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .is_empty()
+    );
+}
+
+#[tokio::test]
 async fn crud_resource_versions_generation_and_status() {
     let server = ApiServer::start().await.expect("server");
     server.simulate_workloads(false);

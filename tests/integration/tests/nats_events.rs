@@ -88,6 +88,45 @@ async fn publish_and_consume_a_cloudevent_through_the_binding() {
 }
 
 #[tokio::test]
+async fn a_drifted_stream_and_consumer_are_updated_to_the_definitions() {
+    let server = NatsServer::start().expect("nats-server");
+    let client = shared::nats::connect(&server.url(), "test")
+        .await
+        .expect("connect");
+    let js = jetstream::new(client);
+    // Someone created them by hand with other settings.
+    let mut drifted = shared::nats::stream_config().expect("definition");
+    drifted.max_age = Duration::from_secs(3600);
+    drifted.duplicate_window = Duration::from_secs(10);
+    let stream = js
+        .create_stream(drifted)
+        .await
+        .expect("create drifted stream");
+    let mut consumer = shared::nats::consumer_config(ConsumerName::Backup).expect("definition");
+    consumer.ack_wait = Duration::from_secs(5);
+    stream
+        .create_consumer(consumer)
+        .await
+        .expect("create drifted consumer");
+
+    let mut stream = ensure_stream(&js).await.expect("stream");
+    let want = shared::nats::stream_config().expect("definition");
+    let info = stream.info().await.expect("info");
+    assert_eq!(
+        (info.config.max_age, info.config.duplicate_window),
+        (want.max_age, want.duplicate_window)
+    );
+    let mut consumer = ensure_consumer(&stream, ConsumerName::Backup)
+        .await
+        .expect("consumer");
+    let want = shared::nats::consumer_config(ConsumerName::Backup).expect("definition");
+    assert_eq!(
+        consumer.info().await.expect("info").config.ack_wait,
+        want.ack_wait
+    );
+}
+
+#[tokio::test]
 async fn rollout_consumer_sees_completed_and_changed_events() {
     let server = NatsServer::start().expect("nats-server");
     let client = shared::nats::connect(&server.url(), "test")

@@ -238,7 +238,8 @@ fn parse_target(state: &ApiState, group: &str, version: &str, rest: &[&str]) -> 
         && let Some(r) = find(rest[2]).filter(|r| r.namespaced)
     {
         let status = rest.get(4) == Some(&"status");
-        if rest.len() > 5 || (rest.len() == 5 && !status) {
+        // `/status` exists only where the resource has a status subresource.
+        if rest.len() > 5 || (rest.len() == 5 && (!status || !r.status_subresource)) {
             return None;
         }
         return Some(Target {
@@ -250,7 +251,7 @@ fn parse_target(state: &ApiState, group: &str, version: &str, rest: &[&str]) -> 
     }
     let r = find(rest.first()?)?;
     let status = rest.get(2) == Some(&"status");
-    if rest.len() > 3 || (rest.len() == 3 && !status) {
+    if rest.len() > 3 || (rest.len() == 3 && (!status || !r.status_subresource)) {
         return None;
     }
     Some(Target {
