@@ -157,37 +157,51 @@ fn kubectl_drives_the_standalone_server() {
         "{image}"
     );
 
-    // get --watch sees the delete.
+    // get --watch sees the delete. Wait for its first row before deleting, so the watch is open.
     let mut watch = Command::new("kubectl")
         .args([
             "get",
             "imagebackups",
             "--watch",
             "--output-watch-events",
-            "--request-timeout=20s",
+            "--request-timeout=30s",
         ])
         .env("KUBECONFIG", &s.kubeconfig)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("kubectl watch");
-    std::thread::sleep(Duration::from_millis(700));
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = watch.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_for = |prefix: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no {prefix} row from kubectl --watch"));
+            if line.starts_with(prefix) && line.contains("ib-demo") {
+                return;
+            }
+        }
+    };
+    wait_for("ADDED");
     assert!(kubectl(&s, &["delete", "imagebackup", "ib-demo"]).contains("deleted"));
-    kubectl(&s, &["delete", "deployment", "nginx"]);
-    std::thread::sleep(Duration::from_millis(500));
+    wait_for("DELETED");
     let _ = watch.kill();
-    let out = watch.wait_with_output().expect("watch output");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.lines()
-            .any(|l| l.starts_with("ADDED") && l.contains("ib-demo")),
-        "{text}"
-    );
-    assert!(
-        text.lines()
-            .any(|l| l.starts_with("DELETED") && l.contains("ib-demo")),
-        "{text}"
-    );
+    let _ = watch.wait();
+    kubectl(&s, &["delete", "deployment", "nginx"]);
     let remaining = kubectl(&s, &["get", "deployments", "-o", "name"]);
     assert!(remaining.trim().is_empty(), "{remaining}");
 }
