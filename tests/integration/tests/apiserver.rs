@@ -447,42 +447,28 @@ async fn finalizers_selectors_and_all_namespaces() {
             .map(ResourceExt::name_any)
             .collect::<Vec<_>>()
     };
-    assert_eq!(
-        names(all.list(&ListParams::default()).await.expect("list")),
-        ["one", "two", "three"]
-    );
-    assert_eq!(
-        names(
-            all.list(&ListParams::default().labels("app=x"))
-                .await
-                .expect("list")
+    let cases: [(ListParams, &[&str]); 6] = [
+        (ListParams::default(), &["one", "two", "three"]),
+        (ListParams::default().labels("app=x"), &["one", "three"]),
+        (ListParams::default().labels("app in (y,z)"), &["two"]),
+        (ListParams::default().labels("app!=x"), &["two"]),
+        (
+            ListParams::default().fields("metadata.namespace=team-a"),
+            &["three"],
         ),
-        ["one", "three"]
-    );
-    assert_eq!(
-        names(
-            all.list(&ListParams::default().labels("app in (y,z)"))
-                .await
-                .expect("list")
+        (
+            ListParams::default().fields("metadata.name=two,metadata.namespace=default"),
+            &["two"],
         ),
-        ["two"]
-    );
-    assert_eq!(
-        names(
-            all.list(&ListParams::default().labels("app!=x"))
-                .await
-                .expect("list")
-        ),
-        ["two"]
-    );
-    assert_eq!(
-        names(
-            all.list(&ListParams::default().fields("metadata.namespace=team-a"))
-                .await
-                .expect("list")
-        ),
-        ["three"]
-    );
+    ];
+    for (params, want) in cases {
+        let got = names(all.list(&params).await.expect("list"));
+        assert_eq!(
+            got, want,
+            "{:?} {:?}",
+            params.label_selector, params.field_selector
+        );
+    }
     assert_eq!(
         names(
             cms_default
