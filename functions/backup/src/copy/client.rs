@@ -384,12 +384,7 @@ impl RegistryClient {
                 }
                 Ok(resp) => return Ok(resp),
                 Err(e) if last => {
-                    return Err(CopyError::Unavailable {
-                        registry: registry.into(),
-                        what: what.into(),
-                        attempts: attempt + 1,
-                        cause: transport_cause(&e),
-                    });
+                    return Err(transport_error(registry, what, attempt + 1, &e));
                 }
                 Err(e) => {
                     tracing::debug!(registry, what, error = %transport_cause(&e), attempt, "retrying");
@@ -533,12 +528,10 @@ impl RegistryClient {
                 reason: format!("manifest larger than {MAX_MANIFEST_BYTES} bytes"),
             });
         }
-        let bytes = resp.bytes().await.map_err(|e| CopyError::Unavailable {
-            registry: repo.registry.clone(),
-            what: what.clone(),
-            attempts: 1,
-            cause: transport_cause(&e),
-        })?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| transport_error(repo.registry.as_str(), what.as_str(), 1, &e))?;
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
         let expected = if reference.contains(':') {
             Some(reference.to_string())
@@ -734,12 +727,10 @@ impl RegistryClient {
         if let Some(a) = self.known_authorization(&repo.registry, &scopes) {
             request = request.header(header::AUTHORIZATION, a);
         }
-        let resp = request.send().await.map_err(|e| CopyError::Unavailable {
-            registry: repo.registry.clone(),
-            what: what.clone(),
-            attempts: 1,
-            cause: transport_cause(&e),
-        })?;
+        let resp = request
+            .send()
+            .await
+            .map_err(|e| transport_error(repo.registry.as_str(), what.as_str(), 1, &e))?;
         if resp.status() == StatusCode::CREATED || resp.status().is_success() {
             return Ok(());
         }
@@ -792,6 +783,21 @@ fn content_type(resp: &Response) -> String {
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split(';').next().unwrap_or(v).trim().to_string())
         .unwrap_or_default()
+}
+
+/// `Unavailable` for a transport error after `attempts` attempts.
+fn transport_error(
+    registry: impl Into<String>,
+    what: impl Into<String>,
+    attempts: u32,
+    e: &reqwest::Error,
+) -> CopyError {
+    CopyError::Unavailable {
+        registry: registry.into(),
+        what: what.into(),
+        attempts,
+        cause: transport_cause(e),
+    }
 }
 
 /// A transport error's cause without the URL (which may carry an upload session id).
