@@ -58,6 +58,9 @@ fn name_pattern() -> String {
     )
 }
 
+// The patterns below are constants: `expect` can only fire on a defect in them, which every test
+// of this module would show at once.
+
 /// `ReferenceRegexp` anchored: name, tag, digest.
 static REFERENCE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(&format!(
