@@ -197,6 +197,33 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Any headers and body: a CloudEvent or an error, never a panic (the consumer
+        /// dead-letters what cannot be read).
+        #[test]
+        fn arbitrary_messages_never_panic(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            version in "(1\\.0|0\\.3|[ -~]{0,6})",
+            id in "[ -~]{0,10}",
+            ty in "(io\\.k8slab\\.imagebackup\\.(workload\\.changed|image\\.completed)|[ -~]{0,10})",
+            time in "[ -~]{0,30}",
+            content_type in "(application/json|application/cloudevents\\+json|text/plain|[ -~]{0,20})",
+            with_headers in proptest::prelude::any::<bool>(),
+        ) {
+            let mut h = HeaderMap::new();
+            h.insert("ce-specversion", version.as_str());
+            h.insert("ce-id", id.as_str());
+            h.insert("ce-source", "/x");
+            h.insert("ce-type", ty.as_str());
+            h.insert("ce-time", time.as_str());
+            h.insert("content-type", content_type.as_str());
+            let headers = with_headers.then_some(&h);
+            if let Ok(event) = from_nats_message(headers, &body) {
+                let _ = Payload::from_cloudevent(&event);
+            }
+        }
+    }
+
     #[test]
     fn malformed_messages_are_errors_not_panics() {
         assert!(matches!(
