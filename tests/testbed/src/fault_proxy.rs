@@ -37,13 +37,7 @@ struct ProxyState {
 pub struct FaultProxy {
     addr: SocketAddr,
     state: Arc<ProxyState>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _server: crate::process::ServerTask,
 }
 
 impl FaultProxy {
@@ -62,10 +56,12 @@ impl FaultProxy {
         let app = axum::Router::new()
             .fallback(handle)
             .with_state(state.clone());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(Self { addr, state, task })
+        let server = crate::process::ServerTask::spawn(listener, app);
+        Ok(Self {
+            addr,
+            state,
+            _server: server,
+        })
     }
 
     /// `127.0.0.1:<port>`.

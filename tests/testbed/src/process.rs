@@ -1,5 +1,5 @@
-//! Child processes of the test bed: a guard that kills the process (and waits for it) when the
-//! fixture is dropped, also when a test panics, plus helpers to pick ports and wait for them.
+//! Child processes and in-process servers of the test bed: guards that stop them when the fixture
+//! is dropped, also when a test panics, plus helpers to pick ports and wait for them.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -80,4 +80,23 @@ pub fn wait_for_port(addr: SocketAddr, guard: &mut ChildGuard, log: &Path) -> an
         std::thread::sleep(Duration::from_millis(20));
     }
     bail!("nothing listened on {addr} within 20 s")
+}
+
+/// An HTTP server of the test bed running as a tokio task; dropping it stops the server.
+#[derive(Debug)]
+pub struct ServerTask(tokio::task::JoinHandle<()>);
+
+impl ServerTask {
+    /// Serves `app` on `listener` until dropped.
+    pub fn spawn(listener: tokio::net::TcpListener, app: axum::Router) -> Self {
+        Self(tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        }))
+    }
+}
+
+impl Drop for ServerTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

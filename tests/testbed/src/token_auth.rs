@@ -33,13 +33,7 @@ struct IssuerState {
 /// A running token issuer; stops when dropped.
 pub struct TokenIssuer {
     state: Arc<IssuerState>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for TokenIssuer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _server: crate::process::ServerTask,
 }
 
 impl TokenIssuer {
@@ -85,9 +79,7 @@ pub async fn start_token_registry(
     let app = axum::Router::new()
         .route("/token", axum::routing::get(token))
         .with_state(state.clone());
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let server = crate::process::ServerTask::spawn(listener, app);
     let dir = tempfile::tempdir()?;
     let bundle = dir.path().join("issuer.pem");
     std::fs::write(&bundle, cert.pem())?;
@@ -101,7 +93,13 @@ pub async fn start_token_registry(
     })?;
     // The bundle must outlive the registry's start-up only; the registry has read it.
     drop(dir);
-    Ok((registry, TokenIssuer { state, task }))
+    Ok((
+        registry,
+        TokenIssuer {
+            state,
+            _server: server,
+        },
+    ))
 }
 
 async fn token(

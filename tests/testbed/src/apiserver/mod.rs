@@ -96,13 +96,7 @@ pub(crate) struct ApiState {
 /// A running test API server; stops when dropped.
 pub struct ApiServer {
     state: Arc<ApiState>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _server: crate::process::ServerTask,
 }
 
 impl ApiServer {
@@ -126,10 +120,11 @@ impl ApiServer {
         });
         handlers::bootstrap(&state)?;
         let app = handlers::router(state.clone());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(Self { state, task })
+        let server = crate::process::ServerTask::spawn(listener, app);
+        Ok(Self {
+            state,
+            _server: server,
+        })
     }
 
     /// `http://127.0.0.1:<port>`.
