@@ -117,6 +117,24 @@ impl ApiError {
             details: None,
         }
     }
+    /// 404 for a namespace that does not exist (creating into it).
+    pub fn namespace_not_found(namespace: &str) -> Self {
+        Self {
+            code: 404,
+            reason: "NotFound",
+            message: format!("namespaces \"{namespace}\" not found"),
+            details: Some(json!({"name": namespace, "kind": "namespaces"})),
+        }
+    }
+    /// 500 InternalError: a defect in the server itself (a poisoned lock).
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self {
+            code: 500,
+            reason: "InternalError",
+            message: message.into(),
+            details: None,
+        }
+    }
     /// An injected fault (429/500/503).
     pub fn injected(code: u16) -> Self {
         let reason = match code {

@@ -43,16 +43,9 @@ pub(crate) fn bootstrap(state: &ApiState) -> anyhow::Result<()> {
         .into_iter()
         .find(|r| r.plural == "namespaces")
         .ok_or_else(|| anyhow::anyhow!("namespaces is a built-in resource"))?;
-    let mut store = state
-        .store
-        .lock()
-        .map_err(|_| anyhow::anyhow!("poisoned"))?;
+    let mut store = state.store().map_err(|e| anyhow::anyhow!(e.message))?;
     for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-        let key = Key {
-            storage_key: ns.storage_key(),
-            namespace: String::new(),
-            name: name.into(),
-        };
+        let key = Key::new(&ns, "", name);
         let object = json!({"metadata": {"name": name}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
         let created = store
             .create(&ns, key.clone(), object)
@@ -263,15 +256,11 @@ fn parse_target(state: &ApiState, group: &str, version: &str, rest: &[&str]) -> 
 }
 
 fn key(target: &Target, name: &str) -> Key {
-    Key {
-        storage_key: target.resource.storage_key(),
-        namespace: if target.resource.namespaced {
-            target.namespace.clone().unwrap_or_default()
-        } else {
-            String::new()
-        },
-        name: name.to_string(),
-    }
+    Key::new(
+        &target.resource,
+        target.namespace.as_deref().unwrap_or_default(),
+        name,
+    )
 }
 
 fn json_response(status: StatusCode, v: Value) -> Response {
@@ -293,10 +282,7 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value> {
 }
 
 fn get(state: &ApiState, target: &Target, name: &str) -> Result<Value> {
-    let store = state
-        .store
-        .lock()
-        .map_err(|_| ApiError::invalid("poisoned"))?;
+    let store = state.store()?;
     store
         .get(&key(target, name))
         .cloned()
@@ -311,10 +297,7 @@ fn list(
 ) -> Result<Response> {
     let filter = Filter::from_query(query)?;
     let (items, rv) = {
-        let store = state
-            .store
-            .lock()
-            .map_err(|_| ApiError::invalid("poisoned"))?;
+        let store = state.store()?;
         let items: Vec<Value> = store
             .list(&target.resource.storage_key(), target.namespace.as_deref())
             .into_iter()
@@ -340,21 +323,6 @@ fn list(
 fn with_version(mut object: Value, resource: &Resource) -> Value {
     object["apiVersion"] = resource.api_version().into();
     object
-}
-
-fn namespace_exists(state: &ApiState, namespace: &str) -> bool {
-    state
-        .store
-        .lock()
-        .map(|s| {
-            s.get(&Key {
-                storage_key: "/namespaces".into(),
-                namespace: String::new(),
-                name: namespace.into(),
-            })
-            .is_some()
-        })
-        .unwrap_or(false)
 }
 
 fn create(
@@ -384,14 +352,7 @@ fn create(
                 "the namespace of the provided object ({given}) does not match the namespace sent on the request ({ns})"
             )));
         }
-        if !namespace_exists(state, ns) {
-            return Err(ApiError {
-                code: 404,
-                reason: "NotFound",
-                message: format!("namespaces \"{ns}\" not found"),
-                details: Some(json!({"name": ns, "kind": "namespaces"})),
-            });
-        }
+        state.store()?.require_namespace(ns)?;
     } else if target.resource.namespaced {
         return Err(ApiError::method_not_allowed(
             "create a namespaced object under /namespaces/<ns>/",
@@ -417,10 +378,7 @@ fn create(
         object["metadata"] = json!({});
     }
     let created = {
-        let mut store = state
-            .store
-            .lock()
-            .map_err(|_| ApiError::invalid("poisoned"))?;
+        let mut store = state.store()?;
         store.create(&target.resource, key(target, &name), object)?
     };
     after_write(state, &target.resource, &created);
@@ -502,16 +460,7 @@ fn refresh_crds(state: &Arc<ApiState>) {
                 "acceptedNames": crd["spec"]["names"].clone(),
                 "storedVersions": crd["spec"]["versions"].as_array().into_iter().flatten().filter(|v| v["storage"].as_bool() == Some(true)).map(|v| v["name"].clone()).collect::<Vec<_>>(),
             });
-            let name = crd["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            let k = Key {
-                storage_key: res.storage_key(),
-                namespace: String::new(),
-                name,
-            };
-            let _ = store.update(&res, &k, updated, true);
+            let _ = store.update(&res, &Key::of(&res, &crd), updated, true);
         }
     }
 }
@@ -532,10 +481,7 @@ fn update(
         )));
     }
     let updated = {
-        let mut store = state
-            .store
-            .lock()
-            .map_err(|_| ApiError::invalid("poisoned"))?;
+        let mut store = state.store()?;
         store.update(&target.resource, &key(target, name), object, target.status)?
     };
     after_write(state, &target.resource, &updated);
@@ -566,10 +512,7 @@ fn patch_object(
         .iter()
         .all(|b| b.storage_key() != target.resource.storage_key());
     let k = key(target, name);
-    let mut store = state
-        .store
-        .lock()
-        .map_err(|_| ApiError::invalid("poisoned"))?;
+    let mut store = state.store()?;
     let current = store.get(&k).cloned();
     let (mut object, creating) = match (current, ct.as_str()) {
         (Some(c), _) => (c, false),
@@ -620,19 +563,7 @@ fn patch_object(
             .as_deref()
             .filter(|_| target.resource.namespaced)
         {
-            drop(store);
-            if !namespace_exists(state, ns) {
-                return Err(ApiError {
-                    code: 404,
-                    reason: "NotFound",
-                    message: format!("namespaces \"{ns}\" not found"),
-                    details: None,
-                });
-            }
-            store = state
-                .store
-                .lock()
-                .map_err(|_| ApiError::invalid("poisoned"))?;
+            store.require_namespace(ns)?;
         }
         store.create(&target.resource, k, object)?
     } else {
@@ -650,10 +581,7 @@ fn patch_object(
 
 fn delete(state: &Arc<ApiState>, target: &Target, name: &str) -> Result<Response> {
     let deleted = {
-        let mut store = state
-            .store
-            .lock()
-            .map_err(|_| ApiError::invalid("poisoned"))?;
+        let mut store = state.store()?;
         store.delete(&target.resource, &key(target, name))?
     };
     if target.resource.plural == "customresourcedefinitions" {
@@ -680,10 +608,7 @@ fn delete_collection(
     query: &BTreeMap<String, String>,
 ) -> Result<Response> {
     let filter = Filter::from_query(query)?;
-    let mut store = state
-        .store
-        .lock()
-        .map_err(|_| ApiError::invalid("poisoned"))?;
+    let mut store = state.store()?;
     let names: Vec<String> = store
         .list(&target.resource.storage_key(), target.namespace.as_deref())
         .iter()

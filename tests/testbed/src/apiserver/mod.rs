@@ -93,6 +93,15 @@ pub(crate) struct ApiState {
     pub(crate) addr: SocketAddr,
 }
 
+impl ApiState {
+    /// The store, locked. A poisoned lock (a panic while holding it) is a 500.
+    pub(crate) fn store(&self) -> Result<std::sync::MutexGuard<'_, Store>, error::ApiError> {
+        self.store
+            .lock()
+            .map_err(|_| error::ApiError::internal("store lock poisoned"))
+    }
+}
+
 /// A running test API server; stops when dropped.
 pub struct ApiServer {
     state: Arc<ApiState>,

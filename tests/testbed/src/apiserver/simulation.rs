@@ -29,17 +29,7 @@ pub(crate) fn schedule(state: &Arc<ApiState>, resource: &Resource, object: &Valu
     }
     let state = state.clone();
     let resource = resource.clone();
-    let key = Key {
-        storage_key: resource.storage_key(),
-        namespace: object["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
-        name: object["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
-    };
+    let key = Key::of(&resource, object);
     tokio::spawn(async move {
         tokio::time::sleep(sim.delay).await;
         settle(&state, &resource, &key);
@@ -60,17 +50,7 @@ pub(crate) fn reconcile_all(state: &Arc<ApiState>) {
             .map(|s| s.list(&resource.storage_key(), None))
             .unwrap_or_default();
         for o in objects {
-            let key = Key {
-                storage_key: resource.storage_key(),
-                namespace: o["metadata"]["namespace"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                name: o["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-            };
+            let key = Key::of(&resource, &o);
             settle(state, &resource, &key);
         }
     }

@@ -67,6 +67,34 @@ pub struct Key {
     pub name: String,
 }
 
+impl Key {
+    /// The key of `name` in `namespace` (ignored for cluster-scoped resources).
+    pub fn new(resource: &Resource, namespace: &str, name: &str) -> Self {
+        Self {
+            storage_key: resource.storage_key(),
+            namespace: if resource.namespaced {
+                namespace.to_string()
+            } else {
+                String::new()
+            },
+            name: name.to_string(),
+        }
+    }
+
+    /// The key an object of `resource` is stored under, from its metadata.
+    pub fn of(resource: &Resource, object: &Value) -> Self {
+        let meta = &object["metadata"];
+        Self::new(
+            resource,
+            meta["namespace"].as_str().unwrap_or_default(),
+            meta["name"].as_str().unwrap_or_default(),
+        )
+    }
+}
+
+/// Storage key of namespaces (core group, plural `namespaces`).
+const NAMESPACES: &str = "/namespaces";
+
 /// The objects and their history.
 pub struct Store {
     rv: u64,
@@ -119,6 +147,19 @@ impl Store {
     /// One object.
     pub fn get(&self, key: &Key) -> Option<&Value> {
         self.objects.get(key)
+    }
+
+    /// `Ok` when `namespace` exists, else the 404 kube-apiserver gives for creating into it.
+    pub fn require_namespace(&self, namespace: &str) -> Result<(), ApiError> {
+        let key = Key {
+            storage_key: NAMESPACES.into(),
+            namespace: String::new(),
+            name: namespace.into(),
+        };
+        match self.objects.contains_key(&key) {
+            true => Ok(()),
+            false => Err(ApiError::namespace_not_found(namespace)),
+        }
     }
 
     /// Every object of a resource, in a namespace or (`None`) in all.

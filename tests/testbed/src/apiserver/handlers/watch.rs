@@ -31,10 +31,7 @@ pub(super) async fn watch(
 
     // Under the store lock: the initial events and a subscription, so nothing falls between.
     let (initial, mut live, start_rv, mut epoch) = {
-        let store = state
-            .store
-            .lock()
-            .map_err(|_| ApiError::invalid("poisoned"))?;
+        let store = state.store()?;
         let live = store.subscribe();
         let epoch = store.epoch();
         let start_rv = store.resource_version();
