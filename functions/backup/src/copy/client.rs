@@ -713,10 +713,9 @@ impl RegistryClient {
         body: reqwest::Body,
     ) -> Result<(), CopyError> {
         let what = format!("upload blob {digest} to {}", repo.path);
-        let scopes = Self::scopes(repo, Access::Push, None);
         let sep = if location.contains('?') { '&' } else { '?' };
         let url = format!("{location}{sep}digest={digest}");
-        let mut request = self
+        let request = self
             .http(&url)
             .put(&url)
             .header(header::CONTENT_TYPE, "application/octet-stream")
@@ -724,30 +723,34 @@ impl RegistryClient {
             // ends early (a held-back corrupt chunk) can never look complete.
             .header(header::CONTENT_LENGTH, size)
             .body(body);
-        if let Some(a) = self.known_authorization(&repo.registry, &scopes) {
-            request = request.header(header::AUTHORIZATION, a);
-        }
-        let resp = request
+        let resp = self
+            .with_push_authorization(repo, request)
             .send()
             .await
             .map_err(|e| transport_error(repo.registry.as_str(), what.as_str(), 1, &e))?;
-        if resp.status() == StatusCode::CREATED || resp.status().is_success() {
+        if resp.status().is_success() {
             return Ok(());
         }
         Err(status_error(&repo.registry, &what, resp, 1).await)
     }
 
+    /// Adds the cached push credential for `repo` to a request that cannot go through
+    /// [`RegistryClient::send`] (a streamed body cannot be replayed after a 401).
+    fn with_push_authorization(&self, repo: &Repo, request: RequestBuilder) -> RequestBuilder {
+        let scopes = Self::scopes(repo, Access::Push, None);
+        match self.known_authorization(&repo.registry, &scopes) {
+            Some(a) => request.header(header::AUTHORIZATION, a),
+            None => request,
+        }
+    }
+
     /// Cancels an upload session (best effort: the registry purges stale sessions anyway).
     pub async fn cancel_upload(&self, repo: &Repo, location: &str) {
-        let scopes = Self::scopes(repo, Access::Push, None);
-        let mut request = self
+        let request = self
             .http(location)
             .delete(location)
             .timeout(Duration::from_secs(10));
-        if let Some(a) = self.known_authorization(&repo.registry, &scopes) {
-            request = request.header(header::AUTHORIZATION, a);
-        }
-        if let Err(e) = request.send().await {
+        if let Err(e) = self.with_push_authorization(repo, request).send().await {
             tracing::debug!(registry = %repo.registry, error = %transport_cause(&e), "cancel upload failed");
         }
     }
