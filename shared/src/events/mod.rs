@@ -162,25 +162,15 @@ impl Payload {
     /// The typed payload of a CloudEvent, or why it is not one of ours.
     pub fn from_cloudevent(event: &Event) -> Result<Self, EventError> {
         let ty = event.ty().to_string();
-        let value = match event.data() {
-            Some(Data::Json(v)) => v.clone(),
-            Some(Data::Binary(b)) => {
-                serde_json::from_slice(b).map_err(|source| EventError::Data {
-                    ty: ty.clone(),
-                    source,
-                })?
-            }
-            Some(Data::String(s)) => {
-                serde_json::from_str(s).map_err(|source| EventError::Data {
-                    ty: ty.clone(),
-                    source,
-                })?
-            }
-            None => return Err(EventError::NoData(ty)),
-        };
         let wrap = |source| EventError::Data {
             ty: ty.clone(),
             source,
+        };
+        let value = match event.data() {
+            Some(Data::Json(v)) => v.clone(),
+            Some(Data::Binary(b)) => serde_json::from_slice(b).map_err(wrap)?,
+            Some(Data::String(s)) => serde_json::from_str(s).map_err(wrap)?,
+            None => return Err(EventError::NoData(ty)),
         };
         Ok(match ty.as_str() {
             WORKLOAD_CHANGED => {
