@@ -245,7 +245,7 @@ pub fn needs_backup(
 
 fn collect(
     index: usize,
-    json: serde_json::Value,
+    mut json: serde_json::Value,
     out: &mut Vec<Result<Workload, DocumentError>>,
     skipped: &mut Vec<String>,
 ) {
@@ -277,8 +277,8 @@ fn collect(
                 .map_err(schema),
         ),
         k if k == "List" || k.ends_with("List") => {
-            if let Some(serde_json::Value::Array(items)) = json.get("items") {
-                for item in items.clone() {
+            if let serde_json::Value::Array(items) = json["items"].take() {
+                for item in items {
                     collect(index, item, out, skipped);
                 }
             }
