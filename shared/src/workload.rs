@@ -277,7 +277,9 @@ fn collect(
                 .map_err(schema),
         ),
         k if k == "List" || k.ends_with("List") => {
-            if let serde_json::Value::Array(items) = json["items"].take() {
+            if let Some(serde_json::Value::Array(items)) =
+                json.get_mut("items").map(serde_json::Value::take)
+            {
                 for item in items {
                     collect(index, item, out, skipped);
                 }
