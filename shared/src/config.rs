@@ -4,13 +4,15 @@
 use std::path::PathBuf;
 
 use crate::naming::{BackupRegistry, Layout, NamingPolicy};
+use crate::secret::SecretUrl;
 
 /// Where NATS is.
 #[derive(Debug, Clone, clap::Args)]
 pub struct NatsArgs {
-    /// NATS server URL (JetStream enabled, nats-server 2.10 or newer).
+    /// NATS server URL(s), comma-separated (JetStream enabled, nats-server 2.10 or newer).
+    /// Credentials in the URL are never shown: `Debug` and logs print `***`.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    pub nats_url: SecretUrl,
 }
 
 /// The backup registry and how images are named in it.
@@ -67,4 +69,33 @@ pub enum LogFormat {
     Plain,
     /// One JSON object per line.
     Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[command(flatten)]
+        registries: RegistryArgs,
+    }
+
+    #[test]
+    fn no_config_debug_prints_a_credential() {
+        let cli = Cli::parse_from([
+            "x",
+            "--nats-url",
+            "nats://bot:hunter2@nats:4222",
+            "--docker-config",
+            "/etc/creds/config.json",
+        ]);
+        let shown = format!("{cli:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("nats://***@nats:4222"), "{shown}");
+        assert_eq!(cli.nats.nats_url.expose(), "nats://bot:hunter2@nats:4222");
+    }
 }

@@ -66,13 +66,6 @@ pub enum Phase {
     Failed,
 }
 
-impl Phase {
-    /// True for phases no worker will move on from by itself.
-    pub fn is_terminal(self) -> bool {
-        matches!(self, Phase::Completed | Phase::Failed)
-    }
-}
-
 /// The observed state of a backup, written only through the status subresource.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

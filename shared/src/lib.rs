@@ -11,6 +11,7 @@
 //! - [`nats`]: stream and consumers from `nats/`, connect, publish with `Nats-Msg-Id`.
 //! - [`error`]: `ErrorClass`, the one vocabulary of failures.
 //! - [`config`]: command-line settings shared by every function.
+//! - [`secret`]: types whose `Debug`/`Display` never show a credential.
 //! - [`telemetry`]: log set-up.
 //! - [`tls`]: the process-wide TLS crypto provider (ring).
 //!
@@ -25,6 +26,7 @@ pub mod events;
 pub mod naming;
 pub mod nats;
 pub mod reference;
+pub mod secret;
 pub mod telemetry;
 pub mod tls;
 pub mod workload;

@@ -22,8 +22,10 @@
 //! ends in `-` + 16 hex (such sources take the hashed form), so the two forms cannot meet either.
 //! Registry hosts compare case-insensitively, as DNS does.
 //!
-//! Tags are kept. A digest-only source gets the tag `sha256-<hex>` so the copy is never an
-//! untagged manifest that registry garbage collection may delete.
+//! Tags are kept. A digest-only source gets the tag `<algorithm>-<hex>` (cut to the grammar's 128
+//! characters: a sha512 keeps 121 of its 128 hex digits) so the copy is never an untagged
+//! manifest that registry garbage collection may delete. [`NamingPolicy::target`] is total: it
+//! never hands back the source itself.
 
 use std::fmt;
 use std::str::FromStr;
@@ -132,6 +134,21 @@ pub struct NamingPolicy {
     pub layout: Layout,
 }
 
+/// The longest tag the grammar allows.
+const TAG_MAX: usize = 128;
+
+/// A backup name could not be built for a source (a defect in this module: see
+/// [`NamingPolicy::target`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no valid backup name for {source_ref}: {reason}")]
+pub struct NamingError {
+    /// The source reference.
+    pub source_ref: String,
+    /// What the grammar said of the name built for it.
+    #[source]
+    pub reason: ReferenceError,
+}
+
 /// Length of the hash suffix that keeps long or ambiguous names unique (64 bits).
 const HASH_HEX: usize = 16;
 
@@ -155,10 +172,16 @@ impl NamingPolicy {
             .starts_with(&self.registry.base().to_lowercase())
     }
 
-    /// The backup reference for `source`: same tag (or `sha256-<hex>` for digest-only sources),
-    /// no digest (the digest is what the copy produces and the rollout pins).
-    pub fn target(&self, source: &Reference) -> Reference {
+    /// The backup reference for `source`: same tag (or `<algorithm>-<hex>` for digest-only
+    /// sources), no digest (the digest is what the copy produces and the rollout pins).
+    ///
+    /// Built from grammar-valid pieces and parsed once more, so the invariant is checked in one
+    /// place; the error is unreachable by construction (the tests cover every shape) and is
+    /// returned rather than papered over, so a defect can never back an image up to itself.
+    pub fn target(&self, source: &Reference) -> Result<Reference, NamingError> {
         let base = self.registry.base();
+        // Targets stay within 255 characters including the host, the older rule, so registries
+        // that still apply it accept them too.
         let budget = NAME_TOTAL_LENGTH_MAX.saturating_sub(base.len());
         let repo = match self.layout {
             Layout::Flat => flat_name(source).filter(|n| n.len() <= budget),
@@ -167,15 +190,13 @@ impl NamingPolicy {
         .unwrap_or_else(|| hashed_name(source, budget));
         let tag = match (source.tag(), source.digest()) {
             (Some(t), _) => t.to_string(),
-            (None, Some(d)) => d.replacen(':', "-", 1),
+            (None, Some(d)) => d.replacen(':', "-", 1).chars().take(TAG_MAX).collect(),
             (None, None) => crate::reference::DEFAULT_TAG.to_string(),
         };
-        // Built from grammar-valid pieces; parse to keep the invariant checked in one place.
         let full = format!("{base}{repo}:{tag}");
-        Reference::parse(&full).unwrap_or_else(|_| {
-            // Unreachable by construction (see tests); fall back to the always-valid hashed form.
-            let repo = hashed_name(source, budget);
-            Reference::parse(&format!("{base}{repo}:{tag}")).unwrap_or_else(|_| source.clone())
+        Reference::parse(&full).map_err(|reason| NamingError {
+            source_ref: source.to_string(),
+            reason,
         })
     }
 }
@@ -287,6 +308,7 @@ mod tests {
 
     fn target(p: &NamingPolicy, s: &str) -> String {
         p.target(&Reference::parse_normalized(s).unwrap())
+            .unwrap()
             .to_string()
     }
 
@@ -346,14 +368,43 @@ mod tests {
         );
         let long = format!("quay.io/{}:1", "a".repeat(240));
         let t = Reference::parse_normalized(&long).unwrap();
-        let out = p.target(&t);
+        let out = p.target(&t).unwrap();
         assert!(out.repository().len() <= 255);
         assert!(ends_like_hash(out.path()));
         // IPv6 hosts cannot be a path component: hashed, and valid.
         assert!(ends_like_hash(
             p.target(&Reference::parse_normalized("[::1]:5000/a").unwrap())
+                .unwrap()
                 .path()
         ));
+    }
+
+    fn hex_of(rng: &mut rand::rngs::StdRng, n: usize) -> String {
+        use rand::Rng as _;
+        (0..n)
+            .map(|_| char::from(b"0123456789abcdef"[rng.random_range(0..16)]))
+            .collect()
+    }
+
+    #[test]
+    fn digest_only_sources_get_a_tag_that_fits() {
+        let p = policy("localhost:5000/backup");
+        let sha512 = format!("nginx@sha512:{}", "ab".repeat(64));
+        let t = p
+            .target(&Reference::parse_normalized(&sha512).unwrap())
+            .unwrap();
+        let tag = t.tag().unwrap();
+        assert_eq!(tag.len(), 128);
+        assert!(tag.starts_with("sha512-abab"));
+        assert_eq!(t.repository(), "localhost:5000/backup/library_nginx");
+        let sha256 = format!("nginx@sha256:{}", "cd".repeat(32));
+        let t = p
+            .target(&Reference::parse_normalized(&sha256).unwrap())
+            .unwrap();
+        assert_eq!(
+            t.tag(),
+            Some(format!("sha256-{}", "cd".repeat(32)).as_str())
+        );
     }
 
     #[test]
@@ -388,7 +439,7 @@ mod tests {
         let no = Reference::parse_normalized("localhost:5000/other/x:1").unwrap();
         assert!(p.is_backup(&yes));
         assert!(!p.is_backup(&no));
-        assert!(p.is_backup(&p.target(&no)));
+        assert!(p.is_backup(&p.target(&no).unwrap()));
     }
 
     #[test]
@@ -455,7 +506,14 @@ mod tests {
             if rng.random_bool(0.02) {
                 path.push_str(&"x".repeat(rng.random_range(100..240)));
             }
-            let s = format!("{host}/{path}:t");
+            // Tags, and digest-only sources of every algorithm (a sha512 tag would not fit
+            // in 128 characters whole).
+            let s = match rng.random_range(0..4) {
+                0 => format!("{host}/{path}@sha256:{}", hex_of(&mut rng, 64)),
+                1 => format!("{host}/{path}@sha512:{}", hex_of(&mut rng, 128)),
+                2 => format!("{host}/{path}@sha384:{}", hex_of(&mut rng, 96)),
+                _ => format!("{host}/{path}:t"),
+            };
             if let Ok(r) = Reference::parse_normalized(&s) {
                 sources.insert(r);
             }
@@ -463,8 +521,9 @@ mod tests {
         for p in &policies {
             seen.clear();
             for src in &sources {
-                let t = p.target(src);
+                let t = p.target(src).unwrap();
                 assert!(t.repository().len() <= 255);
+                assert!(!p.is_backup(src) && p.is_backup(&t), "{src} -> {t}");
                 assert_eq!(Reference::parse(&t.to_string()).as_ref(), Ok(&t));
                 if let Some(prev) = seen.insert(t.to_string(), src.to_string()) {
                     panic!("{prev} and {src} both map to {t}");

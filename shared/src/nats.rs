@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::pull, context::PublishAckFuture, stream};
 
 use crate::events::{Payload, to_nats_message};
+use crate::secret::SecretUrl;
 
 /// The stream every event goes through.
 pub const STREAM_NAME: &str = "IMAGEBACKUP";
@@ -29,8 +30,8 @@ pub enum NatsError {
     /// The server could not be reached.
     #[error("cannot connect to NATS at {url}: {source}")]
     Connect {
-        /// The URL tried (credentials are not part of our URLs' Display).
-        url: String,
+        /// The URL tried, credentials redacted.
+        url: SecretUrl,
         /// Why.
         #[source]
         source: async_nats::ConnectError,
@@ -145,7 +146,7 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, NatsEr
         .connect(url)
         .await
         .map_err(|source| NatsError::Connect {
-            url: url.to_string(),
+            url: SecretUrl::from(url),
             source,
         })?;
     // With retry_on_initial_connect the first INFO may not have arrived yet.
@@ -217,7 +218,7 @@ impl Publisher {
     ) -> Result<jetstream::publish::PublishAck, NatsError> {
         let subject = payload.subject();
         let event = payload.to_cloudevent(&self.source)?;
-        let (mut headers, body) = to_nats_message(&event);
+        let (mut headers, body) = to_nats_message(&event)?;
         headers.insert("Nats-Msg-Id", payload.id().as_str());
         let fail = |message: String| NatsError::Publish {
             subject: subject.clone(),

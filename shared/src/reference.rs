@@ -3,7 +3,7 @@
 //!
 //! Why our own parser: `oci-client` re-exports oci-spec's `Reference`, which departs from the
 //! grammar (no IPv6 hosts, Unicode `\w` in tags, digests checked for length only, 64-hex IDs
-//! accepted as names, the 255 limit applied to the path alone, `latest` added at parse time).
+//! accepted as names, `latest` added at parse time).
 //! This module mirrors the Go code closely (the same regular expressions with ASCII classes,
 //! `splitDockerDomain`, `ParseNormalizedNamed`, `digest.Parse`) and its tests cover the grammar's
 //! edge cases, valid and invalid. It must not do any network access or naming policy: that is [`crate::naming`].
@@ -32,11 +32,23 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub const DEFAULT_DOMAIN: &str = "docker.io";
 /// The historical Docker Hub host, normalized to [`DEFAULT_DOMAIN`].
 const LEGACY_DEFAULT_DOMAIN: &str = "index.docker.io";
+/// The host Docker Hub's registry API answers on (`docker.io` itself serves no `/v2/`).
+pub const DOCKER_HUB_API_HOST: &str = "registry-1.docker.io";
+/// Every host name that means Docker Hub: in references, in docker config keys, in API URLs.
+/// The one list of them; [`canonical_host`] folds them to [`DEFAULT_DOMAIN`].
+pub const DOCKER_HUB_HOSTS: [&str; 4] = [
+    DEFAULT_DOMAIN,
+    LEGACY_DEFAULT_DOMAIN,
+    DOCKER_HUB_API_HOST,
+    "registry.hub.docker.com",
+];
 /// The namespace of single-component Docker Hub names (`nginx` is `library/nginx`).
 const OFFICIAL_REPO_PREFIX: &str = "library/";
 /// The tag a reference without tag or digest means.
 pub const DEFAULT_TAG: &str = "latest";
-/// The longest repository name (domain and path) the grammar allows.
+/// The longest repository path the grammar allows: distribution/reference v0.6 (what Kubernetes
+/// and Docker vendor) applies it to the path after normalization (`library/` counts, the domain
+/// does not).
 pub const NAME_TOTAL_LENGTH_MAX: usize = 255;
 
 const DOMAIN_COMPONENT: &str = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])";
@@ -93,8 +105,9 @@ pub enum ReferenceError {
     /// The string was empty.
     #[error("image reference is empty")]
     Empty,
-    /// The repository name (registry and path) is longer than 255 characters.
-    #[error("repository name is {0} characters long; at most 255 are allowed")]
+    /// The repository path (after normalization, without the registry) is longer than 255
+    /// characters.
+    #[error("repository path is {0} characters long; at most 255 are allowed")]
     NameTooLong(usize),
     /// The repository path has upper-case letters, which the grammar forbids.
     #[error("repository name {0:?} must be lowercase")]
@@ -121,7 +134,7 @@ pub enum ReferenceError {
 /// A parsed, normalized image reference: registry, repository path, optional tag and digest.
 ///
 /// Invariants: `domain` and `path` together match the grammar, `path` is lowercase, the whole
-/// name is at most 255 characters, and `digest` (if any) is valid for its algorithm.
+/// path is at most 255 characters, and `digest` (if any) is valid for its algorithm.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Reference {
     domain: String,
@@ -173,14 +186,14 @@ impl Reference {
             return Err(classify_invalid(s));
         };
         let name = caps.get(1).map_or("", |m| m.as_str());
-        if name.len() > NAME_TOTAL_LENGTH_MAX {
-            return Err(ReferenceError::NameTooLong(name.len()));
-        }
         let name_caps = NAME
             .captures(name)
             .ok_or_else(|| ReferenceError::InvalidFormat(s.to_string()))?;
         let domain = name_caps.get(1).map_or("", |m| m.as_str()).to_string();
         let path = name_caps.get(2).map_or("", |m| m.as_str()).to_string();
+        if path.len() > NAME_TOTAL_LENGTH_MAX {
+            return Err(ReferenceError::NameTooLong(path.len()));
+        }
         let tag = caps.get(2).map(|m| m.as_str().to_string());
         let digest = match caps.get(3) {
             Some(m) => Some(validate_digest(m.as_str())?),
@@ -240,17 +253,6 @@ impl Reference {
             self.tag = Some(DEFAULT_TAG.to_string());
         }
         self
-    }
-
-    /// This repository with another tag and digest; `None` clears them.
-    #[must_use]
-    pub fn with_tag_and_digest(&self, tag: Option<&str>, digest: Option<&str>) -> Self {
-        Self {
-            domain: self.domain.clone(),
-            path: self.path.clone(),
-            tag: tag.map(str::to_string),
-            digest: digest.map(str::to_string),
-        }
     }
 
     /// The short form people write (`nginx:1.14.0`, `quay.io/a/b`): Docker's `FamiliarString`.
@@ -342,6 +344,26 @@ fn split_docker_domain(name: &str) -> (String, String) {
         remainder
     };
     (domain, remainder)
+}
+
+/// A registry host as written in a reference, a docker config key (`https://index.docker.io/v1/`)
+/// or a URL, reduced to the host it names: scheme and path dropped, lower-cased, Docker Hub's
+/// aliases ([`DOCKER_HUB_HOSTS`]) folded to `docker.io`.
+pub fn canonical_host(key: &str) -> String {
+    let no_scheme = key
+        .strip_prefix("https://")
+        .or_else(|| key.strip_prefix("http://"))
+        .unwrap_or(key);
+    let host = no_scheme
+        .split('/')
+        .next()
+        .unwrap_or(no_scheme)
+        .to_lowercase();
+    if DOCKER_HUB_HOSTS.contains(&host.as_str()) {
+        DEFAULT_DOMAIN.to_string()
+    } else {
+        host
+    }
 }
 
 /// Names the part of an invalid reference that is wrong, so the error says what to fix.
@@ -574,17 +596,39 @@ mod tests {
     }
 
     #[test]
-    fn length_limit_is_on_the_whole_name() {
-        // docker.io/library/ is 18 characters; 237 more make exactly 255.
-        let ok = format!("docker.io/library/{}", "a".repeat(237));
+    fn length_limit_is_on_the_normalized_path() {
+        // As distribution/reference v0.6: `library/` counts, the domain does not.
+        let ok = format!("library/{}", "a".repeat(247));
         assert!(Reference::parse_normalized(&ok).is_ok());
-        let long = format!("docker.io/library/{}", "a".repeat(238));
+        assert!(Reference::parse_normalized(&format!("docker.io/{ok}")).is_ok());
+        let long_host = format!("{}.example.com/{}", "h".repeat(40), "a".repeat(255));
+        assert!(Reference::parse_normalized(&long_host).is_ok());
+        let long = format!("{}.example.com/{}", "h".repeat(40), "a".repeat(256));
         assert_eq!(
             Reference::parse_normalized(&long),
             Err(ReferenceError::NameTooLong(256))
         );
+        // A single-component Docker Hub name gains `library/`, which counts.
+        assert_eq!(
+            Reference::parse_normalized(&"a".repeat(250)),
+            Err(ReferenceError::NameTooLong(258))
+        );
         // The tag does not count towards the name.
         assert!(Reference::parse_normalized(&format!("{ok}:{}", "t".repeat(128))).is_ok());
+    }
+
+    #[test]
+    fn docker_hub_aliases_fold_to_one_host() {
+        for alias in [
+            "docker.io",
+            "https://index.docker.io/v1/",
+            "registry-1.docker.io",
+            "REGISTRY.hub.docker.com",
+        ] {
+            assert_eq!(canonical_host(alias), "docker.io", "{alias}");
+        }
+        assert_eq!(canonical_host("http://localhost:5000"), "localhost:5000");
+        assert_eq!(canonical_host("Quay.io"), "quay.io");
     }
 
     #[test]

@@ -202,19 +202,27 @@ impl Workload {
         let mut images = Vec::new();
         let mut invalid = Vec::new();
         for c in self.images() {
-            match needs_backup(&c.image, naming) {
-                Ok(Some(source)) => images.push(WorkloadImage {
+            let planned = needs_backup(&c.image, naming).map_err(|e| e.to_string());
+            let planned = planned.and_then(|source| match source {
+                Some(source) => naming
+                    .target(&source)
+                    .map(|target| Some((source, target)))
+                    .map_err(|e| e.to_string()),
+                None => Ok(None),
+            });
+            match planned {
+                Ok(Some((source, target))) => images.push(WorkloadImage {
                     container: c.container,
                     init: c.init,
-                    target: naming.target(&source).to_string(),
+                    target: target.to_string(),
                     source: source.to_string(),
                 }),
                 Ok(None) => {}
-                Err(e) => invalid.push(InvalidImage {
+                Err(error) => invalid.push(InvalidImage {
                     container: c.container,
                     init: c.init,
                     image: c.image,
-                    error: e.to_string(),
+                    error,
                 }),
             }
         }

@@ -55,6 +55,15 @@ pub enum EventError {
         #[source]
         source: serde_json::Error,
     },
+    /// An attribute or extension cannot travel as a NATS header (a name with `:` or non-ASCII
+    /// characters, a value with CR/LF).
+    #[error("CloudEvent attribute {name:?} cannot be a NATS header: {reason}")]
+    Header {
+        /// The header name (cut to 64 characters).
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// Building the CloudEvent failed (a bug: our attributes are always valid).
     #[error("cannot build CloudEvent: {0}")]
     Build(#[from] cloudevents::event::EventBuilderError),

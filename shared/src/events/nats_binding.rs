@@ -6,7 +6,10 @@
 //! Built on the SDK's `message` traits, the way its HTTP binding is, so attribute parsing and
 //! validation are the SDK's. Never panics on any input.
 
+use std::str::FromStr as _;
+
 use async_nats::HeaderMap;
+use async_nats::header::{HeaderName, HeaderValue};
 use bytes::Bytes;
 use cloudevents::event::SpecVersion;
 use cloudevents::message::{
@@ -123,17 +126,34 @@ pub fn from_nats_message(headers: Option<&HeaderMap>, body: &[u8]) -> Result<Eve
 
 /// Writes a CloudEvent as a binary-mode NATS message: `ce-*` headers, `content-type`, and the
 /// data as the body.
-pub fn to_nats_message(event: &Event) -> (HeaderMap, Bytes) {
+///
+/// Fallible because a CloudEvent read from outside (an HTTP sink, a structured message) may carry
+/// an extension name or value that is not a valid NATS header (`:`, non-ASCII, CR/LF): async-nats
+/// asserts on those, so they are refused here with [`EventError::Header`] instead.
+pub fn to_nats_message(event: &Event) -> Result<(HeaderMap, Bytes), EventError> {
     let mut headers = HeaderMap::new();
+    let mut put = |name: &str, value: &str| -> Result<(), EventError> {
+        let bad = |reason: &'static str| EventError::Header {
+            name: name.chars().take(64).collect(),
+            reason,
+        };
+        let name = HeaderName::from_str(name).map_err(|_| bad("not a valid header name"))?;
+        let value = HeaderValue::from_str(value).map_err(|_| bad("value contains CR or LF"))?;
+        headers.insert(name, value);
+        Ok(())
+    };
     for (name, value) in event.iter_attributes() {
         if name == "datacontenttype" {
-            headers.insert(CONTENT_TYPE, value.to_string().as_str());
+            put(CONTENT_TYPE, &value.to_string())?;
         } else {
-            headers.insert(format!("ce-{name}").as_str(), value.to_string().as_str());
+            put(&format!("ce-{name}"), &value.to_string())?;
         }
     }
     for (name, value) in event.iter_extensions() {
-        headers.insert(format!("ce-{name}").as_str(), value.to_string().as_str());
+        put(&format!("ce-{name}"), &value.to_string())?;
+    }
+    if event.datacontenttype().is_none() && event.data().is_some() {
+        put(CONTENT_TYPE, "application/json")?;
     }
     let body = match event.data() {
         Some(Data::Json(v)) => Bytes::from(serde_json::to_vec(v).unwrap_or_default()),
@@ -141,10 +161,7 @@ pub fn to_nats_message(event: &Event) -> (HeaderMap, Bytes) {
         Some(Data::String(s)) => Bytes::from(s.clone()),
         None => Bytes::new(),
     };
-    if event.datacontenttype().is_none() && event.data().is_some() {
-        headers.insert(CONTENT_TYPE, "application/json");
-    }
-    (headers, body)
+    Ok((headers, body))
 }
 
 #[cfg(test)]
@@ -161,7 +178,7 @@ mod tests {
     #[test]
     fn binary_mode_round_trip() {
         let event = sample();
-        let (headers, body) = to_nats_message(&event);
+        let (headers, body) = to_nats_message(&event).unwrap();
         assert_eq!(
             headers.get("ce-specversion").map(|v| v.as_str()),
             Some("1.0")
@@ -250,5 +267,30 @@ mod tests {
             from_nats_message(Some(&h), br#"{"specversion":"1.0"}"#),
             Err(EventError::Envelope(_))
         ));
+    }
+
+    #[test]
+    fn extension_names_that_are_not_header_names_are_refused() {
+        for bad in ["a:b", "caf\u{e9}", "x\ny"] {
+            let mut event = sample();
+            event.set_extension(bad, "v");
+            assert!(
+                matches!(to_nats_message(&event), Err(EventError::Header { .. })),
+                "{bad:?}"
+            );
+        }
+        let mut event = sample();
+        event.set_extension("trace", "line\r\nInjected: yes");
+        assert!(matches!(
+            to_nats_message(&event),
+            Err(EventError::Header { .. })
+        ));
+        let mut event = sample();
+        event.set_extension("traceparent", "00-abc-01");
+        let (headers, _) = to_nats_message(&event).unwrap();
+        assert_eq!(
+            headers.get("ce-traceparent").map(|v| v.as_str()),
+            Some("00-abc-01")
+        );
     }
 }

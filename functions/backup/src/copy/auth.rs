@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde::Deserialize;
+use shared::reference::canonical_host;
 
 /// A credential for one registry. `Debug` never shows the secret.
 #[derive(Clone, PartialEq, Eq)]
@@ -113,26 +114,6 @@ pub struct DockerConfig {
     by_host: HashMap<String, Credential>,
 }
 
-/// The host a config key or a reference domain stands for: scheme and path dropped, Docker Hub's
-/// aliases folded to `docker.io`, lower-cased.
-pub fn normalize_host(key: &str) -> String {
-    let no_scheme = key
-        .strip_prefix("https://")
-        .or_else(|| key.strip_prefix("http://"))
-        .unwrap_or(key);
-    let host = no_scheme
-        .split('/')
-        .next()
-        .unwrap_or(no_scheme)
-        .to_lowercase();
-    match host.as_str() {
-        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
-            "docker.io".into()
-        }
-        _ => host,
-    }
-}
-
 impl DockerConfig {
     /// Reads a config.json file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -179,21 +160,14 @@ impl DockerConfig {
             } else {
                 continue;
             };
-            by_host.insert(normalize_host(&key), credential);
+            by_host.insert(canonical_host(&key), credential);
         }
         Ok(Self { by_host })
     }
 
-    /// Adds another config's entries; existing hosts keep their credential.
-    pub fn merge(&mut self, other: DockerConfig) {
-        for (k, v) in other.by_host {
-            self.by_host.entry(k).or_insert(v);
-        }
-    }
-
     /// The credential for a reference's registry domain (`docker.io`, `quay.io`, `host:5000`).
     pub fn credential_for(&self, domain: &str) -> Option<&Credential> {
-        self.by_host.get(&normalize_host(domain))
+        self.by_host.get(&canonical_host(domain))
     }
 
     /// Whether any credential is configured.
@@ -278,10 +252,22 @@ fn parse_params(s: &str) -> HashMap<String, String> {
     out
 }
 
-/// Bearer tokens by (realm, service, scope), reused until 30 s before they expire.
-#[derive(Debug, Default)]
+/// The longest token lifetime we believe: a token service may claim anything (2^64-1 s
+/// overflowed `Instant` arithmetic once); past a day we ask again anyway.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// Bearer tokens by (realm, service, scope), reused until 30 s before they expire. `Debug`
+/// shows how many tokens are held, never a token.
+#[derive(Default)]
 pub struct TokenCache {
     tokens: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let held = self.tokens.lock().map(|t| t.len()).unwrap_or(0);
+        f.debug_struct("TokenCache").field("tokens", &held).finish()
+    }
 }
 
 impl TokenCache {
@@ -294,13 +280,16 @@ impl TokenCache {
             .map(|(t, _)| t.clone())
     }
 
-    /// Stores a token valid for `expires_in` (at least 60 s, as the token spec says).
+    /// Stores a token valid for `expires_in` (at least 60 s, as the token spec says, at most
+    /// [`MAX_TOKEN_LIFETIME`], whatever the token service claims).
     pub fn put(&self, key: String, token: String, expires_in: Duration) {
         let ttl = expires_in
-            .max(Duration::from_secs(60))
+            .clamp(Duration::from_secs(60), MAX_TOKEN_LIFETIME)
             .saturating_sub(Duration::from_secs(30));
+        let now = Instant::now();
+        let expires = now.checked_add(ttl).unwrap_or(now);
         if let Ok(mut tokens) = self.tokens.lock() {
-            tokens.insert(key, (token, Instant::now() + ttl));
+            tokens.insert(key, (token, expires));
         }
     }
 
@@ -412,5 +401,21 @@ mod tests {
         assert_eq!(c.get("k").as_deref(), Some("t"));
         c.remove("k");
         assert_eq!(c.get("k"), None);
+    }
+
+    #[test]
+    fn absurd_token_lifetimes_neither_overflow_nor_show_in_debug() {
+        let c = TokenCache::default();
+        c.put(
+            "k".into(),
+            "s3cret-token".into(),
+            Duration::from_secs(u64::MAX),
+        );
+        assert_eq!(c.get("k").as_deref(), Some("s3cret-token"));
+        c.put("z".into(), "t".into(), Duration::ZERO);
+        assert_eq!(c.get("z").as_deref(), Some("t"), "at least 60 s");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("tokens: 2"), "{shown}");
     }
 }
