@@ -20,6 +20,9 @@ pub enum ErrorClass {
     Corrupt,
     /// A manifest kind we will not copy (schema1, unknown media types).
     Unsupported,
+    /// The registry answered what the distribution protocol does not allow: another 4xx, a
+    /// malformed or oversize manifest, an invalid digest or size. Retrying will not fix it.
+    Protocol,
     /// The request itself is malformed (bad reference, undecodable event).
     Invalid,
     /// A bug or an unexpected state on our side.
@@ -49,6 +52,7 @@ impl ErrorClass {
             ErrorClass::Unavailable => "Unavailable",
             ErrorClass::Corrupt => "Corrupt",
             ErrorClass::Unsupported => "Unsupported",
+            ErrorClass::Protocol => "Protocol",
             ErrorClass::Invalid => "Invalid",
             ErrorClass::Internal => "Internal",
         }
@@ -63,7 +67,8 @@ impl ErrorClass {
             ErrorClass::NotFound
             | ErrorClass::Unauthorized
             | ErrorClass::Corrupt
-            | ErrorClass::Unsupported => Disposition::Permanent,
+            | ErrorClass::Unsupported
+            | ErrorClass::Protocol => Disposition::Permanent,
             ErrorClass::Invalid => Disposition::Invalid,
         }
     }

@@ -39,11 +39,22 @@ enum Command {
     },
 }
 
-fn load_credentials(path: Option<&PathBuf>) -> anyhow::Result<DockerConfig> {
-    match path {
-        Some(p) => Ok(DockerConfig::from_file(p)?),
-        None => Ok(DockerConfig::default()),
-    }
+/// Reads the docker config without blocking the runtime.
+async fn load_credentials(path: Option<&PathBuf>) -> anyhow::Result<DockerConfig> {
+    let Some(path) = path else {
+        return Ok(DockerConfig::default());
+    };
+    let bytes =
+        tokio::fs::read(path)
+            .await
+            .map_err(|source| backup::copy::auth::ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+    Ok(DockerConfig::from_json(
+        &bytes,
+        &path.display().to_string(),
+    )?)
 }
 
 async fn copy(
@@ -58,12 +69,13 @@ async fn copy(
     let target = Reference::parse_normalized(target)
         .map_err(|e| format!("Invalid: target {target:?}: {e}"))?
         .with_default_tag();
-    let credentials =
-        load_credentials(registries.docker_config.as_ref()).map_err(|e| format!("Invalid: {e}"))?;
+    let credentials = load_credentials(registries.docker_config.as_ref())
+        .await
+        .map_err(|e| format!("Invalid: {e}"))?;
     let client = RegistryClient::new(ClientOptions {
         insecure: registries.insecure_registries.iter().cloned().collect(),
         credentials,
-        retry: Default::default(),
+        ..Default::default()
     })
     .map_err(|e| format!("{}: {e}", e.class()))?;
     let copier = Copier::new(client, concurrency);

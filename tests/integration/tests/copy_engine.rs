@@ -25,6 +25,7 @@ fn copier(insecure: &[String], credentials: DockerConfig) -> Copier {
         insecure: insecure.iter().cloned().collect(),
         credentials,
         retry: quick_retries(),
+        ..Default::default()
     })
     .expect("client");
     Copier::new(client, 4)
@@ -37,8 +38,8 @@ async fn source_and_target(
     spec: &ImageSpec,
 ) -> (Registry, Registry, Pusher, PushedImage) {
     let (src, dst) = (
-        Registry::start().expect("src"),
-        Registry::start().expect("dst"),
+        Registry::start().await.expect("src"),
+        Registry::start().await.expect("dst"),
     );
     let pusher = Pusher::new(&src.host(), None);
     let image = pusher.push_image(repo, tag, spec).await.expect("push");
@@ -89,8 +90,8 @@ async fn assert_identical(target: &Pusher, repo: &str, tag: &str, image: &Pushed
 #[tokio::test]
 async fn oci_index_with_attestation_is_copied_byte_identical() {
     let (src, dst) = (
-        Registry::start().expect("src"),
-        Registry::start().expect("dst"),
+        Registry::start().await.expect("src"),
+        Registry::start().await.expect("dst"),
     );
     let pusher = Pusher::new(&src.host(), None);
     let mut spec = ImageSpec::multi_arch(Format::Oci, 3, 64 * 1024, 21);
@@ -197,8 +198,8 @@ async fn docker_manifest_list_and_single_manifest() {
 #[tokio::test]
 async fn warm_copies_skip_and_mount() {
     let (src, dst) = (
-        Registry::start().expect("src"),
-        Registry::start().expect("dst"),
+        Registry::start().await.expect("src"),
+        Registry::start().await.expect("dst"),
     );
     let proxy = FaultProxy::start(&dst.host()).await.expect("proxy");
     let pusher = Pusher::new(&src.host(), None);
@@ -410,7 +411,7 @@ fn docker_config(dir: &std::path::Path, host: &str, user: &str, password: &str) 
 
 #[tokio::test]
 async fn htpasswd_target_from_a_docker_config_and_wrong_credentials() {
-    let src = Registry::start().expect("src");
+    let src = Registry::start().await.expect("src");
     let creds = Credentials {
         username: "backup".into(),
         password: "pa55-word".into(),
@@ -419,6 +420,7 @@ async fn htpasswd_target_from_a_docker_config_and_wrong_credentials() {
         htpasswd: Some(creds.clone()),
         ..Default::default()
     })
+    .await
     .expect("dst");
     let image = Pusher::new(&src.host(), None)
         .push_image("a/b", "1", &ImageSpec::single(Format::Oci, 2, 20_000, 61))
@@ -471,8 +473,8 @@ async fn htpasswd_target_from_a_docker_config_and_wrong_credentials() {
 #[tokio::test]
 async fn backup_copy_command_prints_one_json_summary() {
     let (src, dst) = (
-        Registry::start().expect("src"),
-        Registry::start().expect("dst"),
+        Registry::start().await.expect("src"),
+        Registry::start().await.expect("dst"),
     );
     let image = Pusher::new(&src.host(), None)
         .push_image(
@@ -533,7 +535,7 @@ async fn backup_copy_command_prints_one_json_summary() {
 
 #[tokio::test]
 async fn token_auth_registry_with_cached_tokens() {
-    let src = Registry::start().expect("src");
+    let src = Registry::start().await.expect("src");
     let creds = Credentials {
         username: "robot".into(),
         password: "t0ken-pass".into(),

@@ -3,6 +3,7 @@
 
 mod apiserver;
 mod copy_engine;
+mod hostile_registry;
 mod kubectl;
 mod nats_events;
 mod registry_images;

@@ -30,7 +30,7 @@ fn changed(generation: i64) -> Payload {
 
 #[tokio::test]
 async fn server_meets_the_minimum_version() {
-    let server = NatsServer::start().expect("nats-server");
+    let server = NatsServer::start().await.expect("nats-server");
     let client = shared::nats::connect(&server.url(), "test")
         .await
         .expect("connect");
@@ -40,7 +40,7 @@ async fn server_meets_the_minimum_version() {
 
 #[tokio::test]
 async fn publish_and_consume_a_cloudevent_through_the_binding() {
-    let server = NatsServer::start().expect("nats-server");
+    let server = NatsServer::start().await.expect("nats-server");
     let client = shared::nats::connect(&server.url(), "test")
         .await
         .expect("connect");
@@ -89,7 +89,7 @@ async fn publish_and_consume_a_cloudevent_through_the_binding() {
 
 #[tokio::test]
 async fn a_drifted_stream_and_consumer_are_updated_to_the_definitions() {
-    let server = NatsServer::start().expect("nats-server");
+    let server = NatsServer::start().await.expect("nats-server");
     let client = shared::nats::connect(&server.url(), "test")
         .await
         .expect("connect");
@@ -128,7 +128,7 @@ async fn a_drifted_stream_and_consumer_are_updated_to_the_definitions() {
 
 #[tokio::test]
 async fn rollout_consumer_sees_completed_and_changed_events() {
-    let server = NatsServer::start().expect("nats-server");
+    let server = NatsServer::start().await.expect("nats-server");
     let client = shared::nats::connect(&server.url(), "test")
         .await
         .expect("connect");

@@ -4,7 +4,7 @@ use testbed::{Credentials, Format, ImageSpec, Pusher, Registry, RegistryOptions}
 
 #[tokio::test]
 async fn multi_arch_image_is_pushed_and_read_back_by_digest() {
-    let registry = Registry::start().expect("registry");
+    let registry = Registry::start().await.expect("registry");
     let pusher = Pusher::new(&registry.host(), None);
     let mut spec = ImageSpec::multi_arch(Format::Oci, 2, 4096, 11);
     spec.shared_base = Some(8192);
@@ -49,7 +49,7 @@ async fn multi_arch_image_is_pushed_and_read_back_by_digest() {
 
 #[tokio::test]
 async fn docker_manifest_list_and_single_manifests() {
-    let registry = Registry::start().expect("registry");
+    let registry = Registry::start().await.expect("registry");
     let pusher = Pusher::new(&registry.host(), None);
     let list = pusher
         .push_image(
@@ -95,6 +95,7 @@ async fn htpasswd_registry_refuses_anonymous_and_accepts_its_user() {
         htpasswd: Some(creds.clone()),
         ..Default::default()
     })
+    .await
     .expect("registry");
     let anonymous = Pusher::new(&registry.host(), None);
     assert!(

@@ -121,8 +121,8 @@ fn usage(command: &str, prepare: Option<&str>) -> anyhow::Result<Usage> {
 
 /// Runs the benchmark; returns the Markdown report.
 pub async fn run(backup_bin: &Path, runs: u32, only: Option<&str>) -> anyhow::Result<String> {
-    let src = Registry::start()?;
-    let dst = Registry::start()?;
+    let src = Registry::start().await?;
+    let dst = Registry::start().await?;
     let pusher = Pusher::new(&src.host(), None);
     let work = tempfile::tempdir()?;
     let wipe = format!(
@@ -198,6 +198,47 @@ pub async fn run(backup_bin: &Path, runs: u32, only: Option<&str>) -> anyhow::Re
         }
     }
     out.push_str(&ratios);
+    Ok(out)
+}
+
+/// Peak RSS of `backup copy` against each mode of the hostile registry (the goal is the same
+/// bound as for an honest 1 GiB copy); returns the Markdown table.
+pub async fn run_hostile(backup_bin: &Path) -> anyhow::Result<String> {
+    use crate::hostile_registry::{HostileRegistry, Mode};
+    let dst = Registry::start().await?;
+    let mut out = String::from(
+        "| hostile mode | exit | class | body bytes served | peak RSS (MiB) |\n|---|---|---|---|---|\n",
+    );
+    for mode in Mode::ALL {
+        let hostile = HostileRegistry::start(mode).await?;
+        let command = format!(
+            "{} copy {}/evil/app:1 {}/bk/{}:1 --insecure-registry {},{} >/dev/null 2>{}",
+            backup_bin.display(),
+            hostile.host(),
+            dst.host(),
+            format!("{mode:?}").to_lowercase(),
+            hostile.host(),
+            dst.host(),
+            "/tmp/bench-hostile.err",
+        );
+        // `usage` waits for the child: off the runtime, so the registry keeps serving.
+        let (usage, command) =
+            tokio::task::spawn_blocking(move || (usage(&command, None), command)).await?;
+        let usage = usage?;
+        let err = std::fs::read_to_string("/tmp/bench-hostile.err").unwrap_or_default();
+        let class = err
+            .split_once("backup copy: ")
+            .and_then(|(_, rest)| rest.split(':').next())
+            .unwrap_or("-")
+            .to_string();
+        eprintln!("bench-hostile: {mode:?}: {command}");
+        out.push_str(&format!(
+            "| {mode:?} | {} | {class} | {} | {:.1} |\n",
+            if class == "-" { "0" } else { "1" },
+            hostile.bytes_served(),
+            usage.rss_kib as f64 / 1024.0
+        ));
+    }
     Ok(out)
 }
 

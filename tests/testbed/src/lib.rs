@@ -10,11 +10,14 @@
 //! - [`apiserver`]: the test Kubernetes API server (kube-rs and kubectl talk to it unchanged).
 //! - [`bench`](mod@bench): the copy benchmark (`testbed bench-copy`), against skopeo.
 //! - [`fault_proxy`]: a proxy in front of a registry that injects 429/503, cuts and corruption.
+//! - [`hostile_registry`]: a registry that misbehaves on purpose (endless bodies, traversal
+//!   digests, drip-fed blobs, absurd token lifetimes), counting the bytes it serves.
 #![forbid(unsafe_code)]
 
 pub mod apiserver;
 pub mod bench;
 pub mod fault_proxy;
+pub mod hostile_registry;
 pub mod image;
 pub mod nats_server;
 pub mod process;
@@ -23,6 +26,7 @@ pub mod token_auth;
 
 pub use apiserver::ApiServer;
 pub use fault_proxy::FaultProxy;
+pub use hostile_registry::HostileRegistry;
 pub use image::{Format, ImageSpec, PushedImage, Pusher};
 pub use nats_server::NatsServer;
 pub use registry::{Credentials, Registry, RegistryOptions};

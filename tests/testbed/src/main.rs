@@ -34,6 +34,13 @@ enum Command {
         #[arg(long)]
         no_simulation: bool,
     },
+    /// Peak RSS of `backup copy` against every mode of the hostile registry (build with
+    /// `--release` first); prints a Markdown table for docs/benchmarks.md.
+    BenchHostile {
+        /// The backup binary to measure (default: next to this binary).
+        #[arg(long)]
+        backup: Option<std::path::PathBuf>,
+    },
     /// Benchmark `backup copy` against `skopeo copy` on four image shapes (build with
     /// `--release` first); prints a Markdown table for docs/benchmarks.md.
     BenchCopy {
@@ -50,9 +57,13 @@ enum Command {
 }
 
 async fn up() -> anyhow::Result<()> {
-    let nats = NatsServer::start().context("starting nats-server")?;
-    let source = Registry::start().context("starting the source registry")?;
-    let backup = Registry::start().context("starting the backup registry")?;
+    let nats = NatsServer::start().await.context("starting nats-server")?;
+    let source = Registry::start()
+        .await
+        .context("starting the source registry")?;
+    let backup = Registry::start()
+        .await
+        .context("starting the backup registry")?;
     let creds = Credentials {
         username: "testbed".into(),
         password: "testbed-password".into(),
@@ -61,6 +72,7 @@ async fn up() -> anyhow::Result<()> {
         htpasswd: Some(creds.clone()),
         ..Default::default()
     })
+    .await
     .context("starting the auth registry")?;
     let apiserver = testbed::ApiServer::start()
         .await
@@ -137,6 +149,11 @@ async fn main() -> anyhow::Result<()> {
             let bin = backup.unwrap_or_else(testbed::bench::default_backup_binary);
             let report = testbed::bench::run(&bin, runs.max(1), only.as_deref()).await?;
             println!("{report}");
+            Ok(())
+        }
+        Command::BenchHostile { backup } => {
+            let bin = backup.unwrap_or_else(testbed::bench::default_backup_binary);
+            println!("{}", testbed::bench::run_hostile(&bin).await?);
             Ok(())
         }
     }

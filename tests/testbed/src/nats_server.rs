@@ -48,7 +48,7 @@ pub fn installed_version() -> anyhow::Result<String> {
 
 impl NatsServer {
     /// Starts a server on a free port; fails if it is older than the minimum version.
-    pub fn start() -> anyhow::Result<Self> {
+    pub async fn start() -> anyhow::Result<Self> {
         let version = installed_version()?;
         if let Err(e) = shared::nats::check_server_version(&version) {
             bail!("{e} (binary: {})", binary());
@@ -60,7 +60,7 @@ impl NatsServer {
         cmd.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(dir.path().join("jetstream"));
         let mut guard = ChildGuard::spawn("nats-server", cmd, &log)?;
-        wait_for_port(([127, 0, 0, 1], port).into(), &mut guard, &log)?;
+        wait_for_port(([127, 0, 0, 1], port).into(), &mut guard, &log).await?;
         Ok(Self {
             port,
             version,

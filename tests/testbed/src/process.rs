@@ -1,7 +1,7 @@
 //! Child processes and in-process servers of the test bed: guards that stop them when the fixture
 //! is dropped, also when a test panics, plus helpers to pick ports and wait for them.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -66,18 +66,24 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// Waits until something accepts connections at `addr`, while `guard` keeps running.
-pub fn wait_for_port(addr: SocketAddr, guard: &mut ChildGuard, log: &Path) -> anyhow::Result<()> {
+/// Waits until something accepts connections at `addr`, while `guard` keeps running. Async:
+/// it sleeps the task, never the runtime's thread.
+pub async fn wait_for_port(
+    addr: SocketAddr,
+    guard: &mut ChildGuard,
+    log: &Path,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+        let connect = tokio::net::TcpStream::connect(addr);
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), connect).await {
             return Ok(());
         }
         if let Err(e) = guard.check_running() {
-            let log = std::fs::read_to_string(log).unwrap_or_default();
+            let log = tokio::fs::read_to_string(log).await.unwrap_or_default();
             bail!("{e}; its log:\n{log}");
         }
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     bail!("nothing listened on {addr} within 20 s")
 }

@@ -45,12 +45,12 @@ pub struct Registry {
 
 impl Registry {
     /// An anonymous registry.
-    pub fn start() -> anyhow::Result<Self> {
-        Self::start_with(RegistryOptions::default())
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(RegistryOptions::default()).await
     }
 
     /// A registry with options (auth).
-    pub fn start_with(options: RegistryOptions) -> anyhow::Result<Self> {
+    pub async fn start_with(options: RegistryOptions) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
         let mut auth = String::new();
@@ -76,7 +76,7 @@ impl Registry {
         let mut cmd = Command::new(binary());
         cmd.arg("serve").arg(&config_path);
         let mut guard = ChildGuard::spawn("docker-registry", cmd, &log)?;
-        wait_for_port(([127, 0, 0, 1], port).into(), &mut guard, &log)?;
+        wait_for_port(([127, 0, 0, 1], port).into(), &mut guard, &log).await?;
         Ok(Self {
             port,
             credentials: options.htpasswd,

@@ -90,7 +90,8 @@ pub async fn start_token_registry(
     let registry = Registry::start_with(RegistryOptions {
         htpasswd: None,
         auth_yaml: Some(auth_yaml),
-    })?;
+    })
+    .await?;
     // The bundle must outlive the registry's start-up only; the registry has read it.
     drop(dir);
     Ok((

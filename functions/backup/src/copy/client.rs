@@ -1,23 +1,32 @@
 //! The registry HTTP client the copy engine stands on: the distribution API calls it needs
 //! (manifests as exact bytes, blob HEAD/GET, upload sessions with cross-repository mount, cancel),
-//! authentication (anonymous, basic, bearer tokens cached per scope), and retries of 429, 5xx and
-//! dropped connections with exponential backoff, jitter and `Retry-After`, within a budget.
+//! each sent with authentication ([`super::handshake`]) and retries ([`super::retry`]), every
+//! answer read under a cap ([`super::response`]). One `reqwest::Client` (one connection pool)
+//! serves every request of a [`RegistryClient`].
 //!
-//! Why not `oci-client`'s `Client`: it hides raw manifest bytes behind parsing, uploads blobs from
-//! memory, has no mount, and does not expose the retry and cancel points a verified streaming copy
-//! needs. We use its manifest types and media-type constants, and the same HTTP stack (reqwest).
-//! One `reqwest::Client` (one connection pool) serves every request of a [`RegistryClient`].
+//! Why not `oci-client`'s `Client` (0.18 has raw manifest pull/push, blob streams and mount): its
+//! calls retry nothing and hide the status and `Retry-After` a retry needs; a 202 answer to a
+//! mount request is not told apart from a 201; upload sessions cannot be cancelled; and its
+//! token handling has no OAuth2 refresh-token grant (`identitytoken`). We use its manifest types
+//! and media-type constants, and the same HTTP stack (reqwest).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rand::Rng as _;
 use reqwest::{Method, RequestBuilder, Response, StatusCode, header};
 use sha2::{Digest as _, Sha256};
+use shared::reference::{DEFAULT_DOMAIN, DOCKER_HUB_API_HOST, canonical_host, validate_digest};
 
-use super::auth::{Challenge, Credential, DockerConfig, TokenCache, TokenResponse};
+use super::auth::{Credential, DockerConfig, TokenCache};
 use super::error::CopyError;
+use super::handshake::{AuthScheme, scopes};
+use super::response::{
+    Capped, MAX_MANIFEST_BYTES, content_type, header_str, read_capped, status_error,
+    transport_cause, transport_error,
+};
+use super::retry::{RetryPolicy, retry_after, retryable_status};
+use super::stall::StallPolicy;
 
 /// Media types we ask registries for. Schema1 is included so it can be refused with a clear
 /// error instead of a confusing 404.
@@ -28,46 +37,6 @@ application/vnd.docker.distribution.manifest.v2+json, \
 application/vnd.docker.distribution.manifest.v1+prettyjws;q=0.1, \
 application/vnd.docker.distribution.manifest.v1+json;q=0.1";
 
-/// The largest manifest we read (the OCI distribution spec suggests registries accept at least 4 MiB).
-const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
-
-/// How retries are paced.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    /// Attempts in all, the first included.
-    pub max_attempts: u32,
-    /// First backoff; doubles each attempt.
-    pub base_delay: Duration,
-    /// Longest backoff between two attempts.
-    pub max_delay: Duration,
-    /// Longest `Retry-After` we honour; a longer one ends the retries (RateLimited).
-    pub max_retry_after: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 6,
-            base_delay: Duration::from_millis(200),
-            max_delay: Duration::from_secs(10),
-            max_retry_after: Duration::from_secs(60),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The pause before attempt `attempt + 1`: exponential with full jitter, or `Retry-After`.
-    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
-        if let Some(ra) = retry_after {
-            return ra;
-        }
-        let exp = self.base_delay.saturating_mul(1u32 << attempt.min(16));
-        let cap = exp.min(self.max_delay);
-        let jitter = rand::rng().random_range(0.5..=1.0);
-        cap.mul_f64(jitter)
-    }
-}
-
 /// Settings of a [`RegistryClient`].
 #[derive(Debug, Clone, Default)]
 pub struct ClientOptions {
@@ -77,6 +46,8 @@ pub struct ClientOptions {
     pub credentials: DockerConfig,
     /// Retry pacing.
     pub retry: RetryPolicy,
+    /// The minimum throughput of a blob transfer before it counts as stalled.
+    pub stall: StallPolicy,
 }
 
 /// A repository at a registry: what every call addresses.
@@ -114,16 +85,6 @@ pub enum UploadStart {
     Session(String),
 }
 
-/// What we know of a registry's authentication, learned from its first challenge.
-#[derive(Debug, Clone)]
-enum AuthScheme {
-    Basic,
-    Bearer {
-        realm: String,
-        service: Option<String>,
-    },
-}
-
 /// Talks the distribution API to any number of registries. Cheap to clone.
 #[derive(Clone)]
 pub struct RegistryClient {
@@ -132,9 +93,12 @@ pub struct RegistryClient {
     /// For HTTPS: built on first use, because loading the system's root certificates costs
     /// ~50 ms, which a one-shot copy between local registries should not pay.
     tls: Arc<std::sync::OnceLock<reqwest::Client>>,
+    /// Insecure registries, credentials, retry and stall policies.
     options: Arc<ClientOptions>,
-    tokens: Arc<TokenCache>,
-    schemes: Arc<Mutex<HashMap<String, AuthScheme>>>,
+    /// Bearer tokens by registry and scope (see [`super::handshake`]).
+    pub(super) tokens: Arc<TokenCache>,
+    /// The authentication scheme each registry asked for in its first challenge.
+    pub(super) schemes: Arc<Mutex<HashMap<String, AuthScheme>>>,
 }
 
 /// What a request does at the registry, for scopes.
@@ -165,10 +129,7 @@ impl RegistryClient {
         let plain = Self::builder()
             .tls_certs_only(Vec::new())
             .build()
-            .map_err(|e| CopyError::Invalid {
-                what: "HTTP client".into(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| CopyError::Internal(format!("cannot build the HTTP client: {e}")))?;
         Ok(Self {
             plain,
             tls: Arc::new(std::sync::OnceLock::new()),
@@ -180,7 +141,7 @@ impl RegistryClient {
 
     /// The HTTP client for a URL: the plain one for `http://`, the TLS one (built now if
     /// needed, with the system's root certificates) for anything else.
-    fn http(&self, url: &str) -> &reqwest::Client {
+    pub(super) fn http(&self, url: &str) -> &reqwest::Client {
         if url.starts_with("http://") {
             return &self.plain;
         }
@@ -199,14 +160,24 @@ impl RegistryClient {
         &self.options.retry
     }
 
+    /// The stall policy in force.
+    pub fn stall_policy(&self) -> &StallPolicy {
+        &self.options.stall
+    }
+
+    /// Whether `registry` is spoken to over plain HTTP.
+    pub(super) fn is_insecure(&self, registry: &str) -> bool {
+        self.options.insecure.contains(registry)
+    }
+
     /// `scheme://host` for a registry (Docker Hub's API host is registry-1.docker.io).
     fn base(&self, registry: &str) -> String {
-        let host = if registry == "docker.io" {
-            "registry-1.docker.io"
+        let host = if canonical_host(registry) == DEFAULT_DOMAIN {
+            DOCKER_HUB_API_HOST
         } else {
             registry
         };
-        let scheme = if self.options.insecure.contains(registry) {
+        let scheme = if self.is_insecure(registry) {
             "http"
         } else {
             "https"
@@ -218,146 +189,15 @@ impl RegistryClient {
         format!("{}/v2/{}/{tail}", self.base(&repo.registry), repo.path)
     }
 
-    fn credential(&self, registry: &str) -> Option<&Credential> {
+    pub(super) fn credential(&self, registry: &str) -> Option<&Credential> {
         self.options.credentials.credential_for(registry)
-    }
-
-    fn scopes(repo: &Repo, access: Access, extra_pull: Option<&Repo>) -> Vec<String> {
-        let actions = match access {
-            Access::Pull => "pull",
-            Access::Push => "pull,push",
-        };
-        let mut scopes = vec![format!("repository:{}:{actions}", repo.path)];
-        if let Some(from) = extra_pull {
-            scopes.push(format!("repository:{}:pull", from.path));
-        }
-        scopes
-    }
-
-    fn token_key(registry: &str, scopes: &[String]) -> String {
-        format!("{registry} {}", scopes.join(" "))
-    }
-
-    /// The Authorization header to send, from what we know of the registry (no network).
-    fn known_authorization(&self, registry: &str, scopes: &[String]) -> Option<String> {
-        let scheme = self.schemes.lock().ok()?.get(registry).cloned()?;
-        match scheme {
-            AuthScheme::Basic => self.credential(registry)?.basic_header(),
-            AuthScheme::Bearer { .. } => self
-                .tokens
-                .get(&Self::token_key(registry, scopes))
-                .map(|t| format!("Bearer {t}")),
-        }
-    }
-
-    /// Answers a 401: learns the scheme and gets an Authorization header, or says why not.
-    async fn authorize(
-        &self,
-        registry: &str,
-        scopes: &[String],
-        challenge: Option<&str>,
-        what: &str,
-    ) -> Result<Option<String>, CopyError> {
-        let parsed = challenge.and_then(Challenge::parse);
-        let scheme = match parsed {
-            Some(Challenge::Basic) => AuthScheme::Basic,
-            Some(Challenge::Bearer { realm, service, .. }) => AuthScheme::Bearer { realm, service },
-            None => return Ok(None),
-        };
-        if let Ok(mut schemes) = self.schemes.lock() {
-            schemes.insert(registry.to_string(), scheme.clone());
-        }
-        match scheme {
-            AuthScheme::Basic => Ok(self.credential(registry).and_then(Credential::basic_header)),
-            AuthScheme::Bearer { realm, service } => {
-                let token = self
-                    .fetch_token(registry, &realm, service.as_deref(), scopes, what)
-                    .await?;
-                Ok(Some(format!("Bearer {token}")))
-            }
-        }
-    }
-
-    /// Gets a bearer token for `scopes` from the token service, with the registry's credential
-    /// (basic, or an identity token through OAuth2), and caches it.
-    async fn fetch_token(
-        &self,
-        registry: &str,
-        realm: &str,
-        service: Option<&str>,
-        scopes: &[String],
-        what: &str,
-    ) -> Result<String, CopyError> {
-        let key = Self::token_key(registry, scopes);
-        self.tokens.remove(&key);
-        let credential = self.credential(registry).cloned();
-        let what = format!("token for {what}");
-        let http = self.http(realm);
-        let resp = self
-            .with_retries(registry, &what, || {
-                let request = match &credential {
-                    Some(Credential::IdentityToken(refresh)) => {
-                        let mut form = vec![
-                            ("grant_type", "refresh_token".to_string()),
-                            ("refresh_token", refresh.clone()),
-                            ("client_id", "image-backup".to_string()),
-                            ("scope", scopes.join(" ")),
-                        ];
-                        if let Some(s) = service {
-                            form.push(("service", s.to_string()));
-                        }
-                        http.post(realm).form(&form)
-                    }
-                    other => {
-                        let mut query: Vec<(&str, &str)> =
-                            scopes.iter().map(|s| ("scope", s.as_str())).collect();
-                        if let Some(s) = service {
-                            query.push(("service", s));
-                        }
-                        let r = http.get(realm).query(&query);
-                        match other.as_ref().and_then(|c| c.basic_header()) {
-                            Some(h) => r.header(header::AUTHORIZATION, h),
-                            None => r,
-                        }
-                    }
-                };
-                request.timeout(Duration::from_secs(30))
-            })
-            .await?;
-        if matches!(
-            resp.status(),
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
-        ) {
-            return Err(self.unauthorized(registry, &what, resp.status()));
-        }
-        if !resp.status().is_success() {
-            return Err(status_error(registry, &what, resp, 1).await);
-        }
-        let protocol = |message: String| CopyError::Protocol {
-            registry: registry.into(),
-            what: what.clone(),
-            status: 200,
-            message,
-        };
-        let body: TokenResponse = resp
-            .json()
-            .await
-            .map_err(|e| protocol(format!("token response is not JSON: {e}")))?;
-        let token = body
-            .token
-            .or(body.access_token)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| protocol("token response has no token".into()))?;
-        let ttl = Duration::from_secs(body.expires_in.unwrap_or(60));
-        self.tokens.put(key, token.clone(), ttl);
-        Ok(token)
     }
 
     /// Sends the request `make` builds until the answer is not retryable (429, 408, 5xx,
     /// transport errors are), pacing attempts by the [`RetryPolicy`] and `Retry-After`. Returns
     /// that answer, whatever its status; `Err` when the budget is spent or `Retry-After` asks
     /// for longer than we wait.
-    async fn with_retries(
+    pub(super) async fn with_retries(
         &self,
         registry: &str,
         what: &str,
@@ -395,19 +235,6 @@ impl RegistryClient {
         }
     }
 
-    fn unauthorized(&self, registry: &str, what: &str, status: StatusCode) -> CopyError {
-        CopyError::Unauthorized {
-            registry: registry.into(),
-            what: what.into(),
-            status: status.as_u16(),
-            hint: if self.credential(registry).is_some() {
-                "; the configured credentials were refused"
-            } else {
-                "; no credentials are configured for it (--docker-config)"
-            },
-        }
-    }
-
     /// Sends a request built by `build` with authentication and retries. Returns any response
     /// that is not retryable (the caller maps 404 and friends); `Err` after the budget is spent
     /// or when access is refused.
@@ -419,22 +246,13 @@ impl RegistryClient {
         what: &str,
         build: impl Fn(&reqwest::Client) -> RequestBuilder,
     ) -> Result<Response, CopyError> {
-        let scopes = Self::scopes(repo, access, mount_from);
+        let scopes = scopes(repo, access, mount_from);
         let registry = repo.registry.as_str();
         let mut authorization = self.known_authorization(registry, &scopes);
-        // Proactively fetch a token for a new scope at a registry known to use bearer tokens.
         if authorization.is_none() {
-            let known = self
-                .schemes
-                .lock()
-                .ok()
-                .and_then(|s| s.get(registry).cloned());
-            if let Some(AuthScheme::Bearer { realm, service }) = known {
-                let token = self
-                    .fetch_token(registry, &realm, service.as_deref(), &scopes, what)
-                    .await?;
-                authorization = Some(format!("Bearer {token}"));
-            }
+            authorization = self
+                .proactive_authorization(registry, &scopes, what)
+                .await?;
         }
         let http = self.http(&self.base(registry));
         let build = &build;
@@ -507,6 +325,7 @@ impl RegistryClient {
         reference: &str,
     ) -> Result<Option<RawManifest>, CopyError> {
         let what = format!("manifest {}:{reference}", repo.path);
+        let requested_digest = digest_reference(reference, &what)?;
         let Some(resp) = self
             .manifest_request(repo, reference, Method::GET, Access::Pull, &what)
             .await?
@@ -514,42 +333,34 @@ impl RegistryClient {
             return Ok(None);
         };
         let media_type = content_type(&resp);
-        let header_digest = resp
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        if resp
-            .content_length()
-            .is_some_and(|l| l as usize > MAX_MANIFEST_BYTES)
-        {
-            return Err(CopyError::Invalid {
-                what,
-                reason: format!("manifest larger than {MAX_MANIFEST_BYTES} bytes"),
-            });
-        }
-        let bytes = resp
-            .bytes()
+        let header_digest = header_str(&resp, "docker-content-digest");
+        let bytes = match read_capped(resp, MAX_MANIFEST_BYTES)
             .await
-            .map_err(|e| transport_error(repo.registry.as_str(), what.as_str(), 1, &e))?;
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
-        let expected = if reference.contains(':') {
-            Some(reference.to_string())
-        } else {
-            header_digest
+            .map_err(|e| transport_error(repo.registry.as_str(), what.as_str(), 1, &e))?
+        {
+            Capped::Complete(bytes) => bytes,
+            Capped::TooLarge => {
+                return Err(CopyError::Malformed {
+                    registry: repo.registry.clone(),
+                    what,
+                    reason: format!("larger than {MAX_MANIFEST_BYTES} bytes"),
+                });
+            }
         };
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        let expected = requested_digest.or(header_digest);
         if let Some(expected) = expected.filter(|e| e.starts_with("sha256:"))
             && expected != digest
         {
             return Err(CopyError::Corrupt {
                 what,
-                expected,
+                expected: expected.chars().take(80).collect(),
                 actual: digest,
             });
         }
         Ok(Some(RawManifest {
             media_type,
-            bytes: bytes.to_vec(),
+            bytes,
             digest,
         }))
     }
@@ -563,17 +374,15 @@ impl RegistryClient {
         access: Access,
     ) -> Result<Option<String>, CopyError> {
         let what = format!("manifest {}:{reference}", repo.path);
+        digest_reference(reference, &what)?;
         let Some(resp) = self
             .manifest_request(repo, reference, Method::HEAD, access, &what)
             .await?
         else {
             return Ok(None);
         };
-        Ok(resp
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string))
+        // A digest we cannot read is no match: the caller then copies, which is always safe.
+        Ok(header_str(&resp, "docker-content-digest").filter(|d| validate_digest(d).is_ok()))
     }
 
     /// Pushes manifest bytes under a tag or digest; returns the digest the registry reports.
@@ -597,16 +406,13 @@ impl RegistryClient {
         if !resp.status().is_success() {
             return Err(status_error(&repo.registry, &what, resp, 1).await);
         }
-        if let Some(d) = resp
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
+        if let Some(d) = header_str(&resp, "docker-content-digest")
             && d != manifest.digest
         {
             return Err(CopyError::Corrupt {
                 what,
                 expected: manifest.digest.clone(),
-                actual: d.to_string(),
+                actual: d.chars().take(80).collect(),
             });
         }
         Ok(())
@@ -627,7 +433,13 @@ impl RegistryClient {
             })
             .await?;
         match resp.status() {
-            s if s.is_success() => Ok(Some(resp.content_length().unwrap_or(0))),
+            // The header, not `content_length()`: a HEAD answer's body is empty by definition.
+            // No readable length is reported as 0, which matches no descriptor: not skipped.
+            s if s.is_success() => Ok(Some(
+                header_str(&resp, "content-length")
+                    .and_then(|l| l.trim().parse().ok())
+                    .unwrap_or(0),
+            )),
             StatusCode::NOT_FOUND => Ok(None),
             _ => Err(status_error(&repo.registry, &what, resp, 1).await),
         }
@@ -689,17 +501,25 @@ impl RegistryClient {
                 message: "no Location header".into(),
             })?;
         let base = url::Url::parse(&self.base(&repo.registry)).map_err(|e| CopyError::Invalid {
-            what: "registry URL".into(),
+            what: format!("registry {}", repo.registry),
             reason: e.to_string(),
         })?;
-        base.join(raw)
-            .map(|u| u.to_string())
-            .map_err(|e| CopyError::Protocol {
-                registry: repo.registry.clone(),
-                what: what.into(),
-                status: resp.status().as_u16(),
-                message: format!("bad Location: {e}"),
-            })
+        let protocol = |message: String| CopyError::Protocol {
+            registry: repo.registry.clone(),
+            what: what.into(),
+            status: resp.status().as_u16(),
+            message,
+        };
+        let location = base
+            .join(raw)
+            .map_err(|e| protocol(format!("bad Location: {e}")))?;
+        // Our push credential goes with the upload: only ever to the registry itself.
+        if location.origin() != base.origin() {
+            return Err(protocol(
+                "Location points at another host; not sending credentials there".into(),
+            ));
+        }
+        Ok(location.to_string())
     }
 
     /// Completes an upload session with the whole blob as one streamed PUT. Not retried here:
@@ -737,7 +557,7 @@ impl RegistryClient {
     /// Adds the cached push credential for `repo` to a request that cannot go through
     /// [`RegistryClient::send`] (a streamed body cannot be replayed after a 401).
     fn with_push_authorization(&self, repo: &Repo, request: RequestBuilder) -> RequestBuilder {
-        let scopes = Self::scopes(repo, Access::Push, None);
+        let scopes = scopes(repo, Access::Push, None);
         match self.known_authorization(&repo.registry, &scopes) {
             Some(a) => request.header(header::AUTHORIZATION, a),
             None => request,
@@ -756,158 +576,16 @@ impl RegistryClient {
     }
 }
 
-fn retryable_status(s: StatusCode) -> bool {
-    s == StatusCode::TOO_MANY_REQUESTS || s == StatusCode::REQUEST_TIMEOUT || s.is_server_error()
-}
-
-fn retry_after(resp: &Response) -> Option<Duration> {
-    let v = resp.headers().get(header::RETRY_AFTER)?.to_str().ok()?;
-    parse_retry_after(v, chrono::Utc::now())
-}
-
-/// `Retry-After` is either delay-seconds or an HTTP-date (RFC 9110); a date in the past means
-/// "now".
-fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
+/// A manifest reference that is a digest (has `:`) must be a valid one before it goes into a
+/// URL; returns it, or `None` for a tag.
+fn digest_reference(reference: &str, what: &str) -> Result<Option<String>, CopyError> {
+    if !reference.contains(':') {
+        return Ok(None);
     }
-    let date = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    Some(
-        (date.with_timezone(&chrono::Utc) - now)
-            .to_std()
-            .unwrap_or(Duration::ZERO),
-    )
-}
-
-fn content_type(resp: &Response) -> String {
-    resp.headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or(v).trim().to_string())
-        .unwrap_or_default()
-}
-
-/// `Unavailable` for a transport error after `attempts` attempts.
-fn transport_error(
-    registry: impl Into<String>,
-    what: impl Into<String>,
-    attempts: u32,
-    e: &reqwest::Error,
-) -> CopyError {
-    CopyError::Unavailable {
-        registry: registry.into(),
-        what: what.into(),
-        attempts,
-        cause: transport_cause(e),
-    }
-}
-
-/// A transport error's cause without the URL (which may carry an upload session id).
-pub fn transport_cause(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else if e.is_body() || e.is_decode() {
-        "connection cut while transferring"
-    } else if e.is_request() {
-        "request failed"
-    } else {
-        "transport error"
-    };
-    let mut source = std::error::Error::source(e);
-    let mut detail = String::new();
-    while let Some(s) = source {
-        detail = s.to_string();
-        source = s.source();
-    }
-    if detail.is_empty() {
-        kind.to_string()
-    } else {
-        format!("{kind}: {detail}")
-    }
-}
-
-/// Maps a final non-success response to an error, with the registry's message.
-pub async fn status_error(registry: &str, what: &str, resp: Response, attempts: u32) -> CopyError {
-    let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
-    let message: String = serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|v| {
-            v["errors"].as_array().map(|errs| {
-                errs.iter()
-                    .map(|e| {
-                        format!(
-                            "{}: {}",
-                            e["code"].as_str().unwrap_or("?"),
-                            e["message"].as_str().unwrap_or("")
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            })
+    validate_digest(reference)
+        .map(Some)
+        .map_err(|e| CopyError::Invalid {
+            what: what.into(),
+            reason: e.to_string(),
         })
-        .unwrap_or(text)
-        .chars()
-        .take(300)
-        .collect();
-    match status {
-        StatusCode::NOT_FOUND => CopyError::NotFound {
-            what: what.into(),
-            registry: registry.into(),
-        },
-        StatusCode::TOO_MANY_REQUESTS => CopyError::RateLimited {
-            registry: registry.into(),
-            what: what.into(),
-            attempts,
-        },
-        s if s.is_server_error() || s == StatusCode::REQUEST_TIMEOUT => CopyError::Unavailable {
-            registry: registry.into(),
-            what: what.into(),
-            attempts,
-            cause: format!("HTTP {}: {message}", s.as_u16()),
-        },
-        s => CopyError::Protocol {
-            registry: registry.into(),
-            what: what.into(),
-            status: s.as_u16(),
-            message,
-        },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_after_seconds_and_http_dates() {
-        let now = chrono::DateTime::parse_from_rfc3339("2026-11-26T10:00:00Z")
-            .unwrap()
-            .with_timezone(&chrono::Utc);
-        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
-        assert_eq!(
-            parse_retry_after("Thu, 26 Nov 2026 10:00:30 GMT", now),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(
-            parse_retry_after("Thu, 26 Nov 2026 09:00:00 GMT", now),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon", now), None);
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let p = RetryPolicy::default();
-        assert!(p.delay(0, None) <= Duration::from_millis(200));
-        assert!(p.delay(0, None) >= Duration::from_millis(100));
-        assert!(p.delay(20, None) <= p.max_delay);
-        assert_eq!(
-            p.delay(3, Some(Duration::from_secs(2))),
-            Duration::from_secs(2)
-        );
-    }
 }

@@ -39,16 +39,44 @@ pub enum Content {
     Image(Vec<BlobRef>),
 }
 
-/// Whether a media type is one of the two index kinds.
-pub fn is_index(media_type: &str) -> bool {
-    media_type == OCI_IMAGE_INDEX_MEDIA_TYPE || media_type == IMAGE_MANIFEST_LIST_MEDIA_TYPE
+/// Where a manifest came from, for errors: the registry and what the manifest is.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    /// The registry host.
+    pub registry: &'a str,
+    /// `manifest library/nginx:1.14.0`.
+    pub what: &'a str,
 }
 
-fn size(what: &str, s: i64) -> Result<u64, CopyError> {
-    u64::try_from(s).map_err(|_| CopyError::Invalid {
-        what: what.into(),
-        reason: format!("negative size {s}"),
-    })
+impl Origin<'_> {
+    fn malformed(&self, reason: String) -> CopyError {
+        CopyError::Malformed {
+            registry: self.registry.into(),
+            what: self.what.into(),
+            reason,
+        }
+    }
+
+    fn size(&self, s: i64) -> Result<u64, CopyError> {
+        u64::try_from(s).map_err(|_| self.malformed(format!("negative size {s}")))
+    }
+
+    /// A descriptor's digest, checked against the grammar before it can reach a URL (a digest
+    /// like `sha256:x/../../other/blobs/…` would address another repository) and required to
+    /// be sha256, the algorithm every blob is verified with.
+    fn digest(&self, d: String) -> Result<String, CopyError> {
+        let shown: String = d.chars().take(80).collect();
+        shared::reference::validate_digest(&d)
+            .map_err(|e| self.malformed(format!("descriptor digest {shown:?}: {e}")))?;
+        if !d.starts_with("sha256:") {
+            return Err(CopyError::Unsupported {
+                media_type: shown,
+                what: self.what.into(),
+                hint: " (only sha256 content digests are copied and verified)",
+            });
+        }
+        Ok(d)
+    }
 }
 
 /// The media type of a manifest: the served Content-Type, or the JSON's `mediaType` when the
@@ -64,13 +92,12 @@ pub fn effective_media_type(m: &RawManifest) -> String {
         .unwrap_or_else(|| served.to_string())
 }
 
-/// Parses a manifest; schema1 and unknown media types are refused.
-pub fn parse(m: &RawManifest, what: &str) -> Result<Content, CopyError> {
+/// Parses a manifest; schema1 and unknown media types are refused, every descriptor's digest
+/// and size is validated.
+pub fn parse(m: &RawManifest, origin: Origin<'_>) -> Result<Content, CopyError> {
+    let what = origin.what;
     let media_type = effective_media_type(m);
-    let invalid = |e: serde_json::Error| CopyError::Invalid {
-        what: what.into(),
-        reason: format!("not a valid {media_type}: {e}"),
-    };
+    let invalid = |e: serde_json::Error| origin.malformed(format!("not a valid {media_type}: {e}"));
     match media_type.as_str() {
         OCI_IMAGE_INDEX_MEDIA_TYPE | IMAGE_MANIFEST_LIST_MEDIA_TYPE => {
             let index: OciImageIndex = serde_json::from_slice(&m.bytes).map_err(invalid)?;
@@ -78,7 +105,7 @@ pub fn parse(m: &RawManifest, what: &str) -> Result<Content, CopyError> {
                 index
                     .manifests
                     .into_iter()
-                    .map(|e| {
+                    .map(|e| -> Result<ChildRef, CopyError> {
                         let platform = e.platform.as_ref().map_or_else(
                             || "unknown/unknown".to_string(),
                             |p| {
@@ -96,20 +123,20 @@ pub fn parse(m: &RawManifest, what: &str) -> Result<Content, CopyError> {
                                 }
                             },
                         );
-                        ChildRef {
-                            digest: e.digest,
+                        Ok(ChildRef {
+                            digest: origin.digest(e.digest)?,
                             media_type: e.media_type,
                             platform,
-                        }
+                        })
                     })
-                    .collect(),
+                    .collect::<Result<_, _>>()?,
             ))
         }
         OCI_IMAGE_MEDIA_TYPE | IMAGE_MANIFEST_MEDIA_TYPE => {
             let manifest: OciImageManifest = serde_json::from_slice(&m.bytes).map_err(invalid)?;
             let mut blobs = vec![BlobRef {
-                digest: manifest.config.digest.clone(),
-                size: size(what, manifest.config.size)?,
+                digest: origin.digest(manifest.config.digest)?,
+                size: origin.size(manifest.config.size)?,
             }];
             for layer in manifest.layers {
                 // Foreign layers (Windows base images) live at their URLs, not in registries.
@@ -118,8 +145,8 @@ pub fn parse(m: &RawManifest, what: &str) -> Result<Content, CopyError> {
                         || layer.media_type.contains("foreign"));
                 if !foreign {
                     blobs.push(BlobRef {
-                        digest: layer.digest,
-                        size: size(what, layer.size)?,
+                        digest: origin.digest(layer.digest)?,
+                        size: origin.size(layer.size)?,
                     });
                 }
             }
@@ -144,6 +171,15 @@ pub fn parse(m: &RawManifest, what: &str) -> Result<Content, CopyError> {
 mod tests {
     use super::*;
 
+    const ORIGIN: Origin<'static> = Origin {
+        registry: "r",
+        what: "t",
+    };
+
+    fn d(c: char) -> String {
+        format!("sha256:{}", c.to_string().repeat(64))
+    }
+
     fn raw(media_type: &str, json: serde_json::Value) -> RawManifest {
         RawManifest {
             media_type: media_type.into(),
@@ -157,12 +193,12 @@ mod tests {
         let m = raw(
             OCI_IMAGE_INDEX_MEDIA_TYPE,
             serde_json::json!({"schemaVersion": 2, "manifests": [
-                {"mediaType": OCI_IMAGE_MEDIA_TYPE, "digest": "sha256:a", "size": 1, "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
-                {"mediaType": OCI_IMAGE_MEDIA_TYPE, "digest": "sha256:b", "size": 1, "platform": {"os": "unknown", "architecture": "unknown"}},
-                {"mediaType": OCI_IMAGE_MEDIA_TYPE, "digest": "sha256:c", "size": 1}
+                {"mediaType": OCI_IMAGE_MEDIA_TYPE, "digest": d('a'), "size": 1, "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+                {"mediaType": OCI_IMAGE_MEDIA_TYPE, "digest": d('b'), "size": 1, "platform": {"os": "unknown", "architecture": "unknown"}},
+                {"mediaType": OCI_IMAGE_MEDIA_TYPE, "digest": d('c'), "size": 1}
             ]}),
         );
-        let Content::Index(children) = parse(&m, "t").unwrap() else {
+        let Content::Index(children) = parse(&m, ORIGIN).unwrap() else {
             panic!("index expected")
         };
         let platforms: Vec<_> = children.iter().map(|c| c.platform.as_str()).collect();
@@ -177,19 +213,19 @@ mod tests {
         let m = raw(
             "application/json",
             serde_json::json!({"schemaVersion": 2, "mediaType": IMAGE_MANIFEST_MEDIA_TYPE,
-            "config": {"mediaType": "c", "digest": "sha256:c", "size": 2},
-            "layers": [{"mediaType": "l", "digest": "sha256:l", "size": 3},
-                       {"mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip", "digest": "sha256:f", "size": 4, "urls": ["https://x"]}]}),
+            "config": {"mediaType": "c", "digest": d('c'), "size": 2},
+            "layers": [{"mediaType": "l", "digest": d('e'), "size": 3},
+                       {"mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip", "digest": d('f'), "size": 4, "urls": ["https://x"]}]}),
         );
         assert_eq!(
-            parse(&m, "t").unwrap(),
+            parse(&m, ORIGIN).unwrap(),
             Content::Image(vec![
                 BlobRef {
-                    digest: "sha256:c".into(),
+                    digest: d('c'),
                     size: 2
                 },
                 BlobRef {
-                    digest: "sha256:l".into(),
+                    digest: d('e'),
                     size: 3
                 }
             ])
@@ -203,12 +239,12 @@ mod tests {
             serde_json::json!({"schemaVersion": 1}),
         );
         assert!(matches!(
-            parse(&s1, "t"),
+            parse(&s1, ORIGIN),
             Err(CopyError::Unsupported { .. })
         ));
         let odd = raw("application/vnd.example+json", serde_json::json!({}));
         assert!(matches!(
-            parse(&odd, "t"),
+            parse(&odd, ORIGIN),
             Err(CopyError::Unsupported { .. })
         ));
         let bad = RawManifest {
@@ -216,11 +252,49 @@ mod tests {
             bytes: b"{".to_vec(),
             digest: String::new(),
         };
-        assert!(matches!(parse(&bad, "t"), Err(CopyError::Invalid { .. })));
+        assert!(matches!(
+            parse(&bad, ORIGIN),
+            Err(CopyError::Malformed { .. })
+        ));
         let neg = raw(
             OCI_IMAGE_MEDIA_TYPE,
-            serde_json::json!({"schemaVersion": 2, "config": {"mediaType": "c", "digest": "sha256:c", "size": -1}, "layers": []}),
+            serde_json::json!({"schemaVersion": 2, "config": {"mediaType": "c", "digest": d('c'), "size": -1}, "layers": []}),
         );
-        assert!(matches!(parse(&neg, "t"), Err(CopyError::Invalid { .. })));
+        assert!(matches!(
+            parse(&neg, ORIGIN),
+            Err(CopyError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn descriptor_digests_are_validated_before_any_url_is_built() {
+        let traversal = format!("sha256:x/../../../../v2/other/blobs/{}", d('a'));
+        for bad in [traversal.as_str(), "sha256:ABC", "md5:abc", "sha256:"] {
+            let m = raw(
+                OCI_IMAGE_MEDIA_TYPE,
+                serde_json::json!({"schemaVersion": 2, "config": {"mediaType": "c", "digest": bad, "size": 1}, "layers": []}),
+            );
+            assert!(
+                matches!(parse(&m, ORIGIN), Err(CopyError::Malformed { .. })),
+                "{bad}"
+            );
+            let index = raw(
+                OCI_IMAGE_INDEX_MEDIA_TYPE,
+                serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType": OCI_IMAGE_MEDIA_TYPE, "digest": bad, "size": 1}]}),
+            );
+            assert!(
+                matches!(parse(&index, ORIGIN), Err(CopyError::Malformed { .. })),
+                "{bad}"
+            );
+        }
+        let sha512 = format!("sha512:{}", "a".repeat(128));
+        let m = raw(
+            OCI_IMAGE_MEDIA_TYPE,
+            serde_json::json!({"schemaVersion": 2, "config": {"mediaType": "c", "digest": sha512, "size": 1}, "layers": []}),
+        );
+        assert!(matches!(
+            parse(&m, ORIGIN),
+            Err(CopyError::Unsupported { .. })
+        ));
     }
 }

@@ -15,13 +15,27 @@
 //!
 //! So nothing is tagged at the target unless the whole tree verified.
 //!
-//! Transient failures (429, 5xx, cut connections) are retried per request and per blob within
-//! the client's [`RetryPolicy`]; everything else fails with a classified [`CopyError`].
+//! Transient failures (429, 5xx, cut connections, stalls) are retried per request and per blob
+//! within the client's [`RetryPolicy`]; everything else fails with a classified [`CopyError`].
+//!
+//! Every registry is treated as possibly hostile: descriptor digests are validated before they
+//! reach a URL, declared sizes are checked (a HEAD that reports another size is not trusted, a
+//! sum that would overflow is refused), index children are de-duplicated and capped, every body
+//! read is capped ([`response`]) and every transfer has a minimum throughput ([`stall`]).
+//!
+//! Files: `client` (distribution API calls), `handshake` (authentication), `retry` (when to ask
+//! again), `response` (capped reads, status → error), `manifest` (what a manifest references),
+//! `verify` (the hashing stream), `stall` (the throughput watchdog), `auth` (docker config,
+//! challenges, token cache), `error` (`CopyError`).
 
 pub mod auth;
 pub mod client;
 pub mod error;
+mod handshake;
 pub mod manifest;
+pub mod response;
+pub mod retry;
+pub mod stall;
 pub mod verify;
 
 use std::collections::{HashMap, HashSet};
@@ -33,11 +47,13 @@ use serde::Serialize;
 use shared::Reference;
 use tokio::sync::watch;
 
-pub use client::{ClientOptions, RegistryClient, Repo, RetryPolicy};
+pub use client::{ClientOptions, RegistryClient, Repo};
 pub use error::CopyError;
+pub use retry::RetryPolicy;
+pub use stall::StallPolicy;
 
 use client::{RawManifest, UploadStart};
-use manifest::{BlobRef, Content};
+use manifest::{BlobRef, Content, Origin};
 use verify::{Verdict, VerifyingStream};
 
 /// How many blobs move at once by default: enough to fill a fast link, few enough for a
@@ -45,6 +61,9 @@ use verify::{Verdict, VerifyingStream};
 pub const DEFAULT_CONCURRENCY: usize = 8;
 /// How many blob locations the mount cache remembers.
 const LOCATION_CACHE: usize = 65_536;
+/// The most child manifests an index may list (after de-duplication). Real indexes have a
+/// few dozen at most (platforms and their attestations).
+pub const MAX_INDEX_CHILDREN: usize = 1024;
 
 /// Progress of one copy, for the ImageBackup status.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -52,8 +71,10 @@ const LOCATION_CACHE: usize = 65_536;
 pub struct Progress {
     /// Distinct blobs of the image.
     pub blobs_total: u32,
-    /// Blobs uploaded or mounted.
+    /// Blobs uploaded (as in [`CopySummary::blobs_copied`]).
     pub blobs_copied: u32,
+    /// Blobs mounted from another repository of the target registry.
+    pub blobs_mounted: u32,
     /// Blobs already present.
     pub blobs_skipped: u32,
     /// Bytes of all blobs.
@@ -177,7 +198,13 @@ impl Copier {
             });
         }
         let top_media_type = manifest::effective_media_type(&top);
-        let content = manifest::parse(&top, &top_what)?;
+        let content = manifest::parse(
+            &top,
+            Origin {
+                registry: &src.registry,
+                what: &top_what,
+            },
+        )?;
 
         // Warm path: the target already holds this exact manifest under the tag.
         if self
@@ -210,7 +237,15 @@ impl Copier {
         }
 
         let tree = self.read_tree(&src, top, top_media_type, content).await?;
-        let bytes_total = tree.blobs.iter().map(|b| b.size).sum();
+        let bytes_total = tree
+            .blobs
+            .iter()
+            .try_fold(0u64, |sum, b| sum.checked_add(b.size))
+            .ok_or_else(|| CopyError::Malformed {
+                registry: src.registry.clone(),
+                what: top_what.clone(),
+                reason: "the blob sizes it declares add up past 2^64 bytes".into(),
+            })?;
         let progress = progress.unwrap_or_else(|| watch::channel(Progress::default()).0);
         progress.send_modify(|p| {
             *p = Progress {
@@ -232,7 +267,7 @@ impl Copier {
                             p.bytes_done += blob.size;
                         }
                         BlobOutcome::Mounted => {
-                            p.blobs_copied += 1;
+                            p.blobs_mounted += 1;
                             p.bytes_done += blob.size;
                         }
                         BlobOutcome::Uploaded => p.blobs_copied += 1,
@@ -291,7 +326,20 @@ impl Copier {
         let mut platforms = Vec::new();
         match content {
             Content::Image(b) => blobs.extend(b),
-            Content::Index(refs) => {
+            Content::Index(mut refs) => {
+                // One GET per distinct child, however often the index lists it.
+                let mut seen = HashSet::new();
+                refs.retain(|r| seen.insert(r.digest.clone()));
+                if refs.len() > MAX_INDEX_CHILDREN {
+                    return Err(CopyError::Malformed {
+                        registry: src.registry.clone(),
+                        what: format!("index {}@{}", src.path, top.digest),
+                        reason: format!(
+                            "lists {} distinct manifests; at most {MAX_INDEX_CHILDREN} are copied",
+                            refs.len()
+                        ),
+                    });
+                }
                 let fetched: Vec<(RawManifest, Content)> =
                     futures::stream::iter(refs.iter())
                         .map(|r| async move {
@@ -302,7 +350,13 @@ impl Copier {
                                     registry: src.registry.clone(),
                                 },
                             )?;
-                            let content = manifest::parse(&m, &what)?;
+                            let content = manifest::parse(
+                                &m,
+                                Origin {
+                                    registry: &src.registry,
+                                    what: &what,
+                                },
+                            )?;
                             if matches!(content, Content::Index(_)) {
                                 return Err(CopyError::Unsupported {
                                     media_type: manifest::effective_media_type(&m),
@@ -361,14 +415,23 @@ impl Copier {
         blob: &BlobRef,
         progress: &watch::Sender<Progress>,
     ) -> Result<BlobOutcome, CopyError> {
-        if self
+        match self
             .client
             .blob_size(dst, &blob.digest, client::Access::Push)
             .await?
-            .is_some()
         {
-            self.remember(dst, &blob.digest);
-            return Ok(BlobOutcome::Skipped);
+            Some(size) if size == blob.size => {
+                self.remember(dst, &blob.digest);
+                return Ok(BlobOutcome::Skipped);
+            }
+            // A HEAD that reports another size is not trusted: the verified upload settles it.
+            Some(size) => tracing::debug!(
+                digest = %blob.digest,
+                declared = blob.size,
+                reported = size,
+                "target reports another size; uploading"
+            ),
+            None => {}
         }
         // Where the target registry already has this blob: a repository this process saw it
         // in, or the source repository itself when source and target share a registry.
@@ -407,7 +470,7 @@ impl Copier {
                     );
                     attempt += 1;
                     if !transient || attempt >= policy.max_attempts {
-                        return Err(e);
+                        return Err(e.with_attempts(attempt));
                     }
                     tracing::debug!(digest = %blob.digest, error = %e, attempt, "retrying blob");
                     tokio::time::sleep(policy.delay(attempt - 1, None)).await;
@@ -438,8 +501,12 @@ impl Copier {
         let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = sent.clone();
         let progress_tx = progress.clone();
+        let meter = Arc::new(stall::Meter::default());
         let (stream, verdict) = VerifyingStream::new(
-            Box::pin(resp.bytes_stream()),
+            Box::pin(stall::Metered::new(
+                Box::pin(resp.bytes_stream()),
+                meter.clone(),
+            )),
             &blob.digest,
             blob.size,
             Box::new(move |n| {
@@ -447,16 +514,34 @@ impl Copier {
                 progress_tx.send_modify(|p| p.bytes_done += n);
             }),
         );
-        let result = self
-            .client
-            .finish_upload(
-                dst,
-                session,
-                &blob.digest,
-                blob.size,
-                reqwest::Body::wrap_stream(stream),
-            )
-            .await;
+        let transfer = self.client.finish_upload(
+            dst,
+            session,
+            &blob.digest,
+            blob.size,
+            reqwest::Body::wrap_stream(stream),
+        );
+        let policy = self.client.stall_policy();
+        let result = match stall::watch(transfer, &meter, policy, blob.size).await {
+            Ok(result) => result,
+            Err(stall) => {
+                let n = sent.load(std::sync::atomic::Ordering::Relaxed);
+                progress.send_modify(|p| p.bytes_done = p.bytes_done.saturating_sub(n));
+                let registry = match stall.side {
+                    stall::Side::Source => &src.registry,
+                    stall::Side::Target => &dst.registry,
+                };
+                return Err(CopyError::Stalled {
+                    side: stall.side.as_str(),
+                    registry: registry.clone(),
+                    what: format!("blob {}", blob.digest),
+                    moved: stall.moved,
+                    window_seconds: policy.window.as_secs(),
+                    min_bytes: policy.min_bytes,
+                    attempts: 1,
+                });
+            }
+        };
         let verdict = verdict
             .lock()
             .map(|v| v.clone())

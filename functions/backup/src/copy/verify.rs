@@ -114,7 +114,7 @@ impl Stream for VerifyingStream {
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    return this.fail(Verdict::SourceFailed(super::client::transport_cause(&e)));
+                    return this.fail(Verdict::SourceFailed(super::response::transport_cause(&e)));
                 }
                 Poll::Ready(None) => {
                     let actual = format!(

@@ -113,7 +113,10 @@ fn builtin(
             vec![]
         },
         printer_columns: Vec::new(),
-        tracks_generation: !matches!(kind, "Namespace" | "Secret" | "Event" | "Lease"),
+        tracks_generation: !matches!(
+            kind,
+            "Namespace" | "Secret" | "Event" | "Lease" | "ServiceAccount"
+        ),
         schema: None,
     }
 }
@@ -125,6 +128,15 @@ pub fn builtins() -> Vec<Resource> {
         builtin("", "v1", "secrets", "Secret", true, false, &[]),
         builtin("", "v1", "events", "Event", true, false, &["ev"]),
         builtin("", "v1", "configmaps", "ConfigMap", true, false, &["cm"]),
+        builtin(
+            "",
+            "v1",
+            "serviceaccounts",
+            "ServiceAccount",
+            true,
+            false,
+            &["sa"],
+        ),
         builtin(
             "apps",
             "v1",

@@ -1,0 +1,259 @@
+//! The authentication handshake with a registry: learn its scheme from the first 401 challenge,
+//! then send basic credentials or get a bearer token for the request's scopes from the token
+//! service (basic auth, or an identity token through the OAuth2 refresh grant), cached per
+//! registry and scope. Credentials only ever travel to an HTTPS token service when the registry
+//! itself is HTTPS.
+//!
+//! What it must not do: decide retries (that is [`super::retry`]) or log a credential.
+
+use std::time::Duration;
+
+use reqwest::{StatusCode, header};
+
+use super::auth::{Challenge, Credential, TokenResponse};
+use super::client::{Access, RegistryClient, Repo};
+use super::error::CopyError;
+use super::response::{Capped, MAX_TOKEN_BYTES, read_capped, status_error, transport_error};
+
+/// What we know of a registry's authentication, learned from its first challenge.
+#[derive(Debug, Clone)]
+pub(super) enum AuthScheme {
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+    },
+}
+
+/// The token scopes a request needs: the repository with the access asked for, plus pull on
+/// the repository a blob is mounted from.
+pub(super) fn scopes(repo: &Repo, access: Access, extra_pull: Option<&Repo>) -> Vec<String> {
+    let actions = match access {
+        Access::Pull => "pull",
+        Access::Push => "pull,push",
+    };
+    let mut scopes = vec![format!("repository:{}:{actions}", repo.path)];
+    if let Some(from) = extra_pull {
+        scopes.push(format!("repository:{}:pull", from.path));
+    }
+    scopes
+}
+
+fn token_key(registry: &str, scopes: &[String]) -> String {
+    format!("{registry} {}", scopes.join(" "))
+}
+
+/// Refuses a token realm our credentials should not travel to: anything but `https://`, except
+/// `http://` for a registry the user declared insecure (then everything is plain HTTP anyway).
+pub(super) fn check_realm(
+    registry: &str,
+    registry_insecure: bool,
+    realm: &str,
+) -> Result<(), CopyError> {
+    let scheme = url::Url::parse(realm)
+        .map(|u| u.scheme().to_string())
+        .unwrap_or_else(|_| "unparseable".into());
+    match scheme.as_str() {
+        "https" => Ok(()),
+        "http" if registry_insecure => Ok(()),
+        _ => Err(CopyError::InsecureRealm {
+            registry: registry.into(),
+            realm_scheme: scheme,
+        }),
+    }
+}
+
+// === impl RegistryClient ===
+
+impl RegistryClient {
+    /// The scheme learned for `registry`, if any.
+    pub(super) fn scheme(&self, registry: &str) -> Option<AuthScheme> {
+        self.schemes.lock().ok()?.get(registry).cloned()
+    }
+
+    /// The Authorization header to send, from what we know of the registry (no network).
+    pub(super) fn known_authorization(&self, registry: &str, scopes: &[String]) -> Option<String> {
+        match self.scheme(registry)? {
+            AuthScheme::Basic => self.credential(registry)?.basic_header(),
+            AuthScheme::Bearer { .. } => self
+                .tokens
+                .get(&token_key(registry, scopes))
+                .map(|t| format!("Bearer {t}")),
+        }
+    }
+
+    /// For a registry known to use bearer tokens, a token for a new scope before the first
+    /// request (saves the 401 round trip).
+    pub(super) async fn proactive_authorization(
+        &self,
+        registry: &str,
+        scopes: &[String],
+        what: &str,
+    ) -> Result<Option<String>, CopyError> {
+        match self.scheme(registry) {
+            Some(AuthScheme::Bearer { realm, service }) => {
+                let token = self
+                    .fetch_token(registry, &realm, service.as_deref(), scopes, what)
+                    .await?;
+                Ok(Some(format!("Bearer {token}")))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Answers a 401: learns the scheme and gets an Authorization header, or `None` when the
+    /// challenge is of a scheme we do not speak.
+    pub(super) async fn authorize(
+        &self,
+        registry: &str,
+        scopes: &[String],
+        challenge: Option<&str>,
+        what: &str,
+    ) -> Result<Option<String>, CopyError> {
+        let scheme = match challenge.and_then(Challenge::parse) {
+            Some(Challenge::Basic) => AuthScheme::Basic,
+            Some(Challenge::Bearer { realm, service, .. }) => {
+                check_realm(registry, self.is_insecure(registry), &realm)?;
+                AuthScheme::Bearer { realm, service }
+            }
+            None => return Ok(None),
+        };
+        if let Ok(mut schemes) = self.schemes.lock() {
+            schemes.insert(registry.to_string(), scheme.clone());
+        }
+        match scheme {
+            AuthScheme::Basic => Ok(self.credential(registry).and_then(Credential::basic_header)),
+            AuthScheme::Bearer { realm, service } => {
+                let token = self
+                    .fetch_token(registry, &realm, service.as_deref(), scopes, what)
+                    .await?;
+                Ok(Some(format!("Bearer {token}")))
+            }
+        }
+    }
+
+    /// Gets a bearer token for `scopes` from the token service and caches it. The answer is
+    /// read up to [`MAX_TOKEN_BYTES`] and its lifetime clamped by the cache.
+    async fn fetch_token(
+        &self,
+        registry: &str,
+        realm: &str,
+        service: Option<&str>,
+        scopes: &[String],
+        what: &str,
+    ) -> Result<String, CopyError> {
+        let key = token_key(registry, scopes);
+        self.tokens.remove(&key);
+        let credential = self.credential(registry).cloned();
+        let what = format!("token for {what}");
+        let http = self.http(realm);
+        let resp = self
+            .with_retries(registry, &what, || {
+                let request = match &credential {
+                    Some(Credential::IdentityToken(refresh)) => {
+                        let mut form = vec![
+                            ("grant_type", "refresh_token".to_string()),
+                            ("refresh_token", refresh.clone()),
+                            ("client_id", "image-backup".to_string()),
+                            ("scope", scopes.join(" ")),
+                        ];
+                        if let Some(s) = service {
+                            form.push(("service", s.to_string()));
+                        }
+                        http.post(realm).form(&form)
+                    }
+                    other => {
+                        let mut query: Vec<(&str, &str)> =
+                            scopes.iter().map(|s| ("scope", s.as_str())).collect();
+                        if let Some(s) = service {
+                            query.push(("service", s));
+                        }
+                        let r = http.get(realm).query(&query);
+                        match other.as_ref().and_then(|c| c.basic_header()) {
+                            Some(h) => r.header(header::AUTHORIZATION, h),
+                            None => r,
+                        }
+                    }
+                };
+                request.timeout(Duration::from_secs(30))
+            })
+            .await?;
+        if matches!(
+            resp.status(),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+        ) {
+            return Err(self.unauthorized(registry, &what, resp.status()));
+        }
+        if !resp.status().is_success() {
+            return Err(status_error(registry, &what, resp, 1).await);
+        }
+        let malformed = |reason: String| CopyError::Malformed {
+            registry: registry.into(),
+            what: what.clone(),
+            reason,
+        };
+        let body = match read_capped(resp, MAX_TOKEN_BYTES)
+            .await
+            .map_err(|e| transport_error(registry, what.as_str(), 1, &e))?
+        {
+            Capped::Complete(body) => body,
+            Capped::TooLarge => {
+                return Err(malformed(format!(
+                    "token answer larger than {MAX_TOKEN_BYTES} bytes"
+                )));
+            }
+        };
+        // serde's message quotes no input, so a token never reaches the error.
+        let body: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|e| malformed(format!("token answer is not the token JSON: {e}")))?;
+        let token = body
+            .token
+            .or(body.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| malformed("token answer has no token".into()))?;
+        if header::HeaderValue::from_str(&format!("Bearer {token}")).is_err() {
+            return Err(malformed("token is not a valid header value".into()));
+        }
+        let ttl = Duration::from_secs(body.expires_in.unwrap_or(60));
+        self.tokens.put(key, token.clone(), ttl);
+        Ok(token)
+    }
+
+    /// The error for a refused request, with a hint about the credentials.
+    pub(super) fn unauthorized(&self, registry: &str, what: &str, status: StatusCode) -> CopyError {
+        CopyError::Unauthorized {
+            registry: registry.into(),
+            what: what.into(),
+            status: status.as_u16(),
+            hint: if self.credential(registry).is_some() {
+                "; the configured credentials were refused"
+            } else {
+                "; no credentials are configured for it (--docker-config)"
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_go_to_a_plain_http_realm_of_an_https_registry() {
+        assert!(check_realm("r.io", false, "https://auth.r.io/token").is_ok());
+        assert!(matches!(
+            check_realm("r.io", false, "http://auth.r.io/token"),
+            Err(CopyError::InsecureRealm { .. })
+        ));
+        assert!(matches!(
+            check_realm("r.io", false, "ftp://auth.r.io/token"),
+            Err(CopyError::InsecureRealm { .. })
+        ));
+        assert!(matches!(
+            check_realm("r.io", true, "not a url"),
+            Err(CopyError::InsecureRealm { .. })
+        ));
+        // A registry declared insecure is plain HTTP anyway.
+        assert!(check_realm("127.0.0.1:5000", true, "http://127.0.0.1:5001/token").is_ok());
+    }
+}
