@@ -10,6 +10,8 @@ use clap::Parser;
 struct Cli {
     #[command(flatten)]
     nats: shared::config::NatsArgs,
+    #[command(flatten)]
+    log: shared::config::LogArgs,
 }
 
 fn main() -> std::process::ExitCode {

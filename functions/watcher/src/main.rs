@@ -17,6 +17,8 @@ use shared::workload::Workload;
 #[derive(Debug, Parser)]
 #[command(name = "watcher", version, about)]
 struct Cli {
+    #[command(flatten)]
+    log: shared::config::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -109,6 +111,7 @@ fn plan(files: &[PathBuf], backup: &BackupArgs) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    shared::telemetry::init_logging(&cli.log);
     match cli.command {
         Command::Plan { files, backup } => plan(&files, &backup),
     }
