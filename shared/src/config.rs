@@ -51,6 +51,23 @@ pub struct RegistryArgs {
     pub docker_config: Option<PathBuf>,
 }
 
+/// The admin server (health, readiness, metrics).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminArgs {
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    #[arg(long, env = "METRICS_LISTEN", default_value = "0.0.0.0:8080")]
+    pub metrics_listen: std::net::SocketAddr,
+}
+
+/// Where events go instead of JetStream (Knative).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SinkArgs {
+    /// POST events as binary-mode CloudEvents to this URL instead of publishing to JetStream
+    /// (Knative's SinkBinding sets `K_SINK`).
+    #[arg(long = "sink", env = "K_SINK")]
+    pub sink: Option<url::Url>,
+}
+
 /// How logs are written.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LogArgs {

@@ -13,20 +13,26 @@
 //! - [`config`]: command-line settings shared by every function.
 //! - [`secret`]: types whose `Debug`/`Display` never show a credential.
 //! - [`telemetry`]: log set-up.
+//! - [`admin`]: the admin server (`/healthz`, `/readyz`, `/metrics`) and readiness.
+//! - [`shutdown`]: SIGTERM/SIGINT: drain first, abort on the second.
+//! - [`publish`]: one publisher trait, JetStream or an HTTP CloudEvents sink.
 //! - [`tls`]: the process-wide TLS crypto provider (ring).
 //!
 //! The crate never depends on the test bed and never on a function.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod config;
 pub mod crd;
 pub mod error;
 pub mod events;
 pub mod naming;
 pub mod nats;
+pub mod publish;
 pub mod reference;
 pub mod secret;
+pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
 pub mod workload;

@@ -165,6 +165,36 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, NatsEr
     Ok(client)
 }
 
+/// Connects and makes sure the stream exists, retrying with a growing pause (up to 30 s) until
+/// it works or `shutdown` drains (`None`): a function started before NATS waits for it instead
+/// of crash-looping. Each failure is logged with its cause.
+pub async fn connect_until_ready(
+    url: &str,
+    name: &str,
+    shutdown: &mut crate::shutdown::Shutdown,
+) -> Option<(async_nats::Client, jetstream::Context, stream::Stream)> {
+    let mut pause = Duration::from_millis(500);
+    loop {
+        let attempt = async {
+            let client = connect(url, name).await?;
+            let js = jetstream::new(client.clone());
+            let stream = tokio::time::timeout(REQUEST_TIMEOUT, ensure_stream(&js))
+                .await
+                .map_err(|_| NatsError::Timeout(REQUEST_TIMEOUT, "ensure stream"))??;
+            Ok::<_, NatsError>((client, js, stream))
+        };
+        match attempt.await {
+            Ok(ready) => return Some(ready),
+            Err(e) => tracing::warn!(error = %e, retry_in = ?pause, "NATS not ready"),
+        }
+        tokio::select! {
+            _ = shutdown.wait() => return None,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(30));
+    }
+}
+
 /// Creates the stream, or updates it to the definition if it exists with another configuration.
 pub async fn ensure_stream(js: &jetstream::Context) -> Result<stream::Stream, NatsError> {
     let config = stream_config()?;

@@ -232,6 +232,7 @@ impl Workload {
                 uid: self.uid(),
                 generation: self.generation(),
                 images,
+                pull_secrets: Vec::new(),
             },
             invalid,
         }

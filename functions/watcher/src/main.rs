@@ -1,17 +1,31 @@
 //! `watcher`: finds the images of Ready Deployments and DaemonSets that are not yet in the backup
 //! registry and announces them as `workload.changed` events.
 //!
-//! `watcher plan` is the offline dry run: it reads workload YAML and prints, as JSON lines, what
-//! `watcher run` would publish, contacting nothing. Users put it in CI.
+//! - `watcher run`: the long-running function (Kubernetes in, JetStream or an HTTP sink out).
+//! - `watcher plan`: the offline dry run: it reads workload YAML and prints, as JSON lines, what
+//!   `watcher run` would publish, contacting nothing. Users put it in CI.
+//!
+//! This file is wiring only: the decisions live in `decide`, the loop in `run`.
 
+use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use shared::config::BackupArgs;
+use shared::config::{AdminArgs, BackupArgs, NatsArgs, SinkArgs};
 use shared::events::Payload;
+use shared::publish::{HttpSink, JetStreamPublisher, PublishRetry, Publisher};
+use shared::shutdown::Shutdown;
 use shared::workload::Workload;
+use watcher::decide::{self, DEFAULT_EXCLUDED, Policy};
+use watcher::metrics::Metrics;
+
+/// The CloudEvents `source` of the watcher's events.
+const SOURCE: &str = "/image-backup/watcher";
 
 /// Watches Deployments and DaemonSets and announces images that need a backup.
 #[derive(Debug, Parser)]
@@ -25,6 +39,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Watch Deployments and DaemonSets and publish `workload.changed` events for Ready ones
+    /// that run images not yet in the backup registry. Kubernetes from KUBECONFIG or the
+    /// in-cluster config.
+    Run(Box<RunArgs>),
     /// Print, as JSON lines, what would be published for the workloads in YAML files (contacts
     /// nothing). Exits 1 when an image reference or a document is invalid; valid images are
     /// still printed.
@@ -35,6 +53,38 @@ enum Command {
         #[command(flatten)]
         backup: BackupArgs,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    nats: NatsArgs,
+    #[command(flatten)]
+    backup: BackupArgs,
+    #[command(flatten)]
+    admin: AdminArgs,
+    #[command(flatten)]
+    sink: SinkArgs,
+    /// Namespaces never looked at (the function's own, from POD_NAMESPACE, is added).
+    #[arg(
+        long = "exclude-namespace",
+        env = "EXCLUDE_NAMESPACES",
+        value_delimiter = ',',
+        default_values_t = DEFAULT_EXCLUDED.map(String::from)
+    )]
+    exclude_namespaces: Vec<String>,
+    /// Only these namespaces (default: every namespace).
+    #[arg(long = "namespace", env = "WATCH_NAMESPACES", value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// Seconds between two resyncs (every workload re-evaluated and republished if needed).
+    #[arg(long, env = "RESYNC_SECONDS", default_value_t = 600)]
+    resync_seconds: u64,
+    /// This pod's namespace (downward API); excluded.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pod_namespace: Option<String>,
+    /// This pod's name (downward API), for the Events it records.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
 }
 
 fn read(path: &PathBuf) -> std::io::Result<String> {
@@ -75,7 +125,8 @@ fn plan(files: &[PathBuf], backup: &BackupArgs) -> ExitCode {
                     continue;
                 }
             };
-            let plan = w.plan(&naming);
+            // The same planning `watcher run` does (no ServiceAccount is known offline).
+            let plan = decide::plan(&w, None, &naming);
             let r = &plan.event.workload;
             for bad in &plan.invalid {
                 eprintln!(
@@ -109,10 +160,73 @@ fn plan(files: &[PathBuf], backup: &BackupArgs) -> ExitCode {
     }
 }
 
-fn main() -> ExitCode {
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let readiness = shared::admin::Readiness::default();
+    let mut shutdown = Shutdown::on_signals(readiness.clone());
+    let mut registry = prometheus_client::registry::Registry::with_prefix("imagebackup");
+    let metrics = Metrics::default().register(registry.sub_registry_with_prefix("watcher"));
+    let (admin_addr, admin) = shared::admin::serve(
+        args.admin.metrics_listen,
+        Arc::new(registry),
+        readiness.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+    tracing::info!(%admin_addr, "admin server listening");
+    let client = kube::Client::try_default()
+        .await
+        .context("no Kubernetes client: set KUBECONFIG or run in a cluster")?;
+    let publisher = match &args.sink.sink {
+        Some(url) => Publisher::Http(HttpSink::new(url.clone(), SOURCE, PublishRetry::default())),
+        None => {
+            let url = args.nats.nats_url.expose();
+            let Some((_, js, _)) =
+                shared::nats::connect_until_ready(url, "image-backup-watcher", &mut shutdown).await
+            else {
+                return Ok(());
+            };
+            let inner = shared::nats::Publisher::new(js, SOURCE);
+            Publisher::JetStream(JetStreamPublisher::new(inner, PublishRetry::default()))
+        }
+    };
+    let mut excluded: BTreeSet<String> = args.exclude_namespaces.iter().cloned().collect();
+    excluded.extend(args.pod_namespace.clone());
+    let policy = Policy {
+        naming: args.backup.naming(),
+        excluded_namespaces: excluded,
+        namespaces: args.namespaces.iter().cloned().collect(),
+    };
+    let reporter = kube::runtime::events::Reporter {
+        controller: "image-backup-watcher".into(),
+        instance: args.pod_name.clone(),
+    };
+    let ctx = watcher::run::Context {
+        recorder: kube::runtime::events::Recorder::new(client.clone(), reporter),
+        client,
+        publisher,
+        policy: Arc::new(policy),
+        metrics,
+        readiness,
+        resync: Duration::from_secs(args.resync_seconds),
+    };
+    watcher::run::run(ctx, shutdown).await;
+    let _ = admin.await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
     let cli = Cli::parse();
     shared::telemetry::init_logging(&cli.log);
     match cli.command {
         Command::Plan { files, backup } => plan(&files, &backup),
+        Command::Run(args) => match run(*args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "watcher failed");
+                eprintln!("watcher run: {e:#}");
+                ExitCode::from(1)
+            }
+        },
     }
 }

@@ -11,6 +11,7 @@ pub use payloads::{
     WorkloadRef, WorkloadRolledOut,
 };
 
+use bytes::Bytes;
 use cloudevents::{AttributesReader, Data, Event, EventBuilder, EventBuilderV10};
 
 use crate::naming::subject_token;
@@ -67,6 +68,58 @@ pub enum EventError {
     /// Building the CloudEvent failed (a bug: our attributes are always valid).
     #[error("cannot build CloudEvent: {0}")]
     Build(#[from] cloudevents::event::EventBuilderError),
+}
+
+/// A CloudEvent in binary mode, transport-neutral: `ce-*` headers plus `content-type`, and the
+/// data as the body. The NATS binding and the HTTP sink both send this, so the mapping of
+/// attributes to headers is written once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BinaryEvent {
+    /// Header names and values (not yet validated for any transport).
+    pub headers: Vec<(String, String)>,
+    /// The data.
+    pub body: Bytes,
+}
+
+/// The binary-mode form of `event`.
+pub fn to_binary(event: &Event) -> BinaryEvent {
+    let mut headers = Vec::new();
+    for (name, value) in event.iter_attributes() {
+        if name == "datacontenttype" {
+            headers.push(("content-type".to_string(), value.to_string()));
+        } else {
+            headers.push((format!("ce-{name}"), value.to_string()));
+        }
+    }
+    for (name, value) in event.iter_extensions() {
+        headers.push((format!("ce-{name}"), value.to_string()));
+    }
+    if event.datacontenttype().is_none() && event.data().is_some() {
+        headers.push(("content-type".to_string(), "application/json".to_string()));
+    }
+    let body = match event.data() {
+        Some(Data::Json(v)) => Bytes::from(serde_json::to_vec(v).unwrap_or_default()),
+        Some(Data::Binary(b)) => Bytes::from(b.clone()),
+        Some(Data::String(s)) => Bytes::from(s.clone()),
+        None => Bytes::new(),
+    };
+    BinaryEvent { headers, body }
+}
+
+/// Our event as an HTTP binary-mode CloudEvent (what Knative brokers and sinks accept). Header
+/// names and values are checked as HTTP requires, so a request builder cannot panic on them.
+pub fn to_http_binary(payload: &Payload, source: &str) -> Result<BinaryEvent, EventError> {
+    let binary = to_binary(&payload.to_cloudevent(source)?);
+    for (name, value) in &binary.headers {
+        let bad = |reason: &'static str| EventError::Header {
+            name: name.chars().take(64).collect(),
+            reason,
+        };
+        http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| bad("not a valid header name"))?;
+        http::HeaderValue::from_str(value).map_err(|_| bad("not a valid header value"))?;
+    }
+    Ok(binary)
 }
 
 /// One of our events, typed. The single `match` point for event types.
@@ -129,11 +182,13 @@ impl Payload {
     /// publish of the same fact is stored once within the stream's duplicate window.
     pub fn id(&self) -> String {
         match self {
+            // Not the generation: a replicas change bumps it without changing what needs a
+            // backup, and a watcher restarted after one must not store the same change again.
             Payload::WorkloadChanged(p) => format!(
                 "workload.changed/{}/{}/{}",
                 p.uid,
-                p.generation,
-                workload_tokens(&p.workload)
+                workload_tokens(&p.workload),
+                p.fingerprint()
             ),
             Payload::ImageCompleted(p) => format!("image.completed/{}/{}", p.name, p.digest),
             Payload::ImageFailed(p) => format!("image.failed/{}/{}", p.name, p.attempts),
@@ -217,6 +272,7 @@ mod tests {
                 source: "docker.io/library/nginx:1.14.0".into(),
                 target: "localhost:5000/library_nginx:1.14.0".into(),
             }],
+            pull_secrets: Vec::new(),
         })
     }
 
@@ -227,7 +283,22 @@ mod tests {
             p.subject(),
             "imagebackup.workload.changed.default.deployment.web_v2"
         );
-        assert_eq!(p.id(), "workload.changed/u-1/3/default.deployment.web_v2");
+        let Payload::WorkloadChanged(data) = &p else {
+            unreachable!()
+        };
+        assert_eq!(
+            p.id(),
+            format!(
+                "workload.changed/u-1/default.deployment.web_v2/{}",
+                data.fingerprint()
+            )
+        );
+        // A generation bump alone keeps the id; an image change makes a new one.
+        let mut bumped = data.clone();
+        bumped.generation = 9;
+        assert_eq!(Payload::WorkloadChanged(bumped.clone()).id(), p.id());
+        bumped.images[0].source = "docker.io/library/nginx:1.15.0".into();
+        assert_ne!(Payload::WorkloadChanged(bumped).id(), p.id());
         let f = Payload::ImageFailed(ImageFailed {
             name: "ib-0123".into(),
             source: "s".into(),

@@ -11,12 +11,12 @@ use std::str::FromStr as _;
 use async_nats::HeaderMap;
 use async_nats::header::{HeaderName, HeaderValue};
 use bytes::Bytes;
+use cloudevents::Event;
 use cloudevents::event::SpecVersion;
 use cloudevents::message::{
     BinaryDeserializer, BinarySerializer, Encoding, MessageAttributeValue, MessageDeserializer,
     StructuredDeserializer, StructuredSerializer,
 };
-use cloudevents::{AttributesReader, Data, Event};
 
 use super::EventError;
 
@@ -131,8 +131,9 @@ pub fn from_nats_message(headers: Option<&HeaderMap>, body: &[u8]) -> Result<Eve
 /// an extension name or value that is not a valid NATS header (`:`, non-ASCII, CR/LF): async-nats
 /// asserts on those, so they are refused here with [`EventError::Header`] instead.
 pub fn to_nats_message(event: &Event) -> Result<(HeaderMap, Bytes), EventError> {
+    let binary = super::to_binary(event);
     let mut headers = HeaderMap::new();
-    let mut put = |name: &str, value: &str| -> Result<(), EventError> {
+    for (name, value) in &binary.headers {
         let bad = |reason: &'static str| EventError::Header {
             name: name.chars().take(64).collect(),
             reason,
@@ -140,34 +141,15 @@ pub fn to_nats_message(event: &Event) -> Result<(HeaderMap, Bytes), EventError> 
         let name = HeaderName::from_str(name).map_err(|_| bad("not a valid header name"))?;
         let value = HeaderValue::from_str(value).map_err(|_| bad("value contains CR or LF"))?;
         headers.insert(name, value);
-        Ok(())
-    };
-    for (name, value) in event.iter_attributes() {
-        if name == "datacontenttype" {
-            put(CONTENT_TYPE, &value.to_string())?;
-        } else {
-            put(&format!("ce-{name}"), &value.to_string())?;
-        }
     }
-    for (name, value) in event.iter_extensions() {
-        put(&format!("ce-{name}"), &value.to_string())?;
-    }
-    if event.datacontenttype().is_none() && event.data().is_some() {
-        put(CONTENT_TYPE, "application/json")?;
-    }
-    let body = match event.data() {
-        Some(Data::Json(v)) => Bytes::from(serde_json::to_vec(v).unwrap_or_default()),
-        Some(Data::Binary(b)) => Bytes::from(b.clone()),
-        Some(Data::String(s)) => Bytes::from(s.clone()),
-        None => Bytes::new(),
-    };
-    Ok((headers, body))
+    Ok((headers, binary.body))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::events::Payload;
+    use cloudevents::AttributesReader;
 
     fn sample() -> Event {
         crate::events::tests::changed()

@@ -62,6 +62,31 @@ pub struct WorkloadChanged {
     pub generation: i64,
     /// Every image of the workload that is not in the backup registry.
     pub images: Vec<WorkloadImage>,
+    /// Names of the pull secrets (in the workload's namespace) its pods use: the pod template's
+    /// `imagePullSecrets` and those of its ServiceAccount, as admission would add them. Names
+    /// only, never contents.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pull_secrets: Vec<String>,
+}
+
+impl WorkloadChanged {
+    /// 16 hex of SHA-256 over what a backup depends on: every image (container, init flag,
+    /// source, target) and the pull secrets, in order. Equal fingerprints mean nothing a backup
+    /// cares about changed, whatever else (replicas, labels, status) did.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest as _, Sha256};
+        let mut h = Sha256::new();
+        for i in &self.images {
+            h.update(format!(
+                "{}\0{}\0{}\0{}\n",
+                i.container, i.init, i.source, i.target
+            ));
+        }
+        for s in &self.pull_secrets {
+            h.update(format!("secret\0{s}\n"));
+        }
+        hex::encode(h.finalize())[..16].to_string()
+    }
 }
 
 /// `io.k8slab.imagebackup.image.completed`: the image is at the target, every blob verified.

@@ -8,3 +8,4 @@ mod kubectl;
 mod nats_events;
 mod registry_images;
 mod testbed_up;
+mod watcher;

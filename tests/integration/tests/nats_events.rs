@@ -10,6 +10,8 @@ use shared::events::{
 use shared::nats::{ConsumerName, Publisher, ensure_consumer, ensure_stream};
 use testbed::NatsServer;
 
+/// A workload change; each generation runs another image (a generation bump alone is the same
+/// change, deduplicated by `Nats-Msg-Id`).
 fn changed(generation: i64) -> Payload {
     Payload::WorkloadChanged(WorkloadChanged {
         workload: WorkloadRef {
@@ -22,9 +24,10 @@ fn changed(generation: i64) -> Payload {
         images: vec![WorkloadImage {
             container: "nginx".into(),
             init: false,
-            source: "docker.io/library/nginx:1.14.0".into(),
-            target: "localhost:5000/library_nginx:1.14.0".into(),
+            source: format!("docker.io/library/nginx:1.14.{generation}"),
+            target: format!("localhost:5000/library_nginx:1.14.{generation}"),
         }],
+        pull_secrets: Vec::new(),
     })
 }
 

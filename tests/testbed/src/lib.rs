@@ -9,6 +9,8 @@
 //! - [`image`]: generated multi-arch images pushed to a registry, and read-back helpers.
 //! - [`apiserver`]: the test Kubernetes API server (kube-rs and kubectl talk to it unchanged).
 //! - [`bench`](mod@bench): the copy benchmark (`testbed bench-copy`), against skopeo.
+//! - [`function`]: a function binary run as a process (start, SIGTERM, admin endpoints, log).
+//! - [`stream`]: what the IMAGEBACKUP stream holds, decoded.
 //! - [`fault_proxy`]: a proxy in front of a registry that injects 429/503, cuts and corruption.
 //! - [`hostile_registry`]: a registry that misbehaves on purpose (endless bodies, traversal
 //!   digests, drip-fed blobs, absurd token lifetimes), counting the bytes it serves.
@@ -17,11 +19,13 @@
 pub mod apiserver;
 pub mod bench;
 pub mod fault_proxy;
+pub mod function;
 pub mod hostile_registry;
 pub mod image;
 pub mod nats_server;
 pub mod process;
 pub mod registry;
+pub mod stream;
 pub mod token_auth;
 
 pub use apiserver::ApiServer;

@@ -15,7 +15,8 @@ use crate::process::{ChildGuard, free_port, wait_for_port};
 pub struct NatsServer {
     port: u16,
     version: String,
-    _guard: ChildGuard,
+    /// The running process (`None` while stopped); killed on drop.
+    _guard: Option<ChildGuard>,
     _dir: tempfile::TempDir,
 }
 
@@ -55,18 +56,26 @@ impl NatsServer {
         }
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
-        let log = dir.path().join("nats.log");
-        let mut cmd = Command::new(binary());
-        cmd.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir.path().join("jetstream"));
-        let mut guard = ChildGuard::spawn("nats-server", cmd, &log)?;
-        wait_for_port(([127, 0, 0, 1], port).into(), &mut guard, &log).await?;
+        let guard = spawn(port, dir.path()).await?;
         Ok(Self {
             port,
             version,
-            _guard: guard,
+            _guard: Some(guard),
             _dir: dir,
         })
+    }
+
+    /// Kills the server (as a crash would); its JetStream storage stays for [`Self::restart`].
+    pub fn stop(&mut self) {
+        self._guard = None;
+    }
+
+    /// Starts the server again on the same port with the same storage (stopping it first if
+    /// it runs): clients reconnect, the stream and its messages are still there.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self._guard = None;
+        self._guard = Some(spawn(self.port, self._dir.path()).await?);
+        Ok(())
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -78,4 +87,14 @@ impl NatsServer {
     pub fn version(&self) -> &str {
         &self.version
     }
+}
+
+async fn spawn(port: u16, dir: &std::path::Path) -> anyhow::Result<ChildGuard> {
+    let log = dir.join("nats.log");
+    let mut cmd = Command::new(binary());
+    cmd.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(dir.join("jetstream"));
+    let mut guard = ChildGuard::spawn("nats-server", cmd, &log)?;
+    wait_for_port(([127, 0, 0, 1], port).into(), &mut guard, &log).await?;
+    Ok(guard)
 }

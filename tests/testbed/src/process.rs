@@ -35,6 +35,37 @@ impl ChildGuard {
         })
     }
 
+    /// The process id, while it runs.
+    pub fn id(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends SIGTERM (graceful stop) without waiting.
+    pub fn terminate(&self) -> anyhow::Result<()> {
+        if let Some(id) = self.id() {
+            Command::new("kill")
+                .args(["-TERM", &id.to_string()])
+                .status()
+                .context("kill -TERM")?;
+        }
+        Ok(())
+    }
+
+    /// Waits (polling, async) up to `limit` for the process to exit; its status if it did.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
     /// Fails if the process has already exited (it crashed on start-up).
     pub fn check_running(&mut self) -> anyhow::Result<()> {
         if let Some(child) = self.child.as_mut()

@@ -1,0 +1,12 @@
+//! The watcher function: finds the images of Ready Deployments and DaemonSets that are not yet
+//! in the backup registry and announces them as `workload.changed` events.
+//!
+//! # Layout
+//! - [`decide`]: the pure decision for one workload (shared by `plan` and `run`).
+//! - [`run`]: the long-running loop of `watcher run` (reflectors in, events out).
+//! - [`metrics`]: the `imagebackup_watcher_*` metrics.
+#![deny(missing_docs)]
+
+pub mod decide;
+pub mod metrics;
+pub mod run;
