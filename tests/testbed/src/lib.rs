@@ -11,6 +11,7 @@
 //! - [`bench`](mod@bench): the copy benchmark (`testbed bench-copy`), against skopeo.
 //! - [`function`]: a function binary run as a process (start, SIGTERM, admin endpoints, log).
 //! - [`stream`]: what the IMAGEBACKUP stream holds, decoded.
+//! - [`bench_watcher`]: the watcher's start-up benchmark (`testbed bench-watcher`).
 //! - [`fault_proxy`]: a proxy in front of a registry that injects 429/503, cuts and corruption.
 //! - [`hostile_registry`]: a registry that misbehaves on purpose (endless bodies, traversal
 //!   digests, drip-fed blobs, absurd token lifetimes), counting the bytes it serves.
@@ -18,6 +19,7 @@
 
 pub mod apiserver;
 pub mod bench;
+pub mod bench_watcher;
 pub mod fault_proxy;
 pub mod function;
 pub mod hostile_registry;
@@ -35,15 +37,16 @@ pub use image::{Format, ImageSpec, PushedImage, Pusher};
 pub use nats_server::NatsServer;
 pub use registry::{Credentials, Registry, RegistryOptions};
 
-/// The path of a workspace binary built next to the running test (`target/<profile>/<name>`),
-/// for tests that drive a function's command line.
+/// The path of a workspace binary built next to the running program: `target/<profile>/<name>`,
+/// from a test (`target/<profile>/deps/<test>`) or from the `testbed` binary itself.
 pub fn workspace_binary(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe
+    let mut dir = exe
         .parent()
-        .and_then(|d| d.parent())
         .map(std::path::Path::to_path_buf)
         .unwrap_or_default();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
     dir.join(name)
 }

@@ -34,6 +34,19 @@ enum Command {
         #[arg(long)]
         no_simulation: bool,
     },
+    /// The watcher's start-up on many Ready workloads: seconds until every event is stored,
+    /// Kubernetes API requests made, peak RSS; prints a Markdown table row.
+    BenchWatcher {
+        /// Workloads (every fourth a DaemonSet).
+        #[arg(long, default_value_t = 1200)]
+        workloads: usize,
+        /// Namespaces.
+        #[arg(long, default_value_t = 50)]
+        namespaces: usize,
+        /// Distinct images.
+        #[arg(long, default_value_t = 100)]
+        images: usize,
+    },
     /// Peak RSS of `backup copy` against every mode of the hostile registry (build with
     /// `--release` first); prints a Markdown table for docs/benchmarks.md.
     BenchHostile {
@@ -149,6 +162,22 @@ async fn main() -> anyhow::Result<()> {
             let bin = backup.unwrap_or_else(testbed::bench::default_backup_binary);
             let report = testbed::bench::run(&bin, runs.max(1), only.as_deref()).await?;
             println!("{report}");
+            Ok(())
+        }
+        Command::BenchWatcher {
+            workloads,
+            namespaces,
+            images,
+        } => {
+            let shape = testbed::bench_watcher::Shape {
+                workloads,
+                namespaces: namespaces.max(1),
+                images: images.max(1),
+            };
+            println!(
+                "| workloads | namespaces | images | seconds until all stored | API requests | peak RSS (MiB) |\n|---|---|---|---|---|---|"
+            );
+            print!("{}", testbed::bench_watcher::run(shape).await?);
             Ok(())
         }
         Command::BenchHostile { backup } => {

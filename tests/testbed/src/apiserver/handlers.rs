@@ -118,6 +118,12 @@ async fn dispatch(State(state): State<Arc<ApiState>>, request: Request) -> Respo
     }
     let method = request.method().clone();
     let uri = request.uri().clone();
+    if let Ok(mut log) = state.requests.lock() {
+        if log.len() >= 1_000_000 {
+            log.clear();
+        }
+        log.push(format!("{method} {uri}"));
+    }
     let headers = request.headers().clone();
     let body = match axum::body::to_bytes(request.into_body(), 64 * 1024 * 1024).await {
         Ok(b) => b,

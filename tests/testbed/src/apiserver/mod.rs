@@ -91,6 +91,8 @@ pub(crate) struct ApiState {
     pub(crate) faults: Mutex<Faults>,
     pub(crate) simulation: Mutex<Simulation>,
     pub(crate) addr: SocketAddr,
+    /// Every request as `METHOD path?query`, for tests and benchmarks that count API calls.
+    pub(crate) requests: Mutex<Vec<String>>,
 }
 
 impl ApiState {
@@ -126,6 +128,7 @@ impl ApiServer {
             faults: Mutex::new(Faults::default()),
             simulation: Mutex::new(Simulation::default()),
             addr,
+            requests: Mutex::new(Vec::new()),
         });
         handlers::bootstrap(&state)?;
         let app = handlers::router(state.clone());
@@ -219,6 +222,22 @@ impl ApiServer {
             s.held.remove(&format!("{namespace}/{name}"));
         }
         simulation::reconcile_all(&self.state);
+    }
+
+    /// The requests served so far, as `METHOD path?query` (at most the last million).
+    pub fn requests(&self) -> Vec<String> {
+        self.state
+            .requests
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
+    /// Forgets the request log.
+    pub fn reset_requests(&self) {
+        if let Ok(mut r) = self.state.requests.lock() {
+            r.clear();
+        }
     }
 
     /// The current global resourceVersion.
