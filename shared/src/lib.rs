@@ -15,6 +15,9 @@
 //! - [`telemetry`]: log set-up.
 //! - [`admin`]: the admin server (`/healthz`, `/readyz`, `/metrics`) and readiness.
 //! - [`shutdown`]: SIGTERM/SIGINT: drain first, abort on the second.
+//! - [`delivery`]: `Delivery<T>`, a JetStream message with explicit, idempotent acks.
+//! - [`consumer`]: the `run` adapter: a durable pull consumer driving a transport-free handler.
+//! - [`serve`]: the `serve` adapter: the same handler behind an HTTP CloudEvents endpoint.
 //! - [`publish`]: one publisher trait, JetStream or an HTTP CloudEvents sink.
 //! - [`tls`]: the process-wide TLS crypto provider (ring).
 //!
@@ -24,7 +27,9 @@
 
 pub mod admin;
 pub mod config;
+pub mod consumer;
 pub mod crd;
+pub mod delivery;
 pub mod error;
 pub mod events;
 pub mod naming;
@@ -32,6 +37,7 @@ pub mod nats;
 pub mod publish;
 pub mod reference;
 pub mod secret;
+pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

@@ -211,7 +211,20 @@ pub async fn ensure_consumer(
     stream: &stream::Stream,
     name: ConsumerName,
 ) -> Result<jetstream::consumer::Consumer<pull::Config>, NatsError> {
-    let config = consumer_config(name)?;
+    ensure_consumer_with(stream, name, None).await
+}
+
+/// As [`ensure_consumer`], with the ack wait overridden (`--ack-wait-seconds`). Every replica
+/// must use the same value: the last one to start sets it.
+pub async fn ensure_consumer_with(
+    stream: &stream::Stream,
+    name: ConsumerName,
+    ack_wait: Option<Duration>,
+) -> Result<jetstream::consumer::Consumer<pull::Config>, NatsError> {
+    let mut config = consumer_config(name)?;
+    if let Some(wait) = ack_wait {
+        config.ack_wait = wait;
+    }
     stream
         .create_consumer(config)
         .await

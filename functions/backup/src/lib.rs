@@ -4,7 +4,19 @@
 //! # Layout
 //! - [`copy`]: the copy engine (registry client, auth, verification, the `Copier`), also behind
 //!   the one-shot `backup copy` command.
+//! - [`handler`]: `workload.changed` in, copies and `image.completed`/`image.failed` out.
+//! - [`claim`]: the lease that stops two workers copying one image.
+//! - [`status`]: the ImageBackup status at each step.
+//! - [`credentials`]: source credentials from the workload's pull secrets.
+//! - [`expiry`]: deletes Completed ImageBackups at `expiresAt`.
+//! - [`metrics`]: the `imagebackup_backup_*` metrics.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod claim;
 pub mod copy;
+pub mod credentials;
+pub mod expiry;
+pub mod handler;
+pub mod metrics;
+pub mod status;

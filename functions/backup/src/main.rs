@@ -1,13 +1,27 @@
-//! `backup`: the backup function's binary. For now the one-shot `backup copy`, which copies one
-//! image, verified and byte-identical, and prints one JSON summary line.
+//! `backup`: the backup function's binary, wiring only.
+//!
+//! - `backup run`: the JetStream adapter (durable consumer `backup`), plus expiry.
+//! - `backup serve --listen ADDR`: the HTTP adapter for Knative, plus expiry.
+//! - `backup copy SRC DST`: one verified copy, one JSON summary line.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
+use anyhow::Context as _;
 use backup::copy::auth::DockerConfig;
 use backup::copy::{ClientOptions, Copier, DEFAULT_CONCURRENCY, RegistryClient};
+use backup::handler::{Context, Settings};
+use backup::metrics::Metrics;
 use clap::{Parser, Subcommand};
 use shared::Reference;
+use shared::config::{AdminArgs, NatsArgs, RegistryArgs, SinkArgs};
+use shared::publish::{HttpSink, JetStreamPublisher, PublishRetry, Publisher};
+use shared::shutdown::Shutdown;
+
+/// The CloudEvents `source` of the backup function's events.
+const SOURCE: &str = "/image-backup/backup";
 
 /// Backs up images to the backup registry.
 #[derive(Debug, Parser)]
@@ -21,6 +35,21 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Consume `workload.changed` events from the durable JetStream consumer `backup`, copy each
+    /// image once, record it in its ImageBackup, publish `image.completed`/`image.failed`.
+    Run(Box<FunctionArgs>),
+    /// The same handler behind an HTTP endpoint receiving CloudEvents (Knative Service).
+    Serve {
+        /// Where to listen for CloudEvents.
+        #[arg(long, env = "LISTEN", default_value = "0.0.0.0:8000")]
+        listen: std::net::SocketAddr,
+        /// Seconds a request waits for its copy before answering 202 (Knative's default request
+        /// timeout is 300 s); the result then goes to K_SINK.
+        #[arg(long, env = "REPLY_TIMEOUT_SECONDS", default_value_t = 240)]
+        reply_timeout_seconds: u64,
+        #[command(flatten)]
+        function: Box<FunctionArgs>,
+    },
     /// Copy one image (every platform of an index), verifying every blob, and print a JSON
     /// summary: digest, media type, platforms, blobs copied/skipped/mounted, bytes, seconds.
     Copy {
@@ -32,11 +61,60 @@ enum Command {
         #[arg(long, default_value_t = true)]
         all_platforms: bool,
         #[command(flatten)]
-        registries: shared::config::RegistryArgs,
+        registries: RegistryArgs,
         /// How many blobs move at once.
         #[arg(long, env = "COPY_CONCURRENCY", default_value_t = DEFAULT_CONCURRENCY)]
         concurrency: usize,
     },
+}
+
+/// Settings of the long-running modes.
+#[derive(Debug, clap::Args)]
+struct FunctionArgs {
+    #[command(flatten)]
+    nats: NatsArgs,
+    #[command(flatten)]
+    registries: RegistryArgs,
+    #[command(flatten)]
+    admin: AdminArgs,
+    #[command(flatten)]
+    sink: SinkArgs,
+    /// The backup registry (`host[:port][/prefix]`): where `--target-username` applies.
+    #[arg(long, env = "BACKUP_REGISTRY")]
+    backup_registry: Option<shared::naming::BackupRegistry>,
+    /// User name for the backup registry (with `--target-password-file`), as an alternative to
+    /// `--docker-config`.
+    #[arg(long, env = "TARGET_USERNAME")]
+    target_username: Option<String>,
+    /// A file holding the backup registry's password (a mounted Secret key).
+    #[arg(long, env = "TARGET_PASSWORD_FILE")]
+    target_password_file: Option<PathBuf>,
+    /// Images copied at once by this process (also bounds events handled at once).
+    #[arg(long, env = "MAX_CONCURRENT_COPIES", default_value_t = 4)]
+    max_concurrent_copies: usize,
+    /// Images copied at once from one source registry by this process.
+    #[arg(long, env = "PER_REGISTRY_COPIES", default_value_t = 2)]
+    per_registry_copies: usize,
+    /// Blobs moved at once per copy.
+    #[arg(long, env = "COPY_CONCURRENCY", default_value_t = DEFAULT_CONCURRENCY)]
+    blob_concurrency: usize,
+    /// Seconds a claim lasts without renewal (renewed every third of it while copying).
+    #[arg(long, env = "CLAIM_LEASE_SECONDS", default_value_t = 60)]
+    claim_lease_seconds: u64,
+    /// Seconds a Completed ImageBackup is kept before it is deleted (the copy stays); 0 keeps it.
+    #[arg(long, env = "COMPLETED_TTL_SECONDS", default_value_t = 86_400)]
+    completed_ttl_seconds: u64,
+    /// Attempts before a transiently failing image is marked Failed.
+    #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 5)]
+    max_attempts: u32,
+    /// Seconds JetStream waits for an ack before redelivering (default: nats/consumer-backup.json,
+    /// 60). In-progress signals keep long copies alive; this bounds how long a crashed worker's
+    /// event waits. Give every replica the same value.
+    #[arg(long, env = "ACK_WAIT_SECONDS")]
+    ack_wait_seconds: Option<u64>,
+    /// This pod's name (downward API): the claim holder's identity.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
 }
 
 /// Reads the docker config without blocking the runtime.
@@ -60,7 +138,7 @@ async fn load_credentials(path: Option<&PathBuf>) -> anyhow::Result<DockerConfig
 async fn copy(
     source: &str,
     target: &str,
-    registries: &shared::config::RegistryArgs,
+    registries: &RegistryArgs,
     concurrency: usize,
 ) -> Result<String, String> {
     let source = Reference::parse_normalized(source)
@@ -86,11 +164,194 @@ async fn copy(
     serde_json::to_string(&summary).map_err(|e| format!("Internal: {e}"))
 }
 
+/// The mode a long-running process runs in.
+enum Mode {
+    Run,
+    Serve {
+        listen: std::net::SocketAddr,
+        reply_timeout: Duration,
+    },
+}
+
+async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
+    let readiness = shared::admin::Readiness::default();
+    let mut shutdown = Shutdown::on_signals(readiness.clone());
+    let mut registry = prometheus_client::registry::Registry::with_prefix("imagebackup");
+    let metrics = Metrics::default().register(registry.sub_registry_with_prefix("backup"));
+    let (admin_addr, admin) = shared::admin::serve(
+        args.admin.metrics_listen,
+        Arc::new(registry),
+        readiness.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+    tracing::info!(%admin_addr, "admin server listening");
+    let client = kube::Client::try_default()
+        .await
+        .context("no Kubernetes client: set KUBECONFIG or run in a cluster")?;
+    // The CRD must be installed: say so plainly instead of failing on every event.
+    kube::Api::<shared::crd::ImageBackup>::all(client.clone())
+        .list(&kube::api::ListParams::default().limit(1))
+        .await
+        .context(
+            "cannot list imagebackups.k8slab.io: is the CRD installed (kubectl apply -f crds/)?",
+        )?;
+
+    let mut credentials = load_credentials(args.registries.docker_config.as_ref()).await?;
+    if let (Some(user), Some(file), Some(registry)) = (
+        &args.target_username,
+        &args.target_password_file,
+        &args.backup_registry,
+    ) {
+        let password = tokio::fs::read_to_string(file)
+            .await
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        credentials.insert_basic(registry.host(), user, password.trim_end());
+    }
+    let client_options = ClientOptions {
+        insecure: args
+            .registries
+            .insecure_registries
+            .iter()
+            .cloned()
+            .collect(),
+        credentials,
+        ..Default::default()
+    };
+    let copier = Copier::new(RegistryClient::new(client_options)?, args.blob_concurrency);
+    let holder = format!(
+        "{}/{:08x}",
+        args.pod_name
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "backup".into()),
+        rand_id()
+    );
+    let lease = Duration::from_secs(args.claim_lease_seconds.max(3));
+    let settings = Settings {
+        holder: holder.clone(),
+        lease,
+        ttl: (args.completed_ttl_seconds > 0)
+            .then(|| Duration::from_secs(args.completed_ttl_seconds)),
+        max_attempts: args.max_attempts.max(1),
+        per_registry: args.per_registry_copies.max(1),
+        max_retry_delay: Duration::from_secs(300),
+    };
+    let reporter = kube::runtime::events::Reporter {
+        controller: "image-backup-backup".into(),
+        instance: Some(holder.clone()),
+    };
+    let recorder = kube::runtime::events::Recorder::new(client.clone(), reporter);
+    let handler = Context::new(client.clone(), copier, settings, metrics.clone(), recorder);
+    let expiry = tokio::spawn(backup::expiry::run(
+        client.clone(),
+        metrics,
+        shutdown.clone(),
+    ));
+    let sink = args
+        .sink
+        .sink
+        .clone()
+        .map(|url| Publisher::Http(HttpSink::new(url, SOURCE, PublishRetry::default())));
+    tracing::info!(%holder, "backup starting");
+    match mode {
+        Mode::Run => {
+            let Some((_, js, stream)) = shared::nats::connect_until_ready(
+                args.nats.nats_url.expose(),
+                "image-backup-backup",
+                &mut shutdown,
+            )
+            .await
+            else {
+                return Ok(());
+            };
+            let consumer = shared::nats::ensure_consumer_with(
+                &stream,
+                shared::nats::ConsumerName::Backup,
+                args.ack_wait_seconds.map(|s| Duration::from_secs(s.max(1))),
+            )
+            .await?;
+            let ack_wait = consumer.cached_info().config.ack_wait;
+            let publisher = match sink {
+                Some(p) => p,
+                None => Publisher::JetStream(JetStreamPublisher::new(
+                    shared::nats::Publisher::new(js.clone(), SOURCE),
+                    PublishRetry::default(),
+                )),
+            };
+            readiness.set(true);
+            shared::consumer::run(
+                consumer,
+                js,
+                handler,
+                publisher,
+                shared::consumer::ConsumerSettings {
+                    concurrency: args.max_concurrent_copies.max(1),
+                    ack_wait,
+                    max_redelivery_delay: Duration::from_secs(300),
+                },
+                shutdown,
+            )
+            .await?;
+        }
+        Mode::Serve {
+            listen,
+            reply_timeout,
+        } => {
+            readiness.set(true);
+            shared::serve::run(
+                handler,
+                shared::serve::ServeSettings {
+                    listen,
+                    reply_timeout,
+                    sink,
+                    source: SOURCE.into(),
+                },
+                shutdown,
+                None,
+            )
+            .await?;
+        }
+    }
+    let _ = expiry.await;
+    let _ = admin.await;
+    Ok(())
+}
+
+/// A per-process id, so two processes with one pod name never share a claim.
+fn rand_id() -> u32 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish() as u32
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     shared::telemetry::init_logging(&cli.log);
+    let run = |r: anyhow::Result<()>| match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "backup failed");
+            eprintln!("backup: {e:#}");
+            ExitCode::from(1)
+        }
+    };
     match cli.command {
+        Command::Run(args) => run(function(*args, Mode::Run).await),
+        Command::Serve {
+            listen,
+            reply_timeout_seconds,
+            function: args,
+        } => run(function(
+            *args,
+            Mode::Serve {
+                listen,
+                reply_timeout: Duration::from_secs(reply_timeout_seconds),
+            },
+        )
+        .await),
         Command::Copy {
             source,
             target,

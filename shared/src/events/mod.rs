@@ -122,6 +122,27 @@ pub fn to_http_binary(payload: &Payload, source: &str) -> Result<BinaryEvent, Ev
     Ok(binary)
 }
 
+/// Reads a CloudEvent from an HTTP request (binary mode: `ce-*` headers; structured mode:
+/// `content-type: application/cloudevents+json`), through the same SDK-based binding as NATS
+/// messages. Headers that are not valid there are ignored (none of them is a CloudEvents one).
+pub fn from_http(headers: &http::HeaderMap, body: &[u8]) -> Result<Event, EventError> {
+    use std::str::FromStr as _;
+    let mut map = async_nats::HeaderMap::new();
+    for (name, value) in headers {
+        let (Ok(name), Ok(value)) = (
+            async_nats::header::HeaderName::from_str(name.as_str()),
+            value
+                .to_str()
+                .map_err(|_| ())
+                .and_then(|v| async_nats::header::HeaderValue::from_str(v).map_err(|_| ())),
+        ) else {
+            continue;
+        };
+        map.insert(name, value);
+    }
+    from_nats_message(Some(&map), body)
+}
+
 /// One of our events, typed. The single `match` point for event types.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Payload {

@@ -2,6 +2,7 @@
 //! module below is a group of tests; each test starts the services it needs on free ports.
 
 mod apiserver;
+mod backup;
 mod copy_engine;
 mod hostile_registry;
 mod kubectl;

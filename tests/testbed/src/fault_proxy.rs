@@ -155,7 +155,7 @@ async fn handle(State(state): State<Arc<ProxyState>>, request: Request) -> Respo
         return resp;
     }
     if let Ok(mut r) = state.requests.lock() {
-        r.push(format!("{method} {path}"));
+        r.push(format!("{method} {path_and_query}"));
     }
     let url = format!("{}{path_and_query}", state.upstream);
     let mut upstream = state.http.request(method.clone(), &url);

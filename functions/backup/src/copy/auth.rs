@@ -165,6 +165,24 @@ impl DockerConfig {
         Ok(Self { by_host })
     }
 
+    /// Sets a user name and password for `host`.
+    pub fn insert_basic(&mut self, host: &str, username: &str, password: &str) {
+        self.by_host.insert(
+            canonical_host(host),
+            Credential::Basic {
+                username: username.into(),
+                password: password.into(),
+            },
+        );
+    }
+
+    /// Adds another config's entries; hosts already present keep their credential.
+    pub fn merge(&mut self, other: DockerConfig) {
+        for (k, v) in other.by_host {
+            self.by_host.entry(k).or_insert(v);
+        }
+    }
+
     /// The credential for a reference's registry domain (`docker.io`, `quay.io`, `host:5000`).
     pub fn credential_for(&self, domain: &str) -> Option<&Credential> {
         self.by_host.get(&canonical_host(domain))

@@ -155,6 +155,11 @@ impl RegistryClient {
         })
     }
 
+    /// The options this client was built with.
+    pub fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
     /// The retry policy in force.
     pub fn retry_policy(&self) -> &RetryPolicy {
         &self.options.retry

@@ -156,6 +156,33 @@ impl Copier {
         }
     }
 
+    /// The same copier speaking through another client (other credentials), sharing what it
+    /// learnt of where blobs live.
+    #[must_use]
+    pub fn with_client(&self, client: RegistryClient) -> Self {
+        Self {
+            client,
+            concurrency: self.concurrency,
+            locations: self.locations.clone(),
+        }
+    }
+
+    /// The client options of this copier's client, to build another with more credentials.
+    pub fn client(&self) -> &RegistryClient {
+        &self.client
+    }
+
+    /// The digest the target tag resolves to now (HEAD), `None` if it does not exist.
+    pub async fn target_digest(&self, target: &Reference) -> Result<Option<String>, CopyError> {
+        let repo = Repo {
+            registry: target.domain().to_string(),
+            path: target.path().to_string(),
+        };
+        self.client
+            .manifest_digest(&repo, target.pull_reference(), client::Access::Push)
+            .await
+    }
+
     /// Copies `source` to `target` (which must carry a tag or a digest). Progress, if asked for,
     /// is published on `progress` as blobs move.
     pub async fn copy(
@@ -280,8 +307,14 @@ impl Copier {
             .await?;
 
         // Every blob is present and verified: manifests now, children first, the tag last.
-        futures::stream::iter(tree.children.iter())
+        // Futures built eagerly (not in a `map` closure): keeps the copy future `Send` for
+        // callers that need it (the long-running handler).
+        let pushes: Vec<_> = tree
+            .children
+            .iter()
             .map(|child| self.client.put_manifest(&dst, &child.digest, child))
+            .collect();
+        futures::stream::iter(pushes)
             .buffer_unordered(self.concurrency)
             .try_collect::<Vec<()>>()
             .await?;
@@ -340,8 +373,8 @@ impl Copier {
                         ),
                     });
                 }
-                let fetched: Vec<(RawManifest, Content)> =
-                    futures::stream::iter(refs.iter())
+                let fetches: Vec<_> =
+                    refs.iter()
                         .map(|r| async move {
                             let what = format!("manifest {}@{}", src.path, r.digest);
                             let m = self.client.get_manifest(src, &r.digest).await?.ok_or_else(
@@ -366,9 +399,11 @@ impl Copier {
                             }
                             Ok((m, content))
                         })
-                        .buffered(self.concurrency)
-                        .try_collect()
-                        .await?;
+                        .collect();
+                let fetched: Vec<(RawManifest, Content)> = futures::stream::iter(fetches)
+                    .buffered(self.concurrency)
+                    .try_collect()
+                    .await?;
                 for (r, (m, content)) in refs.iter().zip(fetched) {
                     platforms.push(r.platform.clone());
                     if let Content::Image(b) = content {

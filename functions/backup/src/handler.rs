@@ -1,0 +1,553 @@
+//! The backup handler: `workload.changed` in, one verified copy per image and `image.completed`
+//! / `image.failed` out. Transport-free: the `run` (JetStream) and `serve` (HTTP) adapters drive
+//! the same [`Context::handle`].
+//!
+//! For each image of the event, independently:
+//! 1. make sure its ImageBackup exists under the deterministic name (409: it does; read it);
+//! 2. Completed and the target still resolves to the recorded digest: nothing to do, nothing
+//!    published again;
+//! 3. a live claim held by another worker: leave it, and look again when the lease would run
+//!    out (the message is Nak'ed with that delay, so the request is never lost);
+//! 4. take the claim with a status write guarded by `resourceVersion` (409: another worker
+//!    won; back off), copy, renew the claim and write progress a few times along the way;
+//!    losing the claim (another worker took over an expired lease) cancels the copy;
+//! 5. record Completed (digest, expiry, Ready) and emit `image.completed`, or record the
+//!    failure: transient classes retry with a growing delay up to `max_attempts`, permanent
+//!    ones (or exhausted attempts) end Failed with `image.failed` and a Kubernetes Event.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::jiff::Timestamp;
+use kube::api::PostParams;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
+use kube::{Api, Resource as _};
+use shared::consumer::{Classified, Handler, Outcome};
+use shared::crd::{ImageBackup, Phase, SecretRef};
+use shared::error::{Disposition, ErrorClass};
+use shared::events::{ImageCompleted, ImageFailed, Payload, WorkloadChanged};
+use shared::naming::image_backup_name;
+use shared::reference::Reference;
+use tokio::sync::{Semaphore, watch};
+use tracing::Instrument as _;
+
+use crate::claim;
+use crate::copy::{ClientOptions, Copier, CopyError, Progress, RegistryClient};
+use crate::metrics::{ClaimResult, CopyOutcome, Metrics};
+use crate::status;
+
+/// How the handler behaves.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// This worker's identity in claims (pod name and a per-process id).
+    pub holder: String,
+    /// How long a claim lasts without renewal.
+    pub lease: Duration,
+    /// How long a Completed ImageBackup is kept (`None`: forever).
+    pub ttl: Option<Duration>,
+    /// Copy attempts before a transiently failing image is marked Failed.
+    pub max_attempts: u32,
+    /// Copies from one source registry at once in this process.
+    pub per_registry: usize,
+    /// The longest pause before a retried image is looked at again.
+    pub max_retry_delay: Duration,
+}
+
+/// Why an event could not be handled as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// The event names an image that is not a valid reference (not from our watcher).
+    #[error("event image {field} {value:?} is invalid: {reason}")]
+    InvalidImage {
+        /// `source` or `target`.
+        field: &'static str,
+        /// The value.
+        value: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Classified for HandlerError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            HandlerError::InvalidImage { .. } => ErrorClass::Invalid,
+        }
+    }
+}
+
+/// Everything the handler needs. Cheap to clone (one `Arc`).
+#[derive(Clone)]
+pub struct Context {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// For Secrets (pull secrets) and Events.
+    client: kube::Client,
+    /// The ImageBackups.
+    api: Api<ImageBackup>,
+    /// The copy engine with the target's credentials; per-copy clients add pull secrets.
+    copier: Copier,
+    settings: Settings,
+    metrics: Metrics,
+    /// Kubernetes Events on ImageBackups.
+    recorder: Recorder,
+    /// One semaphore per source registry (the per-registry bound).
+    registries: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// ImageBackups this process is working on: the claim tells workers apart, not two
+    /// events handled at once in one worker (same holder), so those meet here.
+    local: Arc<Mutex<std::collections::HashSet<String>>>,
+}
+
+/// This process works on one ImageBackup; released on drop.
+struct LocalClaim {
+    name: String,
+    set: Arc<Mutex<std::collections::HashSet<String>>>,
+}
+
+impl Drop for LocalClaim {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.set.lock() {
+            set.remove(&self.name);
+        }
+    }
+}
+
+/// One image's result within an event.
+enum ImageResult {
+    /// Handled; maybe an event to publish.
+    Done(Option<Payload>),
+    /// Look again after this delay (claimed elsewhere, transient failure).
+    Later(Duration),
+}
+
+// === impl Context ===
+
+impl Context {
+    /// A handler context.
+    pub fn new(
+        client: kube::Client,
+        copier: Copier,
+        settings: Settings,
+        metrics: Metrics,
+        recorder: Recorder,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                api: Api::all(client.clone()),
+                client,
+                copier,
+                settings,
+                metrics,
+                recorder,
+                registries: Mutex::new(HashMap::new()),
+                local: Arc::default(),
+            }),
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    async fn backup_workload(&self, w: WorkloadChanged) -> Result<Outcome, HandlerError> {
+        let namespace = w.workload.namespace.clone();
+        let secrets: Vec<SecretRef> = w
+            .pull_secrets
+            .iter()
+            .map(|name| SecretRef {
+                namespace: namespace.clone(),
+                name: name.clone(),
+            })
+            .collect();
+        let mut images = Vec::new();
+        for i in &w.images {
+            let parse = |field: &'static str, value: &str| {
+                Reference::parse_normalized(value)
+                    .map(Reference::with_default_tag)
+                    .map_err(|e| HandlerError::InvalidImage {
+                        field,
+                        value: value.chars().take(300).collect(),
+                        reason: e.to_string(),
+                    })
+            };
+            images.push((parse("source", &i.source)?, parse("target", &i.target)?));
+        }
+        // One image per source, even if several containers run it.
+        images.sort();
+        images.dedup_by(|a, b| a.0 == b.0);
+        let results = futures::future::join_all(
+            images
+                .iter()
+                .map(|(source, target)| self.backup_image(source, target, &secrets)),
+        )
+        .await;
+        let mut outcome = Outcome::default();
+        for r in results {
+            match r {
+                ImageResult::Done(Some(event)) => outcome.events.push(event),
+                ImageResult::Done(None) => {}
+                ImageResult::Later(d) => {
+                    outcome.retry_after = Some(outcome.retry_after.map_or(d, |o| o.min(d)));
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn backup_image(
+        &self,
+        source: &Reference,
+        target: &Reference,
+        secrets: &[SecretRef],
+    ) -> ImageResult {
+        let span =
+            tracing::info_span!("image", source = %source, name = %image_backup_name(source));
+        async {
+            match self.try_backup_image(source, target, secrets).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Kubernetes API failed; will retry");
+                    ImageResult::Later(Duration::from_secs(5))
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn try_backup_image(
+        &self,
+        source: &Reference,
+        target: &Reference,
+        secrets: &[SecretRef],
+    ) -> Result<ImageResult, kube::Error> {
+        let inner = &self.inner;
+        let me = inner.settings.holder.as_str();
+        let Some(_local) = self.local_claim(&image_backup_name(source)) else {
+            // Another event handled by this process right now covers the image.
+            return Ok(ImageResult::Later(Duration::from_secs(2)));
+        };
+        let mut ib = self.ensure(source, target, secrets).await?;
+        let name = ib.metadata.name.clone().unwrap_or_default();
+        if ib.phase() == Phase::Completed
+            && let Some(digest) = ib.status.as_ref().and_then(|s| s.digest.clone())
+        {
+            match inner.copier.target_digest(target).await {
+                Ok(Some(d)) if d == digest => {
+                    inner.metrics.copy(CopyOutcome::AlreadyCompleted, None);
+                    return Ok(ImageResult::Done(None));
+                }
+                Ok(_) => {
+                    tracing::info!(%name, "completed backup no longer at the target; copying again")
+                }
+                Err(e) => {
+                    tracing::info!(%name, error = %e, "cannot check the completed backup; will retry");
+                    return Ok(ImageResult::Later(Duration::from_secs(10)));
+                }
+            }
+        }
+        let now = Timestamp::now();
+        if let Some(left) = claim::held_by_other(&ib, me, now) {
+            inner.metrics.claim(ClaimResult::Busy);
+            tracing::info!(%name, retry_in = ?left, "claimed by another worker");
+            return Ok(ImageResult::Later(left + Duration::from_secs(1)));
+        }
+        // A later change that references a Failed image retries it from scratch.
+        if ib.phase() == Phase::Failed
+            && let Some(s) = ib.status.as_mut()
+        {
+            s.attempts = 0;
+        }
+        let generation = ib.metadata.generation;
+        ib.status = Some(status::copying(
+            ib.status.as_ref(),
+            claim::claim(me, inner.settings.lease, now),
+            now,
+            generation,
+        ));
+        let ib = match inner
+            .api
+            .replace_status(&name, &PostParams::default(), &ib)
+            .await
+        {
+            Ok(ib) => ib,
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                inner.metrics.claim(ClaimResult::Lost);
+                return Ok(ImageResult::Later(Duration::from_secs(2)));
+            }
+            Err(e) => return Err(e),
+        };
+        inner.metrics.claim(ClaimResult::Taken);
+        Ok(self.copy_and_record(ib, source, target, secrets).await)
+    }
+
+    fn local_claim(&self, name: &str) -> Option<LocalClaim> {
+        let mut set = self.inner.local.lock().ok()?;
+        set.insert(name.to_string()).then(|| LocalClaim {
+            name: name.to_string(),
+            set: self.inner.local.clone(),
+        })
+    }
+
+    /// Creates the ImageBackup, or reads it if it exists (409).
+    async fn ensure(
+        &self,
+        source: &Reference,
+        target: &Reference,
+        secrets: &[SecretRef],
+    ) -> Result<ImageBackup, kube::Error> {
+        let mut ib = ImageBackup::for_source(source, target);
+        ib.spec.pull_secrets = secrets.to_vec();
+        let name = image_backup_name(source);
+        match self.inner.api.create(&PostParams::default(), &ib).await {
+            Ok(created) => Ok(created),
+            Err(kube::Error::Api(e)) if e.code == 409 => self.inner.api.get(&name).await,
+            Err(e) => Err(e),
+        }
+    }
+
+    fn registry_permits(&self, registry: &str) -> Arc<Semaphore> {
+        let mut map = match self.inner.registries.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.entry(registry.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.inner.settings.per_registry.max(1))))
+            .clone()
+    }
+
+    /// The copier for this image: the shared one, or one that also carries the pull secrets.
+    async fn copier_for(&self, secrets: &[SecretRef]) -> Copier {
+        let inner = &self.inner;
+        if secrets.is_empty() {
+            return inner.copier.clone();
+        }
+        let namespace = secrets[0].namespace.clone();
+        let names: Vec<String> = secrets.iter().map(|s| s.name.clone()).collect();
+        let mut credentials =
+            crate::credentials::pull_secrets(&inner.client, &namespace, &names).await;
+        let base = inner.copier.client().options().clone();
+        credentials.merge(base.credentials.clone());
+        match RegistryClient::new(ClientOptions {
+            credentials,
+            ..base
+        }) {
+            Ok(client) => inner.copier.with_client(client),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot build a client with the pull secrets; copying without them");
+                inner.copier.clone()
+            }
+        }
+    }
+
+    /// Copies under the claim held in `ib`, renewing it and writing progress; records the end.
+    async fn copy_and_record(
+        &self,
+        mut ib: ImageBackup,
+        source: &Reference,
+        target: &Reference,
+        secrets: &[SecretRef],
+    ) -> ImageResult {
+        let inner = &self.inner;
+        let me = inner.settings.holder.clone();
+        let name = ib.metadata.name.clone().unwrap_or_default();
+        let permits = self.registry_permits(source.domain());
+        let _permit = permits.acquire_owned().await;
+        let copier = self.copier_for(secrets).await;
+        let (tx, rx) = watch::channel(Progress::default());
+        inner.metrics.in_flight.inc();
+        let started = Instant::now();
+        let copy = copier.copy(source, target, Some(tx));
+        tokio::pin!(copy);
+        let renew_every = (inner.settings.lease / 3).max(Duration::from_millis(200));
+        let mut ticks = tokio::time::interval(Duration::from_millis(500).min(renew_every));
+        let mut last_write = Instant::now();
+        let mut last_quarter = 0u64;
+        let result = loop {
+            tokio::select! {
+                r = &mut copy => break r,
+                _ = ticks.tick() => {
+                    let p = rx.borrow().clone();
+                    let quarter = p.bytes_done.saturating_mul(4).checked_div(p.bytes_total).unwrap_or(0);
+                    let due = last_write.elapsed() >= renew_every
+                        || (quarter > last_quarter && last_write.elapsed() >= Duration::from_secs(1));
+                    if !due {
+                        continue;
+                    }
+                    let Some(prev) = ib.status.clone() else { continue };
+                    ib.status = Some(status::progressed(&prev, &p, Timestamp::now()));
+                    match inner.api.replace_status(&name, &PostParams::default(), &ib).await {
+                        Ok(updated) => {
+                            ib = updated;
+                            last_write = Instant::now();
+                            last_quarter = quarter;
+                        }
+                        Err(kube::Error::Api(e)) if e.code == 409 => match inner.api.get(&name).await {
+                            Ok(fresh) if claim::held_by(&fresh, &me) => ib = fresh,
+                            Ok(_) => {
+                                inner.metrics.claim(ClaimResult::Lost);
+                                inner.metrics.in_flight.dec();
+                                tracing::warn!(%name, "claim taken over by another worker; copy cancelled");
+                                return ImageResult::Later(inner.settings.lease);
+                            }
+                            Err(e) => tracing::debug!(%name, error = %e, "cannot re-read after a conflict"),
+                        },
+                        Err(e) => tracing::debug!(%name, error = %e, "progress not written"),
+                    }
+                }
+            }
+        };
+        inner.metrics.in_flight.dec();
+        let generation = ib.metadata.generation;
+        let now = Timestamp::now();
+        let prev = ib.status.clone().unwrap_or_default();
+        match result {
+            Ok(summary) => {
+                let seconds = started.elapsed().as_secs_f64();
+                if !summary.already_complete {
+                    inner.metrics.duration.observe(seconds);
+                }
+                inner.metrics.bytes_copied.inc_by(summary.bytes_uploaded);
+                inner
+                    .metrics
+                    .blobs_skipped
+                    .inc_by(u64::from(summary.blobs_skipped));
+                inner
+                    .metrics
+                    .blobs_mounted
+                    .inc_by(u64::from(summary.blobs_mounted));
+                inner.metrics.copy(CopyOutcome::Completed, None);
+                let done = status::completed(&prev, &summary, now, inner.settings.ttl, generation);
+                self.write_final(&mut ib, done).await;
+                tracing::info!(%name, digest = %summary.digest, seconds, "backup completed");
+                self.record(
+                    &ib,
+                    EventType::Normal,
+                    "Completed",
+                    &format!("backed up to {} as {}", target, summary.digest),
+                )
+                .await;
+                ImageResult::Done(Some(Payload::ImageCompleted(ImageCompleted {
+                    name,
+                    source: source.to_string(),
+                    target: target.to_string(),
+                    digest: summary.digest,
+                    platforms: summary.platforms,
+                    bytes: summary.bytes_total,
+                    duration_seconds: seconds,
+                })))
+            }
+            Err(e) => self.record_failure(ib, prev, e, source, target).await,
+        }
+    }
+
+    async fn record_failure(
+        &self,
+        mut ib: ImageBackup,
+        prev: shared::crd::ImageBackupStatus,
+        e: CopyError,
+        source: &Reference,
+        target: &Reference,
+    ) -> ImageResult {
+        let inner = &self.inner;
+        let name = ib.metadata.name.clone().unwrap_or_default();
+        let generation = ib.metadata.generation;
+        let now = Timestamp::now();
+        let class = e.class();
+        let attempts = prev.attempts;
+        let transient = class.disposition() == Disposition::Transient;
+        if transient && attempts < inner.settings.max_attempts {
+            inner.metrics.copy(CopyOutcome::Retried, Some(class));
+            let delay = shared::delivery::redelivery_delay(
+                u64::from(attempts).saturating_mul(2),
+                inner.settings.max_retry_delay,
+            );
+            tracing::info!(%name, error = %e, attempts, retry_in = ?delay, "copy failed transiently");
+            self.write_final(&mut ib, status::retrying(&prev, &e, now, generation))
+                .await;
+            return ImageResult::Later(delay);
+        }
+        inner.metrics.copy(CopyOutcome::Failed, Some(class));
+        tracing::warn!(%name, error = %e, %class, attempts, "backup failed");
+        self.write_final(&mut ib, status::failed(&prev, &e, now, generation))
+            .await;
+        self.record(&ib, EventType::Warning, "Failed", &status::last_error(&e))
+            .await;
+        ImageResult::Done(Some(Payload::ImageFailed(ImageFailed {
+            name,
+            source: source.to_string(),
+            target: target.to_string(),
+            error_class: class,
+            message: e.to_string().chars().take(1000).collect(),
+            attempts,
+        })))
+    }
+
+    /// Writes a final status; on a conflict re-reads and writes again (the outcome is the
+    /// truth whoever holds the claim now: the copy verified or it did not).
+    async fn write_final(&self, ib: &mut ImageBackup, status: shared::crd::ImageBackupStatus) {
+        let name = ib.metadata.name.clone().unwrap_or_default();
+        for _ in 0..3 {
+            ib.status = Some(status.clone());
+            match self
+                .inner
+                .api
+                .replace_status(&name, &PostParams::default(), ib)
+                .await
+            {
+                Ok(updated) => {
+                    *ib = updated;
+                    return;
+                }
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    match self.inner.api.get(&name).await {
+                        Ok(fresh) => *ib = fresh,
+                        Err(e) => tracing::warn!(%name, error = %e, "cannot re-read"),
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%name, error = %e, "status not written");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        tracing::warn!(%name, "final status not written; the next event or resync heals it");
+    }
+
+    async fn record(&self, ib: &ImageBackup, type_: EventType, reason: &str, note: &str) {
+        let event = KubeEvent {
+            type_,
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Backup".into(),
+            secondary: None,
+        };
+        if let Err(e) = self
+            .inner
+            .recorder
+            .publish(&event, &ib.object_ref(&()))
+            .await
+        {
+            tracing::debug!(error = %e, "cannot record the event");
+        }
+    }
+}
+
+impl Handler for Context {
+    type Error = HandlerError;
+
+    async fn handle(&self, event: Payload, delivered: u64) -> Result<Outcome, HandlerError> {
+        if delivered > 1 {
+            self.inner.metrics.redeliveries.inc();
+        }
+        match event {
+            Payload::WorkloadChanged(w) => self.backup_workload(w).await,
+            // Not for us (the consumer filters these out; an HTTP sender may not).
+            _ => Ok(Outcome::default()),
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The backup function's metrics, under `imagebackup_backup_*`. Labels are fixed words.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use shared::crd::Phase;
+
+/// How one image's handling ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+pub enum CopyOutcome {
+    /// Copied and verified.
+    Completed,
+    /// Already completed and still at the target: nothing done.
+    AlreadyCompleted,
+    /// Failed for good.
+    Failed,
+    /// Failed transiently; will be retried.
+    Retried,
+}
+
+/// `outcome` and `class` labels.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CopyLabels {
+    /// How it ended.
+    pub outcome: CopyOutcome,
+    /// The error class (`None` for successes).
+    pub class: String,
+}
+
+/// What happened to a claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+pub enum ClaimResult {
+    /// Taken.
+    Taken,
+    /// Another worker held a live claim.
+    Busy,
+    /// Another worker won the race (409) or took over during the copy.
+    Lost,
+}
+
+/// `result` label.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ClaimLabels {
+    /// What happened.
+    pub result: ClaimResult,
+}
+
+/// `phase` label.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct PhaseLabels {
+    /// The phase.
+    pub phase: String,
+}
+
+/// Every metric of the backup function. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// `copies_total{outcome,class}`.
+    pub copies: Family<CopyLabels, Counter>,
+    /// `copy_duration_seconds`.
+    pub duration: Histogram,
+    /// `bytes_copied_total`: bytes uploaded to the backup registry.
+    pub bytes_copied: Counter,
+    /// `blobs_skipped_total`.
+    pub blobs_skipped: Counter,
+    /// `blobs_mounted_total`.
+    pub blobs_mounted: Counter,
+    /// `claims_total{result}`.
+    pub claims: Family<ClaimLabels, Counter>,
+    /// `redeliveries_total`: events handled more than once.
+    pub redeliveries: Counter,
+    /// `imagebackups{phase}`.
+    pub phases: Family<PhaseLabels, Gauge>,
+    /// `copies_in_flight`.
+    pub in_flight: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            copies: Family::default(),
+            duration: Histogram::new([
+                0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0,
+            ]),
+            bytes_copied: Counter::default(),
+            blobs_skipped: Counter::default(),
+            blobs_mounted: Counter::default(),
+            claims: Family::default(),
+            redeliveries: Counter::default(),
+            phases: Family::default(),
+            in_flight: Gauge::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Registers every metric in `registry` (give it the `backup` sub-registry).
+    #[must_use]
+    pub fn register(self, registry: &mut Registry) -> Self {
+        registry.register(
+            "copies",
+            "image backups handled, by outcome and error class",
+            self.copies.clone(),
+        );
+        registry.register(
+            "copy_duration_seconds",
+            "duration of copies that moved data",
+            self.duration.clone(),
+        );
+        registry.register(
+            "bytes_copied",
+            "bytes uploaded to the backup registry",
+            self.bytes_copied.clone(),
+        );
+        registry.register(
+            "blobs_skipped",
+            "blobs already in the backup registry",
+            self.blobs_skipped.clone(),
+        );
+        registry.register(
+            "blobs_mounted",
+            "blobs mounted from another backup repository",
+            self.blobs_mounted.clone(),
+        );
+        registry.register("claims", "claim attempts, by result", self.claims.clone());
+        registry.register(
+            "redeliveries",
+            "events handled more than once",
+            self.redeliveries.clone(),
+        );
+        registry.register("imagebackups", "ImageBackups by phase", self.phases.clone());
+        registry.register(
+            "copies_in_flight",
+            "copies running in this process",
+            self.in_flight.clone(),
+        );
+        self
+    }
+
+    /// Counts one image's outcome.
+    pub fn copy(&self, outcome: CopyOutcome, class: Option<shared::ErrorClass>) {
+        let class = class.map(|c| c.as_str().to_string()).unwrap_or_default();
+        self.copies
+            .get_or_create(&CopyLabels { outcome, class })
+            .inc();
+    }
+
+    /// Counts a claim attempt.
+    pub fn claim(&self, result: ClaimResult) {
+        self.claims.get_or_create(&ClaimLabels { result }).inc();
+    }
+
+    /// Sets the phase gauges from a count per phase.
+    pub fn set_phases(&self, counts: &[(Phase, i64)]) {
+        for (phase, n) in counts {
+            self.phases
+                .get_or_create(&PhaseLabels {
+                    phase: format!("{phase:?}"),
+                })
+                .set(*n);
+        }
+    }
+}
