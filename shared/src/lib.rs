@@ -14,6 +14,7 @@
 //! - [`secret`]: types whose `Debug`/`Display` never show a credential.
 //! - [`telemetry`]: log set-up.
 //! - [`admin`]: the admin server (`/healthz`, `/readyz`, `/metrics`) and readiness.
+//! - [`runtime`]: start-up every function shares (signals, metrics, admin server, kube client).
 //! - [`shutdown`]: SIGTERM/SIGINT: drain first, abort on the second.
 //! - [`delivery`]: `Delivery<T>`, a JetStream message with explicit, idempotent acks.
 //! - [`consumer`]: the `run` adapter: a durable pull consumer driving a transport-free handler.
@@ -36,6 +37,7 @@ pub mod naming;
 pub mod nats;
 pub mod publish;
 pub mod reference;
+pub mod runtime;
 pub mod secret;
 pub mod serve;
 pub mod shutdown;

@@ -6,7 +6,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -18,7 +17,6 @@ use clap::{Parser, Subcommand};
 use shared::Reference;
 use shared::config::{AdminArgs, NatsArgs, RegistryArgs, SinkArgs};
 use shared::publish::{HttpSink, JetStreamPublisher, PublishRetry, Publisher};
-use shared::shutdown::Shutdown;
 
 /// The CloudEvents `source` of the backup function's events.
 const SOURCE: &str = "/image-backup/backup";
@@ -174,21 +172,16 @@ enum Mode {
 }
 
 async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
-    let readiness = shared::admin::Readiness::default();
-    let mut shutdown = Shutdown::on_signals(readiness.clone());
-    let mut registry = prometheus_client::registry::Registry::with_prefix("imagebackup");
-    let metrics = Metrics::default().register(registry.sub_registry_with_prefix("backup"));
-    let (admin_addr, admin) = shared::admin::serve(
-        args.admin.metrics_listen,
-        Arc::new(registry),
-        readiness.clone(),
-        shutdown.clone(),
-    )
+    let mut metrics = Metrics::default();
+    let runtime = shared::runtime::Runtime::start("backup", &args.admin, |r| {
+        metrics = Metrics::default().register(r);
+    })
     .await?;
-    tracing::info!(%admin_addr, "admin server listening");
-    let client = kube::Client::try_default()
-        .await
-        .context("no Kubernetes client: set KUBECONFIG or run in a cluster")?;
+    let (readiness, mut shutdown, client) = (
+        runtime.readiness.clone(),
+        runtime.shutdown.clone(),
+        runtime.client.clone(),
+    );
     // The CRD must be installed: say so plainly instead of failing on every event.
     kube::Api::<shared::crd::ImageBackup>::all(client.clone())
         .list(&kube::api::ListParams::default().limit(1))
@@ -314,7 +307,7 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
         }
     }
     let _ = expiry.await;
-    let _ = admin.await;
+    runtime.finish().await;
     Ok(())
 }
 

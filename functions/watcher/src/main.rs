@@ -14,12 +14,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use shared::config::{AdminArgs, BackupArgs, NatsArgs, SinkArgs};
 use shared::events::Payload;
 use shared::publish::{HttpSink, JetStreamPublisher, PublishRetry, Publisher};
-use shared::shutdown::Shutdown;
 use shared::workload::Workload;
 use watcher::decide::{self, DEFAULT_EXCLUDED, Policy};
 use watcher::metrics::Metrics;
@@ -161,21 +159,13 @@ fn plan(files: &[PathBuf], backup: &BackupArgs) -> ExitCode {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let readiness = shared::admin::Readiness::default();
-    let mut shutdown = Shutdown::on_signals(readiness.clone());
-    let mut registry = prometheus_client::registry::Registry::with_prefix("imagebackup");
-    let metrics = Metrics::default().register(registry.sub_registry_with_prefix("watcher"));
-    let (admin_addr, admin) = shared::admin::serve(
-        args.admin.metrics_listen,
-        Arc::new(registry),
-        readiness.clone(),
-        shutdown.clone(),
-    )
+    let mut metrics = Metrics::default();
+    let runtime = shared::runtime::Runtime::start("watcher", &args.admin, |r| {
+        metrics = Metrics::default().register(r);
+    })
     .await?;
-    tracing::info!(%admin_addr, "admin server listening");
-    let client = kube::Client::try_default()
-        .await
-        .context("no Kubernetes client: set KUBECONFIG or run in a cluster")?;
+    let mut shutdown = runtime.shutdown.clone();
+    let client = runtime.client.clone();
     let publisher = match &args.sink.sink {
         Some(url) => Publisher::Http(HttpSink::new(url.clone(), SOURCE, PublishRetry::default())),
         None => {
@@ -206,11 +196,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         publisher,
         policy: Arc::new(policy),
         metrics,
-        readiness,
+        readiness: runtime.readiness.clone(),
         resync: Duration::from_secs(args.resync_seconds),
     };
     watcher::run::run(ctx, shutdown).await;
-    let _ = admin.await;
+    runtime.finish().await;
     Ok(())
 }
 

@@ -1,0 +1,71 @@
+//! Start-up every long-running function shares (kubert's `Runtime`, reduced to what we use):
+//! signal handling, the metrics registry with the function's prefix, the admin server, and the
+//! Kubernetes client from `KUBECONFIG` or the in-cluster config.
+
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+
+use crate::admin::{BindError, Readiness};
+use crate::config::AdminArgs;
+use crate::shutdown::Shutdown;
+
+/// Why a function could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The admin server could not listen.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// No Kubernetes client could be built.
+    #[error("no Kubernetes client (set KUBECONFIG or run in a cluster): {0}")]
+    Kube(#[source] kube::Error),
+}
+
+/// What a running function holds from start-up.
+pub struct Runtime {
+    /// Turned true by the function once its start-up work is done.
+    pub readiness: Readiness,
+    /// The drain signal.
+    pub shutdown: Shutdown,
+    /// The Kubernetes client.
+    pub client: kube::Client,
+    admin: tokio::task::JoinHandle<()>,
+}
+
+impl Runtime {
+    /// Installs the signal handlers, registers the function's metrics under
+    /// `imagebackup_<function>_` with `register`, starts the admin server and builds the
+    /// Kubernetes client.
+    pub async fn start(
+        function: &str,
+        admin: &AdminArgs,
+        register: impl FnOnce(&mut Registry),
+    ) -> Result<Self, RuntimeError> {
+        let readiness = Readiness::default();
+        let shutdown = Shutdown::on_signals(readiness.clone());
+        let mut registry = Registry::with_prefix("imagebackup");
+        register(registry.sub_registry_with_prefix(function));
+        let (addr, admin) = crate::admin::serve(
+            admin.metrics_listen,
+            Arc::new(registry),
+            readiness.clone(),
+            shutdown.clone(),
+        )
+        .await?;
+        tracing::info!(%addr, function, "admin server listening");
+        let client = kube::Client::try_default()
+            .await
+            .map_err(RuntimeError::Kube)?;
+        Ok(Self {
+            readiness,
+            shutdown,
+            client,
+            admin,
+        })
+    }
+
+    /// Waits for the admin server to stop (after the drain).
+    pub async fn finish(self) {
+        let _ = self.admin.await;
+    }
+}
