@@ -11,6 +11,7 @@
 //! - [`bench`](mod@bench): the copy benchmark (`testbed bench-copy`), against skopeo.
 //! - [`function`]: a function binary run as a process (start, SIGTERM, admin endpoints, log).
 //! - [`stream`]: what the IMAGEBACKUP stream holds, decoded.
+//! - [`bench_backup`]: the backup function's benchmark (`testbed bench-backup`).
 //! - [`bench_watcher`]: the watcher's start-up benchmark (`testbed bench-watcher`).
 //! - [`fault_proxy`]: a proxy in front of a registry that injects 429/503, cuts and corruption.
 //! - [`hostile_registry`]: a registry that misbehaves on purpose (endless bodies, traversal
@@ -19,6 +20,7 @@
 
 pub mod apiserver;
 pub mod bench;
+pub mod bench_backup;
 pub mod bench_watcher;
 pub mod fault_proxy;
 pub mod function;

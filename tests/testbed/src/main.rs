@@ -47,6 +47,16 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         images: usize,
     },
+    /// The backup function: events for distinct images handled by 2 `backup run` processes,
+    /// against the sum of one-shot `backup copy` times; prints a Markdown table.
+    BenchBackup {
+        /// Distinct images.
+        #[arg(long, default_value_t = 20)]
+        images: usize,
+        /// Events (spread over the images).
+        #[arg(long, default_value_t = 100)]
+        events: usize,
+    },
     /// Peak RSS of `backup copy` against every mode of the hostile registry (build with
     /// `--release` first); prints a Markdown table for docs/benchmarks.md.
     BenchHostile {
@@ -178,6 +188,16 @@ async fn main() -> anyhow::Result<()> {
                 "| workloads | namespaces | images | seconds until all stored | API requests | peak RSS (MiB) |\n|---|---|---|---|---|---|"
             );
             print!("{}", testbed::bench_watcher::run(shape).await?);
+            Ok(())
+        }
+        Command::BenchBackup { images, events } => {
+            println!(
+                "| run | sum of `backup copy` (s) | until all Completed (s) | overhead | API writes per image | peak RSS per worker (MiB) |\n|---|---|---|---|---|---|"
+            );
+            print!(
+                "{}",
+                testbed::bench_backup::run(images.max(1), events.max(1)).await?
+            );
             Ok(())
         }
         Command::BenchHostile { backup } => {

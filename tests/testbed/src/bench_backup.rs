@@ -1,0 +1,134 @@
+//! The backup function's benchmark (`testbed bench-backup`): 100 `workload.changed` events for
+//! 20 distinct images handled by 2 `backup run` processes, against the sum of one-shot
+//! `backup copy` times for the same images. Reports the seconds until every ImageBackup is
+//! Completed, the Kubernetes API writes per image and the peak RSS of each process.
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use async_nats::jetstream;
+use kube::Api;
+use shared::crd::{ImageBackup, Phase};
+use shared::events::{Payload, WorkloadChanged, WorkloadImage, WorkloadKind, WorkloadRef};
+
+use crate::function::FunctionProcess;
+use crate::image::{Format, ImageSpec};
+use crate::{ApiServer, NatsServer, Pusher, Registry};
+
+const MIB: usize = 1024 * 1024;
+
+/// Runs the benchmark with `images` distinct images and `events` events; returns Markdown.
+pub async fn run(images: usize, events: usize) -> anyhow::Result<String> {
+    let api = ApiServer::start().await?;
+    api.install_imagebackup_crd().await?;
+    let nats = NatsServer::start().await?;
+    let js = jetstream::new(shared::nats::connect(&nats.url(), "bench").await?);
+    shared::nats::ensure_stream(&js).await?;
+    let kubeconfig = tempfile::NamedTempFile::new()?;
+    api.write_kubeconfig(kubeconfig.path())?;
+    let (src, dst) = (Registry::start().await?, Registry::start().await?);
+    let pusher = Pusher::new(&src.host(), None);
+    let mut bytes = 0;
+    for i in 0..images {
+        let mut spec = ImageSpec::multi_arch(Format::Oci, 3, 4 * MIB, 1000 + i as u64);
+        spec.shared_base = Some(2 * MIB);
+        bytes += pusher
+            .push_image(&format!("bench/app{i}"), "1", &spec)
+            .await?
+            .blob_bytes();
+    }
+    let insecure = format!("{},{}", src.host(), dst.host());
+
+    // The baseline: one `backup copy` per image, one after the other.
+    let bin = crate::workspace_binary("backup");
+    let started = Instant::now();
+    for i in 0..images {
+        let out = tokio::process::Command::new(&bin)
+            .args([
+                "copy",
+                &format!("{}/bench/app{i}:1", src.host()),
+                &format!("{}/baseline/bench_app{i}:1", dst.host()),
+                "--insecure-registry",
+                &insecure,
+            ])
+            .output()
+            .await?;
+        if !out.status.success() {
+            bail!(
+                "backup copy failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    let baseline = started.elapsed().as_secs_f64();
+
+    let env = [
+        ("KUBECONFIG", kubeconfig.path().display().to_string()),
+        ("NATS_URL", nats.url()),
+        ("INSECURE_REGISTRIES", insecure.clone()),
+        ("LOG_LEVEL", "warn".to_string()),
+    ];
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let mut w = FunctionProcess::spawn("backup", &["run".to_string()], &env)?;
+        w.wait_ready(Duration::from_secs(60)).await?;
+        workers.push(w);
+    }
+    api.reset_requests();
+    let publisher = shared::nats::Publisher::new(js.clone(), "/bench");
+    let started = Instant::now();
+    for n in 0..events {
+        let i = n % images;
+        publisher
+            .publish(&Payload::WorkloadChanged(WorkloadChanged {
+                workload: WorkloadRef {
+                    kind: WorkloadKind::Deployment,
+                    namespace: "bench".into(),
+                    name: format!("w{n}"),
+                },
+                uid: format!("u{n}"),
+                generation: 1,
+                images: vec![WorkloadImage {
+                    container: "main".into(),
+                    init: false,
+                    source: format!("{}/bench/app{i}:1", src.host()),
+                    target: format!("{}/backup/bench_app{i}:1", dst.host()),
+                }],
+                pull_secrets: Vec::new(),
+            }))
+            .await?;
+    }
+    let ibs: Api<ImageBackup> = Api::all(api.client()?);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let list = ibs.list(&Default::default()).await?.items;
+        let done = list
+            .iter()
+            .filter(|ib| ib.phase() == Phase::Completed)
+            .count();
+        if done == images {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("{done} of {images} completed after 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let machinery = started.elapsed().as_secs_f64();
+    let requests = api.requests();
+    let writes = requests
+        .iter()
+        .filter(|r| !r.starts_with("GET") && r.contains("imagebackups"))
+        .count();
+    let rss: Vec<String> = workers
+        .iter()
+        .map(|w| format!("{:.1}", w.peak_rss_kib().unwrap_or(0) as f64 / 1024.0))
+        .collect();
+    Ok(format!(
+        "| {images} images ({:.0} MiB), {events} events, 2 workers | {baseline:.2} | {machinery:.2} | {:+.0} % | {:.1} | {} |\n",
+        bytes as f64 / MIB as f64,
+        (machinery / baseline - 1.0) * 100.0,
+        writes as f64 / images as f64,
+        rss.join(" / "),
+    ))
+}
