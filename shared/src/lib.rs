@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //! - [`reference`](mod@reference): parse and normalize image references (distribution/reference grammar).
+//! - [`registry`]: the registry client (distribution API, auth, retries, capped reads).
 //! - [`naming`]: backup targets, `ImageBackup` names, subject tokens.
 //! - [`workload`]: Deployments and DaemonSets: images, the Ready rule, the backup plan.
 //! - [`crd`]: the `ImageBackup` custom resource and its CRD.
@@ -37,6 +38,7 @@ pub mod naming;
 pub mod nats;
 pub mod publish;
 pub mod reference;
+pub mod registry;
 pub mod runtime;
 pub mod secret;
 pub mod serve;

@@ -23,20 +23,15 @@
 //! sum that would overflow is refused), index children are de-duplicated and capped, every body
 //! read is capped ([`response`]) and every transfer has a minimum throughput ([`stall`]).
 //!
-//! Files: `client` (distribution API calls), `handshake` (authentication), `retry` (when to ask
-//! again), `response` (capped reads, status → error), `manifest` (what a manifest references),
-//! `verify` (the hashing stream), `stall` (the throughput watchdog), `auth` (docker config,
-//! challenges, token cache), `error` (`CopyError`).
+//! Files: `manifest` (what a manifest references), `verify` (the hashing stream); the registry
+//! client, its authentication, retries, capped reads and stall watchdog are
+//! [`shared::registry`].
 
-pub mod auth;
-pub mod client;
-pub mod error;
-mod handshake;
 pub mod manifest;
-pub mod response;
-pub mod retry;
-pub mod stall;
 pub mod verify;
+
+// The registry client lives in `shared::registry` (the rollout uses it too).
+pub use shared::registry::{auth, client, error, response, retry, stall};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

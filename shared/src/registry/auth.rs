@@ -14,9 +14,9 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::reference::canonical_host;
 use base64::Engine as _;
 use serde::Deserialize;
-use shared::reference::canonical_host;
 
 /// A credential for one registry. `Debug` never shows the secret.
 #[derive(Clone, PartialEq, Eq)]

@@ -14,9 +14,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::reference::{DEFAULT_DOMAIN, DOCKER_HUB_API_HOST, canonical_host, validate_digest};
 use reqwest::{Method, RequestBuilder, Response, StatusCode, header};
 use sha2::{Digest as _, Sha256};
-use shared::reference::{DEFAULT_DOMAIN, DOCKER_HUB_API_HOST, canonical_host, validate_digest};
 
 use super::auth::{Credential, DockerConfig, TokenCache};
 use super::error::CopyError;
@@ -125,7 +125,7 @@ impl RegistryClient {
 
     /// A client with its own connection pools.
     pub fn new(options: ClientOptions) -> Result<Self, CopyError> {
-        shared::tls::ensure_crypto_provider();
+        crate::tls::ensure_crypto_provider();
         let plain = Self::builder()
             .tls_certs_only(Vec::new())
             .build()

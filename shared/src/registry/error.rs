@@ -2,7 +2,7 @@
 //! [`ErrorClass`] that drives the CR status, the `image.failed` event, metrics and retries.
 //! Messages name registries, repositories and digests, never credentials or tokens.
 
-use shared::ErrorClass;
+use crate::ErrorClass;
 
 /// `1 attempt`, `6 attempts`.
 fn plural_attempts(n: &u32) -> String {
