@@ -1,21 +1,279 @@
 //! `rollout`: once every external image of a workload is backed up, patches the workload to the
-//! backups, pinned by digest. The `run` and `serve` adapters arrive with the rollout issue; until
-//! then the binary only documents its settings.
+//! backups, pinned by digest. Wiring only: decisions in `decide`, actions in `run`.
+//!
+//! - `rollout run`: the JetStream adapter (durable consumer `rollout`).
+//! - `rollout serve --listen ADDR`: the HTTP adapter for Knative.
 
-use clap::Parser;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use kube::Api;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use rollout::decide::Pin;
+use rollout::metrics::Metrics;
+use rollout::run::Context;
+use shared::config::{AdminArgs, BackupArgs, NatsArgs, RegistryArgs, SinkArgs};
+use shared::crd::ImageBackup;
+use shared::publish::{HttpSink, JetStreamPublisher, PublishRetry, Publisher};
+use shared::registry::auth::DockerConfig;
+use shared::registry::{ClientOptions, RegistryClient};
+
+/// The CloudEvents `source` of the rollout's events.
+const SOURCE: &str = "/image-backup/rollout";
 
 /// Moves workloads onto their backup images once all of them are completed.
 #[derive(Debug, Parser)]
 #[command(name = "rollout", version, about)]
 struct Cli {
     #[command(flatten)]
-    nats: shared::config::NatsArgs,
-    #[command(flatten)]
     log: shared::config::LogArgs,
+    #[command(subcommand)]
+    command: Command,
 }
 
-fn main() -> std::process::ExitCode {
-    let _cli = Cli::parse();
-    eprintln!("rollout: no adapter is available in this version yet (see `rollout --help`)");
-    std::process::ExitCode::from(2)
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Consume `image.completed` and `workload.changed` from the durable consumer `rollout` and
+    /// patch workloads whose every external image is backed up.
+    Run(Box<FunctionArgs>),
+    /// The same handler behind an HTTP endpoint receiving CloudEvents (Knative Service).
+    Serve {
+        /// Where to listen for CloudEvents.
+        #[arg(long, env = "LISTEN", default_value = "0.0.0.0:8000")]
+        listen: std::net::SocketAddr,
+        /// Seconds a request waits for its result before answering 202.
+        #[arg(long, env = "REPLY_TIMEOUT_SECONDS", default_value_t = 60)]
+        reply_timeout_seconds: u64,
+        #[command(flatten)]
+        function: Box<FunctionArgs>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct FunctionArgs {
+    #[command(flatten)]
+    nats: NatsArgs,
+    #[command(flatten)]
+    backup: BackupArgs,
+    #[command(flatten)]
+    registries: RegistryArgs,
+    #[command(flatten)]
+    admin: AdminArgs,
+    #[command(flatten)]
+    sink: SinkArgs,
+    /// `digest`: `target:tag@sha256:…`; `tag`: `target:tag`.
+    #[arg(long, env = "PIN", value_enum, default_value_t = Pin::Digest)]
+    pin: Pin,
+    /// Evaluate and publish what would be done (`workload.rolledout` with `dryRun: true`);
+    /// patch nothing.
+    #[arg(long, env = "DRY_RUN")]
+    dry_run: bool,
+    /// Seconds between two resyncs (every workload re-evaluated against the ImageBackups).
+    #[arg(long, env = "RESYNC_SECONDS", default_value_t = 300)]
+    resync_seconds: u64,
+    /// This pod's name (downward API), for the Events it records.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+}
+
+/// A reflector over every `K`, driven until the process ends.
+fn cache<K>(client: &kube::Client) -> reflector::Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer);
+    tokio::spawn(stream.for_each(|event| async move {
+        if let Err(e) = event {
+            tracing::warn!(error = %e, "watch failed; retrying with backoff");
+        }
+    }));
+    store
+}
+
+enum Mode {
+    Run,
+    Serve {
+        listen: std::net::SocketAddr,
+        reply_timeout: Duration,
+    },
+}
+
+async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
+    let mut metrics = Metrics::default();
+    let runtime = shared::runtime::Runtime::start("rollout", &args.admin, |r| {
+        metrics = Metrics::default().register(r);
+    })
+    .await?;
+    let mut shutdown = runtime.shutdown.clone();
+    let client = runtime.client.clone();
+    let deployments = cache::<Deployment>(&client);
+    let daemonsets = cache::<DaemonSet>(&client);
+    let backups = cache::<ImageBackup>(&client);
+    let synced = async {
+        deployments.wait_until_ready().await?;
+        daemonsets.wait_until_ready().await?;
+        backups.wait_until_ready().await
+    };
+    tokio::select! {
+        _ = shutdown.wait() => return Ok(()),
+        r = synced => r?,
+    }
+    let credentials = match &args.registries.docker_config {
+        Some(path) => {
+            DockerConfig::from_json(&tokio::fs::read(path).await?, &path.display().to_string())?
+        }
+        None => DockerConfig::default(),
+    };
+    let registry = RegistryClient::new(ClientOptions {
+        insecure: args
+            .registries
+            .insecure_registries
+            .iter()
+            .cloned()
+            .collect(),
+        credentials,
+        ..Default::default()
+    })?;
+    let reporter = kube::runtime::events::Reporter {
+        controller: "image-backup-rollout".into(),
+        instance: args.pod_name.clone(),
+    };
+    let ctx = Context::new(
+        client.clone(),
+        deployments,
+        daemonsets,
+        backups,
+        args.backup.naming(),
+        args.pin,
+        args.dry_run,
+        registry,
+        kube::runtime::events::Recorder::new(client, reporter),
+        metrics,
+    );
+    let sink = args
+        .sink
+        .sink
+        .clone()
+        .map(|url| Publisher::Http(HttpSink::new(url, SOURCE, PublishRetry::default())));
+    let nats = match (&mode, &sink) {
+        (Mode::Run, _) | (_, None) => {
+            let Some(ready) = shared::nats::connect_until_ready(
+                args.nats.nats_url.expose(),
+                "image-backup-rollout",
+                &mut shutdown,
+            )
+            .await
+            else {
+                return Ok(());
+            };
+            Some(ready)
+        }
+        _ => None,
+    };
+    let publisher = match (&sink, &nats) {
+        (Some(p), _) => p.clone(),
+        (None, Some((_, js, _))) => Publisher::JetStream(JetStreamPublisher::new(
+            shared::nats::Publisher::new(js.clone(), SOURCE),
+            PublishRetry::default(),
+        )),
+        (None, None) => return Ok(()),
+    };
+    // The resync: every workload against the ImageBackups, at start and then periodically.
+    let resync = {
+        let (ctx, publisher, mut stop) = (ctx.clone(), publisher.clone(), shutdown.clone());
+        let every = Duration::from_secs(args.resync_seconds.max(1));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = stop.wait() => break,
+                    _ = tick.tick() => ctx.resync(&publisher).await,
+                }
+            }
+        })
+    };
+    runtime.readiness.set(true);
+    match mode {
+        Mode::Run => {
+            let Some((_, js, stream)) = nats else {
+                return Ok(());
+            };
+            let consumer =
+                shared::nats::ensure_consumer(&stream, shared::nats::ConsumerName::Rollout).await?;
+            let ack_wait = consumer.cached_info().config.ack_wait;
+            shared::consumer::run(
+                consumer,
+                js,
+                ctx,
+                publisher,
+                shared::consumer::ConsumerSettings {
+                    concurrency: 4,
+                    ack_wait,
+                    max_redelivery_delay: Duration::from_secs(60),
+                },
+                shutdown,
+            )
+            .await?;
+        }
+        Mode::Serve {
+            listen,
+            reply_timeout,
+        } => {
+            shared::serve::run(
+                ctx,
+                shared::serve::ServeSettings {
+                    listen,
+                    reply_timeout,
+                    sink,
+                    source: SOURCE.into(),
+                },
+                shutdown,
+                None,
+            )
+            .await?;
+        }
+    }
+    resync.abort();
+    runtime.finish().await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    shared::telemetry::init_logging(&cli.log);
+    let result = match cli.command {
+        Command::Run(args) => function(*args, Mode::Run).await,
+        Command::Serve {
+            listen,
+            reply_timeout_seconds,
+            function: args,
+        } => {
+            let mode = Mode::Serve {
+                listen,
+                reply_timeout: Duration::from_secs(reply_timeout_seconds),
+            };
+            function(*args, mode).await
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "rollout failed");
+            eprintln!("rollout: {e:#}");
+            ExitCode::from(1)
+        }
+    }
 }

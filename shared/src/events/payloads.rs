@@ -153,4 +153,8 @@ pub struct WorkloadRolledOut {
     pub generation: i64,
     /// What changed.
     pub changes: Vec<ContainerChange>,
+    /// True when the rollout ran with `--dry-run`: this is what it would have done; nothing
+    /// was patched.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }

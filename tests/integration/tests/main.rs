@@ -8,5 +8,6 @@ mod hostile_registry;
 mod kubectl;
 mod nats_events;
 mod registry_images;
+mod rollout;
 mod testbed_up;
 mod watcher;

@@ -9,6 +9,7 @@
 //! - [`image`]: generated multi-arch images pushed to a registry, and read-back helpers.
 //! - [`apiserver`]: the test Kubernetes API server (kube-rs and kubectl talk to it unchanged).
 //! - [`bench`](mod@bench): the copy benchmark (`testbed bench-copy`), against skopeo.
+//! - [`cluster`]: API server + CRD, NATS + stream, source and backup registries, functions.
 //! - [`function`]: a function binary run as a process (start, SIGTERM, admin endpoints, log).
 //! - [`stream`]: what the IMAGEBACKUP stream holds, decoded.
 //! - [`bench_backup`]: the backup function's benchmark (`testbed bench-backup`).
@@ -22,6 +23,7 @@ pub mod apiserver;
 pub mod bench;
 pub mod bench_backup;
 pub mod bench_watcher;
+pub mod cluster;
 pub mod fault_proxy;
 pub mod function;
 pub mod hostile_registry;

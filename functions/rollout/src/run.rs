@@ -1,0 +1,358 @@
+//! The rollout loop's state and its handler: reflector caches of Deployments, DaemonSets and
+//! ImageBackups (so an event never lists the API), evaluation through [`crate::decide`], the
+//! registry check that every backup still resolves to its digest, and the guarded patch.
+//!
+//! Events it reacts to: `image.completed` (every cached workload that runs that source is
+//! evaluated) and `workload.changed` (that workload). A periodic resync evaluates every workload,
+//! so a lost `image.completed` delays a rollout, never loses it. Duplicate or reordered events
+//! cause no second patch: a rolled-out workload runs only backups, so there is nothing to do.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Resource as _};
+use shared::NamingPolicy;
+use shared::consumer::{Classified, Handler, Outcome};
+use shared::crd::ImageBackup;
+use shared::error::ErrorClass;
+use shared::events::{Payload, WorkloadKind, WorkloadRef, WorkloadRolledOut};
+use shared::naming::image_backup_name;
+use shared::publish::{EventPublisher, Publisher};
+use shared::reference::Reference;
+use shared::registry::{Access, RegistryClient, Repo};
+use shared::workload::Workload;
+
+use crate::decide::{self, Change, Decision, Pin};
+use crate::metrics::{Metrics, PatchOutcome};
+
+/// Everything the rollout needs. Cheap to clone.
+#[derive(Clone)]
+pub struct Context {
+    /// Patches and Events.
+    pub client: kube::Client,
+    /// The Deployments cache.
+    pub deployments: Store<Deployment>,
+    /// The DaemonSets cache.
+    pub daemonsets: Store<DaemonSet>,
+    /// The ImageBackups cache.
+    pub backups: Store<ImageBackup>,
+    /// The backup naming policy (the shared needs-backup rule).
+    pub naming: Arc<NamingPolicy>,
+    /// How backups are written into workloads.
+    pub pin: Pin,
+    /// Evaluate and publish, patch nothing.
+    pub dry_run: bool,
+    /// To check each backup still resolves to its digest.
+    pub registry: RegistryClient,
+    /// Records Events on workloads.
+    pub recorder: Recorder,
+    /// The rollout's metrics.
+    pub metrics: Metrics,
+    /// Blocked workloads already reported (to record one Event per blocking set).
+    reported: Arc<Mutex<HashMap<String, Vec<String>>>>,
+}
+
+/// Why an event could not be handled (never: every failure is recorded and healed by the next
+/// event or resync); kept for the adapter's contract.
+#[derive(Debug, thiserror::Error)]
+#[error("rollout failed: {0}")]
+pub struct RolloutError(String);
+
+impl Classified for RolloutError {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Internal
+    }
+}
+
+// === impl Context ===
+
+impl Context {
+    /// A context over synced caches.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        client: kube::Client,
+        deployments: Store<Deployment>,
+        daemonsets: Store<DaemonSet>,
+        backups: Store<ImageBackup>,
+        naming: NamingPolicy,
+        pin: Pin,
+        dry_run: bool,
+        registry: RegistryClient,
+        recorder: Recorder,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            client,
+            deployments,
+            daemonsets,
+            backups,
+            naming: Arc::new(naming),
+            pin,
+            dry_run,
+            registry,
+            recorder,
+            metrics,
+            reported: Arc::default(),
+        }
+    }
+
+    /// Every cached workload.
+    fn workloads(&self) -> Vec<Workload> {
+        let d = self
+            .deployments
+            .state()
+            .into_iter()
+            .map(|d| Workload::Deployment(Box::new(d.as_ref().clone())));
+        let s = self
+            .daemonsets
+            .state()
+            .into_iter()
+            .map(|d| Workload::DaemonSet(Box::new(d.as_ref().clone())));
+        d.chain(s).collect()
+    }
+
+    fn workload(&self, r: &WorkloadRef) -> Option<Workload> {
+        match r.kind {
+            WorkloadKind::Deployment => self
+                .deployments
+                .get(&ObjectRef::new(&r.name).within(&r.namespace))
+                .map(|d| Workload::Deployment(Box::new(d.as_ref().clone()))),
+            WorkloadKind::DaemonSet => self
+                .daemonsets
+                .get(&ObjectRef::new(&r.name).within(&r.namespace))
+                .map(|d| Workload::DaemonSet(Box::new(d.as_ref().clone()))),
+        }
+    }
+
+    fn decide(&self, w: &Workload) -> Decision {
+        let backups = &self.backups;
+        let found: HashMap<String, Arc<ImageBackup>> = w
+            .images()
+            .iter()
+            .filter_map(|c| {
+                shared::workload::needs_backup(&c.image, &self.naming)
+                    .ok()
+                    .flatten()
+            })
+            .filter_map(|source| {
+                let ib = backups.get(&ObjectRef::new(&image_backup_name(&source)))?;
+                (ib.spec.source == source.to_string()).then(|| (source.to_string(), ib))
+            })
+            .collect();
+        decide::decide(w, &self.naming, self.pin, |s| {
+            found.get(s).map(|ib| ib.as_ref())
+        })
+    }
+
+    /// Evaluates one workload and acts: the patch (and its event), or a report.
+    pub async fn evaluate(&self, w: &Workload) -> Option<Payload> {
+        match self.decide(w) {
+            Decision::Patch(changes) => self.roll_out(w, changes).await,
+            Decision::Blocked(failed) => {
+                self.report_blocked(w, &failed).await;
+                None
+            }
+            Decision::NothingToDo | Decision::NotReady | Decision::Waiting(_) => None,
+        }
+    }
+
+    /// The backups must still be at the registry, at their digests, before anything points at
+    /// them.
+    async fn verified(&self, changes: &[Change]) -> bool {
+        for c in changes {
+            let Ok(target) = Reference::parse(&c.target) else {
+                return false;
+            };
+            let repo = Repo {
+                registry: target.domain().to_string(),
+                path: target.path().to_string(),
+            };
+            match self
+                .registry
+                .manifest_digest(&repo, target.pull_reference(), Access::Pull)
+                .await
+            {
+                Ok(Some(d)) if d == c.digest => {}
+                other => {
+                    tracing::warn!(target = %c.target, expected = %c.digest, found = ?other.as_ref().ok(), "backup does not resolve to its digest; not rolling out");
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    async fn roll_out(&self, w: &Workload, changes: Vec<Change>) -> Option<Payload> {
+        let r = w.reference();
+        if !self.verified(&changes).await {
+            self.metrics.patch(PatchOutcome::Unverified);
+            return None;
+        }
+        let event = |generation| {
+            Payload::WorkloadRolledOut(WorkloadRolledOut {
+                workload: r.clone(),
+                uid: w.uid(),
+                generation,
+                changes: changes.iter().map(|c| c.change.clone()).collect(),
+                dry_run: self.dry_run,
+            })
+        };
+        if self.dry_run {
+            self.metrics.patch(PatchOutcome::DryRun);
+            tracing::info!(namespace = %r.namespace, workload = %r.name, "dry run: would roll out");
+            return Some(event(w.generation()));
+        }
+        let patch: json_patch::Patch = match serde_json::from_value(decide::json_patch(w, &changes))
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build the patch");
+                self.metrics.patch(PatchOutcome::Failed);
+                return None;
+            }
+        };
+        let params = PatchParams::default();
+        let result = match r.kind {
+            WorkloadKind::Deployment => {
+                Api::<Deployment>::namespaced(self.client.clone(), &r.namespace)
+                    .patch(&r.name, &params, &Patch::Json::<()>(patch))
+                    .await
+                    .map(|d| d.metadata.generation)
+            }
+            WorkloadKind::DaemonSet => {
+                Api::<DaemonSet>::namespaced(self.client.clone(), &r.namespace)
+                    .patch(&r.name, &params, &Patch::Json::<()>(patch))
+                    .await
+                    .map(|d| d.metadata.generation)
+            }
+        };
+        match result {
+            Ok(generation) => {
+                self.metrics.patch(PatchOutcome::Patched);
+                let summary: Vec<String> = changes
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{}: {} -> {}",
+                            c.change.container, c.change.from, c.change.to
+                        )
+                    })
+                    .collect();
+                tracing::info!(namespace = %r.namespace, workload = %r.name, changes = %summary.join("; "), "rolled out to backups");
+                self.record(w, EventType::Normal, "RolledOut", &summary.join("; "))
+                    .await;
+                Some(event(generation.unwrap_or_default()))
+            }
+            Err(kube::Error::Api(e)) if e.code == 422 || e.code == 409 => {
+                // The guard: the workload changed since the cache saw it. Its new state comes
+                // back as a watch event (and from the watcher) and is evaluated then.
+                self.metrics.patch(PatchOutcome::Conflict);
+                tracing::info!(namespace = %r.namespace, workload = %r.name, "workload changed in between; not overwritten");
+                None
+            }
+            Err(e) => {
+                self.metrics.patch(PatchOutcome::Failed);
+                tracing::warn!(namespace = %r.namespace, workload = %r.name, error = %e, "patch failed; the next event or resync retries");
+                None
+            }
+        }
+    }
+
+    async fn report_blocked(&self, w: &Workload, failed: &[(String, String)]) {
+        let r = w.reference();
+        let key = format!("{}/{}/{}", r.kind.token(), r.namespace, r.name);
+        let sources: Vec<String> = failed.iter().map(|(s, _)| s.clone()).collect();
+        if let Ok(mut reported) = self.reported.lock() {
+            if reported.get(&key) == Some(&sources) {
+                return;
+            }
+            reported.insert(key, sources);
+        }
+        let note: Vec<String> = failed.iter().map(|(s, e)| format!("{s}: {e}")).collect();
+        tracing::warn!(namespace = %r.namespace, workload = %r.name, failed = %note.join("; "), "rollout blocked by failed backups");
+        self.record(
+            w,
+            EventType::Warning,
+            "BackupFailed",
+            &format!("not rolled out: {}", note.join("; ")),
+        )
+        .await;
+    }
+
+    async fn record(&self, w: &Workload, type_: EventType, reason: &str, note: &str) {
+        let reference = match w {
+            Workload::Deployment(d) => d.object_ref(&()),
+            Workload::DaemonSet(d) => d.object_ref(&()),
+        };
+        let event = KubeEvent {
+            type_,
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "RollOut".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &reference).await {
+            tracing::debug!(error = %e, "cannot record the event");
+        }
+    }
+
+    /// Evaluates every cached workload (the resync), publishing what it produced; updates the
+    /// waiting and blocked gauges.
+    pub async fn resync(&self, publisher: &Publisher) {
+        self.metrics.resyncs.inc();
+        let (mut waiting, mut blocked) = (0, 0);
+        for w in self.workloads() {
+            match self.decide(&w) {
+                Decision::Waiting(_) => waiting += 1,
+                Decision::Blocked(_) => blocked += 1,
+                _ => {}
+            }
+            if let Some(event) = self.evaluate(&w).await
+                && let Err(e) = publisher.publish(&event).await
+            {
+                tracing::warn!(error = %e, "rolledout event not published");
+            }
+        }
+        self.metrics.waiting.set(waiting);
+        self.metrics.blocked.set(blocked);
+    }
+}
+
+impl Handler for Context {
+    type Error = RolloutError;
+
+    async fn handle(&self, event: Payload, _delivered: u64) -> Result<Outcome, RolloutError> {
+        let mut outcome = Outcome::default();
+        let targets: Vec<Workload> = match &event {
+            Payload::ImageCompleted(c) => {
+                let mut seen = HashSet::new();
+                self.workloads()
+                    .into_iter()
+                    .filter(|w| {
+                        w.images().iter().any(|i| {
+                            shared::workload::needs_backup(&i.image, &self.naming)
+                                .ok()
+                                .flatten()
+                                .is_some_and(|s| s.to_string() == c.source)
+                        })
+                    })
+                    .filter(|w| seen.insert(w.reference()))
+                    .collect()
+            }
+            Payload::WorkloadChanged(c) => self.workload(&c.workload).into_iter().collect(),
+            _ => Vec::new(),
+        };
+        for w in targets {
+            outcome.events.extend(self.evaluate(&w).await);
+        }
+        Ok(outcome)
+    }
+}
+
+/// How often the resync runs by default.
+pub const DEFAULT_RESYNC: Duration = Duration::from_secs(300);

@@ -1,0 +1,492 @@
+//! `rollout run` end to end (watcher, backup and rollout as processes on the test cluster) and
+//! its guard against the test API server.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+use rollout::decide::{self, Decision, Pin};
+use serde_json::json;
+use shared::crd::{ImageBackup, ImageBackupStatus, Phase};
+use shared::events::Payload;
+use shared::workload::Workload;
+use testbed::cluster::Cluster;
+use testbed::function::FunctionProcess;
+use testbed::{Format, ImageSpec};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn deployment(ns: &str, name: &str, images: &[(&str, &str)]) -> Deployment {
+    let containers: Vec<_> = images
+        .iter()
+        .map(|(n, i)| json!({"name": n, "image": i}))
+        .collect();
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}},
+                              "spec": {"containers": containers}}}
+    }))
+    .unwrap()
+}
+
+/// Waits until `check` holds for the Deployment (or DaemonSet, through `get`).
+async fn wait_for<T, F, G>(what: &str, get: G, check: F, procs: &[&FunctionProcess]) -> T
+where
+    G: AsyncFn() -> Option<T>,
+    F: Fn(&T) -> bool,
+{
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        if let Some(v) = get().await
+            && check(&v)
+        {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let logs: Vec<String> = procs.iter().map(|p| p.log()).collect();
+            panic!("{what} never happened; logs:\n{}", logs.join("\n---\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn images_of(d: &Deployment) -> Vec<String> {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|s| {
+            s.containers
+                .iter()
+                .map(|c| c.image.clone().unwrap_or_default())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn rolled_out(events: &[(String, Payload)], name: &str) -> usize {
+    events
+        .iter()
+        .filter(|(_, p)| matches!(p, Payload::WorkloadRolledOut(r) if r.workload.name == name))
+        .count()
+}
+
+#[tokio::test]
+async fn the_original_design_scenario_ends_on_backups_pinned_by_digest() {
+    let c = Cluster::start().await.expect("cluster");
+    let pusher = c.source_pusher();
+    let nginx = pusher
+        .push_image(
+            "library/nginx",
+            "1.14.0",
+            &ImageSpec::multi_arch(Format::Docker, 2, 32 * 1024, 1),
+        )
+        .await
+        .unwrap();
+    let fluentd = pusher
+        .push_image(
+            "fluent/fluentd",
+            "latest",
+            &ImageSpec::multi_arch(Format::Oci, 2, 32 * 1024, 2),
+        )
+        .await
+        .unwrap();
+    let src = c.source.host();
+    c.namespace("nginx").await.unwrap();
+    c.namespace("fluentd").await.unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), "nginx");
+    deployments
+        .create(
+            &PostParams::default(),
+            &deployment(
+                "nginx",
+                "nginx",
+                &[("nginx", &format!("{src}/library/nginx:1.14.0"))],
+            ),
+        )
+        .await
+        .unwrap();
+    let daemonsets: Api<DaemonSet> = Api::namespaced(c.client.clone(), "fluentd");
+    let ds: DaemonSet = serde_json::from_value(json!({
+        "metadata": {"name": "fluentd", "namespace": "fluentd"},
+        "spec": {"selector": {"matchLabels": {"app": "fluentd"}},
+                 "template": {"metadata": {"labels": {"app": "fluentd"}},
+                              "spec": {"containers": [{"name": "fluentd", "image": format!("{src}/fluent/fluentd:latest")}]}}}
+    }))
+    .unwrap();
+    daemonsets
+        .create(&PostParams::default(), &ds)
+        .await
+        .unwrap();
+    let before = deployments.get("nginx").await.unwrap();
+
+    let watcher = c.spawn("watcher", &["run"], &[]).await.expect("watcher");
+    let backup = c.spawn("backup", &["run"], &[]).await.expect("backup");
+    let rollout = c.spawn("rollout", &["run"], &[]).await.expect("rollout");
+    let procs = [&watcher, &backup, &rollout];
+
+    let flat = |repo: &str| format!("{}_{}", src.replace(':', "__"), repo.replace('/', "_"));
+    let want_nginx = format!(
+        "{}/{}:1.14.0@{}",
+        c.backup_registry(),
+        flat("library/nginx"),
+        nginx.digest
+    );
+    let want_fluentd = format!(
+        "{}/{}:latest@{}",
+        c.backup_registry(),
+        flat("fluent/fluentd"),
+        fluentd.digest
+    );
+    let after = wait_for(
+        "nginx rolled out",
+        async || deployments.get("nginx").await.ok(),
+        |d| images_of(d) == [want_nginx.clone()],
+        &procs,
+    )
+    .await;
+    wait_for(
+        "fluentd rolled out",
+        async || daemonsets.get("fluentd").await.ok(),
+        |d| {
+            d.spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref())
+                .map(|s| s.containers[0].image.clone().unwrap_or_default())
+                == Some(want_fluentd.clone())
+        },
+        &procs,
+    )
+    .await;
+    // The pod template's images are the only change to the template.
+    let mut t_before = serde_json::to_value(&before.spec.as_ref().unwrap().template).unwrap();
+    let t_after = serde_json::to_value(&after.spec.as_ref().unwrap().template).unwrap();
+    t_before["spec"]["containers"][0]["image"] = json!(want_nginx);
+    assert_eq!(t_before, t_after);
+    let original = after
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("k8slab.io/original-images"))
+        .cloned();
+    assert_eq!(
+        original,
+        Some(json!({"nginx": format!("{src}/library/nginx:1.14.0")}).to_string())
+    );
+
+    // Both backups Completed with the sources' digests; one rolledout event each.
+    let ibs = Api::<ImageBackup>::all(c.client.clone())
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items;
+    let mut digests: Vec<_> = ibs
+        .iter()
+        .map(|ib| {
+            (
+                format!("{:?}", ib.phase()),
+                ib.status
+                    .as_ref()
+                    .and_then(|s| s.digest.clone())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    digests.sort();
+    let mut want = vec![
+        ("Completed".to_string(), nginx.digest.clone()),
+        ("Completed".to_string(), fluentd.digest.clone()),
+    ];
+    want.sort();
+    assert_eq!(digests, want);
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let events = c.events().await.unwrap();
+        if rolled_out(&events, "nginx") == 1 && rolled_out(&events, "fluentd") == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rolledout events: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The watcher leaves the rolled-out workloads alone: their images are backups.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let changed = c
+        .events()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|(_, p)| matches!(p, Payload::WorkloadChanged(w) if w.workload.name == "nginx"))
+        .count();
+    assert_eq!(changed, 1);
+    for p in procs {
+        assert!(!p.log().contains("panicked"), "{}", p.log());
+    }
+}
+
+#[tokio::test]
+async fn a_failed_image_blocks_until_it_is_backed_up_then_one_patch_moves_all_three() {
+    let c = Cluster::start().await.expect("cluster");
+    let pusher = c.source_pusher();
+    let src = c.source.host();
+    for (i, repo) in ["team/a", "team/b"].iter().enumerate() {
+        pusher
+            .push_image(
+                repo,
+                "1",
+                &ImageSpec::single(Format::Oci, 1, 16 * 1024, 10 + i as u64),
+            )
+            .await
+            .unwrap();
+    }
+    c.namespace("web").await.unwrap();
+    let api: Api<Deployment> = Api::namespaced(c.client.clone(), "web");
+    let images = [
+        ("a", format!("{src}/team/a:1")),
+        ("b", format!("{src}/team/b:1")),
+        ("c", format!("{src}/team/c:1")),
+    ];
+    let refs: Vec<(&str, &str)> = images.iter().map(|(n, i)| (*n, i.as_str())).collect();
+    api.create(&PostParams::default(), &deployment("web", "three", &refs))
+        .await
+        .unwrap();
+    let watcher = c
+        .spawn("watcher", &["run", "--resync-seconds", "2"], &[])
+        .await
+        .unwrap();
+    let backup = c.spawn("backup", &["run"], &[]).await.unwrap();
+    let rollout = c
+        .spawn("rollout", &["run", "--resync-seconds", "1"], &[])
+        .await
+        .unwrap();
+    let procs = [&watcher, &backup, &rollout];
+    // The watcher's resync must not be refused as a duplicate within this test's seconds (in
+    // production the 10-minute resync outlasts the 2-minute duplicate window).
+    let mut config = shared::nats::stream_config().unwrap();
+    config.duplicate_window = Duration::from_secs(1);
+    c.js.update_stream(config).await.unwrap();
+    // team/c does not exist yet: its backup fails, and the workload is held with an Event.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.client.clone(), "web");
+    wait_for(
+        "a BackupFailed event on the workload",
+        async || events.list(&Default::default()).await.ok(),
+        |l| {
+            l.items
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("BackupFailed"))
+        },
+        &procs,
+    )
+    .await;
+    assert!(
+        images_of(&api.get("three").await.unwrap())
+            .iter()
+            .all(|i| !i.contains("@sha256:"))
+    );
+    let generation = api.get("three").await.unwrap().metadata.generation;
+    pusher
+        .push_image(
+            "team/c",
+            "1",
+            &ImageSpec::single(Format::Oci, 1, 16 * 1024, 12),
+        )
+        .await
+        .unwrap();
+    let after = wait_for(
+        "three rolled out",
+        async || api.get("three").await.ok(),
+        |d| images_of(d).iter().all(|i| i.contains("@sha256:")),
+        &procs,
+    )
+    .await;
+    assert_eq!(
+        after.metadata.generation,
+        generation.map(|g| g + 1),
+        "one patch for the three images"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(rolled_out(&c.events().await.unwrap(), "three"), 1);
+    assert_eq!(
+        api.get("three").await.unwrap().metadata.generation,
+        after.metadata.generation
+    );
+}
+
+#[tokio::test]
+async fn the_guard_keeps_a_change_a_user_made_in_between() {
+    let c = Cluster::start().await.expect("cluster");
+    c.namespace("web").await.unwrap();
+    let api: Api<Deployment> = Api::namespaced(c.client.clone(), "web");
+    api.create(
+        &PostParams::default(),
+        &deployment("web", "racy", &[("main", "nginx:1.14.0")]),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await; // the simulation makes it Ready
+    let seen = Workload::Deployment(Box::new(api.get("racy").await.unwrap()));
+    let naming = shared::NamingPolicy::flat(c.backup_registry().parse().unwrap());
+    let source = shared::Reference::parse_normalized("nginx:1.14.0").unwrap();
+    let mut ib = ImageBackup::for_source(&source, &naming.target(&source).unwrap());
+    ib.status = Some(ImageBackupStatus {
+        phase: Some(Phase::Completed),
+        digest: Some(format!("sha256:{}", "a".repeat(64))),
+        ..Default::default()
+    });
+    let Decision::Patch(changes) = decide::decide(&seen, &naming, Pin::Digest, |_| Some(&ib))
+    else {
+        panic!("expected a patch")
+    };
+    // The user changes the image between our read and our patch.
+    let user = json!({"spec": {"template": {"spec": {"containers": [{"name": "main", "image": "nginx:1.16.0"}]}}}});
+    api.patch("racy", &PatchParams::default(), &Patch::Strategic(&user))
+        .await
+        .unwrap();
+    let ours: json_patch::Patch =
+        serde_json::from_value(decide::json_patch(&seen, &changes)).unwrap();
+    let err = api
+        .patch("racy", &PatchParams::default(), &Patch::Json::<()>(ours))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref e) if e.code == 422),
+        "{err}"
+    );
+    assert_eq!(images_of(&api.get("racy").await.unwrap()), ["nginx:1.16.0"]);
+}
+
+#[tokio::test]
+async fn a_lost_completion_is_healed_by_the_resync_and_duplicates_patch_nothing() {
+    let c = Cluster::start().await.expect("cluster");
+    let src = c.source.host();
+    let image = c
+        .source_pusher()
+        .push_image(
+            "solo/app",
+            "2",
+            &ImageSpec::single(Format::Oci, 1, 16 * 1024, 30),
+        )
+        .await
+        .unwrap();
+    // The backup exists and is Completed, but no image.completed was ever published.
+    let naming = shared::NamingPolicy::flat(c.backup_registry().parse().unwrap());
+    let source = shared::Reference::parse_normalized(&format!("{src}/solo/app:2")).unwrap();
+    let target = naming.target(&source).unwrap();
+    let out = tokio::process::Command::new(testbed::workspace_binary("backup"))
+        .args([
+            "copy",
+            &source.to_string(),
+            &target.to_string(),
+            "--insecure-registry",
+            &format!("{src},{}", c.backup.host()),
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ibs: Api<ImageBackup> = Api::all(c.client.clone());
+    let mut ib = ibs
+        .create(
+            &PostParams::default(),
+            &ImageBackup::for_source(&source, &target),
+        )
+        .await
+        .unwrap();
+    ib.status = Some(ImageBackupStatus {
+        phase: Some(Phase::Completed),
+        digest: Some(image.digest.clone()),
+        ..Default::default()
+    });
+    ibs.replace_status(
+        &ib.metadata.name.clone().unwrap(),
+        &PostParams::default(),
+        &ib,
+    )
+    .await
+    .unwrap();
+    c.namespace("web").await.unwrap();
+    let api: Api<Deployment> = Api::namespaced(c.client.clone(), "web");
+    api.create(
+        &PostParams::default(),
+        &deployment("web", "solo", &[("main", &source.to_string())]),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A dry run says what it would do and patches nothing.
+    let mut dry = c
+        .spawn(
+            "rollout",
+            &["run", "--dry-run", "--resync-seconds", "1"],
+            &[],
+        )
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let events = c.events().await.unwrap();
+        if events
+            .iter()
+            .any(|(_, p)| matches!(p, Payload::WorkloadRolledOut(r) if r.dry_run))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no dry-run event:\n{}",
+            dry.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        images_of(&api.get("solo").await.unwrap()),
+        [source.to_string()]
+    );
+    assert!(dry.terminate(LIMIT).await.is_some_and(|s| s.success()));
+
+    let rollout = c
+        .spawn("rollout", &["run", "--resync-seconds", "1"], &[])
+        .await
+        .unwrap();
+    let want = format!("{}@{}", target, image.digest);
+    let after = wait_for(
+        "solo rolled out",
+        async || api.get("solo").await.ok(),
+        |d| images_of(d) == [want.clone()],
+        &[&rollout],
+    )
+    .await;
+    // Duplicate completions afterwards patch nothing.
+    let completed = Payload::ImageCompleted(shared::events::ImageCompleted {
+        name: ib.metadata.name.clone().unwrap(),
+        source: source.to_string(),
+        target: target.to_string(),
+        digest: image.digest.clone(),
+        platforms: vec![],
+        bytes: 0,
+        duration_seconds: 0.0,
+    });
+    let publisher = shared::nats::Publisher::new(c.js.clone(), "/test");
+    publisher.publish(&completed).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        api.get("solo").await.unwrap().metadata.generation,
+        after.metadata.generation
+    );
+    let real = c
+        .events()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|(_, p)| matches!(p, Payload::WorkloadRolledOut(r) if !r.dry_run))
+        .count();
+    assert_eq!(real, 1);
+}
