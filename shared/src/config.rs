@@ -68,6 +68,18 @@ pub struct SinkArgs {
     pub sink: Option<url::Url>,
 }
 
+/// The `serve` adapter's endpoint (Knative).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Where to listen for CloudEvents.
+    #[arg(long, env = "LISTEN", default_value = "0.0.0.0:8000")]
+    pub listen: std::net::SocketAddr,
+    /// Seconds a request waits for its result before answering 202 (the result then goes to
+    /// K_SINK). Keep it under the Knative request timeout (300 s by default).
+    #[arg(long, env = "REPLY_TIMEOUT_SECONDS", default_value_t = 240)]
+    pub reply_timeout_seconds: u64,
+}
+
 /// How logs are written.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LogArgs {

@@ -14,6 +14,7 @@
 //! - [`config`]: command-line settings shared by every function.
 //! - [`secret`]: types whose `Debug`/`Display` never show a credential.
 //! - [`telemetry`]: log set-up.
+//! - [`cache`]: the Deployment and DaemonSet caches, seen as workloads.
 //! - [`admin`]: the admin server (`/healthz`, `/readyz`, `/metrics`) and readiness.
 //! - [`runtime`]: start-up every function shares (signals, metrics, admin server, kube client).
 //! - [`shutdown`]: SIGTERM/SIGINT: drain first, abort on the second.
@@ -28,6 +29,7 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod cache;
 pub mod config;
 pub mod consumer;
 pub mod crd;

@@ -69,3 +69,16 @@ impl Runtime {
         let _ = self.admin.await;
     }
 }
+
+/// The process exit code for a function's result: 0, or 1 with the error logged and printed on
+/// stderr as `<function>: <error>` (binaries pass anyhow's `{:#}`, the error with its causes).
+pub fn exit_code(function: &str, result: Result<(), String>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "{function} failed");
+            eprintln!("{function}: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

@@ -15,7 +15,7 @@ use backup::handler::{Context, Settings};
 use backup::metrics::Metrics;
 use clap::{Parser, Subcommand};
 use shared::Reference;
-use shared::config::{AdminArgs, NatsArgs, RegistryArgs, SinkArgs};
+use shared::config::{AdminArgs, NatsArgs, RegistryArgs, ServeArgs, SinkArgs};
 use shared::publish::{HttpSink, JetStreamPublisher, PublishRetry, Publisher};
 
 /// The CloudEvents `source` of the backup function's events.
@@ -38,13 +38,8 @@ enum Command {
     Run(Box<FunctionArgs>),
     /// The same handler behind an HTTP endpoint receiving CloudEvents (Knative Service).
     Serve {
-        /// Where to listen for CloudEvents.
-        #[arg(long, env = "LISTEN", default_value = "0.0.0.0:8000")]
-        listen: std::net::SocketAddr,
-        /// Seconds a request waits for its copy before answering 202 (Knative's default request
-        /// timeout is 300 s); the result then goes to K_SINK.
-        #[arg(long, env = "REPLY_TIMEOUT_SECONDS", default_value_t = 240)]
-        reply_timeout_seconds: u64,
+        #[command(flatten)]
+        serve: ServeArgs,
         #[command(flatten)]
         function: Box<FunctionArgs>,
     },
@@ -323,28 +318,21 @@ fn rand_id() -> u32 {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     shared::telemetry::init_logging(&cli.log);
-    let run = |r: anyhow::Result<()>| match r {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "backup failed");
-            eprintln!("backup: {e:#}");
-            ExitCode::from(1)
-        }
+    let run = |r: anyhow::Result<()>| {
+        shared::runtime::exit_code("backup", r.map_err(|e| format!("{e:#}")))
     };
     match cli.command {
         Command::Run(args) => run(function(*args, Mode::Run).await),
         Command::Serve {
-            listen,
-            reply_timeout_seconds,
+            serve,
             function: args,
-        } => run(function(
-            *args,
-            Mode::Serve {
-                listen,
-                reply_timeout: Duration::from_secs(reply_timeout_seconds),
-            },
-        )
-        .await),
+        } => {
+            let mode = Mode::Serve {
+                listen: serve.listen,
+                reply_timeout: Duration::from_secs(serve.reply_timeout_seconds),
+            };
+            run(function(*args, mode).await)
+        }
         Command::Copy {
             source,
             target,

@@ -4,7 +4,6 @@
 //! - `rollout run`: the JetStream adapter (durable consumer `rollout`).
 //! - `rollout serve --listen ADDR`: the HTTP adapter for Knative.
 
-use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -15,7 +14,7 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use rollout::decide::Pin;
 use rollout::metrics::Metrics;
 use rollout::run::Context;
-use shared::config::{AdminArgs, BackupArgs, NatsArgs, RegistryArgs, SinkArgs};
+use shared::config::{AdminArgs, BackupArgs, NatsArgs, RegistryArgs, ServeArgs, SinkArgs};
 use shared::crd::ImageBackup;
 use shared::publish::{HttpSink, JetStreamPublisher, PublishRetry, Publisher};
 use shared::registry::auth::DockerConfig;
@@ -41,12 +40,8 @@ enum Command {
     Run(Box<FunctionArgs>),
     /// The same handler behind an HTTP endpoint receiving CloudEvents (Knative Service).
     Serve {
-        /// Where to listen for CloudEvents.
-        #[arg(long, env = "LISTEN", default_value = "0.0.0.0:8000")]
-        listen: std::net::SocketAddr,
-        /// Seconds a request waits for its result before answering 202.
-        #[arg(long, env = "REPLY_TIMEOUT_SECONDS", default_value_t = 60)]
-        reply_timeout_seconds: u64,
+        #[command(flatten)]
+        serve: ServeArgs,
         #[command(flatten)]
         function: Box<FunctionArgs>,
     },
@@ -152,8 +147,10 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
     };
     let ctx = Context::new(
         client.clone(),
-        deployments,
-        daemonsets,
+        shared::cache::WorkloadCache {
+            deployments,
+            daemonsets,
+        },
         backups,
         args.backup.naming(),
         args.pin,
@@ -251,29 +248,21 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
 }
 
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     shared::telemetry::init_logging(&cli.log);
     let result = match cli.command {
         Command::Run(args) => function(*args, Mode::Run).await,
         Command::Serve {
-            listen,
-            reply_timeout_seconds,
+            serve,
             function: args,
         } => {
             let mode = Mode::Serve {
-                listen,
-                reply_timeout: Duration::from_secs(reply_timeout_seconds),
+                listen: serve.listen,
+                reply_timeout: Duration::from_secs(serve.reply_timeout_seconds),
             };
             function(*args, mode).await
         }
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "rollout failed");
-            eprintln!("rollout: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+    shared::runtime::exit_code("rollout", result.map_err(|e| format!("{e:#}")))
 }

@@ -17,10 +17,11 @@ use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource as _};
 use shared::NamingPolicy;
+use shared::cache::WorkloadCache;
 use shared::consumer::{Classified, Handler, Outcome};
 use shared::crd::ImageBackup;
 use shared::error::ErrorClass;
-use shared::events::{Payload, WorkloadKind, WorkloadRef, WorkloadRolledOut};
+use shared::events::{Payload, WorkloadKind, WorkloadRolledOut};
 use shared::naming::image_backup_name;
 use shared::publish::{EventPublisher, Publisher};
 use shared::reference::Reference;
@@ -35,10 +36,8 @@ use crate::metrics::{Metrics, PatchOutcome};
 pub struct Context {
     /// Patches and Events.
     pub client: kube::Client,
-    /// The Deployments cache.
-    pub deployments: Store<Deployment>,
-    /// The DaemonSets cache.
-    pub daemonsets: Store<DaemonSet>,
+    /// The Deployments and DaemonSets.
+    pub workloads: WorkloadCache,
     /// The ImageBackups cache.
     pub backups: Store<ImageBackup>,
     /// The backup naming policy (the shared needs-backup rule).
@@ -76,8 +75,7 @@ impl Context {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: kube::Client,
-        deployments: Store<Deployment>,
-        daemonsets: Store<DaemonSet>,
+        workloads: WorkloadCache,
         backups: Store<ImageBackup>,
         naming: NamingPolicy,
         pin: Pin,
@@ -88,8 +86,7 @@ impl Context {
     ) -> Self {
         Self {
             client,
-            deployments,
-            daemonsets,
+            workloads,
             backups,
             naming: Arc::new(naming),
             pin,
@@ -98,34 +95,6 @@ impl Context {
             recorder,
             metrics,
             reported: Arc::default(),
-        }
-    }
-
-    /// Every cached workload.
-    fn workloads(&self) -> Vec<Workload> {
-        let d = self
-            .deployments
-            .state()
-            .into_iter()
-            .map(|d| Workload::Deployment(Box::new(d.as_ref().clone())));
-        let s = self
-            .daemonsets
-            .state()
-            .into_iter()
-            .map(|d| Workload::DaemonSet(Box::new(d.as_ref().clone())));
-        d.chain(s).collect()
-    }
-
-    fn workload(&self, r: &WorkloadRef) -> Option<Workload> {
-        match r.kind {
-            WorkloadKind::Deployment => self
-                .deployments
-                .get(&ObjectRef::new(&r.name).within(&r.namespace))
-                .map(|d| Workload::Deployment(Box::new(d.as_ref().clone()))),
-            WorkloadKind::DaemonSet => self
-                .daemonsets
-                .get(&ObjectRef::new(&r.name).within(&r.namespace))
-                .map(|d| Workload::DaemonSet(Box::new(d.as_ref().clone()))),
         }
     }
 
@@ -306,7 +275,7 @@ impl Context {
     pub async fn resync(&self, publisher: &Publisher) {
         self.metrics.resyncs.inc();
         let (mut waiting, mut blocked) = (0, 0);
-        for w in self.workloads() {
+        for w in self.workloads.all() {
             match self.decide(&w) {
                 Decision::Waiting(_) => waiting += 1,
                 Decision::Blocked(_) => blocked += 1,
@@ -331,7 +300,8 @@ impl Handler for Context {
         let targets: Vec<Workload> = match &event {
             Payload::ImageCompleted(c) => {
                 let mut seen = HashSet::new();
-                self.workloads()
+                self.workloads
+                    .all()
                     .into_iter()
                     .filter(|w| {
                         w.images().iter().any(|i| {
@@ -344,7 +314,7 @@ impl Handler for Context {
                     .filter(|w| seen.insert(w.reference()))
                     .collect()
             }
-            Payload::WorkloadChanged(c) => self.workload(&c.workload).into_iter().collect(),
+            Payload::WorkloadChanged(c) => self.workloads.get(&c.workload).into_iter().collect(),
             _ => Vec::new(),
         };
         for w in targets {

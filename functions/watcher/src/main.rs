@@ -210,13 +210,9 @@ async fn main() -> ExitCode {
     shared::telemetry::init_logging(&cli.log);
     match cli.command {
         Command::Plan { files, backup } => plan(&files, &backup),
-        Command::Run(args) => match run(*args).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!(error = format!("{e:#}"), "watcher failed");
-                eprintln!("watcher run: {e:#}");
-                ExitCode::from(1)
-            }
-        },
+        Command::Run(args) => shared::runtime::exit_code(
+            "watcher run",
+            run(*args).await.map_err(|e| format!("{e:#}")),
+        ),
     }
 }

@@ -25,7 +25,8 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource};
 use shared::admin::Readiness;
-use shared::events::Payload;
+use shared::cache::WorkloadCache;
+use shared::events::{Payload, WorkloadKind, WorkloadRef};
 use shared::publish::{EventPublisher, Published, Publisher};
 use shared::shutdown::Shutdown;
 use shared::workload::{InvalidImage, Workload};
@@ -157,8 +158,7 @@ fn namespaced_signal<K: Resource>(
 /// The loop's state: the caches and what it remembers between flushes.
 struct Watcher {
     ctx: Context,
-    deployments: Store<Deployment>,
-    daemonsets: Store<DaemonSet>,
+    workloads: WorkloadCache,
     namespaces: Store<Namespace>,
     accounts: Store<ServiceAccount>,
     /// Workloads to evaluate at the next flush.
@@ -204,8 +204,10 @@ pub async fn run(ctx: Context, mut shutdown: Shutdown) {
     ]);
     let mut w = Watcher {
         ctx,
-        deployments,
-        daemonsets,
+        workloads: WorkloadCache {
+            deployments,
+            daemonsets,
+        },
         namespaces,
         accounts,
         dirty: BTreeSet::new(),
@@ -267,12 +269,12 @@ impl Watcher {
 
     fn mark_all(&mut self, namespace: Option<&str>) {
         let in_scope = |ns: &Option<String>| namespace.is_none_or(|n| ns.as_deref() == Some(n));
-        for d in self.deployments.state() {
+        for d in self.workloads.deployments.state() {
             if in_scope(&d.metadata.namespace) {
                 self.dirty.insert(key_of(KindKey::Deployment, d.as_ref()));
             }
         }
-        for d in self.daemonsets.state() {
+        for d in self.workloads.daemonsets.state() {
             if in_scope(&d.metadata.namespace) {
                 self.dirty.insert(key_of(KindKey::DaemonSet, d.as_ref()));
             }
@@ -280,16 +282,15 @@ impl Watcher {
     }
 
     fn workload(&self, key: &Key) -> Option<Workload> {
-        match key.kind {
-            KindKey::Deployment => self
-                .deployments
-                .get(&ObjectRef::new(&key.name).within(&key.namespace))
-                .map(|d| Workload::Deployment(Box::new(d.as_ref().clone()))),
-            KindKey::DaemonSet => self
-                .daemonsets
-                .get(&ObjectRef::new(&key.name).within(&key.namespace))
-                .map(|d| Workload::DaemonSet(Box::new(d.as_ref().clone()))),
-        }
+        let kind = match key.kind {
+            KindKey::Deployment => WorkloadKind::Deployment,
+            KindKey::DaemonSet => WorkloadKind::DaemonSet,
+        };
+        self.workloads.get(&WorkloadRef {
+            kind,
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+        })
     }
 
     /// Evaluates every dirty workload and publishes what is needed (see the module docs).
@@ -375,8 +376,10 @@ impl Watcher {
             Duration::ZERO
         };
         self.next_flush = Instant::now() + self.backoff;
-        let cached = self.deployments.state().len() + self.daemonsets.state().len();
-        self.ctx.metrics.cache_workloads.set(cached as i64);
+        self.ctx
+            .metrics
+            .cache_workloads
+            .set(self.workloads.len() as i64);
     }
 
     /// Logs, counts and records a Kubernetes Event for invalid images, once per change.

@@ -1,0 +1,58 @@
+//! The workload caches the watcher and the rollout read instead of the API: reflector stores of
+//! Deployments and DaemonSets, seen as [`Workload`]s. Reading a cache never calls the API.
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use kube::runtime::reflector::{ObjectRef, Store};
+
+use crate::events::{WorkloadKind, WorkloadRef};
+use crate::workload::Workload;
+
+/// Reflector stores of Deployments and DaemonSets. Cheap to clone.
+#[derive(Clone)]
+pub struct WorkloadCache {
+    /// The Deployments store.
+    pub deployments: Store<Deployment>,
+    /// The DaemonSets store.
+    pub daemonsets: Store<DaemonSet>,
+}
+
+impl WorkloadCache {
+    /// One workload, if cached.
+    pub fn get(&self, r: &WorkloadRef) -> Option<Workload> {
+        match r.kind {
+            WorkloadKind::Deployment => self
+                .deployments
+                .get(&ObjectRef::new(&r.name).within(&r.namespace))
+                .map(|d| Workload::Deployment(Box::new(d.as_ref().clone()))),
+            WorkloadKind::DaemonSet => self
+                .daemonsets
+                .get(&ObjectRef::new(&r.name).within(&r.namespace))
+                .map(|d| Workload::DaemonSet(Box::new(d.as_ref().clone()))),
+        }
+    }
+
+    /// Every cached workload.
+    pub fn all(&self) -> Vec<Workload> {
+        let d = self
+            .deployments
+            .state()
+            .into_iter()
+            .map(|d| Workload::Deployment(Box::new(d.as_ref().clone())));
+        let s = self
+            .daemonsets
+            .state()
+            .into_iter()
+            .map(|d| Workload::DaemonSet(Box::new(d.as_ref().clone())));
+        d.chain(s).collect()
+    }
+
+    /// How many workloads are cached.
+    pub fn len(&self) -> usize {
+        self.deployments.state().len() + self.daemonsets.state().len()
+    }
+
+    /// True when nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
