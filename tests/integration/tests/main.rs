@@ -4,6 +4,8 @@
 mod apiserver;
 mod backup;
 mod copy_engine;
+mod demo;
+mod deploy;
 mod hostile_registry;
 mod kubectl;
 mod nats_events;

@@ -188,6 +188,19 @@ impl Bed {
 #[tokio::test]
 async fn publishes_each_image_change_of_ready_workloads_once_and_leaves_the_rest_alone() {
     let bed = bed().await;
+    // The ServiceAccount exists before the watcher starts, so its initial list has it (created
+    // later, it would reach the watcher through its own watch, in any order with the
+    // Deployment's events, and the workload would be published again with the new secret).
+    bed.namespace("web", json!({})).await;
+    let sa: ServiceAccount = serde_json::from_value(json!({
+        "metadata": {"name": "builder", "namespace": "web"},
+        "imagePullSecrets": [{"name": "quay-creds"}]
+    }))
+    .unwrap();
+    Api::<ServiceAccount>::namespaced(bed.client.clone(), "web")
+        .create(&PostParams::default(), &sa)
+        .await
+        .expect("sa");
     bed.api.set_latency(Duration::from_millis(300));
     let mut watcher = bed.watcher(&[]);
     // Readiness is earned: the initial lists take a while at this latency.
@@ -201,16 +214,6 @@ async fn publishes_each_image_change_of_ready_workloads_once_and_leaves_the_rest
     watcher.wait_ready(LIMIT).await.expect("ready");
     bed.api.set_latency(Duration::ZERO);
 
-    bed.namespace("web", json!({})).await;
-    let sa: ServiceAccount = serde_json::from_value(json!({
-        "metadata": {"name": "builder", "namespace": "web"},
-        "imagePullSecrets": [{"name": "quay-creds"}]
-    }))
-    .unwrap();
-    Api::<ServiceAccount>::namespaced(bed.client.clone(), "web")
-        .create(&PostParams::default(), &sa)
-        .await
-        .expect("sa");
     bed.deploy(
         "web",
         "nginx",

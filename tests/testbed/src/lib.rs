@@ -10,6 +10,7 @@
 //! - [`apiserver`]: the test Kubernetes API server (kube-rs and kubectl talk to it unchanged).
 //! - [`bench`](mod@bench): the copy benchmark (`testbed bench-copy`), against skopeo.
 //! - [`cluster`]: API server + CRD, NATS + stream, source and backup registries, functions.
+//! - [`demo`]: `testbed demo`, the whole flow as a person watches it (the README's run command).
 //! - [`function`]: a function binary run as a process (start, SIGTERM, admin endpoints, log).
 //! - [`stream`]: what the IMAGEBACKUP stream holds, decoded.
 //! - [`bench_backup`]: the backup function's benchmark (`testbed bench-backup`).
@@ -24,6 +25,7 @@ pub mod bench;
 pub mod bench_backup;
 pub mod bench_watcher;
 pub mod cluster;
+pub mod demo;
 pub mod fault_proxy;
 pub mod function;
 pub mod hostile_registry;

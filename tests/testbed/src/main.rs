@@ -21,6 +21,14 @@ enum Command {
     /// the ImageBackup CRD installed), print the endpoints and a kubeconfig path, and run until
     /// Ctrl-C or SIGTERM.
     Up,
+    /// The whole flow, start to finish: a test cluster, sample workloads, watcher, backup and
+    /// rollout as processes, what a person would watch; exits 0 only if both workloads end on
+    /// their verified backups. Build the workspace first (`./dev demo` does).
+    Demo {
+        /// Leave everything running afterwards (prints the kubeconfig and NATS URL).
+        #[arg(long)]
+        keep: bool,
+    },
     /// Run the test Kubernetes API server on ADDR and write a kubeconfig for it (kubectl and
     /// kube-rs work against it unchanged); runs until Ctrl-C or SIGTERM.
     Apiserver {
@@ -174,6 +182,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{report}");
             Ok(())
         }
+        Command::Demo { keep } => testbed::demo::run(keep).await,
         Command::BenchWatcher {
             workloads,
             namespaces,

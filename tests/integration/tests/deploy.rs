@@ -1,0 +1,164 @@
+//! The deploy manifests: both overlays render with `kubectl kustomize`, every object passes
+//! `deploy/validate.py` (Kubernetes schemas, strict; Knative's API models), the validator does
+//! refuse a broken object, and every command, subcommand and environment variable the manifests
+//! give a function is one its `--help` documents.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+fn root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn render(overlay: &str) -> String {
+    let out = Command::new("kubectl")
+        .args([
+            "kustomize",
+            &root()
+                .join("deploy/overlays")
+                .join(overlay)
+                .display()
+                .to_string(),
+        ])
+        .output()
+        .expect("kubectl kustomize");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn validate(manifests: &str) -> (bool, String) {
+    use std::io::Write as _;
+    let mut child = Command::new("python3")
+        .arg(root().join("deploy/validate.py"))
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 deploy/validate.py (./dev setup installs its packages)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(manifests.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn documents(manifests: &str) -> Vec<serde_json::Value> {
+    manifests
+        .split("\n---\n")
+        .filter_map(|d| serde_yaml::from_str::<serde_json::Value>(d).ok())
+        .collect()
+}
+
+#[test]
+fn both_overlays_render_and_validate() {
+    for overlay in ["plain", "knative"] {
+        let (ok, report) = validate(&render(overlay));
+        assert!(ok, "{overlay}:\n{report}");
+        assert!(!report.contains("INVALID"), "{report}");
+    }
+    let kinds: BTreeSet<String> = documents(&render("knative"))
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap_or("").to_string())
+        .collect();
+    for kind in ["Broker", "Trigger", "SinkBinding", "Service", "ClusterRole"] {
+        assert!(kinds.contains(kind), "{kind} missing: {kinds:?}");
+    }
+}
+
+#[test]
+fn the_validator_refuses_what_a_cluster_would() {
+    let plain = render("plain");
+    let broken = plain.replacen("replicas: 2", "replicas: 2\n  replicaz: 3", 1);
+    let (ok, report) = validate(&broken);
+    assert!(
+        !ok && report.contains("INVALID apps/v1 Deployment/backup"),
+        "{report}"
+    );
+    let knative = render("knative");
+    let broken = knative.replacen(
+        "backoffPolicy: exponential",
+        "backoffPolicy: exponential\n    bogus: 1",
+        1,
+    );
+    let (ok, report) = validate(&broken);
+    assert!(
+        !ok && report.contains("INVALID eventing.knative.dev/v1"),
+        "{report}"
+    );
+}
+
+#[test]
+fn every_setting_the_manifests_give_is_one_the_binaries_document() {
+    for overlay in ["plain", "knative"] {
+        let docs = documents(&render(overlay));
+        let config: Vec<String> = docs
+            .iter()
+            .filter(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "image-backup")
+            .flat_map(|d| {
+                d["data"]
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, _)| k)
+            })
+            .collect();
+        for d in &docs {
+            let spec = match d["kind"].as_str() {
+                Some("Deployment") | Some("Service") => &d["spec"]["template"]["spec"],
+                _ => continue,
+            };
+            let Some(container) = spec["containers"].get(0) else {
+                continue;
+            };
+            let Some(command) = container["command"][0].as_str() else {
+                continue;
+            };
+            let binary = command.rsplit('/').next().unwrap();
+            if !["watcher", "backup", "rollout"].contains(&binary) {
+                continue;
+            }
+            let sub = container["args"][0].as_str().expect("a subcommand");
+            // Settings of the subcommand, and the binary's own (logging).
+            let mut help = String::new();
+            for args in [vec![sub, "--help"], vec!["--help"]] {
+                let out = Command::new(testbed::workspace_binary(binary))
+                    .args(&args)
+                    .output()
+                    .expect("binary --help");
+                assert!(out.status.success(), "{binary} {args:?}");
+                help.push_str(&String::from_utf8_lossy(&out.stdout));
+            }
+            let env: Vec<String> = container["env"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e["name"].as_str().map(str::to_string))
+                .chain(config.iter().cloned())
+                .collect();
+            for name in env {
+                // The watcher has no registry credentials; it ignores DOCKER_CONFIG_FILE.
+                if binary == "watcher" && name == "DOCKER_CONFIG_FILE" {
+                    continue;
+                }
+                assert!(
+                    help.contains(&format!("env: {name}=")),
+                    "{overlay}: {binary} {sub} does not read {name}"
+                );
+            }
+        }
+    }
+}
