@@ -162,7 +162,7 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
-                Ok(other) => format!("{}", other.event_type()),
+                Ok(other) => other.event_type().to_string(),
                 Err(e) => format!("undecodable event on {}: {e}", m.subject),
             };
             println!("  [event] {line}");
