@@ -9,6 +9,7 @@ mod deploy;
 mod hostile_registry;
 mod kubectl;
 mod nats_events;
+mod readme;
 mod registry_images;
 mod rollout;
 mod testbed_up;

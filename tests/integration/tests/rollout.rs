@@ -72,9 +72,10 @@ fn rolled_out(events: &[(String, Payload)], name: &str) -> usize {
         .count()
 }
 
-#[tokio::test]
-async fn the_original_design_scenario_ends_on_backups_pinned_by_digest() {
-    let c = Cluster::start().await.expect("cluster");
+/// The original design's seed: `library/nginx:1.14.0` and `fluent/fluentd:latest` in the
+/// source registry, Deployment `nginx` in namespace nginx and DaemonSet `fluentd` in namespace
+/// fluentd running them. Returns the images each must end on.
+async fn seed(c: &Cluster) -> (String, String) {
     let pusher = c.source_pusher();
     let nginx = pusher
         .push_image(
@@ -95,8 +96,7 @@ async fn the_original_design_scenario_ends_on_backups_pinned_by_digest() {
     let src = c.source.host();
     c.namespace("nginx").await.unwrap();
     c.namespace("fluentd").await.unwrap();
-    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), "nginx");
-    deployments
+    Api::<Deployment>::namespaced(c.client.clone(), "nginx")
         .create(
             &PostParams::default(),
             &deployment(
@@ -107,7 +107,6 @@ async fn the_original_design_scenario_ends_on_backups_pinned_by_digest() {
         )
         .await
         .unwrap();
-    let daemonsets: Api<DaemonSet> = Api::namespaced(c.client.clone(), "fluentd");
     let ds: DaemonSet = serde_json::from_value(json!({
         "metadata": {"name": "fluentd", "namespace": "fluentd"},
         "spec": {"selector": {"matchLabels": {"app": "fluentd"}},
@@ -115,35 +114,40 @@ async fn the_original_design_scenario_ends_on_backups_pinned_by_digest() {
                               "spec": {"containers": [{"name": "fluentd", "image": format!("{src}/fluent/fluentd:latest")}]}}}
     }))
     .unwrap();
-    daemonsets
+    Api::<DaemonSet>::namespaced(c.client.clone(), "fluentd")
         .create(&PostParams::default(), &ds)
         .await
         .unwrap();
-    let before = deployments.get("nginx").await.unwrap();
-
-    let watcher = c.spawn("watcher", &["run"], &[]).await.expect("watcher");
-    let backup = c.spawn("backup", &["run"], &[]).await.expect("backup");
-    let rollout = c.spawn("rollout", &["run"], &[]).await.expect("rollout");
-    let procs = [&watcher, &backup, &rollout];
-
     let flat = |repo: &str| format!("{}_{}", src.replace(':', "__"), repo.replace('/', "_"));
-    let want_nginx = format!(
-        "{}/{}:1.14.0@{}",
-        c.backup_registry(),
-        flat("library/nginx"),
-        nginx.digest
-    );
-    let want_fluentd = format!(
-        "{}/{}:latest@{}",
-        c.backup_registry(),
-        flat("fluent/fluentd"),
-        fluentd.digest
-    );
+    (
+        format!(
+            "{}/{}:1.14.0@{}",
+            c.backup_registry(),
+            flat("library/nginx"),
+            nginx.digest
+        ),
+        format!(
+            "{}/{}:latest@{}",
+            c.backup_registry(),
+            flat("fluent/fluentd"),
+            fluentd.digest
+        ),
+    )
+}
+
+/// Waits until both seed workloads run exactly their backups; returns the Deployment after.
+async fn seed_rolled_out(
+    c: &Cluster,
+    want: &(String, String),
+    procs: &[&FunctionProcess],
+) -> Deployment {
+    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), "nginx");
+    let daemonsets: Api<DaemonSet> = Api::namespaced(c.client.clone(), "fluentd");
     let after = wait_for(
         "nginx rolled out",
         async || deployments.get("nginx").await.ok(),
-        |d| images_of(d) == [want_nginx.clone()],
-        &procs,
+        |d| images_of(d) == [want.0.clone()],
+        procs,
     )
     .await;
     wait_for(
@@ -154,28 +158,12 @@ async fn the_original_design_scenario_ends_on_backups_pinned_by_digest() {
                 .as_ref()
                 .and_then(|s| s.template.spec.as_ref())
                 .map(|s| s.containers[0].image.clone().unwrap_or_default())
-                == Some(want_fluentd.clone())
+                == Some(want.1.clone())
         },
-        &procs,
+        procs,
     )
     .await;
-    // The pod template's images are the only change to the template.
-    let mut t_before = serde_json::to_value(&before.spec.as_ref().unwrap().template).unwrap();
-    let t_after = serde_json::to_value(&after.spec.as_ref().unwrap().template).unwrap();
-    t_before["spec"]["containers"][0]["image"] = json!(want_nginx);
-    assert_eq!(t_before, t_after);
-    let original = after
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get("k8slab.io/original-images"))
-        .cloned();
-    assert_eq!(
-        original,
-        Some(json!({"nginx": format!("{src}/library/nginx:1.14.0")}).to_string())
-    );
-
-    // Both backups Completed with the sources' digests; one rolledout event each.
+    // Both backups Completed with the sources' digests.
     let ibs = Api::<ImageBackup>::all(c.client.clone())
         .list(&Default::default())
         .await
@@ -194,12 +182,46 @@ async fn the_original_design_scenario_ends_on_backups_pinned_by_digest() {
         })
         .collect();
     digests.sort();
-    let mut want = vec![
-        ("Completed".to_string(), nginx.digest.clone()),
-        ("Completed".to_string(), fluentd.digest.clone()),
+    let digest_of = |image: &str| image.rsplit('@').next().unwrap_or("").to_string();
+    let mut expected = vec![
+        ("Completed".to_string(), digest_of(&want.0)),
+        ("Completed".to_string(), digest_of(&want.1)),
     ];
-    want.sort();
-    assert_eq!(digests, want);
+    expected.sort();
+    assert_eq!(digests, expected);
+    after
+}
+
+#[tokio::test]
+async fn the_original_design_scenario_ends_on_backups_pinned_by_digest() {
+    let c = Cluster::start().await.expect("cluster");
+    let want = seed(&c).await;
+    let src = c.source.host();
+    let before = Api::<Deployment>::namespaced(c.client.clone(), "nginx")
+        .get("nginx")
+        .await
+        .unwrap();
+    let watcher = c.spawn("watcher", &["run"], &[]).await.expect("watcher");
+    let backup = c.spawn("backup", &["run"], &[]).await.expect("backup");
+    let rollout = c.spawn("rollout", &["run"], &[]).await.expect("rollout");
+    let procs = [&watcher, &backup, &rollout];
+    let after = seed_rolled_out(&c, &want, &procs).await;
+    // The pod template's images are the only change to the template.
+    let mut t_before = serde_json::to_value(&before.spec.as_ref().unwrap().template).unwrap();
+    let t_after = serde_json::to_value(&after.spec.as_ref().unwrap().template).unwrap();
+    t_before["spec"]["containers"][0]["image"] = json!(want.0);
+    assert_eq!(t_before, t_after);
+    let original = after
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("k8slab.io/original-images"))
+        .cloned();
+    assert_eq!(
+        original,
+        Some(json!({"nginx": format!("{src}/library/nginx:1.14.0")}).to_string())
+    );
+    // One rolledout event each.
     let deadline = tokio::time::Instant::now() + LIMIT;
     loop {
         let events = c.events().await.unwrap();
@@ -225,6 +247,73 @@ async fn the_original_design_scenario_ends_on_backups_pinned_by_digest() {
     for p in procs {
         assert!(!p.log().contains("panicked"), "{}", p.log());
     }
+}
+
+#[tokio::test]
+async fn the_original_design_scenario_in_knative_mode() {
+    let c = Cluster::start().await.expect("cluster");
+    let want = seed(&c).await;
+    // Knative: the watcher posts to a Broker, Triggers route by type to `serve` endpoints, and
+    // their replies go back into the Broker. No JetStream on the event path.
+    let broker = testbed::broker::Broker::start().await.expect("broker");
+    let (backup_port, rollout_port) = (
+        testbed::process::free_port().unwrap(),
+        testbed::process::free_port().unwrap(),
+    );
+    let sink = ("K_SINK", broker.url());
+    let backup = c
+        .spawn(
+            "backup",
+            &["serve"],
+            &[("LISTEN", format!("127.0.0.1:{backup_port}")), sink.clone()],
+        )
+        .await
+        .expect("backup serve");
+    let rollout = c
+        .spawn(
+            "rollout",
+            &["serve"],
+            &[
+                ("LISTEN", format!("127.0.0.1:{rollout_port}")),
+                sink.clone(),
+            ],
+        )
+        .await
+        .expect("rollout serve");
+    let backup_url = format!("http://127.0.0.1:{backup_port}/");
+    let rollout_url = format!("http://127.0.0.1:{rollout_port}/");
+    broker.trigger("io.k8slab.imagebackup.workload.changed", &backup_url);
+    broker.trigger("io.k8slab.imagebackup.workload.changed", &rollout_url);
+    broker.trigger("io.k8slab.imagebackup.image.completed", &rollout_url);
+    let watcher = c
+        .spawn("watcher", &["run"], &[sink])
+        .await
+        .expect("watcher");
+    seed_rolled_out(&c, &want, &[&watcher, &backup, &rollout]).await;
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let accepted = broker.accepted();
+        let rolled = accepted
+            .iter()
+            .filter(|p| matches!(p, Payload::WorkloadRolledOut(_)))
+            .count();
+        let completed = accepted
+            .iter()
+            .filter(|p| matches!(p, Payload::ImageCompleted(_)))
+            .count();
+        if rolled >= 2 && completed >= 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "broker saw: {accepted:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        c.events().await.unwrap().is_empty(),
+        "nothing went through JetStream"
+    );
 }
 
 #[tokio::test]

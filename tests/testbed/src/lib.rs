@@ -9,6 +9,7 @@
 //! - [`image`]: generated multi-arch images pushed to a registry, and read-back helpers.
 //! - [`apiserver`]: the test Kubernetes API server (kube-rs and kubectl talk to it unchanged).
 //! - [`bench`](mod@bench): the copy benchmark (`testbed bench-copy`), against skopeo.
+//! - [`broker`]: a minimal Knative-style Broker (fan-out by type, replies fed back) for `serve`.
 //! - [`cluster`]: API server + CRD, NATS + stream, source and backup registries, functions.
 //! - [`demo`]: `testbed demo`, the whole flow as a person watches it (the README's run command).
 //! - [`function`]: a function binary run as a process (start, SIGTERM, admin endpoints, log).
@@ -24,6 +25,7 @@ pub mod apiserver;
 pub mod bench;
 pub mod bench_backup;
 pub mod bench_watcher;
+pub mod broker;
 pub mod cluster;
 pub mod demo;
 pub mod fault_proxy;
