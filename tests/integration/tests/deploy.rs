@@ -162,3 +162,47 @@ fn every_setting_the_manifests_give_is_one_the_binaries_document() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_plain_overlay_applies_to_the_test_api_server() {
+    let api = testbed::ApiServer::start().await.expect("api server");
+    let kubeconfig = tempfile::NamedTempFile::new().unwrap();
+    api.write_kubeconfig(kubeconfig.path()).unwrap();
+    let kubectl = |args: Vec<String>| {
+        let path = kubeconfig.path().to_path_buf();
+        async move {
+            // Async: the test API server runs on this test's runtime.
+            tokio::process::Command::new("kubectl")
+                .args(&args)
+                .env("KUBECONFIG", path)
+                .output()
+                .await
+                .expect("kubectl")
+        }
+    };
+    let overlay = root().join("deploy/overlays/plain").display().to_string();
+    let out = kubectl(vec!["apply".into(), "-k".into(), overlay]).await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.trim().is_empty(), "kubectl warned: {stderr}");
+    for created in [
+        "customresourcedefinition.apiextensions.k8s.io/imagebackups.k8slab.io created",
+        "clusterrole.rbac.authorization.k8s.io/image-backup-backup created",
+        "deployment.apps/backup created",
+        "statefulset.apps/nats created",
+        "poddisruptionbudget.policy/backup created",
+    ] {
+        assert!(stdout.contains(created), "{created:?} missing:\n{stdout}");
+    }
+    let out = kubectl(
+        ["get", "deploy", "-n", "image-backup", "-o", "name"]
+            .map(String::from)
+            .to_vec(),
+    )
+    .await;
+    let names = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(names.lines().count(), 3, "{names}");
+}

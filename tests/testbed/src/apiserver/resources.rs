@@ -115,14 +115,68 @@ fn builtin(
         printer_columns: Vec::new(),
         tracks_generation: !matches!(
             kind,
-            "Namespace" | "Secret" | "Event" | "Lease" | "ServiceAccount"
+            "Namespace"
+                | "Secret"
+                | "Event"
+                | "Lease"
+                | "ServiceAccount"
+                | "ConfigMap"
+                | "Service"
+                | "Pod"
+                | "ClusterRole"
+                | "ClusterRoleBinding"
+                | "Role"
+                | "RoleBinding"
         ),
         schema: None,
     }
 }
 
+/// A built-in resource described by k8s-openapi's own metadata (group, version, kind, plural,
+/// scope); only whether it has a status subresource and its short names are ours to say.
+fn of<K>(status: bool, short: &[&str]) -> Resource
+where
+    K: k8s_openapi::Resource + 'static,
+    K::Scope: 'static,
+{
+    let namespaced = std::any::TypeId::of::<K::Scope>()
+        == std::any::TypeId::of::<k8s_openapi::NamespaceResourceScope>();
+    builtin(
+        K::GROUP,
+        K::VERSION,
+        K::URL_PATH_SEGMENT,
+        K::KIND,
+        namespaced,
+        status,
+        short,
+    )
+}
+
 /// The built-in resources.
 pub fn builtins() -> Vec<Resource> {
+    use k8s_openapi::api::{apps, batch, core, networking, policy, rbac};
+    let mut more = vec![
+        of::<core::v1::Service>(true, &["svc"]),
+        of::<core::v1::Pod>(true, &["po"]),
+        of::<core::v1::PersistentVolumeClaim>(true, &["pvc"]),
+        of::<apps::v1::StatefulSet>(true, &["sts"]),
+        of::<apps::v1::ReplicaSet>(true, &["rs"]),
+        of::<batch::v1::Job>(true, &[]),
+        of::<batch::v1::CronJob>(true, &["cj"]),
+        of::<policy::v1::PodDisruptionBudget>(true, &["pdb"]),
+        of::<networking::v1::NetworkPolicy>(false, &["netpol"]),
+        of::<rbac::v1::ClusterRole>(false, &[]),
+        of::<rbac::v1::ClusterRoleBinding>(false, &[]),
+        of::<rbac::v1::Role>(false, &[]),
+        of::<rbac::v1::RoleBinding>(false, &[]),
+    ];
+    let mut all = hand_listed();
+    all.append(&mut more);
+    all
+}
+
+/// The built-ins the server started with (kept for their categories and generation rules).
+fn hand_listed() -> Vec<Resource> {
     vec![
         builtin("", "v1", "namespaces", "Namespace", false, true, &["ns"]),
         builtin("", "v1", "secrets", "Secret", true, false, &[]),
