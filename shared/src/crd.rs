@@ -182,9 +182,58 @@ pub fn progress_summary(s: &ImageBackupStatus) -> String {
     format!("{done}/{} blobs, {percent}%", s.blobs_total)
 }
 
+/// Integer formats kube-apiserver knows; schemars' `uint32`/`uint64` draw a warning on every
+/// `kubectl apply` of the CRD, so unsigned integers become `int64` with `minimum: 0`.
+const KNOWN_INTEGER_FORMATS: [&str; 2] = ["int32", "int64"];
+
+fn kube_formats(schema: &mut serde_json::Value) {
+    match schema {
+        serde_json::Value::Object(map) => {
+            let unsigned = map
+                .get("format")
+                .and_then(|f| f.as_str())
+                .is_some_and(|f| f.starts_with("uint"));
+            if unsigned {
+                map.insert("format".into(), "int64".into());
+                map.insert("minimum".into(), 0.into());
+            }
+            if let Some(f) = map.get("format").and_then(|f| f.as_str())
+                && map.get("type").and_then(|t| t.as_str()) == Some("integer")
+                && !KNOWN_INTEGER_FORMATS.contains(&f)
+            {
+                map.remove("format");
+            }
+            map.values_mut().for_each(kube_formats);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(kube_formats),
+        _ => {}
+    }
+}
+
+/// The CustomResourceDefinition: generated from the Rust types, with only formats
+/// kube-apiserver recognises (it applies without a warning).
+pub fn crd()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    let mut crd = ImageBackup::crd();
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            && let Ok(mut value) = serde_json::to_value(&*schema)
+        {
+            kube_formats(&mut value);
+            if let Ok(fixed) = serde_json::from_value(value) {
+                *schema = fixed;
+            }
+        }
+    }
+    crd
+}
+
 /// The CustomResourceDefinition as YAML: what `crdgen` prints and `crds/imagebackup.yaml` holds.
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
-    serde_yaml::to_string(&ImageBackup::crd())
+    serde_yaml::to_string(&crd())
 }
 
 #[cfg(test)]
@@ -202,8 +251,38 @@ mod tests {
     }
 
     #[test]
+    fn the_crd_uses_only_formats_kube_apiserver_knows() {
+        let yaml = crd_yaml().unwrap();
+        let known = [
+            "int32",
+            "int64",
+            "float",
+            "double",
+            "byte",
+            "binary",
+            "date",
+            "date-time",
+            "password",
+        ];
+        for line in yaml
+            .lines()
+            .filter(|l| l.trim_start().starts_with("format:"))
+        {
+            let f = line.trim_start().trim_start_matches("format:").trim();
+            assert!(
+                known.contains(&f),
+                "kube-apiserver warns about format {f:?}"
+            );
+        }
+        assert!(
+            yaml.contains("minimum: 0"),
+            "unsigned integers keep their lower bound"
+        );
+    }
+
+    #[test]
     fn crd_has_the_contract_shape() {
-        let crd = ImageBackup::crd();
+        let crd = crd();
         assert_eq!(crd.spec.group, "k8slab.io");
         assert_eq!(crd.spec.scope, "Cluster");
         assert_eq!(crd.spec.names.short_names, Some(vec!["ib".to_string()]));

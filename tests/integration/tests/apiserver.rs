@@ -6,9 +6,9 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
-use kube::{CustomResourceExt, ResourceExt};
 use serde_json::json;
 use shared::crd::{ImageBackup, ImageBackupStatus, Phase};
 use shared::workload::Workload;
@@ -34,7 +34,7 @@ fn status_code(e: &kube::Error) -> (u16, String) {
 
 async fn install_crd(client: &kube::Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.create(&PostParams::default(), &ImageBackup::crd())
+    crds.create(&PostParams::default(), &shared::crd::crd())
         .await
         .expect("create CRD");
 }

@@ -13,4 +13,5 @@ mod readme;
 mod registry_images;
 mod rollout;
 mod testbed_up;
+mod validation;
 mod watcher;

@@ -91,10 +91,26 @@ impl Drop for ChildGuard {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; the kernel will not hand it out again soon).
+/// A free TCP port on 127.0.0.1 for a child process to listen on.
+///
+/// Taken below the kernel's ephemeral range (32768–60999 by default), where outgoing
+/// connections never pick their local ports, and handed out in sequence within this process: a
+/// port asked of the kernel (`bind :0`) and released could be reused by any of the hundreds of
+/// connections a test run opens before the child binds it, and the child would then fail to
+/// listen while something else answered on its port.
 pub fn free_port() -> anyhow::Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 15_000;
+    const COUNT: u32 = 17_000;
+    static NEXT: std::sync::OnceLock<AtomicU32> = std::sync::OnceLock::new();
+    let next = NEXT.get_or_init(|| AtomicU32::new(rand::random_range(0..COUNT)));
+    for _ in 0..COUNT {
+        let port = (FIRST + next.fetch_add(1, Ordering::Relaxed) % COUNT) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port between {FIRST} and {}", FIRST + COUNT)
 }
 
 /// Waits until something accepts connections at `addr`, while `guard` keeps running. Async:

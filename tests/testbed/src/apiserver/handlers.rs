@@ -17,6 +17,7 @@ use super::patch;
 use super::resources::{self, Resource, json_path};
 use super::simulation;
 use super::store::{ChangeType, Key};
+use super::validation::{FieldValidation, admit};
 
 mod discovery;
 mod openapi;
@@ -210,8 +211,8 @@ async fn route(
             }
             Ok(json_response(StatusCode::OK, object))
         }
-        (&Method::POST, None) => create(state, &target, headers, &body),
-        (&Method::PUT, Some(name)) => update(state, &target, name, headers, &body),
+        (&Method::POST, None) => create(state, &target, headers, &body, &query),
+        (&Method::PUT, Some(name)) => update(state, &target, name, headers, &body, &query),
         (&Method::PATCH, Some(name)) => patch_object(state, &target, name, headers, &body, &query),
         (&Method::DELETE, Some(name)) => delete(state, &target, name),
         (&Method::DELETE, None) => delete_collection(state, &target, &query),
@@ -336,6 +337,7 @@ fn create(
     target: &Target,
     headers: &HeaderMap,
     body: &[u8],
+    query: &BTreeMap<String, String>,
 ) -> Result<Response> {
     if target.status {
         return Err(ApiError::method_not_allowed(
@@ -383,15 +385,41 @@ fn create(
     if object.get("metadata").is_none_or(|m| !m.is_object()) {
         object["metadata"] = json!({});
     }
+    object["metadata"]["name"] = json!(name);
+    let warnings = admit(
+        &target.resource,
+        &mut object,
+        None,
+        false,
+        FieldValidation::from_query(query.get("fieldValidation")),
+    )?;
+    // dryRun=All: admitted and answered, not stored.
+    if query.get("dryRun").is_some_and(|d| d == "All") {
+        return Ok(with_warnings(
+            json_response(StatusCode::CREATED, with_version(object, &target.resource)),
+            &warnings,
+        ));
+    }
     let created = {
         let mut store = state.store()?;
         store.create(&target.resource, key(target, &name), object)?
     };
     after_write(state, &target.resource, &created);
-    Ok(json_response(
-        StatusCode::CREATED,
-        with_version(created, &target.resource),
+    Ok(with_warnings(
+        json_response(StatusCode::CREATED, with_version(created, &target.resource)),
+        &warnings,
     ))
+}
+
+/// Adds a `Warning: 299 - "…"` header per warning, as kube-apiserver does.
+fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        let value = format!("299 - \"{}\"", w.replace('"', "\\\""));
+        if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
+            response.headers_mut().append("warning", v);
+        }
+    }
+    response
 }
 
 fn validate_name(resource: &Resource, name: &str) -> Result<()> {
@@ -477,8 +505,9 @@ fn update(
     name: &str,
     headers: &HeaderMap,
     body: &[u8],
+    query: &BTreeMap<String, String>,
 ) -> Result<Response> {
-    let object = parse_body(headers, body)?;
+    let mut object = parse_body(headers, body)?;
     if let Some(given) = object["metadata"]["name"].as_str()
         && given != name
     {
@@ -486,14 +515,24 @@ fn update(
             "the name of the object ({given}) does not match the name on the URL ({name})"
         )));
     }
-    let updated = {
-        let mut store = state.store()?;
-        store.update(&target.resource, &key(target, name), object, target.status)?
-    };
+    let mut store = state.store()?;
+    let old = store.get(&key(target, name)).cloned();
+    if object["metadata"]["name"].is_null() {
+        object["metadata"]["name"] = json!(name);
+    }
+    let warnings = admit(
+        &target.resource,
+        &mut object,
+        old.as_ref(),
+        target.status,
+        FieldValidation::from_query(query.get("fieldValidation")),
+    )?;
+    let updated = store.update(&target.resource, &key(target, name), object, target.status)?;
+    drop(store);
     after_write(state, &target.resource, &updated);
-    Ok(json_response(
-        StatusCode::OK,
-        with_version(updated, &target.resource),
+    Ok(with_warnings(
+        json_response(StatusCode::OK, with_version(updated, &target.resource)),
+        &warnings,
     ))
 }
 
@@ -563,6 +602,14 @@ fn patch_object(
         }
         object["metadata"]["resourceVersion"] = current_rv;
     }
+    let old = (!creating).then(|| store.get(&k).cloned()).flatten();
+    let warnings = admit(
+        &target.resource,
+        &mut object,
+        old.as_ref(),
+        target.status,
+        FieldValidation::from_query(query.get("fieldValidation")),
+    )?;
     let result = if creating {
         if let Some(ns) = target
             .namespace
@@ -582,7 +629,10 @@ fn patch_object(
     } else {
         StatusCode::OK
     };
-    Ok(json_response(code, with_version(result, &target.resource)))
+    Ok(with_warnings(
+        json_response(code, with_version(result, &target.resource)),
+        &warnings,
+    ))
 }
 
 fn delete(state: &Arc<ApiState>, target: &Target, name: &str) -> Result<Response> {

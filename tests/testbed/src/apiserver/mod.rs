@@ -5,9 +5,18 @@
 //!
 //! # What it does
 //! - Discovery (`/version`, `/api`, `/apis`, group versions) for core/v1 (namespaces, secrets,
-//!   events, configmaps), apps/v1 (deployments, daemonsets), events.k8s.io/v1,
+//!   events, configmaps, serviceaccounts, services, pods, PVCs), apps/v1 (deployments,
+//!   daemonsets, statefulsets, replicasets), batch/v1, policy/v1 (PDBs), networking.k8s.io/v1
+//!   (network policies), rbac.authorization.k8s.io/v1, events.k8s.io/v1,
 //!   coordination.k8s.io/v1 (leases), apiextensions.k8s.io/v1 (CRDs). Creating a CRD starts
 //!   serving its group/version/resource, cluster- or namespace-scoped, with or without status.
+//! - Admission ([`validation`]): custom resources against their CRD's structural schema (types,
+//!   required, enum, pattern, lengths, bounds, date-time, nullable, preserve-unknown-fields,
+//!   int-or-string, defaults), unknown fields pruned or refused/warned per `fieldValidation`;
+//!   kube-apiserver's rules for Deployments/DaemonSets/StatefulSets/ReplicaSets (containers,
+//!   names, images, selector matches labels, immutable selector), Namespaces, ConfigMap and
+//!   Secret keys, RBAC roles and bindings, core and events.k8s.io Events; `Warning` headers
+//!   (unknown fields, CRD formats kube-apiserver does not know); `dryRun=All` on create.
 //! - get, list (label and field selectors, all namespaces), create (generateName, 409),
 //!   update (resourceVersion precondition, 409), delete (finalizers), deletecollection, the four
 //!   patch types ([`patch`]), the status subresource, and watch with resourceVersion, BOOKMARKs,
@@ -20,8 +29,10 @@
 //!   history compaction.
 //!
 //! # What it simplifies (compared with kube-apiserver)
-//! - No authentication or authorization, no admission, no TLS; no schema validation of objects
-//!   (a CRD's OpenAPI schema is served but not enforced), no defaulting beyond metadata.
+//! - No authentication or authorization, no TLS, no admission webhooks; built-in kinds are not
+//!   validated against their full OpenAPI schemas (only the rules listed above) and get no
+//!   defaults (strategy, imagePullPolicy, ...); no CEL (`x-kubernetes-validations`);
+//!   `dryRun` only on create.
 //! - Server-side apply merges the applied configuration with strategic-merge rules; there is no
 //!   field ownership (no conflicts, no removal of fields a manager stopped applying).
 //! - Strategic merge patch knows the merge keys of the pod template lists only.
@@ -38,6 +49,7 @@ pub mod patch;
 pub mod resources;
 mod simulation;
 pub mod store;
+pub mod validation;
 
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -167,8 +179,7 @@ impl ApiServer {
     /// Creates the ImageBackup CRD (from the Rust type, as `crds/imagebackup.yaml` is) through
     /// the API, as `kubectl apply -f crds/imagebackup.yaml` would.
     pub async fn install_imagebackup_crd(&self) -> anyhow::Result<()> {
-        use kube::CustomResourceExt as _;
-        let crd = shared::crd::ImageBackup::crd();
+        let crd = shared::crd::crd();
         let api = kube::Api::all(self.client()?);
         api.create(&kube::api::PostParams::default(), &crd).await?;
         Ok(())
