@@ -83,9 +83,10 @@ pub struct ServeArgs {
 /// How logs are written.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LogArgs {
-    /// Log format: plain text for people, JSON lines for collectors.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
-    pub log_format: LogFormat,
+    /// Log format: `text` for people, `json` lines for collectors. Default: text when stderr is
+    /// a terminal, JSON otherwise (a container's logs go to a collector).
+    #[arg(long, env = "LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
     /// Log filter in `tracing` syntax (`info`, `backup=debug,kube=warn`).
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -94,8 +95,9 @@ pub struct LogArgs {
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
-    /// Human-readable lines.
-    Plain,
+    /// Human-readable lines (`plain` is accepted too).
+    #[value(alias = "plain")]
+    Text,
     /// One JSON object per line.
     Json,
 }

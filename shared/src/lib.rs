@@ -11,6 +11,7 @@
 //! - [`events`]: the four CloudEvents types and their NATS binding.
 //! - [`nats`]: stream and consumers from `nats/`, connect, publish with `Nats-Msg-Id`.
 //! - [`error`]: `ErrorClass`, the one vocabulary of failures.
+//! - [`cli`]: shell completions and the exit-code contract every binary shares.
 //! - [`config`]: command-line settings shared by every function.
 //! - [`secret`]: types whose `Debug`/`Display` never show a credential.
 //! - [`telemetry`]: log set-up.
@@ -30,6 +31,7 @@
 
 pub mod admin;
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod consumer;
 pub mod crd;

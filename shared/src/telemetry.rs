@@ -9,8 +9,16 @@ use crate::config::{LogArgs, LogFormat};
 pub fn init_logging(args: &LogArgs) {
     let filter = EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
-    let result = match args.log_format {
-        LogFormat::Plain => registry
+    use std::io::IsTerminal as _;
+    let format = args
+        .log_format
+        .unwrap_or(if std::io::stderr().is_terminal() {
+            LogFormat::Text
+        } else {
+            LogFormat::Json
+        });
+    let result = match format {
+        LogFormat::Text => registry
             .with(fmt::layer().with_writer(std::io::stderr))
             .try_init(),
         LogFormat::Json => registry

@@ -9,6 +9,7 @@
 //! - [`status`]: the ImageBackup status at each step.
 //! - [`credentials`]: source credentials from the workload's pull secrets.
 //! - [`expiry`]: deletes Completed ImageBackups at `expiresAt`.
+//! - [`progress`]: `backup copy`'s progress display on a terminal.
 //! - [`metrics`]: the `imagebackup_backup_*` metrics.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -19,4 +20,5 @@ pub mod credentials;
 pub mod expiry;
 pub mod handler;
 pub mod metrics;
+pub mod progress;
 pub mod status;

@@ -23,7 +23,7 @@ const SOURCE: &str = "/image-backup/backup";
 
 /// Backs up images to the backup registry.
 #[derive(Debug, Parser)]
-#[command(name = "backup", version, about)]
+#[command(name = "backup", version, about, after_long_help = shared::cli::EXIT_CODES)]
 struct Cli {
     #[command(flatten)]
     log: shared::config::LogArgs,
@@ -35,8 +35,14 @@ struct Cli {
 enum Command {
     /// Consume `workload.changed` events from the durable JetStream consumer `backup`, copy each
     /// image once, record it in its ImageBackup, publish `image.completed`/`image.failed`.
+    #[command(
+        after_help = "Example:\n  KUBECONFIG=~/.kube/config backup run --nats-url nats://nats:4222 --docker-config /etc/backup/config.json"
+    )]
     Run(Box<FunctionArgs>),
     /// The same handler behind an HTTP endpoint receiving CloudEvents (Knative Service).
+    #[command(
+        after_help = "Example:\n  K_SINK=http://broker backup serve --listen 0.0.0.0:8000 --docker-config /etc/backup/config.json"
+    )]
     Serve {
         #[command(flatten)]
         serve: ServeArgs,
@@ -45,6 +51,10 @@ enum Command {
     },
     /// Copy one image (every platform of an index), verifying every blob, and print a JSON
     /// summary: digest, media type, platforms, blobs copied/skipped/mounted, bytes, seconds.
+    /// On a terminal, a progress display on stderr (bytes, rate, ETA, blobs); none otherwise.
+    #[command(
+        after_help = "Examples:\n  backup copy nginx:1.14.0 registry.local/backup/library_nginx:1.14.0 --docker-config ~/.docker/config.json\n  backup copy localhost:5000/app:1 localhost:5001/bk/app:1 --insecure-registry localhost:5000,localhost:5001 --quiet"
+    )]
     Copy {
         /// Source reference (`nginx:1.14.0`, `quay.io/a/b@sha256:…`).
         source: String,
@@ -58,6 +68,15 @@ enum Command {
         /// How many blobs move at once.
         #[arg(long, env = "COPY_CONCURRENCY", default_value_t = DEFAULT_CONCURRENCY)]
         concurrency: usize,
+        /// No progress display, even on a terminal.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Print a shell completion script.
+    #[command(after_help = "Example:\n  backup completions zsh > ~/.zfunc/_backup")]
+    Completions {
+        /// The shell.
+        shell: shared::cli::Shell,
     },
 }
 
@@ -133,6 +152,7 @@ async fn copy(
     target: &str,
     registries: &RegistryArgs,
     concurrency: usize,
+    show_progress: bool,
 ) -> Result<String, String> {
     let source = Reference::parse_normalized(source)
         .map_err(|e| format!("Invalid: source {source:?}: {e}"))?
@@ -150,10 +170,18 @@ async fn copy(
     })
     .map_err(|e| format!("{}: {e}", e.class()))?;
     let copier = Copier::new(client, concurrency);
-    let summary = copier
-        .copy(&source, &target, None)
-        .await
-        .map_err(|e| format!("{}: {e}", e.class()))?;
+    let (progress, display) = if show_progress {
+        let (tx, rx) = tokio::sync::watch::channel(backup::copy::Progress::default());
+        (Some(tx), Some(tokio::spawn(backup::progress::display(rx))))
+    } else {
+        (None, None)
+    };
+    let result = copier.copy(&source, &target, progress).await;
+    // The sender is gone with the copy: the display draws its last state and ends.
+    if let Some(display) = display {
+        let _ = display.await;
+    }
+    let summary = result.map_err(|e| format!("{}: {e}", e.class()))?;
     serde_json::to_string(&summary).map_err(|e| format!("Internal: {e}"))
 }
 
@@ -333,21 +361,30 @@ async fn main() -> ExitCode {
             };
             run(function(*args, mode).await)
         }
+        Command::Completions { shell } => {
+            shared::cli::completions::<Cli>(shell, &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
         Command::Copy {
             source,
             target,
             registries,
             concurrency,
+            quiet,
             all_platforms: _,
-        } => match copy(&source, &target, &registries, concurrency).await {
-            Ok(line) => {
-                println!("{line}");
-                ExitCode::SUCCESS
+        } => {
+            use std::io::IsTerminal as _;
+            let show = !quiet && std::io::stderr().is_terminal();
+            match copy(&source, &target, &registries, concurrency, show).await {
+                Ok(line) => {
+                    println!("{line}");
+                    ExitCode::SUCCESS
+                }
+                Err(message) => {
+                    eprintln!("backup copy: {message}");
+                    ExitCode::from(1)
+                }
             }
-            Err(message) => {
-                eprintln!("backup copy: {message}");
-                ExitCode::from(1)
-            }
-        },
+        }
     }
 }

@@ -25,7 +25,7 @@ const SOURCE: &str = "/image-backup/rollout";
 
 /// Moves workloads onto their backup images once all of them are completed.
 #[derive(Debug, Parser)]
-#[command(name = "rollout", version, about)]
+#[command(name = "rollout", version, about, after_long_help = shared::cli::EXIT_CODES)]
 struct Cli {
     #[command(flatten)]
     log: shared::config::LogArgs,
@@ -37,13 +37,27 @@ struct Cli {
 enum Command {
     /// Consume `image.completed` and `workload.changed` from the durable consumer `rollout` and
     /// patch workloads whose every external image is backed up.
+    #[command(
+        after_help = "Example:\n  KUBECONFIG=~/.kube/config rollout run --backup-registry registry.local/backup --nats-url nats://nats:4222 --pin digest"
+    )]
     Run(Box<FunctionArgs>),
     /// The same handler behind an HTTP endpoint receiving CloudEvents (Knative Service).
+    #[command(
+        after_help = "Example:\n  K_SINK=http://broker rollout serve --listen 0.0.0.0:8000 --backup-registry registry.local/backup"
+    )]
     Serve {
         #[command(flatten)]
         serve: ServeArgs,
         #[command(flatten)]
         function: Box<FunctionArgs>,
+    },
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Example:\n  rollout completions fish > ~/.config/fish/completions/rollout.fish"
+    )]
+    Completions {
+        /// The shell.
+        shell: shared::cli::Shell,
     },
 }
 
@@ -252,6 +266,10 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     shared::telemetry::init_logging(&cli.log);
     let result = match cli.command {
+        Command::Completions { shell } => {
+            shared::cli::completions::<Cli>(shell, &mut std::io::stdout());
+            Ok(())
+        }
         Command::Run(args) => function(*args, Mode::Run).await,
         Command::Serve {
             serve,

@@ -4,9 +4,11 @@
 //! # Layout
 //! - [`decide`]: the pure decision for one workload (shared by `plan` and `run`).
 //! - [`run`]: the long-running loop of `watcher run` (reflectors in, events out).
+//! - [`table`]: `watcher plan -o table`.
 //! - [`metrics`]: the `imagebackup_watcher_*` metrics.
 #![deny(missing_docs)]
 
 pub mod decide;
 pub mod metrics;
 pub mod run;
+pub mod table;

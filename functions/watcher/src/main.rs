@@ -27,7 +27,7 @@ const SOURCE: &str = "/image-backup/watcher";
 
 /// Watches Deployments and DaemonSets and announces images that need a backup.
 #[derive(Debug, Parser)]
-#[command(name = "watcher", version, about)]
+#[command(name = "watcher", version, about, after_long_help = shared::cli::EXIT_CODES)]
 struct Cli {
     #[command(flatten)]
     log: shared::config::LogArgs,
@@ -40,17 +40,42 @@ enum Command {
     /// Watch Deployments and DaemonSets and publish `workload.changed` events for Ready ones
     /// that run images not yet in the backup registry. Kubernetes from KUBECONFIG or the
     /// in-cluster config.
+    #[command(
+        after_help = "Example:\n  KUBECONFIG=~/.kube/config watcher run --backup-registry registry.local/backup --nats-url nats://nats:4222"
+    )]
     Run(Box<RunArgs>),
     /// Print, as JSON lines, what would be published for the workloads in YAML files (contacts
     /// nothing). Exits 1 when an image reference or a document is invalid; valid images are
     /// still printed.
+    #[command(
+        after_help = "Examples:\n  watcher plan -f deploy.yaml --backup-registry docker.io/acme\n  kubectl get deploy -A -o yaml | watcher plan -f - --backup-registry docker.io/acme -o table"
+    )]
     Plan {
         /// Workload YAML (Deployment, DaemonSet, List; multi-document); `-` reads stdin.
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
         #[command(flatten)]
         backup: BackupArgs,
+        /// `json`: one line per workload, what `watcher run` would publish (the contract);
+        /// `table`: one row per container image, for people.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Json)]
+        output: Output,
     },
+    /// Print a shell completion script.
+    #[command(after_help = "Example:\n  watcher completions bash > /etc/bash_completion.d/watcher")]
+    Completions {
+        /// The shell.
+        shell: shared::cli::Shell,
+    },
+}
+
+/// `watcher plan`'s output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    /// JSON lines (the contract).
+    Json,
+    /// An aligned table.
+    Table,
 }
 
 #[derive(Debug, clap::Args)]
@@ -95,9 +120,10 @@ fn read(path: &PathBuf) -> std::io::Result<String> {
     }
 }
 
-fn plan(files: &[PathBuf], backup: &BackupArgs) -> ExitCode {
+fn plan(files: &[PathBuf], backup: &BackupArgs, output: Output) -> ExitCode {
     let naming = backup.naming();
     let mut failed = false;
+    let mut rows = Vec::new();
     for path in files {
         let text = match read(path) {
             Ok(t) => t,
@@ -123,6 +149,9 @@ fn plan(files: &[PathBuf], backup: &BackupArgs) -> ExitCode {
                     continue;
                 }
             };
+            if output == Output::Table {
+                rows.extend(watcher::table::rows(&w, &naming));
+            }
             // The same planning `watcher run` does (no ServiceAccount is known offline).
             let plan = decide::plan(&w, None, &naming);
             let r = &plan.event.workload;
@@ -139,6 +168,9 @@ fn plan(files: &[PathBuf], backup: &BackupArgs) -> ExitCode {
                 );
                 failed = true;
             }
+            if output == Output::Table {
+                continue;
+            }
             let data = serde_json::to_value(&plan.event).unwrap_or_default();
             let payload = Payload::WorkloadChanged(plan.event);
             let line = serde_json::json!({
@@ -150,6 +182,9 @@ fn plan(files: &[PathBuf], backup: &BackupArgs) -> ExitCode {
             });
             println!("{line}");
         }
+    }
+    if output == Output::Table {
+        print!("{}", watcher::table::render(&rows));
     }
     if failed {
         ExitCode::from(1)
@@ -209,7 +244,15 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     shared::telemetry::init_logging(&cli.log);
     match cli.command {
-        Command::Plan { files, backup } => plan(&files, &backup),
+        Command::Plan {
+            files,
+            backup,
+            output,
+        } => plan(&files, &backup, output),
+        Command::Completions { shell } => {
+            shared::cli::completions::<Cli>(shell, &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
         Command::Run(args) => shared::runtime::exit_code(
             "watcher run",
             run(*args).await.map_err(|e| format!("{e:#}")),
