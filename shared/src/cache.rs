@@ -2,6 +2,7 @@
 //! Deployments and DaemonSets, seen as [`Workload`]s. Reading a cache never calls the API.
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::PodSpec;
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::events::{WorkloadKind, WorkloadRef};
@@ -43,6 +44,20 @@ impl WorkloadCache {
             .state()
             .into_iter()
             .map(|d| Workload::DaemonSet(Box::new(d.as_ref().clone())));
+        d.chain(s).collect()
+    }
+
+    /// The cached workloads whose pod spec satisfies `keep`, cloning only those (an event that
+    /// concerns a few workloads of thousands must not copy them all).
+    pub fn filter(&self, keep: impl Fn(&PodSpec) -> bool) -> Vec<Workload> {
+        let d = self.deployments.state().into_iter().filter_map(|d| {
+            let spec = d.spec.as_ref()?.template.spec.as_ref()?;
+            keep(spec).then(|| Workload::Deployment(Box::new(d.as_ref().clone())))
+        });
+        let s = self.daemonsets.state().into_iter().filter_map(|d| {
+            let spec = d.spec.as_ref()?.template.spec.as_ref()?;
+            keep(spec).then(|| Workload::DaemonSet(Box::new(d.as_ref().clone())))
+        });
         d.chain(s).collect()
     }
 

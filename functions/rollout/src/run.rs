@@ -7,7 +7,7 @@
 //! so a lost `image.completed` delays a rollout, never loses it. Duplicate or reordered events
 //! cause no second patch: a rolled-out workload runs only backups, so there is nothing to do.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -292,32 +292,99 @@ impl Context {
     }
 }
 
+/// How long a handler waits for its caches to show what an event says happened.
+const CACHE_CATCH_UP: Duration = Duration::from_secs(5);
+/// Deliveries after which an event the caches never catch up with is left to the resync
+/// (a workload deleted since, an ImageBackup expired since).
+const MAX_CATCH_UP_DELIVERIES: u64 = 5;
+
+/// How long before a workload that was not Ready is looked at again.
+const NOT_READY_RETRY: Duration = Duration::from_secs(10);
+/// Deliveries after which a workload that stays not Ready is left to the resync.
+const MAX_NOT_READY_DELIVERIES: u64 = 30;
+
+// === impl Context (events) ===
+
+impl Context {
+    /// Waits (bounded) until `check` holds on the caches: an event can arrive before the watch
+    /// update that carries the same fact (`image.completed` before the ImageBackup's status
+    /// reaches this process's cache).
+    async fn caught_up(&self, check: impl Fn() -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + CACHE_CATCH_UP;
+        loop {
+            if check() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The cached workloads that run `source` (normalized), cloning only those.
+    fn users_of(&self, source: &str) -> Vec<Workload> {
+        self.workloads.filter(|spec| {
+            spec.init_containers
+                .iter()
+                .flatten()
+                .chain(spec.containers.iter())
+                .filter_map(|c| c.image.as_deref())
+                .any(|image| {
+                    shared::workload::needs_backup(image, &self.naming)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|s| s.to_string() == source)
+                })
+        })
+    }
+}
+
 impl Handler for Context {
     type Error = RolloutError;
 
-    async fn handle(&self, event: Payload, _delivered: u64) -> Result<Outcome, RolloutError> {
+    async fn handle(&self, event: Payload, delivered: u64) -> Result<Outcome, RolloutError> {
         let mut outcome = Outcome::default();
-        let targets: Vec<Workload> = match &event {
+        let caught_up = match &event {
             Payload::ImageCompleted(c) => {
-                let mut seen = HashSet::new();
-                self.workloads
-                    .all()
-                    .into_iter()
-                    .filter(|w| {
-                        w.images().iter().any(|i| {
-                            shared::workload::needs_backup(&i.image, &self.naming)
-                                .ok()
-                                .flatten()
-                                .is_some_and(|s| s.to_string() == c.source)
+                self.caught_up(|| {
+                    self.backups
+                        .get(&ObjectRef::new(&c.name))
+                        .is_some_and(|ib| {
+                            ib.phase() == shared::crd::Phase::Completed
+                                && ib.status.as_ref().and_then(|s| s.digest.as_deref())
+                                    == Some(c.digest.as_str())
                         })
-                    })
-                    .filter(|w| seen.insert(w.reference()))
-                    .collect()
+                })
+                .await
             }
+            Payload::WorkloadChanged(c) => {
+                self.caught_up(|| {
+                    self.workloads
+                        .get(&c.workload)
+                        .is_some_and(|w| w.uid() == c.uid && w.generation() >= c.generation)
+                })
+                .await
+            }
+            _ => true,
+        };
+        if !caught_up && delivered < MAX_CATCH_UP_DELIVERIES {
+            tracing::debug!(subject = %event.subject(), "caches behind the event; redelivery asked");
+            outcome.retry_after = Some(Duration::from_secs(2));
+            return Ok(outcome);
+        }
+        let targets: Vec<Workload> = match &event {
+            Payload::ImageCompleted(c) => self.users_of(&c.source),
             Payload::WorkloadChanged(c) => self.workloads.get(&c.workload).into_iter().collect(),
             _ => Vec::new(),
         };
         for w in targets {
+            // A workload not Ready now (mid-rollout, scaling) is looked at again shortly rather
+            // than at the next resync.
+            if self.decide(&w) == Decision::NotReady && delivered < MAX_NOT_READY_DELIVERIES {
+                outcome.retry_after = Some(NOT_READY_RETRY);
+                continue;
+            }
             outcome.events.extend(self.evaluate(&w).await);
         }
         Ok(outcome)

@@ -3,6 +3,7 @@
 
 mod apiserver;
 mod backup;
+mod chaos;
 mod cli;
 mod copy_engine;
 mod demo;

@@ -15,6 +15,7 @@
 //! - [`function`]: a function binary run as a process (start, SIGTERM, admin endpoints, log).
 //! - [`stream`]: what the IMAGEBACKUP stream holds, decoded.
 //! - [`bench_backup`]: the backup function's benchmark (`testbed bench-backup`).
+//! - [`bench_scale`]: the end-to-end scale benchmark (`testbed bench-scale`).
 //! - [`bench_watcher`]: the watcher's start-up benchmark (`testbed bench-watcher`).
 //! - [`fault_proxy`]: a proxy in front of a registry that injects 429/503, cuts and corruption.
 //! - [`hostile_registry`]: a registry that misbehaves on purpose (endless bodies, traversal
@@ -24,6 +25,7 @@
 pub mod apiserver;
 pub mod bench;
 pub mod bench_backup;
+pub mod bench_scale;
 pub mod bench_watcher;
 pub mod broker;
 pub mod cluster;

@@ -55,6 +55,17 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         images: usize,
     },
+    /// The whole flow at scale: watcher, backup and rollout on Ready workloads in 50 namespaces
+    /// referencing distinct small images; seconds until all run their backups, copies, API
+    /// requests and NATS messages per workload, peak RSS of each function (Markdown rows).
+    BenchScale {
+        /// Workload counts to run, one row each.
+        #[arg(long, value_delimiter = ',', default_value = "120,1200")]
+        workloads: Vec<usize>,
+        /// Distinct images.
+        #[arg(long, default_value_t = 100)]
+        images: usize,
+    },
     /// The backup function: events for distinct images handled by 2 `backup run` processes,
     /// against the sum of one-shot `backup copy` times; prints a Markdown table.
     BenchBackup {
@@ -197,6 +208,20 @@ async fn main() -> anyhow::Result<()> {
                 "| workloads | namespaces | images | seconds until all stored | API requests | peak RSS (MiB) |\n|---|---|---|---|---|---|"
             );
             print!("{}", testbed::bench_watcher::run(shape).await?);
+            Ok(())
+        }
+        Command::BenchScale { workloads, images } => {
+            println!(
+                "| workloads | images | seconds until all rolled out | copies | API requests per workload | NATS messages per workload | peak RSS watcher / backup / rollout (MiB) |\n|---|---|---|---|---|---|---|"
+            );
+            for n in workloads {
+                let shape = testbed::bench_scale::Shape {
+                    workloads: n.max(1),
+                    namespaces: 50,
+                    images: images.max(1),
+                };
+                print!("{}", testbed::bench_scale::run(shape).await?);
+            }
             Ok(())
         }
         Command::BenchBackup { images, events } => {

@@ -1,0 +1,214 @@
+//! Proof under faults (bounded, in CI): two replicas of each function work through 50 workloads
+//! sharing 15 images while processes are SIGKILLed and restarted, nats-server restarts, the
+//! source registry answers 503, API watches are cut and the API answers 429. At the end every
+//! workload runs the backup of the image it asks for, pinned to that image's source digest;
+//! every ImageBackup is Completed; no process panicked. The seed is printed: `CHAOS_SEED=<n>`
+//! replays a run's sequence of faults.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde_json::json;
+use shared::crd::{ImageBackup, Phase};
+use testbed::cluster::Cluster;
+use testbed::function::FunctionProcess;
+use testbed::{FaultProxy, Format, ImageSpec};
+
+const WORKLOADS: usize = 50;
+const IMAGES: usize = 15;
+const CHAOS_ROUNDS: usize = 12;
+
+fn deployment(ns: &str, name: &str, image: &str) -> Deployment {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}},
+                              "spec": {"containers": [{"name": "main", "image": image}]}}}
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_guarantees_hold_under_faults() {
+    let seed: u64 = std::env::var("CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("chaos seed: {seed} (replay with CHAOS_SEED={seed})");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut c = Cluster::start().await.expect("cluster");
+    let proxy = FaultProxy::start(&c.source.host()).await.expect("proxy");
+    let pusher = c.source_pusher();
+    let mut digests = Vec::new();
+    for i in 0..IMAGES {
+        let image = pusher
+            .push_image(
+                &format!("chaos/app{i}"),
+                "1",
+                &ImageSpec::single(Format::Oci, 2, 64 * 1024, 9000 + i as u64),
+            )
+            .await
+            .unwrap();
+        digests.push(image.digest);
+    }
+    let source = |i: usize| format!("{}/chaos/app{i}:1", proxy.host());
+    let extra = [
+        (
+            "INSECURE_REGISTRIES",
+            format!("{},{},{}", proxy.host(), c.source.host(), c.backup.host()),
+        ),
+        ("ACK_WAIT_SECONDS", "4".to_string()),
+        ("CLAIM_LEASE_SECONDS", "4".to_string()),
+        ("RESYNC_SECONDS", "5".to_string()),
+    ];
+    let kinds = ["watcher", "backup", "rollout"];
+    let mut procs: Vec<(usize, FunctionProcess)> = Vec::new();
+    for (k, kind) in kinds.iter().enumerate() {
+        for _ in 0..2 {
+            procs.push((k, c.spawn(kind, &["run"], &extra).await.expect("spawn")));
+        }
+    }
+    c.namespace("chaos").await.unwrap();
+    let api: Api<Deployment> = Api::namespaced(c.client.clone(), "chaos");
+    let mut wanted: HashMap<String, usize> = HashMap::new();
+    for w in 0..WORKLOADS {
+        let i = rng.random_range(0..IMAGES);
+        let name = format!("w{w}");
+        api.create(
+            &PostParams::default(),
+            &deployment("chaos", &name, &source(i)),
+        )
+        .await
+        .unwrap();
+        wanted.insert(name, i);
+    }
+    // Faults while the work goes on.
+    let mut log = Vec::new();
+    for round in 0..CHAOS_ROUNDS {
+        match rng.random_range(0..6) {
+            0 | 1 => {
+                let victim = rng.random_range(0..procs.len());
+                let (k, old) = procs.remove(victim);
+                drop(old); // SIGKILL
+                log.push(format!("round {round}: SIGKILL a {}", kinds[k]));
+                procs.push((
+                    k,
+                    c.spawn(kinds[k], &["run"], &extra).await.expect("respawn"),
+                ));
+            }
+            2 => {
+                log.push(format!("round {round}: restart nats-server"));
+                c.nats.restart().await.expect("restart nats");
+            }
+            3 => {
+                log.push(format!("round {round}: source registry answers 503 x30"));
+                proxy.fail_next(&[(503, None); 30]);
+            }
+            4 => {
+                log.push(format!("round {round}: API watches cut, then 429s"));
+                c.api.cut_watches_after(Some(3));
+                c.api.fail_next(&[429, 429, 429]);
+            }
+            _ => {
+                // A user changes some workloads to another image.
+                for _ in 0..3 {
+                    let w = format!("w{}", rng.random_range(0..WORKLOADS));
+                    let i = rng.random_range(0..IMAGES);
+                    let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "main", "image": source(i)}]}}}});
+                    if api
+                        .patch(&w, &PatchParams::default(), &Patch::Strategic(&patch))
+                        .await
+                        .is_ok()
+                    {
+                        wanted.insert(w, i);
+                    }
+                }
+                log.push(format!("round {round}: 3 workloads changed"));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
+        if round % 4 == 3 {
+            c.api.cut_watches_after(None);
+        }
+    }
+    c.api.cut_watches_after(None);
+    println!("{}", log.join("\n"));
+
+    // Every workload ends on the backup of the image it asks for, pinned to the source digest.
+    let flat = |i: usize| {
+        format!(
+            "{}/{}_chaos_app{i}:1@{}",
+            c.backup_registry(),
+            proxy.host().replace(':', "__"),
+            digests[i]
+        )
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let list = api
+            .list(&Default::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        let wrong: Vec<String> = list
+            .iter()
+            .filter_map(|d| {
+                let name = d.metadata.name.clone().unwrap_or_default();
+                let image = d.spec.as_ref()?.template.spec.as_ref()?.containers[0]
+                    .image
+                    .clone()?;
+                (image != flat(wanted[&name])).then(|| format!("{name}: {image}"))
+            })
+            .collect();
+        if wrong.is_empty() && list.len() == WORKLOADS {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            for (_, p) in &procs {
+                eprintln!("{}", p.log());
+            }
+            panic!(
+                "seed {seed}: {} workloads not on their backups: {wrong:?}\n{}",
+                wrong.len(),
+                log.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Every ImageBackup Completed, one per image used, each at its source digest.
+    let ibs = Api::<ImageBackup>::all(c.client.clone())
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items;
+    for ib in &ibs {
+        let status = ib.status.clone().unwrap_or_default();
+        assert_eq!(
+            ib.phase(),
+            Phase::Completed,
+            "seed {seed}: {} {:?}",
+            ib.spec.source,
+            status.last_error
+        );
+        let i: usize = ib
+            .spec
+            .source
+            .split("app")
+            .nth(1)
+            .and_then(|s| s.split(':').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap();
+        assert_eq!(status.digest.as_deref(), Some(digests[i].as_str()));
+    }
+    for (_, p) in &procs {
+        assert!(
+            !p.log().contains("panicked"),
+            "seed {seed}: a function panicked:\n{}",
+            p.log()
+        );
+    }
+}
