@@ -379,4 +379,31 @@ mod tests {
             Err(EventError::UnknownType(_))
         ));
     }
+
+    proptest::proptest! {
+        /// What a Knative broker or any HTTP client posts to `serve`: any headers and body decode
+        /// to an event or an `EventError`, never a panic.
+        #[test]
+        fn arbitrary_http_requests_never_panic(
+            ty in "\\PC{0,40}",
+            id in "\\PC{0,20}",
+            content_type in proptest::sample::select(vec!["application/json", "application/cloudevents+json", "text/plain", ""]),
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+        ) {
+            let mut headers = http::HeaderMap::new();
+            for (k, v) in [("ce-specversion", "1.0"), ("ce-source", "/x"), ("content-type", content_type)] {
+                headers.insert(k, http::HeaderValue::from_static(v));
+            }
+            if let Ok(v) = http::HeaderValue::from_str(&ty) {
+                headers.insert("ce-type", v);
+            }
+            if let Ok(v) = http::HeaderValue::from_str(&id) {
+                headers.insert("ce-id", v);
+            }
+            if let Ok(event) = from_http(&headers, &body) {
+                let _ = Payload::from_cloudevent(&event);
+            }
+            let _ = from_http(&http::HeaderMap::new(), &body);
+        }
+    }
 }

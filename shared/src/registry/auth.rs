@@ -436,4 +436,20 @@ mod tests {
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("tokens: 2"), "{shown}");
     }
+
+    proptest::proptest! {
+        /// `WWW-Authenticate` comes from the registry: any value parses or is refused, never a
+        /// panic.
+        #[test]
+        fn arbitrary_challenges_never_panic(header in "\\PC{0,300}") {
+            let _ = Challenge::parse(&header);
+            let _ = Challenge::parse(&format!("Bearer {header}"));
+        }
+
+        /// A docker config from a Secret may hold anything.
+        #[test]
+        fn arbitrary_docker_configs_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = DockerConfig::from_json(&bytes, "fuzz");
+        }
+    }
 }

@@ -114,4 +114,12 @@ mod tests {
             assert!(!retryable_status(StatusCode::from_u16(s).unwrap()), "{s}");
         }
     }
+
+    proptest::proptest! {
+        /// `Retry-After` comes from the registry: any value is a delay or ignored.
+        #[test]
+        fn arbitrary_retry_after_never_panics(value in "\\PC{0,60}") {
+            let _ = parse_retry_after(&value, chrono::Utc::now());
+        }
+    }
 }

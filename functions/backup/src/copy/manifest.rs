@@ -297,4 +297,36 @@ mod tests {
             Err(CopyError::Unsupported { .. })
         ));
     }
+
+    proptest::proptest! {
+        /// A registry may serve anything as a manifest: parsing never panics, whatever the
+        /// bytes and the media type.
+        #[test]
+        fn arbitrary_manifests_never_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048),
+            media_type in proptest::sample::select(vec![
+                OCI_IMAGE_INDEX_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE, IMAGE_MANIFEST_LIST_MEDIA_TYPE,
+                IMAGE_MANIFEST_MEDIA_TYPE, "application/json", "text/plain", "",
+            ]),
+        ) {
+            let m = RawManifest { media_type: media_type.to_string(), bytes, digest: String::new() };
+            let _ = parse(&m, ORIGIN);
+        }
+
+        /// Structurally plausible manifests with hostile values: digests, sizes and platforms
+        /// of any shape end in `Ok` or a classified error, never a panic.
+        #[test]
+        fn hostile_descriptor_values_never_panic(
+            digest in "\\PC{0,100}",
+            size in proptest::prelude::any::<i64>(),
+            os in "\\PC{0,20}",
+        ) {
+            let index = raw(OCI_IMAGE_INDEX_MEDIA_TYPE, serde_json::json!({"schemaVersion": 2, "manifests": [
+                {"mediaType": OCI_IMAGE_MEDIA_TYPE, "digest": digest, "size": size, "platform": {"os": os, "architecture": os}}]}));
+            let _ = parse(&index, ORIGIN);
+            let image = raw(OCI_IMAGE_MEDIA_TYPE, serde_json::json!({"schemaVersion": 2,
+                "config": {"mediaType": "c", "digest": digest, "size": size}, "layers": [{"mediaType": "l", "digest": digest, "size": size}]}));
+            let _ = parse(&image, ORIGIN);
+        }
+    }
 }
