@@ -22,21 +22,21 @@ pub async fn pull_secrets(
         let secret = match api.get_opt(name).await {
             Ok(Some(s)) => s,
             Ok(None) => {
-                tracing::warn!(namespace, secret = %name, "pull secret not found; copying without it");
+                tracing::warn!(namespace, name = %name, "imagePullSecret not found; copying without it");
                 continue;
             }
             Err(e) => {
-                tracing::warn!(namespace, secret = %name, error = %e, "cannot read pull secret");
+                tracing::warn!(namespace, name = %name, error = %e, "cannot read imagePullSecret");
                 continue;
             }
         };
         match parse(&secret) {
             Some(Ok(c)) => config.merge(c),
             Some(Err(e)) => {
-                tracing::warn!(namespace, secret = %name, error = %e, "pull secret is not a docker config")
+                tracing::warn!(namespace, name = %name, error = %e, "imagePullSecret is not a docker config")
             }
             None => {
-                tracing::warn!(namespace, secret = %name, "not a docker config Secret; skipped")
+                tracing::warn!(namespace, name = %name, "imagePullSecret of another type; skipped")
             }
         }
     }

@@ -338,7 +338,7 @@ impl Context {
         }) {
             Ok(client) => inner.copier.with_client(client),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot build a client with the pull secrets; copying without them");
+                tracing::warn!(error = %e, "cannot build a client with the imagePullSecrets; copying without them");
                 inner.copier.clone()
             }
         }
