@@ -336,3 +336,68 @@ async fn a_crd_with_formats_kube_apiserver_does_not_know_draws_its_warning_and_o
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn kubectl_prints_the_columns_kube_apiserver_prints_for_built_in_kinds() {
+    let s = Server::start().await;
+    let (code, _, _) = s
+        .post(
+            "/apis/apps/v1/namespaces/default/deployments",
+            deployment(
+                "web",
+                json!({"app": "web"}),
+                json!([{"name": "nginx", "image": "nginx:1.14.0"}]),
+            ),
+        )
+        .await;
+    assert_eq!(code.as_u16(), 201);
+    let kubeconfig = tempfile::NamedTempFile::new().unwrap();
+    s.api.write_kubeconfig(kubeconfig.path()).unwrap();
+    let get = |args: &'static [&'static str]| {
+        let path = kubeconfig.path().to_path_buf();
+        async move {
+            let out = tokio::process::Command::new("kubectl")
+                .args(args)
+                .env("KUBECONFIG", path)
+                .output()
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).to_string()
+        }
+    };
+    let wide = get(&["get", "deploy", "-o", "wide"]).await;
+    let header: Vec<&str> = wide
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "READY",
+            "UP-TO-DATE",
+            "AVAILABLE",
+            "AGE",
+            "CONTAINERS",
+            "IMAGES",
+            "SELECTOR"
+        ],
+        "{wide}"
+    );
+    assert!(
+        wide.contains("nginx:1.14.0") && wide.contains("app=web"),
+        "{wide}"
+    );
+    let narrow = get(&["get", "deploy"]).await;
+    assert!(
+        !narrow.contains("IMAGES"),
+        "wide columns only with -o wide:\n{narrow}"
+    );
+    let namespaces = get(&["get", "ns"]).await;
+    assert!(
+        namespaces.lines().next().unwrap_or("").contains("STATUS") && namespaces.contains("Active"),
+        "{namespaces}"
+    );
+}

@@ -39,7 +39,11 @@
 //! - `limit`/`continue` are ignored: lists return everything in one page (allowed by the API).
 //! - Deleting a namespace does not delete its contents; there is no garbage collector
 //!   (ownerReferences are stored, not acted on); finalizers are honoured.
-//! - Built-in kinds print as Name and Age in Tables (CRDs print their own columns).
+//! - Tables: kube-apiserver's columns for Deployments (with `-o wide` containers, images,
+//!   selector), DaemonSets, StatefulSets, Namespaces, Services, ConfigMaps and Secrets; other
+//!   built-ins print Name and Age (CRDs print their own columns).
+//! - Request bodies are JSON (and YAML for apply); kubectl's imperative `create namespace`,
+//!   `create configmap` and the like send protobuf, which is refused (400).
 //! - OpenAPI v2/v3 documents describe the served kinds loosely (objects with any fields),
 //!   enough for kubectl's discovery of server-side field validation.
 

@@ -1,5 +1,7 @@
 //! `meta.k8s.io/v1` Tables: Name, the CRD's additionalPrinterColumns (simple JSONPath, `date`
-//! columns as ages), or Name and Age for built-ins.
+//! columns as ages), kube-apiserver's columns for the common built-in kinds (its printers:
+//! Deployment READY/UP-TO-DATE/AVAILABLE with wide CONTAINERS/IMAGES/SELECTOR, DaemonSet,
+//! StatefulSet, Namespace STATUS, Service, ConfigMap and Secret DATA), or Name and Age.
 
 use super::*;
 
@@ -18,6 +20,169 @@ pub(super) fn human_age(timestamp: &str) -> String {
     }
 }
 
+/// A built-in column: header, priority (1 = `-o wide` only) and how a cell is computed.
+type Column = (&'static str, i64, fn(&Value) -> Value);
+
+fn int(v: &Value) -> i64 {
+    v.as_i64().unwrap_or(0)
+}
+
+fn containers(o: &Value) -> Value {
+    join(o, "name")
+}
+
+fn images(o: &Value) -> Value {
+    join(o, "image")
+}
+
+fn join(o: &Value, field: &str) -> Value {
+    o["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .filter_map(|c| c[field].as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+        .into()
+}
+
+fn selector(o: &Value) -> Value {
+    let labels = o["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .or_else(|| o["spec"]["selector"].as_object())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| format!("{k}={v}")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    if labels.is_empty() {
+        "<none>".into()
+    } else {
+        labels.into()
+    }
+}
+
+fn age(o: &Value) -> Value {
+    human_age(o["metadata"]["creationTimestamp"].as_str().unwrap_or("")).into()
+}
+
+fn count(v: &Value) -> Value {
+    v.as_object().map_or(0, |m| m.len()).into()
+}
+
+/// kube-apiserver's printer columns for the built-in kinds people look at most.
+fn builtin_columns(resource: &Resource) -> Option<Vec<Column>> {
+    let columns: Vec<Column> = match (resource.group.as_str(), resource.kind.as_str()) {
+        ("apps", "Deployment") => vec![
+            ("Ready", 0, |o| {
+                format!(
+                    "{}/{}",
+                    int(&o["status"]["readyReplicas"]),
+                    o["spec"]["replicas"].as_i64().unwrap_or(1)
+                )
+                .into()
+            }),
+            ("Up-to-date", 0, |o| {
+                int(&o["status"]["updatedReplicas"]).into()
+            }),
+            ("Available", 0, |o| {
+                int(&o["status"]["availableReplicas"]).into()
+            }),
+            ("Age", 0, age),
+            ("Containers", 1, containers),
+            ("Images", 1, images),
+            ("Selector", 1, selector),
+        ],
+        ("apps", "DaemonSet") => vec![
+            ("Desired", 0, |o| {
+                int(&o["status"]["desiredNumberScheduled"]).into()
+            }),
+            ("Current", 0, |o| {
+                int(&o["status"]["currentNumberScheduled"]).into()
+            }),
+            ("Ready", 0, |o| int(&o["status"]["numberReady"]).into()),
+            ("Up-to-date", 0, |o| {
+                int(&o["status"]["updatedNumberScheduled"]).into()
+            }),
+            ("Available", 0, |o| {
+                int(&o["status"]["numberAvailable"]).into()
+            }),
+            ("Node Selector", 0, |o| {
+                let s = o["spec"]["template"]["spec"]["nodeSelector"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .filter_map(|(k, v)| v.as_str().map(|v| format!("{k}={v}")))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    });
+                s.filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "<none>".into())
+                    .into()
+            }),
+            ("Age", 0, age),
+            ("Containers", 1, containers),
+            ("Images", 1, images),
+            ("Selector", 1, selector),
+        ],
+        ("apps", "StatefulSet") => vec![
+            ("Ready", 0, |o| {
+                format!(
+                    "{}/{}",
+                    int(&o["status"]["readyReplicas"]),
+                    o["spec"]["replicas"].as_i64().unwrap_or(1)
+                )
+                .into()
+            }),
+            ("Age", 0, age),
+            ("Containers", 1, containers),
+            ("Images", 1, images),
+        ],
+        ("", "Namespace") => vec![
+            ("Status", 0, |o| {
+                o["status"]["phase"].as_str().unwrap_or("Active").into()
+            }),
+            ("Age", 0, age),
+        ],
+        ("", "Service") => vec![
+            ("Type", 0, |o| {
+                o["spec"]["type"].as_str().unwrap_or("ClusterIP").into()
+            }),
+            ("Cluster-IP", 0, |o| {
+                o["spec"]["clusterIP"].as_str().unwrap_or("<none>").into()
+            }),
+            ("External-IP", 0, |_| "<none>".into()),
+            ("Port(s)", 0, |o| {
+                o["spec"]["ports"]
+                    .as_array()
+                    .map(|p| {
+                        p.iter()
+                            .map(|p| {
+                                format!("{}/{}", p["port"], p["protocol"].as_str().unwrap_or("TCP"))
+                            })
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_else(|| "<none>".into())
+                    .into()
+            }),
+            ("Age", 0, age),
+        ],
+        ("", "ConfigMap") => vec![("Data", 0, |o| count(&o["data"])), ("Age", 0, age)],
+        ("", "Secret") => vec![
+            ("Type", 0, |o| o["type"].as_str().unwrap_or("Opaque").into()),
+            ("Data", 0, |o| count(&o["data"])),
+            ("Age", 0, age),
+        ],
+        _ => return None,
+    };
+    Some(columns)
+}
+
 pub(super) fn to_table(
     resource: &Resource,
     items: &[Value],
@@ -28,10 +193,18 @@ pub(super) fn to_table(
         json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0}),
     ];
     let custom = !resource.printer_columns.is_empty();
+    let builtin = if custom {
+        None
+    } else {
+        builtin_columns(resource)
+    };
+    for (name, priority, _) in builtin.iter().flatten() {
+        columns.push(json!({"name": name, "type": "string", "format": "", "description": "", "priority": priority}));
+    }
     for c in &resource.printer_columns {
         columns.push(json!({"name": c.name, "type": if c.type_ == "date" { "string" } else { c.type_.as_str() }, "format": "", "description": c.description, "priority": c.priority}));
     }
-    if !custom {
+    if !custom && builtin.is_none() {
         columns.push(json!({"name": "Age", "type": "string", "format": "", "description": "CreationTimestamp", "priority": 0}));
     }
     let include_object = query
@@ -50,7 +223,10 @@ pub(super) fn to_table(
                     (None, _) => Value::Null,
                 });
             }
-            if !custom {
+            for (_, _, cell) in builtin.iter().flatten() {
+                cells.push(cell(o));
+            }
+            if !custom && builtin.is_none() {
                 cells.push(human_age(o["metadata"]["creationTimestamp"].as_str().unwrap_or("")).into());
             }
             let object = match include_object {
