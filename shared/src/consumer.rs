@@ -26,6 +26,9 @@ use crate::events::{DEADLETTER_PREFIX, Payload, from_nats_message};
 use crate::publish::{EventPublisher, Publisher};
 use crate::shutdown::Shutdown;
 
+/// How long a quiet pull subscription is kept before it is renewed.
+const IDLE_RESUBSCRIBE: Duration = Duration::from_secs(20);
+
 /// What handling an event produced.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -103,7 +106,20 @@ pub async fn run<H: Handler>(
         let message = tokio::select! {
             biased;
             _ = shutdown.wait() => break,
-            m = messages.next() => m,
+            m = tokio::time::timeout(IDLE_RESUBSCRIBE, messages.next()) => m,
+        };
+        let message = match message {
+            // Quiet for a while: pull afresh. After a server restart a pull subscription can
+            // stay silent without an error; a new one costs one request.
+            Err(_) => {
+                drop(permit);
+                match resubscribe(&consumer, &name, &mut shutdown).await {
+                    Some(m) => messages = m,
+                    None => break,
+                }
+                continue;
+            }
+            Ok(m) => m,
         };
         let message = match message {
             Some(Ok(m)) => m,
@@ -114,10 +130,10 @@ pub async fn run<H: Handler>(
             }
             None => {
                 tracing::warn!(consumer = %name, "message stream ended; re-subscribing");
-                messages = consumer.messages().await.map_err(|e| ConsumerError {
-                    consumer: name.clone(),
-                    message: e.to_string(),
-                })?;
+                match resubscribe(&consumer, &name, &mut shutdown).await {
+                    Some(m) => messages = m,
+                    None => break,
+                }
                 continue;
             }
         };
@@ -137,6 +153,29 @@ pub async fn run<H: Handler>(
     tracing::info!(consumer = %name, in_flight = tasks.len(), "draining");
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// A new pull subscription, retried with a pause while the server is unreachable (never an
+/// exit: a function outlives its NATS server's restarts); `None` once shutdown drains.
+async fn resubscribe(
+    consumer: &PullConsumer,
+    name: &str,
+    shutdown: &mut Shutdown,
+) -> Option<jetstream::consumer::pull::Stream> {
+    let mut pause = Duration::from_millis(500);
+    loop {
+        match consumer.messages().await {
+            Ok(m) => return Some(m),
+            Err(e) => {
+                tracing::warn!(consumer = %name, error = %e, retry_in = ?pause, "cannot pull; retrying")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.wait() => return None,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(10));
+    }
 }
 
 async fn handle_one<H: Handler>(
