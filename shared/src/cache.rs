@@ -8,6 +8,33 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use crate::events::{WorkloadKind, WorkloadRef};
 use crate::workload::Workload;
 
+/// A cluster-wide reflector over every `K` into `writer`, with kube-runtime's default backoff:
+/// the watch every cache of the functions is built on. The stream must be polled for the store
+/// to fill.
+pub fn reflect<K>(
+    client: &kube::Client,
+    writer: kube::runtime::reflector::store::Writer<K>,
+) -> impl futures::Stream<Item = Result<kube::runtime::watcher::Event<K>, kube::runtime::watcher::Error>>
++ Send
++ 'static
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    use kube::runtime::WatchStreamExt as _;
+    kube::runtime::watcher(
+        kube::Api::<K>::all(client.clone()),
+        kube::runtime::watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(writer)
+}
+
 /// Reflector stores of Deployments and DaemonSets. Cheap to clone.
 #[derive(Clone)]
 pub struct WorkloadCache {

@@ -151,6 +151,21 @@ pub fn last_error(e: &CopyError) -> String {
     cut(&format!("{}: {e}", e.class()))
 }
 
+/// An attempt ended with `e`: `phase`, the claim released, `lastError` recorded.
+fn with_error(
+    prev: &ImageBackupStatus,
+    phase: Phase,
+    e: &CopyError,
+    generation: Option<i64>,
+) -> ImageBackupStatus {
+    let mut s = prev.clone();
+    s.phase = Some(phase);
+    s.claim = None;
+    s.last_error = Some(last_error(e));
+    s.observed_generation = generation;
+    s
+}
+
 /// The attempt failed for good (a permanent class, or attempts exhausted): Failed.
 pub fn failed(
     prev: &ImageBackupStatus,
@@ -158,11 +173,7 @@ pub fn failed(
     now: Timestamp,
     generation: Option<i64>,
 ) -> ImageBackupStatus {
-    let mut s = prev.clone();
-    s.phase = Some(Phase::Failed);
-    s.claim = None;
-    s.last_error = Some(last_error(e));
-    s.observed_generation = generation;
+    let mut s = with_error(prev, Phase::Failed, e, generation);
     let reason = e.class().as_str();
     set_condition(
         &mut s.conditions,
@@ -192,11 +203,7 @@ pub fn retrying(
     now: Timestamp,
     generation: Option<i64>,
 ) -> ImageBackupStatus {
-    let mut s = prev.clone();
-    s.phase = Some(Phase::Pending);
-    s.claim = None;
-    s.last_error = Some(last_error(e));
-    s.observed_generation = generation;
+    let mut s = with_error(prev, Phase::Pending, e, generation);
     set_condition(
         &mut s.conditions,
         "Ready",

@@ -9,8 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use kube::Api;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::reflector;
 use rollout::decide::Pin;
 use rollout::metrics::Metrics;
 use rollout::run::Context;
@@ -100,9 +99,7 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store();
-    let stream = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(writer);
+    let stream = shared::cache::reflect(client, writer);
     tokio::spawn(stream.for_each(|event| async move {
         if let Err(e) = event {
             tracing::warn!(error = %e, "watch failed; retrying with backoff");

@@ -390,6 +390,3 @@ impl Handler for Context {
         Ok(outcome)
     }
 }
-
-/// How often the resync runs by default.
-pub const DEFAULT_RESYNC: Duration = Duration::from_secs(300);

@@ -20,10 +20,10 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::Resource;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Resource};
+use kube::runtime::watcher;
 use shared::admin::Readiness;
 use shared::cache::WorkloadCache;
 use shared::events::{Payload, WorkloadKind, WorkloadRef};
@@ -120,14 +120,10 @@ where
         + 'static,
     F: Fn(watcher::Event<K>) -> Signal + Send + 'static,
 {
-    let api: Api<K> = Api::all(client.clone());
-    watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .map(move |event| match event {
-            Ok(event) => to_signal(event),
-            Err(e) => Signal::Error(e.to_string()),
-        })
+    shared::cache::reflect(client, writer).map(move |event| match event {
+        Ok(event) => to_signal(event),
+        Err(e) => Signal::Error(e.to_string()),
+    })
 }
 
 fn workload_signal<K: Resource>(kind: KindKey, cache: Cache, e: watcher::Event<K>) -> Signal {
