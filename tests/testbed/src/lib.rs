@@ -38,6 +38,7 @@ pub mod nats_server;
 pub mod process;
 pub mod registry;
 pub mod stream;
+pub mod tls;
 pub mod token_auth;
 
 pub use apiserver::ApiServer;

@@ -148,6 +148,41 @@ impl ServerTask {
     }
 }
 
+impl ServerTask {
+    /// Serves `app` over TLS on `listener` (HTTP/2 or HTTP/1.1 by ALPN) until dropped.
+    pub fn spawn_tls(
+        listener: tokio::net::TcpListener,
+        app: axum::Router,
+        config: std::sync::Arc<rustls::ServerConfig>,
+    ) -> Self {
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        Self(tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                let app = app.clone();
+                tokio::spawn(async move {
+                    let Ok(Ok(tls)) =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                            .await
+                    else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+                });
+            }
+        }))
+    }
+}
+
 impl Drop for ServerTask {
     fn drop(&mut self) {
         self.0.abort();

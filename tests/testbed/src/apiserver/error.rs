@@ -126,6 +126,33 @@ impl ApiError {
             details: Some(json!({"name": namespace, "kind": "namespaces"})),
         }
     }
+    /// 401 Unauthorized: no user could be established.
+    pub fn unauthorized() -> Self {
+        Self {
+            code: 401,
+            reason: "Unauthorized",
+            message: "Unauthorized".into(),
+            details: None,
+        }
+    }
+    /// 403 Forbidden, with kube-apiserver's message (who cannot do what where).
+    pub fn forbidden(message: impl Into<String>, group: &str, plural: &str, name: &str) -> Self {
+        Self {
+            code: 403,
+            reason: "Forbidden",
+            message: message.into(),
+            details: Some(json!({"name": name, "group": group, "kind": plural})),
+        }
+    }
+    /// 410 for a `continue` token whose snapshot was compacted away.
+    pub fn continue_expired() -> Self {
+        Self {
+            code: 410,
+            reason: "Expired",
+            message: "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.".into(),
+            details: None,
+        }
+    }
     /// 500 InternalError: a defect in the server itself (a poisoned lock).
     pub fn internal(message: impl Into<String>) -> Self {
         Self {

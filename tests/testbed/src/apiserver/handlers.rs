@@ -12,7 +12,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::ApiState;
+use super::auth::{self, Attributes, AuditEntry, User};
 use super::error::ApiError;
+use super::events;
 use super::patch;
 use super::resources::{self, Resource, json_path};
 use super::simulation;
@@ -21,12 +23,14 @@ use super::validation::{FieldValidation, admit};
 
 mod discovery;
 mod openapi;
+mod scale;
 mod selectors;
 mod table;
 mod watch;
 
 use discovery::*;
 use openapi::*;
+use scale::*;
 use selectors::*;
 use table::*;
 use watch::*;
@@ -45,6 +49,31 @@ pub(crate) fn bootstrap(state: &ApiState) -> anyhow::Result<()> {
         .find(|r| r.plural == "namespaces")
         .ok_or_else(|| anyhow::anyhow!("namespaces is a built-in resource"))?;
     let mut store = state.store().map_err(|e| anyhow::anyhow!(e.message))?;
+    let nodes = state.simulation.lock().map(|s| s.nodes).unwrap_or(2);
+    if let Some(node) = resources::builtins()
+        .into_iter()
+        .find(|r| r.plural == "nodes")
+    {
+        for n in 1..=nodes {
+            let name = format!("node-{n}");
+            let key = Key::new(&node, "", &name);
+            let object = json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}}, "spec": {"podCIDR": format!("10.244.{n}.0/24")}});
+            store
+                .create(&node, key.clone(), object)
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+            let mut with_status = store.get(&key).cloned().unwrap_or_default();
+            with_status["status"] = json!({
+                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubelet is posting ready status"}],
+                "addresses": [{"type": "InternalIP", "address": format!("10.0.0.{n}")}, {"type": "Hostname", "address": name}],
+                "nodeInfo": {"kubeletVersion": "v1.33.0-testbed", "kubeProxyVersion": "v1.33.0-testbed", "containerRuntimeVersion": "containerd://2.0.0", "osImage": "testbed", "kernelVersion": "6.1.0", "operatingSystem": "linux", "architecture": "amd64", "machineID": "", "systemUUID": "", "bootID": ""},
+                "capacity": {"cpu": "2", "memory": "8Gi", "pods": "110"},
+                "allocatable": {"cpu": "2", "memory": "8Gi", "pods": "110"},
+            });
+            store
+                .update(&node, &key, with_status, true)
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+        }
+    }
     for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         let key = Key::new(&ns, "", name);
         let object = json!({"metadata": {"name": name}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
@@ -66,6 +95,33 @@ struct Target {
     namespace: Option<String>,
     name: Option<String>,
     status: bool,
+    /// The `scale` subresource (Deployments, ReplicaSets, StatefulSets).
+    scale: bool,
+}
+
+impl Target {
+    fn subresource(&self) -> &'static str {
+        match (self.status, self.scale) {
+            (true, _) => "status",
+            (_, true) => "scale",
+            _ => "",
+        }
+    }
+}
+
+/// The RBAC verb of a request.
+fn verb_of(method: &Method, target: &Target, query: &BTreeMap<String, String>) -> &'static str {
+    match (method, target.name.is_some()) {
+        (&Method::GET, false) if is_true(query.get("watch")) => "watch",
+        (&Method::GET, false) => "list",
+        (&Method::GET, true) => "get",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, true) => "delete",
+        (&Method::DELETE, false) => "deletecollection",
+        _ => "unknown",
+    }
 }
 
 fn query_map(uri: &axum::http::Uri) -> BTreeMap<String, String> {
@@ -126,18 +182,54 @@ async fn dispatch(State(state): State<Arc<ApiState>>, request: Request) -> Respo
         log.push(format!("{method} {uri}"));
     }
     let headers = request.headers().clone();
+    let user = {
+        let authorization = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        match state.identities.lock() {
+            Ok(ids) => ids.authenticate(authorization),
+            Err(_) => Err(auth::Unauthenticated::UnknownToken),
+        }
+    };
+    let Ok(user) = user else {
+        return ApiError::unauthorized().into_response();
+    };
     let body = match axum::body::to_bytes(request.into_body(), 64 * 1024 * 1024).await {
         Ok(b) => b,
         Err(e) => return ApiError::bad_request(format!("cannot read body: {e}")).into_response(),
     };
-    match route(&state, &method, &uri, &headers, body).await {
+    let mut attributes = None;
+    let response = match route(
+        &state,
+        &user,
+        &mut attributes,
+        &method,
+        &uri,
+        &headers,
+        body,
+    )
+    .await
+    {
         Ok(r) => r,
         Err(e) => e.into_response(),
+    };
+    if let (Some(attributes), Ok(mut audit)) = (attributes, state.audit.lock()) {
+        if audit.len() >= 1_000_000 {
+            audit.clear();
+        }
+        audit.push(AuditEntry {
+            user: user.name.clone(),
+            attributes,
+            code: response.status().as_u16(),
+        });
     }
+    response
 }
 
 async fn route(
     state: &Arc<ApiState>,
+    user: &User,
+    audited: &mut Option<Attributes>,
     method: &Method,
     uri: &axum::http::Uri,
     headers: &HeaderMap,
@@ -165,6 +257,20 @@ async fn route(
             ));
         }
         ["apis"] => return Ok(json_response(StatusCode::OK, group_list(state))),
+        [
+            "apis",
+            "authorization.k8s.io",
+            "v1",
+            review @ ("selfsubjectaccessreviews" | "selfsubjectrulesreviews"),
+        ] if method == Method::POST => {
+            let request = parse_body(headers, &body)?;
+            let store = state.store()?;
+            let answer = match *review {
+                "selfsubjectaccessreviews" => auth::access_review(&store, user, &request),
+                _ => auth::rules_review(&store, user, &request),
+            };
+            return Ok(json_response(StatusCode::CREATED, answer));
+        }
         ["apis", group] => {
             return group_list(state)["groups"]
                 .as_array()
@@ -192,6 +298,26 @@ async fn route(
     };
     let target =
         parse_target(state, group, version, rest).ok_or_else(|| ApiError::no_route(path))?;
+    let attributes = Attributes {
+        verb: verb_of(method, &target, &query).into(),
+        group: target.resource.group.clone(),
+        resource: target.resource.plural.clone(),
+        subresource: target.subresource().into(),
+        namespace: target.namespace.clone().unwrap_or_default(),
+        name: target.name.clone().unwrap_or_default(),
+    };
+    *audited = Some(attributes.clone());
+    if !auth::authorize(&*state.store()?, user, &attributes) {
+        return Err(ApiError::forbidden(
+            auth::forbidden_message(user, &attributes),
+            &attributes.group,
+            &attributes.resource,
+            &attributes.name,
+        ));
+    }
+    if target.scale {
+        return scale(state, &target, method, headers, &body);
+    }
     let table = headers
         .get(header::ACCEPT)
         .and_then(|a| a.to_str().ok())
@@ -202,7 +328,7 @@ async fn route(
         }
         (&Method::GET, None) => list(state, &target, &query, table),
         (&Method::GET, Some(name)) => {
-            let object = get(state, &target, name)?;
+            let object = with_version(get(state, &target, name)?, &target.resource);
             if table {
                 return Ok(json_response(
                     StatusCode::OK,
@@ -214,12 +340,17 @@ async fn route(
         (&Method::POST, None) => create(state, &target, headers, &body, &query),
         (&Method::PUT, Some(name)) => update(state, &target, name, headers, &body, &query),
         (&Method::PATCH, Some(name)) => patch_object(state, &target, name, headers, &body, &query),
-        (&Method::DELETE, Some(name)) => delete(state, &target, name),
-        (&Method::DELETE, None) => delete_collection(state, &target, &query),
+        (&Method::DELETE, Some(name)) => delete(state, &target, name, &body, &query),
+        (&Method::DELETE, None) => delete_collection(state, &target, &query, &body),
         _ => Err(ApiError::method_not_allowed(format!(
             "{method} is not supported on {path}"
         ))),
     }
+}
+
+/// `dryRun=All`: the request is admitted and answered, nothing is persisted.
+fn is_dry_run(query: &BTreeMap<String, String>) -> bool {
+    query.get("dryRun").is_some_and(|d| d == "All")
 }
 
 fn is_true(v: Option<&String>) -> bool {
@@ -238,8 +369,13 @@ fn parse_target(state: &ApiState, group: &str, version: &str, rest: &[&str]) -> 
         && let Some(r) = find(rest[2]).filter(|r| r.namespaced)
     {
         let status = rest.get(4) == Some(&"status");
-        // `/status` exists only where the resource has a status subresource.
-        if rest.len() > 5 || (rest.len() == 5 && (!status || !r.status_subresource)) {
+        let scale = rest.get(4) == Some(&"scale");
+        // `/status` and `/scale` exist only where the resource has them.
+        if rest.len() > 5
+            || (rest.len() == 5
+                && !(status && r.status_subresource)
+                && !(scale && r.scale_subresource()))
+        {
             return None;
         }
         return Some(Target {
@@ -247,6 +383,7 @@ fn parse_target(state: &ApiState, group: &str, version: &str, rest: &[&str]) -> 
             namespace: Some(rest[1].to_string()),
             name: rest.get(3).map(|s| s.to_string()),
             status,
+            scale,
         });
     }
     let r = find(rest.first()?)?;
@@ -259,6 +396,7 @@ fn parse_target(state: &ApiState, group: &str, version: &str, rest: &[&str]) -> 
         namespace: None,
         name: rest.get(1).map(|s| s.to_string()),
         status,
+        scale: false,
     })
 }
 
@@ -279,7 +417,9 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
-    if ct.contains("yaml") {
+    if ct.starts_with(super::protobuf::MEDIA_TYPE) {
+        super::protobuf::decode(body)
+    } else if ct.contains("yaml") {
         serde_yaml::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("body is not valid YAML: {e}")))
     } else {
@@ -302,34 +442,127 @@ fn list(
     query: &BTreeMap<String, String>,
     table: bool,
 ) -> Result<Response> {
-    let filter = Filter::from_query(query)?;
-    let (items, rv) = {
+    let filter = Filter::from_query(query, &target.resource)?;
+    let page = Page::from_query(query)?;
+    let (items, rv, next) = {
         let store = state.store()?;
-        let items: Vec<Value> = store
+        let rv = match &page.after {
+            Some((rv, _)) if *rv < store.compacted_to() => return Err(ApiError::continue_expired()),
+            Some((rv, _)) => *rv,
+            None => store.resource_version(),
+        };
+        let mut matching = store
             .list(&target.resource.storage_key(), target.namespace.as_deref())
             .into_iter()
-            .filter(|o| filter.matches(o))
+            .filter(|o| {
+                page.after
+                    .as_ref()
+                    .is_none_or(|(_, after)| position(o) > *after)
+            })
             .map(|o| with_version(o, &target.resource))
+            .filter(|o| filter.matches(o));
+        let items: Vec<Value> = matching
+            .by_ref()
+            .take(page.limit.unwrap_or(usize::MAX))
             .collect();
-        (items, store.resource_version())
+        let remaining = matching.count();
+        let next = (remaining > 0)
+            .then(|| {
+                items
+                    .last()
+                    .map(|last| (continue_token(rv, &position(last)), remaining))
+            })
+            .flatten();
+        (items, rv, next)
     };
     if table {
-        return Ok(json_response(
-            StatusCode::OK,
-            to_table(&target.resource, &items, query, Some(rv)),
-        ));
+        let mut t = to_table(&target.resource, &items, query, Some(rv));
+        if let Some((token, _)) = &next {
+            t["metadata"]["continue"] = token.clone().into();
+        }
+        return Ok(json_response(StatusCode::OK, t));
+    }
+    let mut metadata = json!({"resourceVersion": rv.to_string()});
+    if let Some((token, remaining)) = next {
+        metadata["continue"] = token.into();
+        metadata["remainingItemCount"] = remaining.into();
     }
     Ok(json_response(
         StatusCode::OK,
         json!({"kind": format!("{}List", target.resource.kind), "apiVersion": target.resource.api_version(),
-               "metadata": {"resourceVersion": rv.to_string()}, "items": items}),
+               "metadata": metadata, "items": items}),
     ))
 }
 
-/// Objects are stored once per group/resource; they are served under the requested version.
+/// `limit` and `continue` of a list.
+struct Page {
+    limit: Option<usize>,
+    /// From a continue token: the list's resourceVersion and the last position served.
+    after: Option<(u64, (String, String))>,
+}
+
+impl Page {
+    fn from_query(query: &BTreeMap<String, String>) -> Result<Self> {
+        let limit = match query.get("limit").filter(|l| !l.is_empty()) {
+            Some(l) => Some(
+                l.parse::<usize>()
+                    .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
+            )
+            .filter(|l| *l > 0),
+            None => None,
+        };
+        let after = match query.get("continue").filter(|c| !c.is_empty()) {
+            Some(token) => Some(parse_continue(token).ok_or_else(|| {
+                ApiError::bad_request("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)")
+            })?),
+            None => None,
+        };
+        Ok(Self { limit, after })
+    }
+}
+
+/// Where an object sits in a list (namespace, then name, as the store orders them).
+fn position(object: &Value) -> (String, String) {
+    let meta = &object["metadata"];
+    (
+        meta["namespace"].as_str().unwrap_or_default().to_string(),
+        meta["name"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// An opaque continue token: the list's resourceVersion and the last position served.
+fn continue_token(rv: u64, last: &(String, String)) -> String {
+    let token = json!({"v": "meta.k8s.io/v1", "rv": rv, "ns": last.0, "name": last.1});
+    hex::encode(serde_json::to_vec(&token).unwrap_or_default())
+}
+
+fn parse_continue(token: &str) -> Option<(u64, (String, String))> {
+    let bytes = hex::decode(token).ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    let ns = v["ns"].as_str()?.to_string();
+    let name = v["name"].as_str()?.to_string();
+    Some((v["rv"].as_u64()?, (ns, name)))
+}
+
+/// Objects are stored once per group/resource; they are served under the requested version
+/// (events.k8s.io Events converted from the stored core form).
 fn with_version(mut object: Value, resource: &Resource) -> Value {
+    if events::is_events_v1(resource) {
+        object = events::from_core(object);
+    }
     object["apiVersion"] = resource.api_version().into();
     object
+}
+
+/// The form an object is stored in (events.k8s.io Events become core Events).
+fn stored_form(object: Value, resource: &Resource) -> Value {
+    if events::is_events_v1(resource) {
+        let mut core = events::to_core(object);
+        core["apiVersion"] = "v1".into();
+        core
+    } else {
+        object
+    }
 }
 
 fn create(
@@ -386,6 +619,9 @@ fn create(
         object["metadata"] = json!({});
     }
     object["metadata"]["name"] = json!(name);
+    if !target.status {
+        super::defaults::apply(&target.resource, &mut object);
+    }
     let warnings = admit(
         &target.resource,
         &mut object,
@@ -394,7 +630,7 @@ fn create(
         FieldValidation::from_query(query.get("fieldValidation")),
     )?;
     // dryRun=All: admitted and answered, not stored.
-    if query.get("dryRun").is_some_and(|d| d == "All") {
+    if is_dry_run(query) {
         return Ok(with_warnings(
             json_response(StatusCode::CREATED, with_version(object, &target.resource)),
             &warnings,
@@ -402,7 +638,11 @@ fn create(
     }
     let created = {
         let mut store = state.store()?;
-        store.create(&target.resource, key(target, &name), object)?
+        store.create(
+            &target.resource,
+            key(target, &name),
+            stored_form(object, &target.resource),
+        )?
     };
     after_write(state, &target.resource, &created);
     Ok(with_warnings(
@@ -452,7 +692,11 @@ fn after_write(state: &Arc<ApiState>, resource: &Resource, object: &Value) {
     if resource.plural == "customresourcedefinitions" {
         refresh_crds(state);
     }
-    if resource.group == "apps" && matches!(resource.plural.as_str(), "deployments" | "daemonsets")
+    if resource.group == "apps"
+        && matches!(
+            resource.plural.as_str(),
+            "deployments" | "daemonsets" | "replicasets"
+        )
     {
         simulation::schedule(state, resource, object);
     }
@@ -516,9 +760,15 @@ fn update(
         )));
     }
     let mut store = state.store()?;
-    let old = store.get(&key(target, name)).cloned();
+    let old = store
+        .get(&key(target, name))
+        .cloned()
+        .map(|o| with_version(o, &target.resource));
     if object["metadata"]["name"].is_null() {
         object["metadata"]["name"] = json!(name);
+    }
+    if !target.status {
+        super::defaults::apply(&target.resource, &mut object);
     }
     let warnings = admit(
         &target.resource,
@@ -527,7 +777,21 @@ fn update(
         target.status,
         FieldValidation::from_query(query.get("fieldValidation")),
     )?;
-    let updated = store.update(&target.resource, &key(target, name), object, target.status)?;
+    if is_dry_run(query) {
+        if old.is_none() {
+            return Err(ApiError::not_found(&target.resource, name));
+        }
+        return Ok(with_warnings(
+            json_response(StatusCode::OK, with_version(object, &target.resource)),
+            &warnings,
+        ));
+    }
+    let updated = store.update(
+        &target.resource,
+        &key(target, name),
+        stored_form(object, &target.resource),
+        target.status,
+    )?;
     drop(store);
     after_write(state, &target.resource, &updated);
     Ok(with_warnings(
@@ -560,7 +824,7 @@ fn patch_object(
     let mut store = state.store()?;
     let current = store.get(&k).cloned();
     let (mut object, creating) = match (current, ct.as_str()) {
-        (Some(c), _) => (c, false),
+        (Some(c), _) => (with_version(c, &target.resource), false),
         (None, "application/apply-patch+yaml") => (json!({"metadata": {"name": name}}), true),
         (None, _) => return Err(ApiError::not_found(&target.resource, name)),
     };
@@ -602,7 +866,13 @@ fn patch_object(
         }
         object["metadata"]["resourceVersion"] = current_rv;
     }
-    let old = (!creating).then(|| store.get(&k).cloned()).flatten();
+    let old = (!creating)
+        .then(|| store.get(&k).cloned())
+        .flatten()
+        .map(|o| with_version(o, &target.resource));
+    if !target.status {
+        super::defaults::apply(&target.resource, &mut object);
+    }
     let warnings = admit(
         &target.resource,
         &mut object,
@@ -610,6 +880,18 @@ fn patch_object(
         target.status,
         FieldValidation::from_query(query.get("fieldValidation")),
     )?;
+    // dryRun=All: admitted and answered as it would be stored, nothing persisted.
+    if is_dry_run(query) {
+        let code = if creating {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        return Ok(with_warnings(
+            json_response(code, with_version(object, &target.resource)),
+            &warnings,
+        ));
+    }
     let result = if creating {
         if let Some(ns) = target
             .namespace
@@ -618,9 +900,14 @@ fn patch_object(
         {
             store.require_namespace(ns)?;
         }
-        store.create(&target.resource, k, object)?
+        store.create(&target.resource, k, stored_form(object, &target.resource))?
     } else {
-        store.update(&target.resource, &k, object, target.status)?
+        store.update(
+            &target.resource,
+            &k,
+            stored_form(object, &target.resource),
+            target.status,
+        )?
     };
     drop(store);
     after_write(state, &target.resource, &result);
@@ -635,11 +922,55 @@ fn patch_object(
     ))
 }
 
-fn delete(state: &Arc<ApiState>, target: &Target, name: &str) -> Result<Response> {
+/// `propagationPolicy=Orphan` from the query or the DeleteOptions body (`--cascade=orphan`).
+fn orphans(body: &[u8], query: &BTreeMap<String, String>) -> bool {
+    let from_body = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|o| o["propagationPolicy"].as_str().map(str::to_string));
+    from_body
+        .as_deref()
+        .or(query.get("propagationPolicy").map(String::as_str))
+        == Some("Orphan")
+}
+
+/// A Terminating namespace waits for its objects' finalizers; this finishes it when they go.
+fn finish_namespace_later(state: &Arc<ApiState>, name: &str) {
+    let state = state.clone();
+    let name = name.to_string();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let Ok(mut store) = state.store() else { return };
+            if !store.terminating_namespaces().contains(&name)
+                || store.finish_namespace(&name).is_some()
+            {
+                return;
+            }
+        }
+    });
+}
+
+fn delete(
+    state: &Arc<ApiState>,
+    target: &Target,
+    name: &str,
+    body: &[u8],
+    query: &BTreeMap<String, String>,
+) -> Result<Response> {
+    if is_dry_run(query) {
+        let object = get(state, target, name)?;
+        return Ok(json_response(
+            StatusCode::OK,
+            with_version(object, &target.resource),
+        ));
+    }
     let deleted = {
         let mut store = state.store()?;
-        store.delete(&target.resource, &key(target, name))?
+        store.delete(&target.resource, &key(target, name), orphans(body, query))?
     };
+    if target.resource.plural == "namespaces" && target.resource.group.is_empty() {
+        finish_namespace_later(state, name);
+    }
     if target.resource.plural == "customresourcedefinitions" {
         refresh_crds(state);
     }
@@ -662,18 +993,21 @@ fn delete_collection(
     state: &Arc<ApiState>,
     target: &Target,
     query: &BTreeMap<String, String>,
+    body: &[u8],
 ) -> Result<Response> {
-    let filter = Filter::from_query(query)?;
+    let orphan = orphans(body, query);
+    let filter = Filter::from_query(query, &target.resource)?;
     let mut store = state.store()?;
     let names: Vec<String> = store
         .list(&target.resource.storage_key(), target.namespace.as_deref())
-        .iter()
+        .into_iter()
+        .map(|o| with_version(o, &target.resource))
         .filter(|o| filter.matches(o))
         .filter_map(|o| o["metadata"]["name"].as_str().map(str::to_string))
         .collect();
     let mut items = Vec::new();
     for name in names {
-        items.push(store.delete(&target.resource, &key(target, &name))?);
+        items.push(store.delete(&target.resource, &key(target, &name), orphan)?);
     }
     Ok(json_response(
         StatusCode::OK,

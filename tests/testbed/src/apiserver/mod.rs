@@ -4,52 +4,76 @@
 //! canned answers.
 //!
 //! # What it does
-//! - Discovery (`/version`, `/api`, `/apis`, group versions) for core/v1 (namespaces, secrets,
-//!   events, configmaps, serviceaccounts, services, pods, PVCs), apps/v1 (deployments,
-//!   daemonsets, statefulsets, replicasets), batch/v1, policy/v1 (PDBs), networking.k8s.io/v1
-//!   (network policies), rbac.authorization.k8s.io/v1, events.k8s.io/v1,
-//!   coordination.k8s.io/v1 (leases), apiextensions.k8s.io/v1 (CRDs). Creating a CRD starts
+//! - Plain HTTP and HTTPS (a fresh test CA per server; the kubeconfigs point at HTTPS, because
+//!   kubectl sends bearer tokens only over TLS).
+//! - Identity, authorization and audit ([`auth`]): bearer tokens naming users and service
+//!   accounts (an admin in `system:masters` for the default kubeconfig), RBAC from the stored
+//!   Roles/ClusterRoles and their bindings, `kubectl auth can-i` (SelfSubjectAccessReview and
+//!   SelfSubjectRulesReview), and an audit log of (user, verb, resource, namespace, name, code).
+//! - Discovery (`/version`, `/api`, `/apis`, group versions, `status` and `scale` subresources)
+//!   for the built-in kinds, described by k8s-openapi's own metadata (core, apps, batch, policy,
+//!   networking, rbac, events.k8s.io, coordination, apiextensions); creating a CRD starts
 //!   serving its group/version/resource, cluster- or namespace-scoped, with or without status.
+//! - OpenAPI v3 with k8s-openapi's schemas of the built-in kinds and the CRDs' own schemas, so
+//!   `kubectl explain` knows every field.
+//! - Request bodies in JSON, YAML (apply) and protobuf ([`protobuf`]: the kinds and fields
+//!   kubectl's imperative `create` commands and `auth can-i` send; anything else is a clear 415).
+//! - Defaults of built-in workloads as kube-apiserver fills them in ([`defaults`]).
 //! - Admission ([`validation`]): custom resources against their CRD's structural schema (types,
 //!   required, enum, pattern, lengths, bounds, date-time, nullable, preserve-unknown-fields,
 //!   int-or-string, defaults), unknown fields pruned or refused/warned per `fieldValidation`;
 //!   kube-apiserver's rules for Deployments/DaemonSets/StatefulSets/ReplicaSets (containers,
 //!   names, images, selector matches labels, immutable selector), Namespaces, ConfigMap and
 //!   Secret keys, RBAC roles and bindings, core and events.k8s.io Events; `Warning` headers
-//!   (unknown fields, CRD formats kube-apiserver does not know); `dryRun=All` on create.
-//! - get, list (label and field selectors, all namespaces), create (generateName, 409),
-//!   update (resourceVersion precondition, 409), delete (finalizers), deletecollection, the four
-//!   patch types ([`patch`]), the status subresource, and watch with resourceVersion, BOOKMARKs,
-//!   `sendInitialEvents`, and 410 Gone as an ERROR event for compacted history.
-//! - Tables (`Accept: application/json;as=Table;g=meta.k8s.io;v=v1`) with a CRD's
-//!   additionalPrinterColumns evaluated, in lists and in watches.
-//! - Workload simulation: Deployments and DaemonSets become Ready shortly after each spec change
-//!   (switchable; a workload can be held not-ready).
+//!   (unknown fields, CRD formats kube-apiserver does not know); `dryRun=All` on every write.
+//! - get, list (label selectors; field selectors `metadata.*` and the per-kind fields
+//!   kube-apiserver supports, such as an Event's `involvedObject.*`; all namespaces;
+//!   `limit`/`continue` paging with 410 for a token older than the history), create
+//!   (generateName, 409), update (resourceVersion precondition, 409), delete (finalizers,
+//!   `propagationPolicy=Orphan`), deletecollection, the four patch types ([`patch`]), the status
+//!   and scale subresources, and watch with resourceVersion, BOOKMARKs, `sendInitialEvents`, and
+//!   410 Gone as an ERROR event for compacted history.
+//! - The garbage collector (owned objects go with their owner) and namespace deletion
+//!   (Terminating, its objects deleted, then the namespace).
+//! - core/v1 and events.k8s.io/v1 Events as two views of one store ([`events`]).
+//! - Tables (`Accept: application/json;as=Table;g=meta.k8s.io;v=v1`) with kube-apiserver's
+//!   columns for the common kinds (Deployment, DaemonSet, StatefulSet, ReplicaSet, Pod, Node,
+//!   Namespace, Service, ConfigMap, Secret, Event) and a CRD's additionalPrinterColumns, in lists
+//!   and in watches.
+//! - Workload simulation (module `simulation`): Deployments own ReplicaSets per pod template (with
+//!   revisions, so `kubectl rollout history/undo` work), ReplicaSets and DaemonSets own Pods
+//!   Running on simulated nodes, statuses and controller Events follow; a workload can be held
+//!   not-ready.
 //! - Faults: latency, the next N requests answering 429/500/503, watches cut after N events,
 //!   history compaction.
 //!
 //! # What it simplifies (compared with kube-apiserver)
-//! - No authentication or authorization, no TLS, no admission webhooks; built-in kinds are not
-//!   validated against their full OpenAPI schemas (only the rules listed above) and get no
-//!   defaults (strategy, imagePullPolicy, ...); no CEL (`x-kubernetes-validations`);
-//!   `dryRun` only on create.
+//! - Anonymous requests act as the admin unless [`ApiServer::require_authentication`] is on; no
+//!   client certificates, no aggregated ClusterRoles, no non-resource URL rules (discovery is
+//!   open to every authenticated user); the audit log records resource requests only.
+//! - No admission webhooks; built-in kinds are not validated against their full OpenAPI schemas
+//!   (only the rules listed above); no CEL (`x-kubernetes-validations`).
+//! - Protobuf is decoded for Namespace, ConfigMap, Secret, ServiceAccount, Deployment (the pod
+//!   template fields `kubectl create deployment` sets) and the self-subject reviews; answers are
+//!   always JSON.
 //! - Server-side apply merges the applied configuration with strategic-merge rules; there is no
 //!   field ownership (no conflicts, no removal of fields a manager stopped applying).
 //! - Strategic merge patch knows the merge keys of the pod template lists only.
-//! - `limit`/`continue` are ignored: lists return everything in one page (allowed by the API).
-//! - Deleting a namespace does not delete its contents; there is no garbage collector
-//!   (ownerReferences are stored, not acted on); finalizers are honoured.
-//! - Tables: kube-apiserver's columns for Deployments (with `-o wide` containers, images,
-//!   selector), DaemonSets, StatefulSets, Namespaces, Services, ConfigMaps and Secrets; other
-//!   built-ins print Name and Age (CRDs print their own columns).
-//! - Request bodies are JSON (and YAML for apply); kubectl's imperative `create namespace`,
-//!   `create configmap` and the like send protobuf, which is refused (400).
-//! - OpenAPI v2/v3 documents describe the served kinds loosely (objects with any fields),
-//!   enough for kubectl's discovery of server-side field validation.
+//! - A continued list reads the current objects after the token's position, not a snapshot at
+//!   the token's resourceVersion.
+//! - The simulation replaces Pods at once (no surge/unavailability steps), has no scheduler,
+//!   kubelet or container runtime, and Pods report no `imageID`; only DaemonSets are simulated
+//!   among the other workload controllers (no StatefulSet or Job Pods).
+//! - OpenAPI v2 describes the built-in kinds loosely (v3 has their schemas); the CRD kind itself
+//!   is described loosely (its schema is recursive).
 
+pub mod auth;
+pub mod defaults;
 pub mod error;
+pub mod events;
 mod handlers;
 pub mod patch;
+pub mod protobuf;
 pub mod resources;
 mod simulation;
 pub mod store;
@@ -85,8 +109,11 @@ pub struct Simulation {
     pub delay: Duration,
     /// `namespace/name` of workloads held not-ready.
     pub held: HashSet<String>,
-    /// Nodes a DaemonSet runs on.
+    /// Nodes a DaemonSet runs on (`node-1` ... `node-<n>`).
     pub nodes: i64,
+    /// Whether Deployments get ReplicaSets and ReplicaSets and DaemonSets get Pods (off:
+    /// statuses only, for benchmarks that measure the functions rather than the simulation).
+    pub pods: bool,
 }
 
 impl Default for Simulation {
@@ -96,6 +123,7 @@ impl Default for Simulation {
             delay: Duration::from_millis(100),
             held: HashSet::new(),
             nodes: 2,
+            pods: true,
         }
     }
 }
@@ -109,6 +137,12 @@ pub(crate) struct ApiState {
     pub(crate) addr: SocketAddr,
     /// Every request as `METHOD path?query`, for tests and benchmarks that count API calls.
     pub(crate) requests: Mutex<Vec<String>>,
+    /// Bearer tokens and the users they name.
+    pub(crate) identities: Mutex<auth::Identities>,
+    /// The audit log: every resource request with its user and answer.
+    pub(crate) audit: Mutex<Vec<auth::AuditEntry>>,
+    /// The admin's token (the default kubeconfig's user).
+    pub(crate) admin_token: String,
 }
 
 impl ApiState {
@@ -124,6 +158,9 @@ impl ApiState {
 pub struct ApiServer {
     state: Arc<ApiState>,
     _server: crate::process::ServerTask,
+    _tls_server: crate::process::ServerTask,
+    tls_addr: SocketAddr,
+    ca_pem: String,
 }
 
 impl ApiServer {
@@ -138,6 +175,8 @@ impl ApiServer {
             .await
             .with_context(|| format!("bind {addr}"))?;
         let addr = listener.local_addr()?;
+        let mut identities = auth::Identities::default();
+        let admin_token = identities.issue(auth::User::admin());
         let state = Arc::new(ApiState {
             store: Mutex::new(Store::default()),
             resources: RwLock::new(resources::builtins()),
@@ -145,27 +184,93 @@ impl ApiServer {
             simulation: Mutex::new(Simulation::default()),
             addr,
             requests: Mutex::new(Vec::new()),
+            identities: Mutex::new(identities),
+            audit: Mutex::new(Vec::new()),
+            admin_token,
         });
         handlers::bootstrap(&state)?;
         let app = handlers::router(state.clone());
-        let server = crate::process::ServerTask::spawn(listener, app);
+        let server = crate::process::ServerTask::spawn(listener, app.clone());
+        // The same API over HTTPS: kubectl sends bearer tokens only over TLS.
+        let tls = crate::tls::TestTls::generate()?;
+        let tls_listener = tokio::net::TcpListener::bind(SocketAddr::new(addr.ip(), 0))
+            .await
+            .context("bind the HTTPS port")?;
+        let tls_addr = tls_listener.local_addr()?;
+        let tls_server =
+            crate::process::ServerTask::spawn_tls(tls_listener, app, tls.server_config);
         Ok(Self {
             state,
             _server: server,
+            _tls_server: tls_server,
+            tls_addr,
+            ca_pem: tls.ca_pem,
         })
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>` (anonymous requests act as the admin unless authentication
+    /// is required).
     pub fn url(&self) -> String {
         format!("http://{}", self.state.addr)
     }
 
-    /// A kubeconfig for this server (no credentials: the server has no auth).
+    /// `https://127.0.0.1:<port>`: the same API over TLS, with a certificate signed by
+    /// [`ApiServer::ca_pem`]. The kubeconfigs point here.
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.tls_addr)
+    }
+
+    /// The CA certificate (PEM) that signed the HTTPS endpoint's certificate.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// A kubeconfig for this server as the admin (`system:masters`).
     pub fn kubeconfig(&self) -> String {
+        self.kubeconfig_with_token(&self.state.admin_token)
+    }
+
+    /// A kubeconfig for this server's HTTPS endpoint that authenticates with `token` (see
+    /// [`ApiServer::issue_token`]).
+    pub fn kubeconfig_with_token(&self, token: &str) -> String {
+        use base64::Engine as _;
+        let ca = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: testbed\n  cluster:\n    server: {}\ncontexts:\n- name: testbed\n  context:\n    cluster: testbed\n    user: testbed\n    namespace: default\ncurrent-context: testbed\nusers:\n- name: testbed\n  user: {{}}\npreferences: {{}}\n",
-            self.url()
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: testbed\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\ncontexts:\n- name: testbed\n  context:\n    cluster: testbed\n    user: testbed\n    namespace: default\ncurrent-context: testbed\nusers:\n- name: testbed\n  user:\n    token: {token}\npreferences: {{}}\n",
+            self.https_url()
         )
+    }
+
+    /// Issues a bearer token that names `user` (authorized by RBAC unless it is in
+    /// `system:masters`).
+    pub fn issue_token(&self, user: auth::User) -> String {
+        match self.state.identities.lock() {
+            Ok(mut ids) => ids.issue(user),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// Refuses anonymous requests (401) instead of letting them act as the admin.
+    pub fn require_authentication(&self, required: bool) {
+        if let Ok(mut ids) = self.state.identities.lock() {
+            ids.require_authentication(required);
+        }
+    }
+
+    /// The audit log so far: every resource request with its user and status code.
+    pub fn audit_log(&self) -> Vec<auth::AuditEntry> {
+        self.state
+            .audit
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default()
+    }
+
+    /// Forgets the audit log.
+    pub fn reset_audit_log(&self) {
+        if let Ok(mut a) = self.state.audit.lock() {
+            a.clear();
+        }
     }
 
     /// Writes [`ApiServer::kubeconfig`] to `path`.
@@ -176,7 +281,8 @@ impl ApiServer {
     /// A kube-rs client for this server.
     pub fn client(&self) -> anyhow::Result<kube::Client> {
         shared::tls::ensure_crypto_provider();
-        let config = kube::Config::new(self.url().parse()?);
+        let mut config = kube::Config::new(self.url().parse()?);
+        config.auth_info.token = Some(self.state.admin_token.clone().into());
         Ok(kube::Client::try_from(config)?)
     }
 
@@ -221,6 +327,13 @@ impl ApiServer {
     pub fn simulate_workloads(&self, enabled: bool) {
         if let Ok(mut s) = self.state.simulation.lock() {
             s.enabled = enabled;
+        }
+    }
+
+    /// Switches the ReplicaSet and Pod simulation on or off (statuses are simulated either way).
+    pub fn simulate_pods(&self, enabled: bool) {
+        if let Ok(mut s) = self.state.simulation.lock() {
+            s.pods = enabled;
         }
     }
 

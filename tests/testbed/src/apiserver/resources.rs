@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 /// One served resource (a group/version/resource triple and what the server knows of it).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Resource {
     /// API group; empty for core.
     pub group: String,
@@ -30,6 +30,23 @@ pub struct Resource {
     pub tracks_generation: bool,
     /// The OpenAPI v3 schema (CRDs: their `openAPIV3Schema`), served for `kubectl explain`.
     pub schema: Option<Value>,
+    /// Built-ins: k8s-openapi's schema of the kind, generated when OpenAPI is asked for.
+    pub schema_fn: Option<fn() -> Value>,
+}
+
+/// The OpenAPI v3 schema of a built-in kind from k8s-openapi's `schemars` support, with its
+/// definitions inlined so one document describes the kind.
+fn schema_of<K: schemars::JsonSchema>() -> Value {
+    let generator = schemars::generate::SchemaSettings::openapi3()
+        .with(|s| s.inline_subschemas = true)
+        .into_generator();
+    let mut schema =
+        serde_json::to_value(generator.into_root_schema_for::<K>()).unwrap_or_default();
+    if let Some(m) = schema.as_object_mut() {
+        m.remove("$schema");
+        m.remove("title");
+    }
+    schema
 }
 
 /// A Table column evaluated from a simple JSONPath.
@@ -57,8 +74,21 @@ impl Resource {
         }
     }
 
+    /// Whether `/scale` is served (the workloads with `spec.replicas`).
+    pub fn scale_subresource(&self) -> bool {
+        self.group == "apps"
+            && matches!(
+                self.plural.as_str(),
+                "deployments" | "replicasets" | "statefulsets"
+            )
+    }
+
     /// The key objects are stored under (all versions of a group/resource share storage).
     pub fn storage_key(&self) -> String {
+        // events.k8s.io Events are a view of the core Events.
+        if self.group == "events.k8s.io" && self.plural == "events" {
+            return "/events".into();
+        }
         format!("{}/{}", self.group, self.plural)
     }
 
@@ -107,7 +137,17 @@ fn builtin(
         namespaced,
         status_subresource: status,
         short_names: short.iter().map(|s| s.to_string()).collect(),
-        categories: if matches!(kind, "Deployment" | "DaemonSet") {
+        categories: if matches!(
+            kind,
+            "Deployment"
+                | "DaemonSet"
+                | "ReplicaSet"
+                | "StatefulSet"
+                | "Pod"
+                | "Service"
+                | "Job"
+                | "CronJob"
+        ) {
             vec!["all".into()]
         } else {
             vec![]
@@ -123,25 +163,27 @@ fn builtin(
                 | "ConfigMap"
                 | "Service"
                 | "Pod"
+                | "Node"
                 | "ClusterRole"
                 | "ClusterRoleBinding"
                 | "Role"
                 | "RoleBinding"
         ),
         schema: None,
+        schema_fn: None,
     }
 }
 
 /// A built-in resource described by k8s-openapi's own metadata (group, version, kind, plural,
-/// scope); only whether it has a status subresource and its short names are ours to say.
+/// scope, schema); only whether it has a status subresource and its short names are ours to say.
 fn of<K>(status: bool, short: &[&str]) -> Resource
 where
-    K: k8s_openapi::Resource + 'static,
+    K: k8s_openapi::Resource + schemars::JsonSchema + 'static,
     K::Scope: 'static,
 {
     let namespaced = std::any::TypeId::of::<K::Scope>()
         == std::any::TypeId::of::<k8s_openapi::NamespaceResourceScope>();
-    builtin(
+    let mut r = builtin(
         K::GROUP,
         K::VERSION,
         K::URL_PATH_SEGMENT,
@@ -149,7 +191,9 @@ where
         namespaced,
         status,
         short,
-    )
+    );
+    r.schema_fn = Some(schema_of::<K>);
+    r
 }
 
 /// The built-in resources.
@@ -158,6 +202,7 @@ pub fn builtins() -> Vec<Resource> {
     let mut more = vec![
         of::<core::v1::Service>(true, &["svc"]),
         of::<core::v1::Pod>(true, &["po"]),
+        of::<core::v1::Node>(true, &["no"]),
         of::<core::v1::PersistentVolumeClaim>(true, &["pvc"]),
         of::<apps::v1::StatefulSet>(true, &["sts"]),
         of::<apps::v1::ReplicaSet>(true, &["rs"]),
@@ -177,48 +222,18 @@ pub fn builtins() -> Vec<Resource> {
 
 /// The built-ins the server started with (kept for their categories and generation rules).
 fn hand_listed() -> Vec<Resource> {
+    use k8s_openapi::api::{apps, coordination, core, events};
     vec![
-        builtin("", "v1", "namespaces", "Namespace", false, true, &["ns"]),
-        builtin("", "v1", "secrets", "Secret", true, false, &[]),
-        builtin("", "v1", "events", "Event", true, false, &["ev"]),
-        builtin("", "v1", "configmaps", "ConfigMap", true, false, &["cm"]),
-        builtin(
-            "",
-            "v1",
-            "serviceaccounts",
-            "ServiceAccount",
-            true,
-            false,
-            &["sa"],
-        ),
-        builtin(
-            "apps",
-            "v1",
-            "deployments",
-            "Deployment",
-            true,
-            true,
-            &["deploy"],
-        ),
-        builtin("apps", "v1", "daemonsets", "DaemonSet", true, true, &["ds"]),
-        builtin(
-            "events.k8s.io",
-            "v1",
-            "events",
-            "Event",
-            true,
-            false,
-            &["ev"],
-        ),
-        builtin(
-            "coordination.k8s.io",
-            "v1",
-            "leases",
-            "Lease",
-            true,
-            false,
-            &[],
-        ),
+        of::<core::v1::Namespace>(true, &["ns"]),
+        of::<core::v1::Secret>(false, &[]),
+        of::<core::v1::Event>(false, &["ev"]),
+        of::<core::v1::ConfigMap>(false, &["cm"]),
+        of::<core::v1::ServiceAccount>(false, &["sa"]),
+        of::<apps::v1::Deployment>(true, &["deploy"]),
+        of::<apps::v1::DaemonSet>(true, &["ds"]),
+        of::<events::v1::Event>(false, &[]),
+        of::<coordination::v1::Lease>(false, &[]),
+        // The CRD schema is recursive (JSONSchemaProps); it stays loosely described.
         builtin(
             "apiextensions.k8s.io",
             "v1",
@@ -280,6 +295,7 @@ pub fn from_crd(crd: &Value) -> Vec<Resource> {
                 })
                 .collect(),
             tracks_generation: true,
+            schema_fn: None,
             schema: v["schema"]["openAPIV3Schema"]
                 .as_object()
                 .map(|o| Value::Object(o.clone())),

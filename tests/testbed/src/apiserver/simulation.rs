@@ -1,19 +1,35 @@
-//! Workload simulation: a Deployment or DaemonSet becomes Ready shortly after each spec change,
-//! as a cluster with healthy nodes would make it (status.observedGeneration, replica counts, the
-//! Available condition; desiredNumberScheduled/numberReady for DaemonSets). A workload can be held
-//! not-ready (by the test API or the annotation `testbed.k8slab.io/hold-not-ready: "true"`).
+//! Workload simulation, as kube-controller-manager and healthy kubelets would make a cluster
+//! behave, shortly after each spec change:
+//!
+//! - A Deployment owns one ReplicaSet per pod template, named `<deployment>-<pod-template-hash>`
+//!   and labelled with the hash; the ReplicaSet of the current template carries the next
+//!   `deployment.kubernetes.io/revision` (a template seen before, as after `kubectl rollout undo`,
+//!   gets its ReplicaSet back with a new revision), the others are scaled to 0 and kept up to
+//!   `revisionHistoryLimit` (10). The Deployment's revision annotation follows.
+//! - A ReplicaSet owns `spec.replicas` Pods; a DaemonSet one Pod per simulated node, replaced when
+//!   its template changes. Pods are Running on `node-<n>` with an IP and a status per container.
+//! - Statuses: observedGeneration, replica counts and the Available/Progressing conditions of a
+//!   Deployment; desired/current/ready counts of a DaemonSet and a ReplicaSet.
+//!
+//! A workload can be held not-ready (by the test API or the annotation
+//! `testbed.k8slab.io/hold-not-ready: "true"`): its Pods run but are not Ready and its status
+//! shows no ready replicas. Owned objects go with their owner (the store's garbage collector).
 
 use std::sync::Arc;
 
 use serde_json::{Value, json};
+use sha2::Digest as _;
 
 use super::ApiState;
-use super::resources::Resource;
-use super::store::Key;
+use super::resources::{self, Resource};
+use super::store::{Key, Store};
 
 const HOLD_ANNOTATION: &str = "testbed.k8slab.io/hold-not-ready";
+const REVISION: &str = "deployment.kubernetes.io/revision";
+const TEMPLATE_HASH: &str = "pod-template-hash";
+const REVISION_HASH: &str = "controller-revision-hash";
 
-/// After a write to a workload: if its status lags its generation, make it Ready after the delay.
+/// After a write to a workload: if its status lags its generation, settle it after the delay.
 pub(crate) fn schedule(state: &Arc<ApiState>, resource: &Resource, object: &Value) {
     let sim = match state.simulation.lock() {
         Ok(s) => s.clone(),
@@ -38,87 +54,560 @@ pub(crate) fn schedule(state: &Arc<ApiState>, resource: &Resource, object: &Valu
 
 /// Re-settles every workload (after a release).
 pub(crate) fn reconcile_all(state: &Arc<ApiState>) {
-    let resources: Vec<Resource> = state
-        .resources
-        .read()
-        .map(|r| r.iter().filter(|r| r.group == "apps").cloned().collect())
-        .unwrap_or_default();
-    for resource in resources {
+    for plural in ["deployments", "daemonsets", "replicasets"] {
+        let Some(resource) = builtin(plural) else {
+            continue;
+        };
         let objects = state
             .store
             .lock()
             .map(|s| s.list(&resource.storage_key(), None))
             .unwrap_or_default();
         for o in objects {
+            if plural == "replicasets" && controller_of(&o).is_some() {
+                continue; // settled with its Deployment
+            }
             let key = Key::of(&resource, &o);
             settle(state, &resource, &key);
         }
     }
 }
 
+fn builtin(plural: &str) -> Option<Resource> {
+    resources::builtins()
+        .into_iter()
+        .find(|r| r.plural == plural && (r.group == "apps" || plural == "pods"))
+}
+
+/// What the simulation needs to know of its settings for one workload.
+struct Settings {
+    held: bool,
+    nodes: i64,
+    pods: bool,
+}
+
 fn settle(state: &Arc<ApiState>, resource: &Resource, key: &Key) {
-    let (enabled, held_by_api, nodes) = match state.simulation.lock() {
-        Ok(s) => (
-            s.enabled,
-            s.held.contains(&format!("{}/{}", key.namespace, key.name)),
-            s.nodes,
-        ),
+    let sim = match state.simulation.lock() {
+        Ok(s) => s.clone(),
         Err(_) => return,
     };
-    if !enabled {
+    if !sim.enabled {
         return;
     }
     let Ok(mut store) = state.store.lock() else {
         return;
     };
+    let Some(object) = store.get(key).cloned() else {
+        return;
+    };
+    if object["metadata"].get("deletionTimestamp").is_some() {
+        return;
+    }
+    let settings = Settings {
+        held: sim
+            .held
+            .contains(&format!("{}/{}", key.namespace, key.name))
+            || object["metadata"]["annotations"][HOLD_ANNOTATION].as_str() == Some("true"),
+        nodes: sim.nodes,
+        pods: sim.pods,
+    };
+    match resource.plural.as_str() {
+        "deployments" => settle_deployment(&mut store, resource, key, object, &settings),
+        "daemonsets" => settle_daemonset(&mut store, resource, key, object, &settings),
+        "replicasets" => {
+            settle_replicaset(&mut store, key, &settings);
+        }
+        _ => {}
+    }
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// kube-controller-manager's hash of a pod template, encoded with its safe alphabet.
+pub fn template_hash(template: &Value) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let digest = sha2::Sha256::digest(serde_json::to_vec(template).unwrap_or_default());
+    let n = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
+    n.to_string()
+        .bytes()
+        .map(|b| ALPHABET[usize::from(b) % ALPHABET.len()] as char)
+        .collect()
+}
+
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    (0..5)
+        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// The uid of an object's controller (the owner reference with `controller: true`).
+fn controller_of(object: &Value) -> Option<&str> {
+    object["metadata"]["ownerReferences"]
+        .as_array()?
+        .iter()
+        .find(|r| r["controller"].as_bool() == Some(true))
+        .and_then(|r| r["uid"].as_str())
+}
+
+fn owner_reference(owner: &Value) -> Value {
+    json!({
+        "apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": owner["metadata"]["name"],
+        "uid": owner["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true,
+    })
+}
+
+/// Objects of `storage_key` in `namespace` controlled by `uid` and not being deleted.
+fn owned(store: &Store, storage_key: &str, namespace: &str, uid: &str) -> Vec<Value> {
+    store
+        .list(storage_key, Some(namespace))
+        .into_iter()
+        .filter(|o| {
+            controller_of(o) == Some(uid) && o["metadata"].get("deletionTimestamp").is_none()
+        })
+        .collect()
+}
+
+fn revision(object: &Value) -> i64 {
+    object["metadata"]["annotations"][REVISION]
+        .as_str()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A ReplicaSet's template without the hash label, to compare with a Deployment's template.
+fn without_hash(template: &Value) -> Value {
+    let mut t = template.clone();
+    if let Some(labels) = t["metadata"]["labels"].as_object_mut() {
+        labels.remove(TEMPLATE_HASH);
+        if labels.is_empty()
+            && let Some(meta) = t["metadata"].as_object_mut()
+        {
+            meta.remove("labels");
+        }
+    }
+    if t["metadata"].as_object().is_some_and(|m| m.is_empty())
+        && let Some(m) = t.as_object_mut()
+    {
+        m.remove("metadata");
+    }
+    t
+}
+
+/// A template as compared and hashed: without the hash label, nulls and empty values (a client
+/// that round-trips a template through typed structs adds `creationTimestamp: null`,
+/// `resources: {}`), as kube-controller-manager compares templates semantically.
+fn normalized(template: &Value) -> Value {
+    fn prune(v: &Value) -> Option<Value> {
+        match v {
+            Value::Null => None,
+            Value::Object(m) => {
+                let m: serde_json::Map<String, Value> = m
+                    .iter()
+                    .filter_map(|(k, v)| prune(v).map(|v| (k.clone(), v)))
+                    .collect();
+                (!m.is_empty()).then_some(Value::Object(m))
+            }
+            Value::Array(a) if a.is_empty() => None,
+            Value::Array(a) => Some(Value::Array(
+                a.iter().map(|v| prune(v).unwrap_or(json!({}))).collect(),
+            )),
+            other => Some(other.clone()),
+        }
+    }
+    prune(&without_hash(template)).unwrap_or(json!({}))
+}
+
+/// Records a core Event about `object`, as the controllers do (`kubectl describe` shows them).
+fn record_event(store: &mut Store, object: &Value, reason: &str, message: String) {
+    let Some(events) = resources::builtins()
+        .into_iter()
+        .find(|r| r.plural == "events" && r.group.is_empty())
+    else {
+        return;
+    };
+    let meta = &object["metadata"];
+    let namespace = meta["namespace"].as_str().unwrap_or("default");
+    let name = format!(
+        "{}.{:x}",
+        meta["name"].as_str().unwrap_or("object"),
+        rand::random::<u64>()
+    );
+    let now = now();
+    let component = match object["kind"].as_str() {
+        Some("Deployment") => "deployment-controller",
+        Some("DaemonSet") => "daemonset-controller",
+        _ => "replicaset-controller",
+    };
+    let event = json!({
+        "metadata": {"name": name, "namespace": namespace},
+        "involvedObject": {"apiVersion": object["apiVersion"], "kind": object["kind"], "name": meta["name"],
+                           "namespace": namespace, "uid": meta["uid"], "resourceVersion": meta["resourceVersion"]},
+        "reason": reason, "message": message, "type": "Normal", "count": 1,
+        "source": {"component": component}, "reportingComponent": component, "reportingInstance": "",
+        "firstTimestamp": now, "lastTimestamp": now,
+    });
+    let _ = store.create(&events, Key::new(&events, namespace, &name), event);
+}
+
+/// Writes a status through the status path, skipping writes that change nothing but times.
+fn write_status(store: &mut Store, resource: &Resource, key: &Key, status: Value) {
     let Some(mut object) = store.get(key).cloned() else {
         return;
     };
-    let held =
-        held_by_api || object["metadata"]["annotations"][HOLD_ANNOTATION].as_str() == Some("true");
-    let generation = object["metadata"]["generation"].as_i64().unwrap_or(1);
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let status = if resource.plural == "deployments" {
-        let want = object["spec"]["replicas"].as_i64().unwrap_or(1);
-        let ready = if held { 0 } else { want };
-        let mut s = json!({
-            "observedGeneration": generation, "replicas": want, "updatedReplicas": want,
-            "readyReplicas": ready, "availableReplicas": ready,
-            "conditions": [
-                {"type": "Available", "status": if held { "False" } else { "True" }, "reason": if held { "MinimumReplicasUnavailable" } else { "MinimumReplicasAvailable" }, "lastUpdateTime": now, "lastTransitionTime": now, "message": "simulated by the testbed"},
-                {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable", "lastUpdateTime": now, "lastTransitionTime": now, "message": "simulated by the testbed"}
-            ]
-        });
-        if held {
-            s["unavailableReplicas"] = want.into();
-        }
-        s
-    } else {
-        let ready = if held { 0 } else { nodes };
-        json!({
-            "observedGeneration": generation, "desiredNumberScheduled": nodes, "currentNumberScheduled": nodes,
-            "updatedNumberScheduled": nodes, "numberReady": ready, "numberAvailable": ready, "numberMisscheduled": 0,
-        })
-    };
-    // Keep condition timestamps stable when nothing changed, so a re-settle is a no-op.
-    let same = |a: &Value, b: &Value| {
-        let strip = |v: &Value| {
-            let mut v = v.clone();
-            if let Some(c) = v["conditions"].as_array_mut() {
-                for c in c {
-                    if let Some(m) = c.as_object_mut() {
-                        m.remove("lastUpdateTime");
-                        m.remove("lastTransitionTime");
-                    }
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(c) = v["conditions"].as_array_mut() {
+            for c in c {
+                if let Some(m) = c.as_object_mut() {
+                    m.remove("lastUpdateTime");
+                    m.remove("lastTransitionTime");
+                    m.remove("lastProbeTime");
                 }
             }
-            v
-        };
-        strip(a) == strip(b)
+        }
+        v
     };
-    if same(&object["status"], &status) {
+    if strip(&object["status"]) == strip(&status) {
         return;
     }
     object["status"] = status;
     let _ = store.update(resource, key, object, true);
+}
+
+fn settle_deployment(
+    store: &mut Store,
+    resource: &Resource,
+    key: &Key,
+    mut deployment: Value,
+    settings: &Settings,
+) {
+    let want = deployment["spec"]["replicas"].as_i64().unwrap_or(1);
+    let generation = deployment["metadata"]["generation"].as_i64().unwrap_or(1);
+    if settings.pods
+        && let Some(rev) = settle_replicasets(store, key, &deployment, want, settings)
+        && revision(&deployment) != rev
+    {
+        deployment["metadata"]["annotations"][REVISION] = rev.to_string().into();
+        let _ = store.update(resource, key, deployment, false);
+    }
+    let held = settings.held;
+    let ready = if held { 0 } else { want };
+    let now = now();
+    let mut status = json!({
+        "observedGeneration": generation, "replicas": want, "updatedReplicas": want,
+        "readyReplicas": ready, "availableReplicas": ready,
+        "conditions": [
+            {"type": "Available", "status": if held { "False" } else { "True" }, "reason": if held { "MinimumReplicasUnavailable" } else { "MinimumReplicasAvailable" }, "lastUpdateTime": now, "lastTransitionTime": now, "message": if held { "Deployment does not have minimum availability." } else { "Deployment has minimum availability." }},
+            {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable", "lastUpdateTime": now, "lastTransitionTime": now, "message": format!("ReplicaSet \"{}\" has successfully progressed.", key.name)}
+        ]
+    });
+    if held {
+        status["unavailableReplicas"] = want.into();
+    }
+    write_status(store, resource, key, status);
+}
+
+/// The Deployment controller: the ReplicaSet of the current template at `want` replicas (with
+/// the newest revision), the others at 0, history pruned. Returns the current revision.
+fn settle_replicasets(
+    store: &mut Store,
+    key: &Key,
+    deployment: &Value,
+    want: i64,
+    settings: &Settings,
+) -> Option<i64> {
+    let rs_resource = builtin("replicasets")?;
+    let uid = deployment["metadata"]["uid"].as_str()?;
+    let template = deployment["spec"]["template"].clone();
+    let mut sets = owned(store, "apps/replicasets", &key.namespace, uid);
+    let max = sets.iter().map(revision).max().unwrap_or(0);
+    let current = sets
+        .iter()
+        .find(|rs| normalized(&rs["spec"]["template"]) == normalized(&template))
+        .cloned();
+    let (rs_key, rev) = match current {
+        Some(mut rs) => {
+            let rev = if revision(&rs) == max { max } else { max + 1 };
+            let rs_key = Key::of(&rs_resource, &rs);
+            if revision(&rs) != rev || rs["spec"]["replicas"].as_i64() != Some(want) {
+                let from = rs["spec"]["replicas"].as_i64().unwrap_or(0);
+                if from != want {
+                    let verb = if want > from { "up" } else { "down" };
+                    let message = format!(
+                        "Scaled {verb} replica set {} from {from} to {want}",
+                        rs_key.name
+                    );
+                    record_event(store, deployment, "ScalingReplicaSet", message);
+                }
+                rs["metadata"]["annotations"][REVISION] = rev.to_string().into();
+                rs["spec"]["replicas"] = want.into();
+                let _ = store.update(&rs_resource, &rs_key, rs, false);
+            }
+            (rs_key, rev)
+        }
+        None => {
+            let hash = template_hash(&normalized(&template));
+            let name = format!("{}-{hash}", key.name);
+            let mut rs_template = template.clone();
+            rs_template["metadata"]["labels"][TEMPLATE_HASH] = hash.clone().into();
+            let mut selector = deployment["spec"]["selector"].clone();
+            selector["matchLabels"][TEMPLATE_HASH] = hash.clone().into();
+            let mut labels = template["metadata"]["labels"].clone();
+            labels[TEMPLATE_HASH] = hash.into();
+            let rs = json!({
+                "metadata": {
+                    "name": name, "namespace": key.namespace, "labels": labels,
+                    "annotations": {REVISION: (max + 1).to_string(), "deployment.kubernetes.io/desired-replicas": want.to_string(), "deployment.kubernetes.io/max-replicas": (want + 1).to_string()},
+                    "ownerReferences": [owner_reference(deployment)],
+                },
+                "spec": {"replicas": want, "selector": selector, "template": rs_template},
+            });
+            let rs_key = Key::new(&rs_resource, &key.namespace, &name);
+            let created = store.create(&rs_resource, rs_key.clone(), rs).ok()?;
+            let message = format!("Scaled up replica set {name} from 0 to {want}");
+            record_event(store, deployment, "ScalingReplicaSet", message);
+            sets.push(created);
+            (rs_key, max + 1)
+        }
+    };
+    // Old ReplicaSets: scaled to 0, the oldest beyond the history limit deleted.
+    let limit = deployment["spec"]["revisionHistoryLimit"]
+        .as_i64()
+        .unwrap_or(10)
+        .max(0);
+    let mut old: Vec<Value> = sets
+        .into_iter()
+        .filter(|rs| rs["metadata"]["name"].as_str() != Some(rs_key.name.as_str()))
+        .collect();
+    old.sort_by_key(revision);
+    let excess = old
+        .len()
+        .saturating_sub(usize::try_from(limit).unwrap_or(0));
+    for (i, mut rs) in old.into_iter().enumerate() {
+        let k = Key::of(&rs_resource, &rs);
+        if i < excess {
+            let _ = store.delete(&rs_resource, &k, false);
+            continue;
+        }
+        if let Some(from) = rs["spec"]["replicas"].as_i64().filter(|r| *r != 0) {
+            let message = format!("Scaled down replica set {} from {from} to 0", k.name);
+            record_event(store, deployment, "ScalingReplicaSet", message);
+            rs["spec"]["replicas"] = 0.into();
+            let _ = store.update(&rs_resource, &k, rs, false);
+        }
+        settle_replicaset(store, &k, settings);
+    }
+    settle_replicaset(store, &rs_key, settings);
+    Some(rev)
+}
+
+/// The ReplicaSet controller and the kubelets: `spec.replicas` Pods, Running, Ready unless held.
+fn settle_replicaset(store: &mut Store, key: &Key, settings: &Settings) -> Option<()> {
+    let rs_resource = builtin("replicasets")?;
+    let rs = store.get(key).cloned()?;
+    let uid = rs["metadata"]["uid"].as_str()?.to_string();
+    let want = usize::try_from(rs["spec"]["replicas"].as_i64().unwrap_or(1).max(0)).ok()?;
+    if settings.pods {
+        let pods = owned(store, "/pods", &key.namespace, &uid);
+        reconcile_pods(store, &rs, pods, want, None, settings);
+    }
+    let count = i64::try_from(want).ok()?;
+    let ready = if settings.held { 0 } else { count };
+    let status = json!({
+        "replicas": count, "fullyLabeledReplicas": count, "readyReplicas": ready,
+        "availableReplicas": ready, "observedGeneration": rs["metadata"]["generation"].as_i64().unwrap_or(1),
+    });
+    write_status(store, &rs_resource, key, status);
+    Some(())
+}
+
+fn settle_daemonset(
+    store: &mut Store,
+    resource: &Resource,
+    key: &Key,
+    ds: Value,
+    settings: &Settings,
+) {
+    let nodes = settings.nodes;
+    if settings.pods
+        && let Some(uid) = ds["metadata"]["uid"].as_str()
+    {
+        let hash = template_hash(&normalized(&ds["spec"]["template"]));
+        let pods = owned(store, "/pods", &key.namespace, uid);
+        let want = usize::try_from(nodes.max(0)).unwrap_or(0);
+        reconcile_pods(store, &ds, pods, want, Some(&hash), settings);
+    }
+    let generation = ds["metadata"]["generation"].as_i64().unwrap_or(1);
+    let ready = if settings.held { 0 } else { nodes };
+    let status = json!({
+        "observedGeneration": generation, "desiredNumberScheduled": nodes, "currentNumberScheduled": nodes,
+        "updatedNumberScheduled": nodes, "numberReady": ready, "numberAvailable": ready, "numberMisscheduled": 0,
+    });
+    write_status(store, resource, key, status);
+}
+
+/// Makes `owner` have `want` Pods of its template: Pods of another template (`revision_hash`
+/// differs, DaemonSets) or beyond `want` are deleted, missing ones created, readiness set.
+fn reconcile_pods(
+    store: &mut Store,
+    owner: &Value,
+    pods: Vec<Value>,
+    want: usize,
+    revision_hash: Option<&str>,
+    settings: &Settings,
+) {
+    let Some(pod_resource) = builtin("pods") else {
+        return;
+    };
+    let mut keep = Vec::new();
+    for pod in pods {
+        let stale = revision_hash
+            .is_some_and(|h| pod["metadata"]["labels"][REVISION_HASH].as_str() != Some(h));
+        if stale || keep.len() >= want {
+            let _ = store.delete(&pod_resource, &Key::of(&pod_resource, &pod), false);
+        } else {
+            keep.push(pod);
+        }
+    }
+    let mut used_nodes: Vec<String> = keep
+        .iter()
+        .filter_map(|p| p["spec"]["nodeName"].as_str().map(str::to_string))
+        .collect();
+    let nodes = usize::try_from(settings.nodes.max(1)).unwrap_or(1);
+    while keep.len() < want {
+        // DaemonSets: one Pod per node; ReplicaSets: spread round-robin.
+        let node = if revision_hash.is_some() {
+            (1..=nodes)
+                .map(|n| format!("node-{n}"))
+                .find(|n| !used_nodes.contains(n))
+                .unwrap_or_else(|| "node-1".into())
+        } else {
+            format!("node-{}", keep.len() % nodes + 1)
+        };
+        used_nodes.push(node.clone());
+        let Some(pod) = create_pod(store, &pod_resource, owner, &node, revision_hash) else {
+            return;
+        };
+        let message = format!(
+            "Created pod: {}",
+            pod["metadata"]["name"].as_str().unwrap_or("")
+        );
+        record_event(store, owner, "SuccessfulCreate", message);
+        keep.push(pod);
+    }
+    for pod in keep {
+        let key = Key::of(&pod_resource, &pod);
+        write_status(store, &pod_resource, &key, pod_status(&pod, !settings.held));
+    }
+}
+
+fn create_pod(
+    store: &mut Store,
+    pod_resource: &Resource,
+    owner: &Value,
+    node: &str,
+    revision_hash: Option<&str>,
+) -> Option<Value> {
+    let namespace = owner["metadata"]["namespace"].as_str()?;
+    let owner_name = owner["metadata"]["name"].as_str()?;
+    let template = &owner["spec"]["template"];
+    let name = format!("{owner_name}-{}", random_suffix());
+    let mut labels = template["metadata"]["labels"].clone();
+    if let Some(hash) = revision_hash {
+        labels[REVISION_HASH] = hash.into();
+        labels["pod-template-generation"] = owner["metadata"]["generation"]
+            .as_i64()
+            .unwrap_or(1)
+            .to_string()
+            .into();
+    }
+    let mut spec = template["spec"].clone();
+    spec["nodeName"] = node.into();
+    let mut metadata = json!({
+        "name": name, "generateName": format!("{owner_name}-"), "namespace": namespace,
+        "ownerReferences": [owner_reference(owner)],
+    });
+    if labels.is_object() {
+        metadata["labels"] = labels;
+    }
+    if let Some(a) = template["metadata"]["annotations"].as_object() {
+        metadata["annotations"] = Value::Object(a.clone());
+    }
+    let pod = json!({"metadata": metadata, "spec": spec});
+    store
+        .create(pod_resource, Key::new(pod_resource, namespace, &name), pod)
+        .ok()
+}
+
+/// A Running Pod's status: conditions, IPs and one status per container.
+fn pod_status(pod: &Value, ready: bool) -> Value {
+    let since = pod["metadata"]["creationTimestamp"].clone();
+    let node: u32 = pod["spec"]["nodeName"]
+        .as_str()
+        .and_then(|n| n.strip_prefix("node-"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    let digest = sha2::Sha256::digest(pod["metadata"]["uid"].as_str().unwrap_or("").as_bytes());
+    let ip = format!("10.244.{}.{}", node % 250, 2 + u32::from(digest[0]) % 250);
+    let flag = if ready { "True" } else { "False" };
+    let statuses = |field: &str, init: bool| -> Vec<Value> {
+        pod["spec"][field]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                let state = if init {
+                    json!({"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": since, "finishedAt": since}})
+                } else {
+                    json!({"running": {"startedAt": since}})
+                };
+                json!({
+                    "name": c["name"], "image": c["image"], "imageID": "", "ready": init || ready,
+                    "started": !init, "restartCount": 0, "state": state,
+                })
+            })
+            .collect()
+    };
+    let mut status = json!({
+        "phase": "Running", "hostIP": format!("10.0.0.{node}"), "podIP": ip, "podIPs": [{"ip": ip}],
+        "startTime": since, "qosClass": "BestEffort",
+        "conditions": [
+            {"type": "Initialized", "status": "True", "lastTransitionTime": since},
+            {"type": "Ready", "status": flag, "lastTransitionTime": since},
+            {"type": "ContainersReady", "status": flag, "lastTransitionTime": since},
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": since},
+        ],
+        "containerStatuses": statuses("containers", false),
+    });
+    let init = statuses("initContainers", true);
+    if !init.is_empty() {
+        status["initContainerStatuses"] = init.into();
+    }
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_hashes_are_stable_and_safe() {
+        let t = json!({"spec": {"containers": [{"name": "a", "image": "nginx"}]}});
+        let h = template_hash(&t);
+        assert_eq!(h, template_hash(&t.clone()));
+        assert!(h.len() >= 5 && h.chars().all(|c| c.is_ascii_alphanumeric()));
+        let other = json!({"spec": {"containers": [{"name": "a", "image": "nginx:2"}]}});
+        assert_ne!(h, template_hash(&other));
+    }
+
+    #[test]
+    fn the_hash_label_is_ignored_when_templates_are_compared() {
+        let t = json!({"metadata": {"labels": {"app": "a"}}, "spec": {}});
+        let mut rs = t.clone();
+        rs["metadata"]["labels"][TEMPLATE_HASH] = "abc".into();
+        assert_eq!(normalized(&rs), normalized(&t));
+    }
 }

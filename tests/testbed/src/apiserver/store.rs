@@ -5,7 +5,9 @@
 //! Object rules applied here, as kube-apiserver does: uid and creationTimestamp on create,
 //! resourceVersion on every write, `metadata.generation` bumped only when something other than
 //! metadata and status changes, `status` kept apart when the resource has a status subresource,
-//! finalizers holding a deleted object with a deletionTimestamp until they are removed.
+//! finalizers holding a deleted object with a deletionTimestamp until they are removed; the
+//! garbage collector (an object that is gone takes the objects it owns with it, unless they are
+//! orphaned) and namespace deletion (Terminating, its objects deleted, then the namespace).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -144,21 +146,33 @@ impl Store {
         self.rv
     }
 
+    /// Changes at or below this resourceVersion are no longer kept (watches and continue
+    /// tokens from before answer 410).
+    pub fn compacted_to(&self) -> u64 {
+        self.compacted_to
+    }
+
     /// One object.
     pub fn get(&self, key: &Key) -> Option<&Value> {
         self.objects.get(key)
     }
 
-    /// `Ok` when `namespace` exists, else the 404 kube-apiserver gives for creating into it.
+    /// `Ok` when `namespace` exists and is not being deleted, else the 404 (or 403 for a
+    /// Terminating namespace) kube-apiserver gives for creating into it.
     pub fn require_namespace(&self, namespace: &str) -> Result<(), ApiError> {
-        let key = Key {
-            storage_key: NAMESPACES.into(),
-            namespace: String::new(),
-            name: namespace.into(),
-        };
-        match self.objects.contains_key(&key) {
-            true => Ok(()),
-            false => Err(ApiError::namespace_not_found(namespace)),
+        match self.objects.get(&namespace_key(namespace)) {
+            None => Err(ApiError::namespace_not_found(namespace)),
+            Some(ns) if ns["metadata"].get("deletionTimestamp").is_some() => {
+                Err(ApiError::forbidden(
+                    format!(
+                        "unable to create new content in namespace {namespace} because it is being terminated"
+                    ),
+                    "",
+                    "namespaces",
+                    namespace,
+                ))
+            }
+            Some(_) => Ok(()),
         }
     }
 
@@ -337,6 +351,9 @@ impl Store {
         if deleting && !finalizers_left {
             self.objects.remove(key);
             self.record(ChangeType::Deleted, key, object.clone());
+            if let Some(uid) = object["metadata"]["uid"].as_str() {
+                self.collect_dependents(uid);
+            }
             return Ok(object);
         }
         if object == current {
@@ -349,10 +366,106 @@ impl Store {
         Ok(object)
     }
 
-    /// Deletes an object, or marks it with a deletionTimestamp while finalizers remain.
-    pub fn delete(&mut self, resource: &Resource, key: &Key) -> Result<Value, ApiError> {
-        let Some(mut current) = self.objects.get(key).cloned() else {
+    /// Deletes an object, or marks it with a deletionTimestamp while finalizers remain. What it
+    /// owns is deleted with it (background propagation) or, with `orphan`, loses the owner
+    /// reference. A namespace turns Terminating, its objects are deleted, and it goes once they
+    /// are gone (see [`Store::finish_namespace`]).
+    pub fn delete(
+        &mut self,
+        resource: &Resource,
+        key: &Key,
+        orphan: bool,
+    ) -> Result<Value, ApiError> {
+        if !self.objects.contains_key(key) {
             return Err(ApiError::not_found(resource, &key.name));
+        }
+        if key.storage_key == NAMESPACES {
+            return Ok(self.delete_namespace(&key.name));
+        }
+        let uid = self.objects[key]["metadata"]["uid"].clone();
+        if orphan && let Some(uid) = uid.as_str() {
+            self.orphan_dependents(uid);
+        }
+        Ok(self.remove(key))
+    }
+
+    /// Marks a namespace Terminating and deletes everything in it; it is removed at once when
+    /// nothing is held by a finalizer.
+    fn delete_namespace(&mut self, name: &str) -> Value {
+        let key = namespace_key(name);
+        let Some(mut ns) = self.objects.get(&key).cloned() else {
+            return Value::Null;
+        };
+        if ns["metadata"].get("deletionTimestamp").is_none() {
+            let rv = self.next_rv();
+            ns["metadata"]["deletionTimestamp"] = now().into();
+            ns["metadata"]["resourceVersion"] = rv.to_string().into();
+            ns["status"]["phase"] = "Terminating".into();
+            self.objects.insert(key.clone(), ns.clone());
+            self.record(ChangeType::Modified, &key, ns.clone());
+        }
+        let contents: Vec<Key> = self
+            .objects
+            .keys()
+            .filter(|k| k.namespace == name)
+            .cloned()
+            .collect();
+        for k in contents {
+            if self.objects.contains_key(&k) {
+                self.remove(&k);
+            }
+        }
+        self.finish_namespace(name).unwrap_or(ns)
+    }
+
+    /// Removes a Terminating namespace once nothing is left in it; returns it when removed.
+    pub fn finish_namespace(&mut self, name: &str) -> Option<Value> {
+        let key = namespace_key(name);
+        let ns = self.objects.get(&key)?;
+        if ns["metadata"].get("deletionTimestamp").is_none()
+            || self.objects.keys().any(|k| k.namespace == name)
+        {
+            return None;
+        }
+        let mut ns = self.objects.remove(&key)?;
+        let rv = self.next_rv();
+        ns["metadata"]["resourceVersion"] = rv.to_string().into();
+        self.record(ChangeType::Deleted, &key, ns.clone());
+        Some(ns)
+    }
+
+    /// Namespaces that are Terminating (waiting for finalizers of their objects).
+    pub fn terminating_namespaces(&self) -> Vec<String> {
+        self.objects
+            .iter()
+            .filter(|(k, v)| {
+                k.storage_key == NAMESPACES && v["metadata"].get("deletionTimestamp").is_some()
+            })
+            .map(|(k, _)| k.name.clone())
+            .collect()
+    }
+
+    /// Drops the owner reference to `uid` from every object (`propagationPolicy=Orphan`).
+    fn orphan_dependents(&mut self, uid: &str) {
+        for k in self.dependents(uid) {
+            let Some(mut o) = self.objects.get(&k).cloned() else {
+                continue;
+            };
+            if let Some(refs) = o["metadata"]["ownerReferences"].as_array_mut() {
+                refs.retain(|r| r["uid"] != uid);
+            }
+            let rv = self.next_rv();
+            o["metadata"]["resourceVersion"] = rv.to_string().into();
+            self.objects.insert(k.clone(), o.clone());
+            self.record(ChangeType::Modified, &k, o);
+        }
+    }
+
+    /// Deletes one object (or marks it while finalizers remain); when it is gone, so is what
+    /// it owns, transitively (the garbage collector's background propagation).
+    fn remove(&mut self, key: &Key) -> Value {
+        let Some(mut current) = self.objects.get(key).cloned() else {
+            return Value::Null;
         };
         let has_finalizers = current["metadata"]["finalizers"]
             .as_array()
@@ -368,12 +481,46 @@ impl Store {
             } else {
                 self.rv -= 1;
             }
-            return Ok(current);
+            return current;
         }
         self.objects.remove(key);
         self.record(ChangeType::Deleted, key, current.clone());
-        Ok(current)
+        if let Some(uid) = current["metadata"]["uid"].as_str() {
+            self.collect_dependents(uid);
+        }
+        current
     }
+
+    /// Deletes every object owned by `uid` (the owner is gone).
+    fn collect_dependents(&mut self, uid: &str) {
+        for k in self.dependents(uid) {
+            self.remove(&k);
+        }
+    }
+
+    /// The keys of the objects with an owner reference to `uid`.
+    fn dependents(&self, uid: &str) -> Vec<Key> {
+        self.objects
+            .iter()
+            .filter(|(_, o)| owned_by(o, uid))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+}
+
+fn namespace_key(name: &str) -> Key {
+    Key {
+        storage_key: NAMESPACES.into(),
+        namespace: String::new(),
+        name: name.into(),
+    }
+}
+
+/// Whether `object` has an owner reference to `uid`.
+fn owned_by(object: &Value, uid: &str) -> bool {
+    object["metadata"]["ownerReferences"]
+        .as_array()
+        .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
 }
 
 /// A random RFC 4122 version-4 UUID.

@@ -617,6 +617,7 @@ mod tests {
             printer_columns: vec![],
             tracks_generation: true,
             schema: Some(schema()),
+            schema_fn: None,
         }
     }
 

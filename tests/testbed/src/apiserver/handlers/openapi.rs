@@ -1,4 +1,5 @@
-//! OpenAPI v2 and v3 documents: CRDs with their own schemas, built-ins loosely, and the
+//! OpenAPI v2 and v3 documents: CRDs with their own schemas, built-ins with k8s-openapi's (in
+//! v3, which `kubectl explain` reads; v2 describes them loosely), and the
 //! `fieldValidation` parameter kubectl looks for before it relies on server-side validation.
 
 use super::*;
@@ -46,7 +47,12 @@ pub(super) fn operations(r: &Resource) -> Value {
 }
 
 pub(super) fn object_schema(r: &Resource) -> Value {
-    if let Some(schema) = &r.schema {
+    object_schema_with(r, false)
+}
+
+fn object_schema_with(r: &Resource, builtin_schemas: bool) -> Value {
+    let generated = builtin_schemas.then(|| r.schema_fn.map(|f| f())).flatten();
+    if let Some(schema) = r.schema.as_ref().or(generated.as_ref()) {
         let mut schema = schema.clone();
         schema["x-kubernetes-group-version-kind"] = gvk_extension(r);
         return schema;
@@ -93,7 +99,7 @@ pub(super) fn openapi_v3_group(state: &ApiState, rest: &[&str]) -> Result<Respon
             continue;
         }
         paths.insert(named_path(&r, &gv), operations(&r));
-        schemas.insert(schema_name(&r), object_schema(&r));
+        schemas.insert(schema_name(&r), object_schema_with(&r, true));
     }
     if paths.is_empty() {
         return Err(ApiError::no_route(&format!("/openapi/v3/{gv}")));

@@ -1,5 +1,7 @@
 //! Label selectors (`=`, `==`, `!=`, `in`, `notin`, exists, `!`) and field selectors
-//! (`metadata.name`, `metadata.namespace`), as lists, watches and deletecollection apply them.
+//! (`metadata.name`, `metadata.namespace` and the fields kube-apiserver indexes per kind, such as
+//! an Event's `involvedObject.*` that `kubectl describe` uses or a Pod's `spec.nodeName`), as
+//! lists, watches and deletecollection apply them to the object in the version served.
 
 use super::*;
 
@@ -89,7 +91,57 @@ pub(super) fn labels_match(object: &Value, terms: &[Term]) -> bool {
     })
 }
 
-pub(super) fn parse_field_selector(s: &str) -> Result<Vec<(String, bool, String)>> {
+/// The field labels kube-apiserver supports for a kind besides `metadata.name/namespace`.
+fn field_labels(resource: &Resource) -> &'static [&'static str] {
+    match (resource.group.as_str(), resource.kind.as_str()) {
+        ("", "Event") => &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ],
+        ("events.k8s.io", "Event") => &[
+            "regarding.kind",
+            "regarding.namespace",
+            "regarding.name",
+            "regarding.uid",
+            "regarding.apiVersion",
+            "regarding.resourceVersion",
+            "regarding.fieldPath",
+            "reason",
+            "reportingController",
+            "type",
+        ],
+        ("", "Pod") => &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ],
+        ("", "Namespace") => &["status.phase"],
+        ("", "Secret") => &["type"],
+        ("", "Node") => &["spec.unschedulable"],
+        ("apps", "ReplicaSet") => &["status.replicas"],
+        ("batch", "Job") => &["status.successful"],
+        _ => &[],
+    }
+}
+
+pub(super) fn parse_field_selector(
+    s: &str,
+    resource: &Resource,
+) -> Result<Vec<(String, bool, String)>> {
     split_terms(s)
         .into_iter()
         .map(|t| {
@@ -103,8 +155,13 @@ pub(super) fn parse_field_selector(s: &str) -> Result<Vec<(String, bool, String)
                 )));
             };
             match field.trim() {
-                "metadata.name" | "metadata.namespace" => {
-                    Ok((field.trim().to_string(), eq, value.trim().to_string()))
+                f @ ("metadata.name" | "metadata.namespace") => {
+                    Ok((f.to_string(), eq, value.trim().to_string()))
+                }
+                f if field_labels(resource).contains(&f) => {
+                    // A core Event's `source` selects on its component.
+                    let path = if f == "source" { "source.component" } else { f };
+                    Ok((path.to_string(), eq, value.trim().to_string()))
                 }
                 other => Err(ApiError::bad_request(format!(
                     "field label not supported: {other}"
@@ -116,10 +173,12 @@ pub(super) fn parse_field_selector(s: &str) -> Result<Vec<(String, bool, String)
 
 pub(super) fn fields_match(object: &Value, terms: &[(String, bool, String)]) -> bool {
     terms.iter().all(|(field, eq, value)| {
-        let actual = json_path(object, field)
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        (actual == value) == *eq
+        let actual = match json_path(object, field) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Null) | None => String::new(),
+            Some(other) => other.to_string(),
+        };
+        (actual == *value) == *eq
     })
 }
 
@@ -130,7 +189,10 @@ pub(super) struct Filter {
 }
 
 impl Filter {
-    pub(super) fn from_query(query: &BTreeMap<String, String>) -> Result<Self> {
+    pub(super) fn from_query(
+        query: &BTreeMap<String, String>,
+        resource: &Resource,
+    ) -> Result<Self> {
         Ok(Self {
             labels: query
                 .get("labelSelector")
@@ -139,7 +201,7 @@ impl Filter {
                 .unwrap_or_default(),
             fields: query
                 .get("fieldSelector")
-                .map(|s| parse_field_selector(s))
+                .map(|s| parse_field_selector(s, resource))
                 .transpose()?
                 .unwrap_or_default(),
         })

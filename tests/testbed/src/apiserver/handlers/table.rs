@@ -48,8 +48,9 @@ fn join(o: &Value, field: &str) -> Value {
         .into()
 }
 
-fn selector(o: &Value) -> Value {
-    let labels = o["spec"]["selector"]["matchLabels"]
+/// A workload's selector as `k=v,k=v` (its matchLabels, or a Service's plain selector map).
+pub(super) fn selector_string(o: &Value) -> String {
+    o["spec"]["selector"]["matchLabels"]
         .as_object()
         .or_else(|| o["spec"]["selector"].as_object())
         .map(|m| {
@@ -58,7 +59,11 @@ fn selector(o: &Value) -> Value {
                 .collect::<Vec<_>>()
                 .join(",")
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+fn selector(o: &Value) -> Value {
+    let labels = selector_string(o);
     if labels.is_empty() {
         "<none>".into()
     } else {
@@ -142,6 +147,99 @@ fn builtin_columns(resource: &Resource) -> Option<Vec<Column>> {
             ("Containers", 1, containers),
             ("Images", 1, images),
         ],
+        ("apps", "ReplicaSet") => vec![
+            ("Desired", 0, |o| {
+                o["spec"]["replicas"].as_i64().unwrap_or(1).into()
+            }),
+            ("Current", 0, |o| int(&o["status"]["replicas"]).into()),
+            ("Ready", 0, |o| int(&o["status"]["readyReplicas"]).into()),
+            ("Age", 0, age),
+            ("Containers", 1, containers),
+            ("Images", 1, images),
+            ("Selector", 1, selector),
+        ],
+        ("", "Pod") => vec![
+            ("Ready", 0, |o| {
+                let statuses = o["status"]["containerStatuses"].as_array();
+                let total = o["spec"]["containers"].as_array().map_or(0, Vec::len);
+                let ready = statuses.map_or(0, |s| {
+                    s.iter()
+                        .filter(|c| c["ready"].as_bool() == Some(true))
+                        .count()
+                });
+                format!("{ready}/{total}").into()
+            }),
+            ("Status", 0, |o| {
+                if o["metadata"].get("deletionTimestamp").is_some() {
+                    return "Terminating".into();
+                }
+                o["status"]["phase"].as_str().unwrap_or("Pending").into()
+            }),
+            ("Restarts", 0, |o| {
+                o["status"]["containerStatuses"]
+                    .as_array()
+                    .map_or(0, |s| {
+                        s.iter().map(|c| int(&c["restartCount"])).sum::<i64>()
+                    })
+                    .into()
+            }),
+            ("Age", 0, age),
+            ("IP", 1, |o| {
+                o["status"]["podIP"].as_str().unwrap_or("<none>").into()
+            }),
+            ("Node", 1, |o| {
+                o["spec"]["nodeName"].as_str().unwrap_or("<none>").into()
+            }),
+            ("Nominated Node", 1, |_| "<none>".into()),
+            ("Readiness Gates", 1, |_| "<none>".into()),
+        ],
+        ("", "Node") => vec![
+            ("Status", 0, |o| {
+                let ready = o["status"]["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                });
+                if ready { "Ready" } else { "NotReady" }.into()
+            }),
+            ("Roles", 0, |_| "<none>".into()),
+            ("Age", 0, age),
+            ("Version", 0, |o| {
+                o["status"]["nodeInfo"]["kubeletVersion"]
+                    .as_str()
+                    .unwrap_or("")
+                    .into()
+            }),
+            ("Internal-IP", 1, |o| {
+                o["status"]["addresses"]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|a| a["type"] == "InternalIP"))
+                    .and_then(|a| a["address"].as_str())
+                    .unwrap_or("<none>")
+                    .into()
+            }),
+        ],
+        ("", "Event") => vec![
+            ("Last Seen", 0, |o| {
+                let t = o["lastTimestamp"]
+                    .as_str()
+                    .or_else(|| o["eventTime"].as_str())
+                    .or_else(|| o["metadata"]["creationTimestamp"].as_str())
+                    .unwrap_or("");
+                human_age(t).into()
+            }),
+            ("Type", 0, |o| o["type"].as_str().unwrap_or("").into()),
+            ("Reason", 0, |o| o["reason"].as_str().unwrap_or("").into()),
+            ("Object", 0, |o| {
+                let r = &o["involvedObject"];
+                format!(
+                    "{}/{}",
+                    r["kind"].as_str().unwrap_or("").to_lowercase(),
+                    r["name"].as_str().unwrap_or("")
+                )
+                .into()
+            }),
+            ("Message", 0, |o| o["message"].as_str().unwrap_or("").into()),
+        ],
         ("", "Namespace") => vec![
             ("Status", 0, |o| {
                 o["status"]["phase"].as_str().unwrap_or("Active").into()
@@ -189,8 +287,10 @@ pub(super) fn to_table(
     query: &BTreeMap<String, String>,
     rv: Option<u64>,
 ) -> Value {
+    // kube-apiserver shows an Event's name only with `-o wide`.
+    let name_priority = i64::from(resource.group.is_empty() && resource.kind == "Event");
     let mut columns = vec![
-        json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0}),
+        json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": name_priority}),
     ];
     let custom = !resource.printer_columns.is_empty();
     let builtin = if custom {

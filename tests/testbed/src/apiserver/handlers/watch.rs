@@ -15,7 +15,7 @@ pub(super) async fn watch(
     query: &BTreeMap<String, String>,
     table: bool,
 ) -> Result<Response> {
-    let filter = Filter::from_query(query)?;
+    let filter = Filter::from_query(query, &target.resource)?;
     let resource = target.resource.clone();
     let storage_key = resource.storage_key();
     let namespace = target.namespace.clone();
@@ -64,10 +64,10 @@ pub(super) async fn watch(
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
     let query = query.clone();
     let render = move |kind: ChangeType, object: Value| -> Option<Bytes> {
+        let object = with_version(object, &resource);
         if !filter.matches(&object) {
             return None;
         }
-        let object = with_version(object, &resource);
         let object = if table {
             to_table(&resource, &[object], &query, None)
         } else {

@@ -1,0 +1,114 @@
+//! The defaults kube-apiserver fills into built-in workloads when it decodes them (its
+//! `SetDefaults_*` functions), so what a client reads back — and what `kubectl diff` compares —
+//! looks as it would on a cluster: a Deployment's strategy, revisionHistoryLimit and
+//! progressDeadlineSeconds, a DaemonSet's updateStrategy, and in every pod template the restart
+//! and DNS policies, scheduler, grace period, and per container the pull policy, termination
+//! message settings and port protocol.
+
+use serde_json::{Value, json};
+
+use super::resources::Resource;
+
+fn default(object: &mut Value, field: &str, value: Value) {
+    if object.get(field).is_none_or(Value::is_null)
+        && let Some(map) = object.as_object_mut()
+    {
+        map.insert(field.to_string(), value);
+    }
+}
+
+/// `Always` for `:latest` or untagged images, else `IfNotPresent` (kube-apiserver's rule).
+fn pull_policy(image: &str) -> &'static str {
+    let without_digest = image.split('@').next().unwrap_or(image);
+    let last = without_digest.rsplit('/').next().unwrap_or(without_digest);
+    match last.split_once(':') {
+        _ if image.contains('@') => "IfNotPresent",
+        Some((_, "latest")) | None => "Always",
+        Some(_) => "IfNotPresent",
+    }
+}
+
+fn pod_spec(spec: &mut Value) {
+    if !spec.is_object() {
+        return;
+    }
+    default(spec, "restartPolicy", json!("Always"));
+    default(spec, "terminationGracePeriodSeconds", json!(30));
+    default(spec, "dnsPolicy", json!("ClusterFirst"));
+    default(spec, "securityContext", json!({}));
+    default(spec, "schedulerName", json!("default-scheduler"));
+    for list in ["initContainers", "containers"] {
+        for c in spec[list].as_array_mut().into_iter().flatten() {
+            let image = c["image"].as_str().unwrap_or("").to_string();
+            default(c, "imagePullPolicy", json!(pull_policy(&image)));
+            default(c, "terminationMessagePath", json!("/dev/termination-log"));
+            default(c, "terminationMessagePolicy", json!("File"));
+            default(c, "resources", json!({}));
+            for p in c["ports"].as_array_mut().into_iter().flatten() {
+                default(p, "protocol", json!("TCP"));
+            }
+        }
+    }
+}
+
+/// A strategy field defaulted to RollingUpdate with these limits (each part defaulted apart, as
+/// `kubectl create deployment` sends an empty strategy).
+fn rolling_update(spec: &mut Value, field: &str, max_unavailable: Value, max_surge: Value) {
+    default(spec, field, json!({}));
+    let strategy = &mut spec[field];
+    default(strategy, "type", json!("RollingUpdate"));
+    if strategy["type"] == "RollingUpdate" {
+        default(strategy, "rollingUpdate", json!({}));
+        let rolling = &mut strategy["rollingUpdate"];
+        default(rolling, "maxUnavailable", max_unavailable);
+        default(rolling, "maxSurge", max_surge);
+    }
+}
+
+/// Fills in the defaults of `object` (of `resource`) in place.
+pub fn apply(resource: &Resource, object: &mut Value) {
+    if !object.is_object() {
+        return;
+    }
+    match (resource.group.as_str(), resource.kind.as_str()) {
+        ("apps", "Deployment") => {
+            let spec = &mut object["spec"];
+            if !spec.is_object() {
+                return;
+            }
+            default(spec, "replicas", json!(1));
+            rolling_update(spec, "strategy", json!("25%"), json!("25%"));
+            default(spec, "revisionHistoryLimit", json!(10));
+            default(spec, "progressDeadlineSeconds", json!(600));
+            pod_spec(&mut spec["template"]["spec"]);
+        }
+        ("apps", "DaemonSet") => {
+            let spec = &mut object["spec"];
+            if !spec.is_object() {
+                return;
+            }
+            rolling_update(spec, "updateStrategy", json!(1), json!(0));
+            default(spec, "revisionHistoryLimit", json!(10));
+            pod_spec(&mut spec["template"]["spec"]);
+        }
+        ("apps", "ReplicaSet" | "StatefulSet") | ("batch", "Job") if object["spec"].is_object() => {
+            pod_spec(&mut object["spec"]["template"]["spec"]);
+        }
+        ("", "Pod") => pod_spec(&mut object["spec"]),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pull_policies_follow_the_tag() {
+        assert_eq!(pull_policy("nginx"), "Always");
+        assert_eq!(pull_policy("nginx:latest"), "Always");
+        assert_eq!(pull_policy("nginx:1.25"), "IfNotPresent");
+        assert_eq!(pull_policy("localhost:5000/nginx"), "Always");
+        assert_eq!(pull_policy("nginx@sha256:abc"), "IfNotPresent");
+    }
+}
