@@ -10,6 +10,7 @@ mod demo;
 mod deploy;
 mod hostile_registry;
 mod kubectl;
+mod kubectl_session;
 mod nats_events;
 mod readme;
 mod registry_images;
