@@ -11,6 +11,7 @@ mod deploy;
 mod hostile_registry;
 mod kubectl;
 mod kubectl_session;
+mod least_privilege;
 mod nats_events;
 mod readme;
 mod registry_images;

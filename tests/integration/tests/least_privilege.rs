@@ -1,0 +1,271 @@
+//! The deploy manifests' RBAC grants exactly what each function uses: the three functions run
+//! end to end as their own service accounts (bearer tokens, authentication required) under the
+//! ClusterRoles of `deploy/base/rbac.yaml`, and the test API server's audit log is compared with
+//! the grants — nothing refused, nothing granted that went unused (but for a verb only a repeat
+//! needs, named below).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::PostParams;
+use serde_json::json;
+use shared::crd::ImageBackup;
+use testbed::apiserver::auth::User;
+use testbed::cluster::Cluster;
+use testbed::{Format, ImageSpec};
+
+/// (verb, apiGroup, resource or resource/subresource).
+type Grant = (String, String, String);
+
+fn rbac_yaml() -> String {
+    format!("{}/../../deploy/base/rbac.yaml", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// What each ClusterRole of the manifests grants, by role name.
+fn grants() -> BTreeMap<String, BTreeSet<Grant>> {
+    let text = std::fs::read_to_string(rbac_yaml()).expect("rbac.yaml");
+    let mut out = BTreeMap::new();
+    for doc in text.split("\n---") {
+        let v: serde_json::Value = serde_yaml::from_str(doc).expect("yaml");
+        if v["kind"] != "ClusterRole" {
+            continue;
+        }
+        let mut set = BTreeSet::new();
+        for rule in v["rules"].as_array().into_iter().flatten() {
+            for g in rule["apiGroups"].as_array().into_iter().flatten() {
+                for r in rule["resources"].as_array().into_iter().flatten() {
+                    for verb in rule["verbs"].as_array().into_iter().flatten() {
+                        set.insert((
+                            verb.as_str().unwrap_or_default().to_string(),
+                            g.as_str().unwrap_or_default().to_string(),
+                            r.as_str().unwrap_or_default().to_string(),
+                        ));
+                    }
+                }
+            }
+        }
+        out.insert(
+            v["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            set,
+        );
+    }
+    out
+}
+
+fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("kubectl")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_function_uses_exactly_what_its_cluster_role_grants() {
+    let c = Cluster::start().await.expect("cluster");
+    c.namespace("image-backup").await.expect("namespace");
+    kubectl(
+        c.kubeconfig.path(),
+        &["-n", "image-backup", "apply", "-f", &rbac_yaml()],
+    );
+
+    // Workloads that make every function use all it may: an external image read with a pull
+    // secret (backup reads the Secret; every workload names it, whichever is copied first), used twice (the second request finds the ImageBackup
+    // there and reads it), an invalid image (the watcher records an Event).
+    let pushed = c
+        .source_pusher()
+        .push_image(
+            "team/app",
+            "1.0",
+            &ImageSpec::multi_arch(Format::Oci, 2, 8 * 1024, 1),
+        )
+        .await
+        .expect("push");
+    c.namespace("shop").await.expect("namespace");
+    let src = c.source.host();
+    let config = json!({"auths": {src.clone(): {"auth": "Ym90OnM0c3Nzcw=="}}}).to_string();
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "regcred", "namespace": "shop"},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, config)}
+    }))
+    .expect("secret");
+    Api::<Secret>::namespaced(c.client.clone(), "shop")
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("secret");
+    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), "shop");
+    for (name, image) in [
+        ("app", format!("{src}/team/app:1.0")),
+        ("app-two", format!("{src}/team/app:1.0")),
+        ("broken", "Not/A Valid:Ref".to_string()),
+    ] {
+        let d: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}},
+                                  "spec": {"imagePullSecrets": [{"name": "regcred"}],
+                                           "containers": [{"name": name, "image": image}]}}}
+        }))
+        .expect("deployment");
+        deployments
+            .create(&PostParams::default(), &d)
+            .await
+            .expect("create");
+    }
+
+    let ds: DaemonSet = serde_json::from_value(json!({
+        "metadata": {"name": "agent"},
+        "spec": {"selector": {"matchLabels": {"app": "agent"}},
+                 "template": {"metadata": {"labels": {"app": "agent"}},
+                              "spec": {"imagePullSecrets": [{"name": "regcred"}],
+                                       "containers": [{"name": "agent", "image": format!("{src}/team/app:1.0")}]}}}
+    }))
+    .expect("daemonset");
+    let daemonsets: Api<DaemonSet> = Api::namespaced(c.client.clone(), "shop");
+    daemonsets
+        .create(&PostParams::default(), &ds)
+        .await
+        .expect("create");
+
+    // Each function as its service account; anonymous requests refused from now on.
+    let mut kubeconfigs = Vec::new();
+    for function in ["watcher", "backup", "rollout"] {
+        let token = c
+            .api
+            .issue_token(User::service_account("image-backup", function));
+        let file = tempfile::NamedTempFile::new().expect("tmp");
+        std::fs::write(file.path(), c.api.kubeconfig_with_token(&token)).expect("kubeconfig");
+        kubeconfigs.push(file);
+    }
+    c.api.require_authentication(true);
+    c.api.reset_audit_log();
+    let own = |i: usize| ("KUBECONFIG", kubeconfigs[i].path().display().to_string());
+    let watcher = c
+        .spawn("watcher", &["run"], &[own(0)])
+        .await
+        .expect("watcher");
+    let backup = c
+        .spawn(
+            "backup",
+            &["run"],
+            &[own(1), ("COMPLETED_TTL_SECONDS", "3".into())],
+        )
+        .await
+        .expect("backup");
+    let rollout = c
+        .spawn("rollout", &["run"], &[own(2)])
+        .await
+        .expect("rollout");
+
+    // The external image is backed up and rolled out; the Completed ImageBackup then expires.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let logs = || {
+        format!(
+            "{}\n---\n{}\n---\n{}",
+            watcher.log(),
+            backup.log(),
+            rollout.log()
+        )
+    };
+    loop {
+        let image = deployments
+            .get("app")
+            .await
+            .ok()
+            .and_then(|d| d.spec?.template.spec?.containers.first()?.image.clone())
+            .unwrap_or_default();
+        let agent = daemonsets
+            .get("agent")
+            .await
+            .ok()
+            .and_then(|d| d.spec?.template.spec?.containers.first()?.image.clone())
+            .unwrap_or_default();
+        let left = Api::<ImageBackup>::all(c.client.clone())
+            .list(&Default::default())
+            .await
+            .map(|l| l.items.len())
+            .unwrap_or(usize::MAX);
+        if image.ends_with(&pushed.digest) && agent.ends_with(&pushed.digest) && left == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never rolled out and expired:\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The watcher's InvalidImage Event for the broken workload.
+    let events = kubectl(
+        c.kubeconfig.path(),
+        &[
+            "-n",
+            "shop",
+            "get",
+            "events",
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ],
+    );
+    assert!(events.contains("InvalidImage"), "{events}");
+    drop((watcher, backup, rollout));
+
+    // Compare the audit log with the grants.
+    let roles = grants();
+    let mut used: BTreeMap<String, BTreeSet<Grant>> = BTreeMap::new();
+    for entry in c.api.audit_log() {
+        let Some(function) = entry
+            .user
+            .strip_prefix("system:serviceaccount:image-backup:")
+        else {
+            continue;
+        };
+        assert!(
+            entry.code != 401 && entry.code != 403,
+            "{function} was refused {:?} ({})",
+            entry.attributes,
+            entry.code
+        );
+        let a = entry.attributes;
+        let resource = if a.subresource.is_empty() {
+            a.resource
+        } else {
+            format!("{}/{}", a.resource, a.subresource)
+        };
+        used.entry(function.to_string())
+            .or_default()
+            .insert((a.verb, a.group, resource));
+    }
+    // A repeated Event is patched (a series); one run records each Event once.
+    let only_on_repeat: Grant = ("patch".into(), "events.k8s.io".into(), "events".into());
+    for function in ["watcher", "backup", "rollout"] {
+        let granted = &roles[&format!("image-backup-{function}")];
+        let used = used.get(function).cloned().unwrap_or_default();
+        let beyond: Vec<_> = used.difference(granted).collect();
+        assert!(
+            beyond.is_empty(),
+            "{function} used what it is not granted: {beyond:?}"
+        );
+        let unused: Vec<_> = granted
+            .difference(&used)
+            .filter(|g| **g != only_on_repeat)
+            .collect();
+        assert!(
+            unused.is_empty(),
+            "{function} is granted what it never used: {unused:?}; used {used:?}"
+        );
+    }
+}
