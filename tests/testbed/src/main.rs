@@ -167,11 +167,12 @@ async fn apiserver(
     server.write_kubeconfig(kubeconfig)?;
     println!(
         "{}",
-        serde_json::json!({"server": server.url(), "kubeconfig": kubeconfig})
+        serde_json::json!({"server": server.url(), "https": server.https_url(), "kubeconfig": kubeconfig})
     );
     eprintln!(
-        "testbed apiserver: serving {}; KUBECONFIG={} kubectl get ns",
+        "testbed apiserver: serving {} and {} (the kubeconfig's, as admin); KUBECONFIG={} kubectl get ns",
         server.url(),
+        server.https_url(),
         kubeconfig.display()
     );
     wait_for_signal().await
