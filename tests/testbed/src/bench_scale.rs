@@ -40,6 +40,9 @@ fn workload_images(list: Vec<serde_json::Value>) -> Vec<String> {
 /// Runs one size; returns a Markdown table row.
 pub async fn run(shape: Shape) -> anyhow::Result<String> {
     let c = Cluster::start().await?;
+    // Statuses only: ReplicaSets and Pods would measure the simulation, not the functions
+    // (the API server runs in this process, on the same two cores).
+    c.api.simulate_pods(false);
     let pusher = c.source_pusher();
     eprintln!(
         "bench-scale: {} images, {} workloads",

@@ -30,6 +30,8 @@ pub struct Shape {
 /// Runs the benchmark; returns a Markdown table row set.
 pub async fn run(shape: Shape) -> anyhow::Result<String> {
     let api = ApiServer::start().await?;
+    // Statuses only: the benchmark measures the watcher, not the Pod simulation.
+    api.simulate_pods(false);
     let nats = NatsServer::start().await?;
     let client = api.client()?;
     let kubeconfig = tempfile::NamedTempFile::new()?;

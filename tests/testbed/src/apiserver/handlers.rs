@@ -817,9 +817,8 @@ fn patch_object(
         .unwrap_or("")
         .trim()
         .to_string();
-    let is_crd_object = resources::builtins()
-        .iter()
-        .all(|b| b.storage_key() != target.resource.storage_key());
+    let is_crd_object =
+        resources::find_builtin(&target.resource.group, &target.resource.plural).is_none();
     let k = key(target, name);
     let mut store = state.store()?;
     let current = store.get(&k).cloned();

@@ -196,6 +196,16 @@ where
     r
 }
 
+/// One built-in resource by group and plural (from a list built once).
+pub fn find_builtin(group: &str, plural: &str) -> Option<Resource> {
+    static BUILTINS: std::sync::OnceLock<Vec<Resource>> = std::sync::OnceLock::new();
+    BUILTINS
+        .get_or_init(builtins)
+        .iter()
+        .find(|r| r.group == group && r.plural == plural)
+        .cloned()
+}
+
 /// The built-in resources.
 pub fn builtins() -> Vec<Resource> {
     use k8s_openapi::api::{apps, batch, core, networking, policy, rbac};

@@ -74,9 +74,8 @@ pub(crate) fn reconcile_all(state: &Arc<ApiState>) {
 }
 
 fn builtin(plural: &str) -> Option<Resource> {
-    resources::builtins()
-        .into_iter()
-        .find(|r| r.plural == plural && (r.group == "apps" || plural == "pods"))
+    let group = if plural == "pods" { "" } else { "apps" };
+    resources::find_builtin(group, plural)
 }
 
 /// What the simulation needs to know of its settings for one workload.
@@ -222,10 +221,7 @@ fn normalized(template: &Value) -> Value {
 
 /// Records a core Event about `object`, as the controllers do (`kubectl describe` shows them).
 fn record_event(store: &mut Store, object: &Value, reason: &str, message: String) {
-    let Some(events) = resources::builtins()
-        .into_iter()
-        .find(|r| r.plural == "events" && r.group.is_empty())
-    else {
+    let Some(events) = resources::find_builtin("", "events") else {
         return;
     };
     let meta = &object["metadata"];

@@ -1,6 +1,8 @@
 //! The API server's state: objects by resource, namespace and name; one global, monotonically
-//! increasing resourceVersion; a bounded history of changes for watches (older resourceVersions
-//! answer 410 Gone); and a broadcast of new changes to open watches.
+//! increasing resourceVersion; a bounded history of changes per resource for watches, as
+//! kube-apiserver's watch cache keeps one window per resource (older resourceVersions answer 410
+//! Gone, and Pod churn does not push Deployments out); and a broadcast of new changes to open
+//! watches.
 //!
 //! Object rules applied here, as kube-apiserver does: uid and creationTimestamp on create,
 //! resourceVersion on every write, `metadata.generation` bumped only when something other than
@@ -9,7 +11,7 @@
 //! garbage collector (an object that is gone takes the objects it owns with it, unless they are
 //! orphaned) and namespace deletion (Terminating, its objects deleted, then the namespace).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -18,7 +20,8 @@ use tokio::sync::broadcast;
 use super::error::ApiError;
 use super::resources::Resource;
 
-/// How many changes the history keeps before older resourceVersions are "compacted".
+/// How many changes of one resource the history keeps before older resourceVersions are
+/// "compacted".
 pub const HISTORY: usize = 10_000;
 
 /// What happened to an object.
@@ -101,8 +104,14 @@ const NAMESPACES: &str = "/namespaces";
 pub struct Store {
     rv: u64,
     objects: BTreeMap<Key, Value>,
-    history: VecDeque<Arc<Change>>,
-    /// Changes at or below this rv are no longer in `history`.
+    /// Owner uid → the objects that name it in their ownerReferences (the garbage collector's
+    /// graph).
+    owned: HashMap<String, BTreeSet<Key>>,
+    /// Changes by storage key.
+    history: HashMap<String, VecDeque<Arc<Change>>>,
+    /// Per storage key: changes at or below this rv are no longer in `history`.
+    trimmed_to: HashMap<String, u64>,
+    /// Changes at or below this rv are gone for every resource (a compaction).
     compacted_to: u64,
     changes: broadcast::Sender<Arc<Change>>,
     /// Bumped by compaction: open watches end, as they do when an API server restarts.
@@ -116,7 +125,9 @@ impl Default for Store {
         Self {
             rv: 1,
             objects: BTreeMap::new(),
-            history: VecDeque::new(),
+            owned: HashMap::new(),
+            history: HashMap::new(),
+            trimmed_to: HashMap::new(),
             compacted_to: 1,
             changes,
             epoch,
@@ -176,11 +187,17 @@ impl Store {
         }
     }
 
-    /// Every object of a resource, in a namespace or (`None`) in all.
+    /// Every object of a resource, in a namespace or (`None`) in all (a range of the ordered
+    /// map, not a scan of every object).
     pub fn list(&self, storage_key: &str, namespace: Option<&str>) -> Vec<Value> {
+        let start = Key {
+            storage_key: storage_key.to_string(),
+            namespace: namespace.unwrap_or_default().to_string(),
+            name: String::new(),
+        };
         self.objects
-            .iter()
-            .filter(|(k, _)| {
+            .range(start..)
+            .take_while(|(k, _)| {
                 k.storage_key == storage_key && namespace.is_none_or(|ns| k.namespace == ns)
             })
             .map(|(_, v)| v.clone())
@@ -192,12 +209,20 @@ impl Store {
         self.changes.subscribe()
     }
 
-    /// Changes after `rv`, or `Err(Gone)` when some were compacted away.
-    pub fn since(&self, rv: u64) -> Result<Vec<Arc<Change>>, ApiError> {
-        if rv < self.compacted_to {
+    /// Changes of a resource after `rv`, or `Err(Gone)` when some were compacted away.
+    pub fn since(&self, storage_key: &str, rv: u64) -> Result<Vec<Arc<Change>>, ApiError> {
+        let trimmed = self.trimmed_to.get(storage_key).copied().unwrap_or(0);
+        if rv < self.compacted_to.max(trimmed) {
             return Err(ApiError::gone(rv));
         }
-        Ok(self.history.iter().filter(|c| c.rv > rv).cloned().collect())
+        Ok(self
+            .history
+            .get(storage_key)
+            .into_iter()
+            .flatten()
+            .filter(|c| c.rv > rv)
+            .cloned()
+            .collect())
     }
 
     /// Ends when a compaction happens (watches select on it).
@@ -211,6 +236,7 @@ impl Store {
     pub fn compact(&mut self) {
         self.rv += 1;
         self.history.clear();
+        self.trimmed_to.clear();
         self.compacted_to = self.rv;
         self.epoch.send_modify(|e| *e += 1);
     }
@@ -223,10 +249,11 @@ impl Store {
             namespace: key.namespace.clone(),
             object,
         });
-        self.history.push_back(change.clone());
-        while self.history.len() > HISTORY {
-            if let Some(old) = self.history.pop_front() {
-                self.compacted_to = old.rv;
+        let history = self.history.entry(key.storage_key.clone()).or_default();
+        history.push_back(change.clone());
+        while history.len() > HISTORY {
+            if let Some(old) = history.pop_front() {
+                self.trimmed_to.insert(key.storage_key.clone(), old.rv);
             }
         }
         let _ = self.changes.send(change);
@@ -269,7 +296,7 @@ impl Store {
         if let Some(m) = meta.as_object_mut() {
             m.remove("deletionTimestamp");
         }
-        self.objects.insert(key.clone(), object.clone());
+        self.put(key.clone(), object.clone());
         self.record(ChangeType::Added, &key, object.clone());
         Ok(object)
     }
@@ -349,7 +376,7 @@ impl Store {
         let rv = self.next_rv();
         object["metadata"]["resourceVersion"] = rv.to_string().into();
         if deleting && !finalizers_left {
-            self.objects.remove(key);
+            self.take(key);
             self.record(ChangeType::Deleted, key, object.clone());
             if let Some(uid) = object["metadata"]["uid"].as_str() {
                 self.collect_dependents(uid);
@@ -361,7 +388,7 @@ impl Store {
             self.rv -= 1;
             return Ok(current);
         }
-        self.objects.insert(key.clone(), object.clone());
+        self.put(key.clone(), object.clone());
         self.record(ChangeType::Modified, key, object.clone());
         Ok(object)
     }
@@ -401,7 +428,7 @@ impl Store {
             ns["metadata"]["deletionTimestamp"] = now().into();
             ns["metadata"]["resourceVersion"] = rv.to_string().into();
             ns["status"]["phase"] = "Terminating".into();
-            self.objects.insert(key.clone(), ns.clone());
+            self.put(key.clone(), ns.clone());
             self.record(ChangeType::Modified, &key, ns.clone());
         }
         let contents: Vec<Key> = self
@@ -427,7 +454,7 @@ impl Store {
         {
             return None;
         }
-        let mut ns = self.objects.remove(&key)?;
+        let mut ns = self.take(&key)?;
         let rv = self.next_rv();
         ns["metadata"]["resourceVersion"] = rv.to_string().into();
         self.record(ChangeType::Deleted, &key, ns.clone());
@@ -456,7 +483,7 @@ impl Store {
             }
             let rv = self.next_rv();
             o["metadata"]["resourceVersion"] = rv.to_string().into();
-            self.objects.insert(k.clone(), o.clone());
+            self.put(k.clone(), o.clone());
             self.record(ChangeType::Modified, &k, o);
         }
     }
@@ -476,14 +503,14 @@ impl Store {
             if current["metadata"].get("deletionTimestamp").is_none() {
                 current["metadata"]["deletionTimestamp"] = now().into();
                 current["metadata"]["deletionGracePeriodSeconds"] = 0.into();
-                self.objects.insert(key.clone(), current.clone());
+                self.put(key.clone(), current.clone());
                 self.record(ChangeType::Modified, key, current.clone());
             } else {
                 self.rv -= 1;
             }
             return current;
         }
-        self.objects.remove(key);
+        self.take(key);
         self.record(ChangeType::Deleted, key, current.clone());
         if let Some(uid) = current["metadata"]["uid"].as_str() {
             self.collect_dependents(uid);
@@ -500,11 +527,39 @@ impl Store {
 
     /// The keys of the objects with an owner reference to `uid`.
     fn dependents(&self, uid: &str) -> Vec<Key> {
-        self.objects
-            .iter()
-            .filter(|(_, o)| owned_by(o, uid))
-            .map(|(k, _)| k.clone())
-            .collect()
+        self.owned
+            .get(uid)
+            .map(|keys| keys.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Stores an object, keeping the owner index current.
+    fn put(&mut self, key: Key, object: Value) {
+        self.unindex(&key);
+        for uid in owner_uids(&object) {
+            self.owned.entry(uid).or_default().insert(key.clone());
+        }
+        self.objects.insert(key, object);
+    }
+
+    /// Removes an object, keeping the owner index current.
+    fn take(&mut self, key: &Key) -> Option<Value> {
+        self.unindex(key);
+        self.objects.remove(key)
+    }
+
+    fn unindex(&mut self, key: &Key) {
+        let Some(old) = self.objects.get(key) else {
+            return;
+        };
+        for uid in owner_uids(old) {
+            if let Some(keys) = self.owned.get_mut(&uid) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    self.owned.remove(&uid);
+                }
+            }
+        }
     }
 }
 
@@ -516,11 +571,14 @@ fn namespace_key(name: &str) -> Key {
     }
 }
 
-/// Whether `object` has an owner reference to `uid`.
-fn owned_by(object: &Value, uid: &str) -> bool {
+/// The uids of an object's owners.
+fn owner_uids(object: &Value) -> Vec<String> {
     object["metadata"]["ownerReferences"]
         .as_array()
-        .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["uid"].as_str().map(str::to_string))
+        .collect()
 }
 
 /// A random RFC 4122 version-4 UUID.

@@ -44,7 +44,7 @@ pub(super) async fn watch(
                 .collect())
         } else {
             match rv_param.parse::<u64>() {
-                Ok(rv) => store.since(rv).map(|changes| {
+                Ok(rv) => store.since(&storage_key, rv).map(|changes| {
                     changes
                         .into_iter()
                         .filter(|c| {
