@@ -119,6 +119,10 @@ struct FunctionArgs {
     /// Attempts before a transiently failing image is marked Failed.
     #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 5)]
     max_attempts: u32,
+    /// Longest pause before a transiently failed image is tried again (the pause grows 2 s,
+    /// 8 s, 32 s, ... up to this).
+    #[arg(long, env = "MAX_RETRY_DELAY_SECONDS", default_value_t = 300)]
+    max_retry_delay_seconds: u64,
     /// Seconds JetStream waits for an ack before redelivering (default: nats/consumer-backup.json,
     /// 60). In-progress signals keep long copies alive; this bounds how long a crashed worker's
     /// event waits. Give every replica the same value.
@@ -224,17 +228,6 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
             .with_context(|| format!("cannot read {}", file.display()))?;
         credentials.insert_basic(registry.host(), user, password.trim_end());
     }
-    let client_options = ClientOptions {
-        insecure: args
-            .registries
-            .insecure_registries
-            .iter()
-            .cloned()
-            .collect(),
-        credentials,
-        ..Default::default()
-    };
-    let copier = Copier::new(RegistryClient::new(client_options)?, args.blob_concurrency);
     let holder = format!(
         "{}/{:08x}",
         args.pod_name
@@ -243,6 +236,19 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
             .unwrap_or_else(|| "backup".into()),
         rand_id()
     );
+    let client_options = ClientOptions {
+        insecure: args
+            .registries
+            .insecure_registries
+            .iter()
+            .cloned()
+            .collect(),
+        credentials,
+        // The claim holder: registry logs then name the replica that pushed.
+        instance: Some(holder.clone()),
+        ..Default::default()
+    };
+    let copier = Copier::new(RegistryClient::new(client_options)?, args.blob_concurrency);
     let lease = Duration::from_secs(args.claim_lease_seconds.max(3));
     let settings = Settings {
         holder: holder.clone(),
@@ -251,7 +257,7 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
             .then(|| Duration::from_secs(args.completed_ttl_seconds)),
         max_attempts: args.max_attempts.max(1),
         per_registry: args.per_registry_copies.max(1),
-        max_retry_delay: Duration::from_secs(300),
+        max_retry_delay: Duration::from_secs(args.max_retry_delay_seconds.max(1)),
     };
     let reporter = kube::runtime::events::Reporter {
         controller: "image-backup-backup".into(),

@@ -48,6 +48,26 @@ pub struct ClientOptions {
     pub retry: RetryPolicy,
     /// The minimum throughput of a blob transfer before it counts as stalled.
     pub stall: StallPolicy,
+    /// Who is asking, added to the User-Agent (`image-backup/<version> (<instance>)`), so a
+    /// registry's access log tells which replica pushed what.
+    pub instance: Option<String>,
+}
+
+/// The User-Agent of every registry request: the product, its version and the instance.
+fn user_agent(instance: Option<&str>) -> String {
+    let product = concat!("image-backup/", env!("CARGO_PKG_VERSION"));
+    // Only characters a header value may hold; an instance name is the pod's.
+    let instance: String = instance
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(128)
+        .collect();
+    if instance.is_empty() {
+        product.to_string()
+    } else {
+        format!("{product} ({instance})")
+    }
 }
 
 /// A repository at a registry: what every call addresses.
@@ -113,9 +133,9 @@ pub enum Access {
 // === impl RegistryClient ===
 
 impl RegistryClient {
-    fn builder() -> reqwest::ClientBuilder {
+    fn builder(options: &ClientOptions) -> reqwest::ClientBuilder {
         reqwest::Client::builder()
-            .user_agent(concat!("image-backup/", env!("CARGO_PKG_VERSION")))
+            .user_agent(user_agent(options.instance.as_deref()))
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(32)
@@ -126,7 +146,7 @@ impl RegistryClient {
     /// A client with its own connection pools.
     pub fn new(options: ClientOptions) -> Result<Self, CopyError> {
         crate::tls::ensure_crypto_provider();
-        let plain = Self::builder()
+        let plain = Self::builder(&options)
             .tls_certs_only(Vec::new())
             .build()
             .map_err(|e| CopyError::Internal(format!("cannot build the HTTP client: {e}")))?;
@@ -146,7 +166,7 @@ impl RegistryClient {
             return &self.plain;
         }
         self.tls.get_or_init(|| {
-            Self::builder().build().unwrap_or_else(|e| {
+            Self::builder(&self.options).build().unwrap_or_else(|e| {
                 // Building only fails when the TLS backend cannot load; then HTTPS requests
                 // fail with a transport error that names the registry, via the plain client.
                 tracing::warn!(error = %e, "cannot build the HTTPS client");
@@ -593,4 +613,20 @@ fn digest_reference(reference: &str, what: &str) -> Result<Option<String>, CopyE
             what: what.into(),
             reason: e.to_string(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::user_agent;
+
+    #[test]
+    fn the_user_agent_names_the_instance_in_header_safe_characters() {
+        assert_eq!(
+            user_agent(None),
+            concat!("image-backup/", env!("CARGO_PKG_VERSION"))
+        );
+        let ua = user_agent(Some("backup-7f9c/0a1b2c3d\r\nX-Evil: 1"));
+        assert!(ua.ends_with("(backup-7f9c/0a1b2c3dX-Evil: 1)"), "{ua}");
+        assert!(reqwest::header::HeaderValue::from_str(&ua).is_ok());
+    }
 }

@@ -2,10 +2,11 @@
 //! sharing 15 images while processes are SIGKILLed and restarted, nats-server restarts, the
 //! source registry answers 503, API watches are cut and the API answers 429. At the end every
 //! workload runs the backup of the image it asks for, pinned to that image's source digest;
-//! every ImageBackup is Completed; no process panicked. The seed is printed: `CHAOS_SEED=<n>`
-//! replays a run's sequence of faults.
+//! every ImageBackup is Completed; no image was uploaded by two workers at once (the backup
+//! registry sits behind a proxy that logs each write with its time and the worker's User-Agent);
+//! no process panicked. The seed is printed: `CHAOS_SEED=<n>` replays a run's sequence of faults.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -42,6 +43,11 @@ async fn the_guarantees_hold_under_faults() {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut c = Cluster::start().await.expect("cluster");
     let proxy = FaultProxy::start(&c.source.host()).await.expect("proxy");
+    // Every write to the backup registry goes through a proxy that logs who wrote when.
+    let writes = FaultProxy::start(&c.backup.host())
+        .await
+        .expect("backup proxy");
+    let backup_registry = format!("{}/{}", writes.host(), testbed::cluster::BACKUP_PREFIX);
     let pusher = c.source_pusher();
     let mut digests = Vec::new();
     for i in 0..IMAGES {
@@ -59,11 +65,14 @@ async fn the_guarantees_hold_under_faults() {
     let extra = [
         (
             "INSECURE_REGISTRIES",
-            format!("{},{},{}", proxy.host(), c.source.host(), c.backup.host()),
+            format!("{},{},{}", proxy.host(), c.source.host(), writes.host()),
         ),
+        ("BACKUP_REGISTRY", backup_registry.clone()),
         ("ACK_WAIT_SECONDS", "4".to_string()),
         ("CLAIM_LEASE_SECONDS", "4".to_string()),
         ("RESYNC_SECONDS", "5".to_string()),
+        // Registry outages come every few seconds here; a retry waits at most 10 s.
+        ("MAX_RETRY_DELAY_SECONDS", "10".to_string()),
     ];
     let kinds = ["watcher", "backup", "rollout"];
     let mut procs: Vec<(usize, FunctionProcess)> = Vec::new();
@@ -105,8 +114,10 @@ async fn the_guarantees_hold_under_faults() {
                 c.nats.restart().await.expect("restart nats");
             }
             3 => {
-                log.push(format!("round {round}: source registry answers 503 x30"));
-                proxy.fail_next(&[(503, None); 30]);
+                log.push(format!(
+                    "round {round}: source registry answers 503 for 2 s"
+                ));
+                proxy.fail_for(503, Duration::from_secs(2));
             }
             4 => {
                 log.push(format!("round {round}: API watches cut, then 429s"));
@@ -142,7 +153,7 @@ async fn the_guarantees_hold_under_faults() {
     let flat = |i: usize| {
         format!(
             "{}/{}_chaos_app{i}:1@{}",
-            c.backup_registry(),
+            backup_registry,
             proxy.host().replace(':', "__"),
             digests[i]
         )
@@ -203,6 +214,31 @@ async fn the_guarantees_hold_under_faults() {
             .and_then(|s| s.parse().ok())
             .unwrap();
         assert_eq!(status.digest.as_deref(), Some(digests[i].as_str()));
+    }
+    // No repository was written by two workers at once: per repository, the spans from each
+    // worker's first to last write never overlap.
+    let mut spans: BTreeMap<(String, String), (std::time::Instant, std::time::Instant)> =
+        BTreeMap::new();
+    for w in writes.forwarded().into_iter().filter(|w| w.is_write()) {
+        let Some(repo) = w.repository().map(str::to_string) else {
+            continue;
+        };
+        let span = spans
+            .entry((repo, w.user_agent.clone()))
+            .or_insert((w.at, w.at));
+        span.0 = span.0.min(w.at);
+        span.1 = span.1.max(w.at);
+    }
+    assert!(!spans.is_empty(), "the proxy saw the uploads");
+    for ((repo_a, agent_a), a) in &spans {
+        for ((repo_b, agent_b), b) in &spans {
+            if repo_a == repo_b && agent_a < agent_b {
+                assert!(
+                    a.1 < b.0 || b.1 < a.0,
+                    "seed {seed}: {repo_a} was written by {agent_a} and {agent_b} at once"
+                );
+            }
+        }
     }
     for (_, p) in &procs {
         assert!(

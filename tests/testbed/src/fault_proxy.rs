@@ -1,6 +1,7 @@
 //! A fault-injecting HTTP proxy in front of a real registry, for the copy engine's fault tests:
 //! answer the next requests with chosen statuses (429 with `Retry-After`, bursts of 503), cut a
-//! blob download after N bytes, flip a byte in a blob, and count the requests that pass.
+//! blob download after N bytes, flip a byte in a blob, and count the requests that pass (with
+//! when and by which User-Agent, so a test can tell which client wrote what, when).
 //! Everything else is forwarded unchanged, streaming both ways.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -23,6 +24,8 @@ struct Faults {
     cut_blobs: HashMap<String, usize>,
     /// GET of these blobs has one byte flipped, every time.
     flip_blobs: HashSet<String>,
+    /// Until then, every request (matching the path filter) gets this status: an outage.
+    outage: Option<(std::time::Instant, u16)>,
 }
 
 struct ProxyState {
@@ -31,6 +34,37 @@ struct ProxyState {
     http: reqwest::Client,
     faults: Mutex<Faults>,
     requests: Mutex<Vec<String>>,
+    forwarded: Mutex<Vec<Forwarded>>,
+}
+
+/// One request the proxy forwarded.
+#[derive(Debug, Clone)]
+pub struct Forwarded {
+    /// When it arrived.
+    pub at: std::time::Instant,
+    /// GET, HEAD, POST, PATCH, PUT, ...
+    pub method: String,
+    /// The path (no query).
+    pub path: String,
+    /// The client's User-Agent.
+    pub user_agent: String,
+}
+
+impl Forwarded {
+    /// Whether it writes to the registry (an upload or a manifest push).
+    pub fn is_write(&self) -> bool {
+        matches!(self.method.as_str(), "POST" | "PATCH" | "PUT")
+    }
+
+    /// The repository it addresses (`/v2/<repo>/blobs/...` or `/v2/<repo>/manifests/...`).
+    pub fn repository(&self) -> Option<&str> {
+        let rest = self.path.strip_prefix("/v2/")?;
+        ["/blobs/", "/manifests/"]
+            .iter()
+            .filter_map(|m| rest.find(m))
+            .min()
+            .map(|i| &rest[..i])
+    }
 }
 
 /// A running proxy; stops when dropped.
@@ -52,6 +86,7 @@ impl FaultProxy {
             http: reqwest::Client::builder().no_proxy().build()?,
             faults: Mutex::new(Faults::default()),
             requests: Mutex::new(Vec::new()),
+            forwarded: Mutex::new(Vec::new()),
         });
         let app = axum::Router::new()
             .fallback(handle)
@@ -67,6 +102,14 @@ impl FaultProxy {
     /// `127.0.0.1:<port>`.
     pub fn host(&self) -> String {
         self.addr.to_string()
+    }
+
+    /// Answers every request (matching the path filter) with `status` for `duration`: an
+    /// outage of a while, however many requests come.
+    pub fn fail_for(&self, status: u16, duration: std::time::Duration) {
+        if let Ok(mut f) = self.state.faults.lock() {
+            f.outage = Some((std::time::Instant::now() + duration, status));
+        }
     }
 
     /// Answers the next requests (matching the path filter) with these statuses.
@@ -106,10 +149,22 @@ impl FaultProxy {
             .unwrap_or_default()
     }
 
+    /// The requests forwarded so far, with time and User-Agent.
+    pub fn forwarded(&self) -> Vec<Forwarded> {
+        self.state
+            .forwarded
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
     /// Forgets the request log.
     pub fn reset_requests(&self) {
         if let Ok(mut r) = self.state.requests.lock() {
             r.clear();
+        }
+        if let Ok(mut f) = self.state.forwarded.lock() {
+            f.clear();
         }
     }
 }
@@ -136,10 +191,16 @@ async fn handle(State(state): State<Arc<ProxyState>>, request: Request) -> Respo
             .only_paths
             .as_ref()
             .is_none_or(|p| path.contains(p.as_str()));
-        if applies {
-            f.statuses.pop_front()
-        } else {
+        let outage = f
+            .outage
+            .filter(|(until, _)| std::time::Instant::now() < *until)
+            .map(|(_, status)| (status, None));
+        if !applies {
             None
+        } else if outage.is_some() {
+            outage
+        } else {
+            f.statuses.pop_front()
         }
     };
     if let Some((status, retry_after)) = injected {
@@ -156,6 +217,19 @@ async fn handle(State(state): State<Arc<ProxyState>>, request: Request) -> Respo
     }
     if let Ok(mut r) = state.requests.lock() {
         r.push(format!("{method} {path_and_query}"));
+    }
+    if let Ok(mut f) = state.forwarded.lock() {
+        f.push(Forwarded {
+            at: std::time::Instant::now(),
+            method: method.to_string(),
+            path: path.clone(),
+            user_agent: request
+                .headers()
+                .get("user-agent")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string(),
+        });
     }
     let url = format!("{}{path_and_query}", state.upstream);
     let mut upstream = state.http.request(method.clone(), &url);
