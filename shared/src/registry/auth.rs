@@ -333,9 +333,58 @@ pub struct TokenResponse {
     pub expires_in: Option<u64>,
 }
 
+impl TokenResponse {
+    /// Reads a token service's answer: the token (Docker's `token` or OAuth2's
+    /// `access_token`), which must be a valid header value, and its lifetime (60 s when not
+    /// given). The error names what is wrong and never quotes the body (it may hold a token).
+    pub fn parse(body: &[u8]) -> Result<(String, Duration), String> {
+        // Only where, never serde's message: it quotes strings and numbers of the input ("invalid
+        // type: string \"<token>\"") and a token must not reach an error (found by fuzzing).
+        let body: TokenResponse = serde_json::from_slice(body).map_err(|e| {
+            format!(
+                "token answer is not the token JSON (line {}, column {})",
+                e.line(),
+                e.column()
+            )
+        })?;
+        let token = body
+            .token
+            .or(body.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| "token answer has no token".to_string())?;
+        if http::HeaderValue::from_str(&format!("Bearer {token}")).is_err() {
+            return Err("token is not a valid header value".into());
+        }
+        Ok((token, Duration::from_secs(body.expires_in.unwrap_or(60))))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_answer_error_never_quotes_the_answer() {
+        // A token service answering a bare JSON string or number: serde would quote it.
+        for body in [
+            &br#""eyJhbGciOiJFUzI1NiJ9.secret""#[..],
+            b"12345678901234",
+            b"{\"token\": 5}",
+        ] {
+            let reason = TokenResponse::parse(body).expect_err("not the token JSON");
+            assert!(
+                !reason.contains("secret") && !reason.contains("12345678"),
+                "{reason}"
+            );
+        }
+        let (token, ttl) = TokenResponse::parse(br#"{"access_token": "t0k", "expires_in": 300}"#)
+            .expect("an OAuth2 answer");
+        assert_eq!((token.as_str(), ttl), ("t0k", Duration::from_secs(300)));
+        assert!(
+            TokenResponse::parse(br#"{"token": "a\nb"}"#).is_err(),
+            "not a header value"
+        );
+    }
 
     #[test]
     fn docker_config_forms_and_host_matching() {

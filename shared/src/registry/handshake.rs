@@ -203,18 +203,7 @@ impl RegistryClient {
                 )));
             }
         };
-        // serde's message quotes no input, so a token never reaches the error.
-        let body: TokenResponse = serde_json::from_slice(&body)
-            .map_err(|e| malformed(format!("token answer is not the token JSON: {e}")))?;
-        let token = body
-            .token
-            .or(body.access_token)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| malformed("token answer has no token".into()))?;
-        if header::HeaderValue::from_str(&format!("Bearer {token}")).is_err() {
-            return Err(malformed("token is not a valid header value".into()));
-        }
-        let ttl = Duration::from_secs(body.expires_in.unwrap_or(60));
+        let (token, ttl) = TokenResponse::parse(&body).map_err(malformed)?;
         self.tokens.put(key, token.clone(), ttl);
         Ok(token)
     }

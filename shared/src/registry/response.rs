@@ -109,11 +109,16 @@ pub fn transport_cause(e: &reqwest::Error) -> String {
 /// text, cut to a few hundred characters. Reads at most [`MAX_ERROR_BYTES`] for at most a few
 /// seconds: an endless or drip-fed error body is not waited for.
 async fn error_message(resp: Response) -> String {
-    let text = match tokio::time::timeout(ERROR_BODY_DEADLINE, read_capped_prefix(resp)).await {
-        Ok(text) => text,
-        Err(_) => return "(error body not received in time)".into(),
-    };
-    serde_json::from_str::<serde_json::Value>(&text)
+    match tokio::time::timeout(ERROR_BODY_DEADLINE, read_capped_prefix(resp)).await {
+        Ok(text) => describe_error_body(&text),
+        Err(_) => "(error body not received in time)".into(),
+    }
+}
+
+/// The message quoted from a registry's error body: its JSON `errors` as `CODE: message; …`,
+/// else the text, without control characters and cut to a few hundred characters.
+pub fn describe_error_body(text: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(text)
         .ok()
         .and_then(|v| {
             v["errors"].as_array().map(|errs| {
@@ -129,7 +134,7 @@ async fn error_message(resp: Response) -> String {
                     .join("; ")
             })
         })
-        .unwrap_or(text)
+        .unwrap_or_else(|| text.to_string())
         .chars()
         .filter(|c| !c.is_control())
         .take(QUOTED_CHARS)
