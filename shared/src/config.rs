@@ -10,7 +10,8 @@ use crate::secret::SecretUrl;
 #[derive(Debug, Clone, clap::Args)]
 pub struct NatsArgs {
     /// NATS server URL(s), comma-separated (JetStream enabled, nats-server 2.10 or newer).
-    /// Credentials in the URL are never shown: `Debug` and logs print `***`.
+    /// Credentials go in the URL (`nats://user:password@host`, `nats://token@host`) and are
+    /// never shown: `Debug` and logs print `***`.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: SecretUrl,
 }

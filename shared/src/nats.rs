@@ -137,13 +137,22 @@ pub fn check_server_version(version: &str) -> Result<(), NatsError> {
 
 /// Connects to `url` and checks the server version.
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, NatsError> {
-    let client = async_nats::ConnectOptions::new()
+    let servers = Servers::parse(url);
+    let mut options = async_nats::ConnectOptions::new()
         .name(name)
         .connection_timeout(REQUEST_TIMEOUT)
         .request_timeout(Some(REQUEST_TIMEOUT))
         .retry_on_initial_connect()
-        .max_reconnects(None)
-        .connect(url)
+        .max_reconnects(None);
+    match servers.credentials {
+        Some(NatsCredentials::UserPassword(user, password)) => {
+            options = options.user_and_password(user, password);
+        }
+        Some(NatsCredentials::Token(token)) => options = options.token(token),
+        None => {}
+    }
+    let client = options
+        .connect(servers.urls)
         .await
         .map_err(|source| NatsError::Connect {
             url: SecretUrl::from(url),
@@ -163,6 +172,72 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, NatsEr
     }
     check_server_version(&info.version)?;
     Ok(client)
+}
+
+/// Credentials given in a NATS URL's user-info.
+#[derive(Clone, PartialEq, Eq)]
+enum NatsCredentials {
+    /// `nats://user:password@host`.
+    UserPassword(String, String),
+    /// `nats://token@host`.
+    Token(String),
+}
+
+impl std::fmt::Debug for NatsCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NatsCredentials::UserPassword(user, _) => write!(f, "UserPassword({user:?}, ***)"),
+            NatsCredentials::Token(_) => f.write_str("Token(***)"),
+        }
+    }
+}
+
+/// A `--nats-url` value taken apart: the server URLs (comma-separated in the value) without
+/// user-info, and the credentials the user-info held. async-nats takes neither a list in one
+/// string nor credentials from a URL, so both are handed to it this way.
+#[derive(Debug, PartialEq, Eq)]
+struct Servers {
+    urls: Vec<String>,
+    credentials: Option<NatsCredentials>,
+}
+
+impl Servers {
+    fn parse(value: &str) -> Self {
+        let mut credentials = None;
+        let urls = value
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| {
+                let with_scheme = if u.contains("://") {
+                    u.to_string()
+                } else {
+                    format!("nats://{u}")
+                };
+                let Ok(mut parsed) = url::Url::parse(&with_scheme) else {
+                    // async-nats reports what it cannot parse (credentials redacted by us).
+                    return u.to_string();
+                };
+                if !parsed.username().is_empty() && credentials.is_none() {
+                    // A password may hold `@` or `:` written as `%40`, `%3A`.
+                    let decode = |s: &str| {
+                        percent_encoding::percent_decode_str(s)
+                            .decode_utf8_lossy()
+                            .into_owned()
+                    };
+                    let user = decode(parsed.username());
+                    credentials = Some(match parsed.password() {
+                        Some(p) => NatsCredentials::UserPassword(user, decode(p)),
+                        None => NatsCredentials::Token(user),
+                    });
+                }
+                let _ = parsed.set_username("");
+                let _ = parsed.set_password(None);
+                parsed.as_str().trim_end_matches('/').to_string()
+            })
+            .collect();
+        Self { urls, credentials }
+    }
 }
 
 /// Connects and makes sure the stream exists, retrying with a growing pause (up to 30 s) until
@@ -284,6 +359,31 @@ impl Publisher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nats_url_value_is_taken_apart_into_servers_and_credentials() {
+        let s = Servers::parse("nats://bot:p%40ss:w0rd@a:4222, nats://b:4222,c:4223");
+        assert_eq!(s.urls, ["nats://a:4222", "nats://b:4222", "nats://c:4223"]);
+        assert_eq!(
+            s.credentials,
+            Some(NatsCredentials::UserPassword(
+                "bot".into(),
+                "p@ss:w0rd".into()
+            ))
+        );
+        assert!(
+            !format!("{s:?}").contains("p@ss"),
+            "Debug hides the password"
+        );
+        let t = Servers::parse("tls://s3cr3t-token@nats.example:4222");
+        assert_eq!(t.urls, ["tls://nats.example:4222"]);
+        assert_eq!(
+            t.credentials,
+            Some(NatsCredentials::Token("s3cr3t-token".into()))
+        );
+        let plain = Servers::parse("nats://127.0.0.1:4222");
+        assert_eq!((plain.urls.len(), plain.credentials), (1, None));
+    }
 
     #[test]
     fn definitions_parse_and_match_the_contract() {

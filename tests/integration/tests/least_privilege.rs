@@ -8,12 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::PostParams;
 use serde_json::json;
 use shared::crd::ImageBackup;
-use testbed::apiserver::auth::User;
 use testbed::cluster::Cluster;
 use testbed::{Format, ImageSpec};
 
@@ -82,8 +80,9 @@ async fn each_function_uses_exactly_what_its_cluster_role_grants() {
     );
 
     // Workloads that make every function use all it may: an external image read with a pull
-    // secret (backup reads the Secret; every workload names it, whichever is copied first), used twice (the second request finds the ImageBackup
-    // there and reads it), an invalid image (the watcher records an Event).
+    // secret (backup reads the Secret; every workload names it, whichever is copied first),
+    // used twice (the second request finds the ImageBackup there and reads it), an invalid
+    // image (the watcher records an Event).
     let pushed = c
         .source_pusher()
         .push_image(
@@ -95,15 +94,9 @@ async fn each_function_uses_exactly_what_its_cluster_role_grants() {
         .expect("push");
     c.namespace("shop").await.expect("namespace");
     let src = c.source.host();
-    let config = json!({"auths": {src.clone(): {"auth": "Ym90OnM0c3Nzcw=="}}}).to_string();
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "regcred", "namespace": "shop"},
-        "type": "kubernetes.io/dockerconfigjson",
-        "data": {".dockerconfigjson": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, config)}
-    }))
-    .expect("secret");
-    Api::<Secret>::namespaced(c.client.clone(), "shop")
-        .create(&PostParams::default(), &secret)
+    // The source registry is anonymous and ignores credentials; the backup function reads the
+    // secret all the same.
+    c.pull_secret("shop", "regcred", &src, "bot", "s4ssw")
         .await
         .expect("secret");
     let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), "shop");
@@ -143,11 +136,9 @@ async fn each_function_uses_exactly_what_its_cluster_role_grants() {
     // Each function as its service account; anonymous requests refused from now on.
     let mut kubeconfigs = Vec::new();
     for function in ["watcher", "backup", "rollout"] {
-        let token = c
-            .api
-            .issue_token(User::service_account("image-backup", function));
-        let file = tempfile::NamedTempFile::new().expect("tmp");
-        std::fs::write(file.path(), c.api.kubeconfig_with_token(&token)).expect("kubeconfig");
+        let (_, file) = c
+            .service_account_kubeconfig("image-backup", function)
+            .expect("kubeconfig");
         kubeconfigs.push(file);
     }
     c.api.require_authentication(true);
@@ -181,17 +172,13 @@ async fn each_function_uses_exactly_what_its_cluster_role_grants() {
         )
     };
     loop {
-        let image = deployments
-            .get("app")
+        let image = c
+            .image_of::<Deployment>("shop", "app")
             .await
-            .ok()
-            .and_then(|d| d.spec?.template.spec?.containers.first()?.image.clone())
             .unwrap_or_default();
-        let agent = daemonsets
-            .get("agent")
+        let agent = c
+            .image_of::<DaemonSet>("shop", "agent")
             .await
-            .ok()
-            .and_then(|d| d.spec?.template.spec?.containers.first()?.image.clone())
             .unwrap_or_default();
         let left = Api::<ImageBackup>::all(c.client.clone())
             .list(&Default::default())

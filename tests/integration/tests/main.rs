@@ -6,6 +6,7 @@ mod backup;
 mod chaos;
 mod cli;
 mod copy_engine;
+mod credential_sweep;
 mod demo;
 mod deploy;
 mod hostile_registry;

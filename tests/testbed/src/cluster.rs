@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::Api;
 use kube::api::PostParams;
 
@@ -107,6 +107,67 @@ impl Cluster {
             Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Creates a `kubernetes.io/dockerconfigjson` pull secret for `registry` (an image pull
+    /// secret a workload names).
+    pub async fn pull_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+        registry: &str,
+        username: &str,
+        password: &str,
+    ) -> anyhow::Result<()> {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let auth = b64(&format!("{username}:{password}"));
+        let config = serde_json::json!({"auths": {registry: {"auth": auth}}}).to_string();
+        let secret: Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": namespace},
+            "type": "kubernetes.io/dockerconfigjson",
+            "data": {".dockerconfigjson": b64(&config)}
+        }))?;
+        Api::<Secret>::namespaced(self.client.clone(), namespace)
+            .create(&PostParams::default(), &secret)
+            .await?;
+        Ok(())
+    }
+
+    /// A kubeconfig file that authenticates as service account `namespace/name`, and its
+    /// token.
+    pub fn service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> anyhow::Result<(String, tempfile::NamedTempFile)> {
+        let token = self
+            .api
+            .issue_token(crate::apiserver::auth::User::service_account(
+                namespace, name,
+            ));
+        let file = tempfile::NamedTempFile::new()?;
+        std::fs::write(file.path(), self.api.kubeconfig_with_token(&token))?;
+        Ok((token, file))
+    }
+
+    /// The first container image of a workload's pod template, read by `get`.
+    pub async fn image_of<K>(&self, namespace: &str, name: &str) -> Option<String>
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + serde::Serialize,
+    {
+        let object = Api::<K>::namespaced(self.client.clone(), namespace)
+            .get(name)
+            .await
+            .ok()?;
+        let value = serde_json::to_value(object).ok()?;
+        value["spec"]["template"]["spec"]["containers"][0]["image"]
+            .as_str()
+            .map(str::to_string)
     }
 
     /// Every event stored in the stream so far.

@@ -15,6 +15,8 @@ use crate::process::{ChildGuard, free_port, wait_for_port};
 pub struct NatsServer {
     port: u16,
     version: String,
+    /// User and password clients must give (`None`: anyone may connect).
+    user: Option<(String, String)>,
     /// The running process (`None` while stopped); killed on drop.
     _guard: Option<ChildGuard>,
     _dir: tempfile::TempDir,
@@ -50,16 +52,27 @@ pub fn installed_version() -> anyhow::Result<String> {
 impl NatsServer {
     /// Starts a server on a free port; fails if it is older than the minimum version.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_inner(None).await
+    }
+
+    /// Starts a server that accepts only `user` with `password` (see
+    /// [`NatsServer::url_with_credentials`]).
+    pub async fn start_with_user(user: &str, password: &str) -> anyhow::Result<Self> {
+        Self::start_inner(Some((user.to_string(), password.to_string()))).await
+    }
+
+    async fn start_inner(user: Option<(String, String)>) -> anyhow::Result<Self> {
         let version = installed_version()?;
         if let Err(e) = shared::nats::check_server_version(&version) {
             bail!("{e} (binary: {})", binary());
         }
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
-        let guard = spawn(port, dir.path()).await?;
+        let guard = spawn(port, dir.path(), user.as_ref()).await?;
         Ok(Self {
             port,
             version,
+            user,
             _guard: Some(guard),
             _dir: dir,
         })
@@ -74,7 +87,7 @@ impl NatsServer {
     /// it runs): clients reconnect, the stream and its messages are still there.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self._guard = None;
-        self._guard = Some(spawn(self.port, self._dir.path()).await?);
+        self._guard = Some(spawn(self.port, self._dir.path(), self.user.as_ref()).await?);
         Ok(())
     }
 
@@ -83,17 +96,33 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// `nats://user:password@127.0.0.1:<port>` for a server started with a user (else
+    /// [`NatsServer::url`]).
+    pub fn url_with_credentials(&self) -> String {
+        match &self.user {
+            Some((user, password)) => format!("nats://{user}:{password}@127.0.0.1:{}", self.port),
+            None => self.url(),
+        }
+    }
+
     /// The server's version.
     pub fn version(&self) -> &str {
         &self.version
     }
 }
 
-async fn spawn(port: u16, dir: &std::path::Path) -> anyhow::Result<ChildGuard> {
+async fn spawn(
+    port: u16,
+    dir: &std::path::Path,
+    user: Option<&(String, String)>,
+) -> anyhow::Result<ChildGuard> {
     let log = dir.join("nats.log");
     let mut cmd = Command::new(binary());
     cmd.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
         .arg(dir.join("jetstream"));
+    if let Some((user, password)) = user {
+        cmd.args(["--user", user, "--pass", password]);
+    }
     let mut guard = ChildGuard::spawn("nats-server", cmd, &log)?;
     wait_for_port(([127, 0, 0, 1], port).into(), &mut guard, &log).await?;
     Ok(guard)
