@@ -91,6 +91,7 @@ struct FunctionArgs {
 fn cache<K>(client: &kube::Client) -> reflector::Store<K>
 where
     K: kube::Resource<DynamicType = ()>
+        + shared::cache::Trim
         + Clone
         + std::fmt::Debug
         + serde::de::DeserializeOwned

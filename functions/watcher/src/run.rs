@@ -112,6 +112,7 @@ fn watch<K, F>(
 ) -> impl Stream<Item = Signal> + Send + 'static
 where
     K: Resource<DynamicType = ()>
+        + shared::cache::Trim
         + Clone
         + std::fmt::Debug
         + serde::de::DeserializeOwned
