@@ -94,6 +94,10 @@ pub struct ImageBackupStatus {
     /// Blobs that were already at the target.
     #[serde(default)]
     pub blobs_skipped: u32,
+    /// Referrers (signatures, attestations, SBOMs) at the target with the image: copied or
+    /// found there.
+    #[serde(default)]
+    pub referrers: u32,
     /// Human summary for `kubectl get` (`12/30 blobs, 41%`), derived from the numbers above.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<String>,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use backup::copy::auth::DockerConfig;
-use backup::copy::{ClientOptions, Copier, DEFAULT_CONCURRENCY, RegistryClient};
+use backup::copy::{ClientOptions, Copier, DEFAULT_CONCURRENCY, ReferrersMode, RegistryClient};
 use backup::handler::{Context, Settings};
 use backup::metrics::Metrics;
 use clap::{Parser, Subcommand};
@@ -68,6 +68,9 @@ enum Command {
         /// How many blobs move at once.
         #[arg(long, env = "COPY_CONCURRENCY", default_value_t = DEFAULT_CONCURRENCY)]
         concurrency: usize,
+        /// Which referrers (signatures, attestations, SBOMs) are copied with the image.
+        #[arg(long, env = "REFERRERS", value_enum, default_value_t = ReferrersMode::All)]
+        referrers: ReferrersMode,
         /// No progress display, even on a terminal.
         #[arg(short, long)]
         quiet: bool,
@@ -110,6 +113,9 @@ struct FunctionArgs {
     /// Blobs moved at once per copy.
     #[arg(long, env = "COPY_CONCURRENCY", default_value_t = DEFAULT_CONCURRENCY)]
     blob_concurrency: usize,
+    /// Which referrers (signatures, attestations, SBOMs) are copied with the image.
+    #[arg(long, env = "REFERRERS", value_enum, default_value_t = ReferrersMode::All)]
+    referrers: ReferrersMode,
     /// Seconds a claim lasts without renewal (renewed every third of it while copying).
     #[arg(long, env = "CLAIM_LEASE_SECONDS", default_value_t = 60)]
     claim_lease_seconds: u64,
@@ -156,6 +162,7 @@ async fn copy(
     target: &str,
     registries: &RegistryArgs,
     concurrency: usize,
+    referrers: ReferrersMode,
     show_progress: bool,
 ) -> Result<String, String> {
     let source = Reference::parse_normalized(source)
@@ -173,7 +180,7 @@ async fn copy(
         ..Default::default()
     })
     .map_err(|e| format!("{}: {e}", e.class()))?;
-    let copier = Copier::new(client, concurrency);
+    let copier = Copier::new(client, concurrency).with_referrers(referrers);
     let (progress, display) = if show_progress {
         let (tx, rx) = tokio::sync::watch::channel(backup::copy::Progress::default());
         (Some(tx), Some(tokio::spawn(backup::progress::display(rx))))
@@ -248,7 +255,8 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
         instance: Some(holder.clone()),
         ..Default::default()
     };
-    let copier = Copier::new(RegistryClient::new(client_options)?, args.blob_concurrency);
+    let copier = Copier::new(RegistryClient::new(client_options)?, args.blob_concurrency)
+        .with_referrers(args.referrers);
     let lease = Duration::from_secs(args.claim_lease_seconds.max(3));
     let settings = Settings {
         holder: holder.clone(),
@@ -376,12 +384,13 @@ async fn main() -> ExitCode {
             target,
             registries,
             concurrency,
+            referrers,
             quiet,
             all_platforms: _,
         } => {
             use std::io::IsTerminal as _;
             let show = !quiet && std::io::stderr().is_terminal();
-            match copy(&source, &target, &registries, concurrency, show).await {
+            match copy(&source, &target, &registries, concurrency, referrers, show).await {
                 Ok(line) => {
                     println!("{line}");
                     ExitCode::SUCCESS

@@ -110,6 +110,9 @@ pub fn completed(
         s.blobs_copied = summary.blobs_copied.saturating_add(summary.blobs_mounted);
         s.blobs_skipped = summary.blobs_skipped;
     }
+    s.referrers = summary
+        .referrers_copied
+        .saturating_add(summary.referrers_present);
     s.bytes_copied = s.bytes_total;
     s.progress = Some(if s.blobs_total == 0 {
         "complete".to_string()
@@ -235,6 +238,9 @@ mod tests {
             bytes_total: 300,
             bytes_uploaded: 200,
             already_complete: false,
+            referrers_copied: 2,
+            referrers_present: 1,
+            referrers_skipped: Vec::new(),
             seconds: 1.0,
         }
     }
@@ -266,6 +272,7 @@ mod tests {
         assert_eq!(done.digest.as_deref(), Some("sha256:abc"));
         assert!(done.claim.is_none());
         assert_eq!(done.blobs_copied, 3);
+        assert_eq!(done.referrers, 3, "copied and present");
         assert_eq!(done.progress.as_deref(), Some("3/3 blobs, 100%"));
         assert_eq!(
             done.expires_at.unwrap().0.as_millisecond() - now.as_millisecond(),

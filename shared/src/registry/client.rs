@@ -390,6 +390,49 @@ impl RegistryClient {
         }))
     }
 
+    /// The OCI 1.1 referrers of `digest` from the referrers API (`GET /v2/<name>/referrers/
+    /// <digest>`): the image index it answers, read capped as a manifest is. `None` when the
+    /// registry does not offer the API (404, 400, 405: distribution 2.8 answers 404), so the
+    /// caller falls back to the referrers tag schema.
+    pub async fn referrers(
+        &self,
+        repo: &Repo,
+        digest: &str,
+        access: Access,
+    ) -> Result<Option<Vec<u8>>, CopyError> {
+        let what = format!("referrers of {}@{digest}", repo.path);
+        validate_digest(digest).map_err(|e| CopyError::Invalid {
+            what: what.clone(),
+            reason: e.to_string(),
+        })?;
+        let url = self.url(repo, &format!("referrers/{digest}"));
+        let resp = self
+            .send(repo, access, None, &what, |c| {
+                c.get(&url)
+                    .header(header::ACCEPT, "application/vnd.oci.image.index.v1+json")
+                    .timeout(Duration::from_secs(30))
+            })
+            .await?;
+        match resp.status() {
+            s if s.is_success() => {}
+            StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST | StatusCode::METHOD_NOT_ALLOWED => {
+                return Ok(None);
+            }
+            _ => return Err(status_error(&repo.registry, &what, resp, 1).await),
+        }
+        match read_capped(resp, MAX_MANIFEST_BYTES)
+            .await
+            .map_err(|e| transport_error(repo.registry.as_str(), what.as_str(), 1, &e))?
+        {
+            Capped::Complete(bytes) => Ok(Some(bytes)),
+            Capped::TooLarge => Err(CopyError::Malformed {
+                registry: repo.registry.clone(),
+                what,
+                reason: format!("larger than {MAX_MANIFEST_BYTES} bytes"),
+            }),
+        }
+    }
+
     /// The digest of a manifest by tag or digest (HEAD), `None` on 404. `access` picks the
     /// token scope (a target is always spoken to with push access, so one token serves all).
     pub async fn manifest_digest(

@@ -15,6 +15,7 @@ mod kubectl_session;
 mod least_privilege;
 mod nats_events;
 mod readme;
+mod referrers;
 mod registry_images;
 mod rollout;
 mod testbed_up;

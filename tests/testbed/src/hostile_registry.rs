@@ -255,6 +255,10 @@ async fn handle(State(state): State<Arc<HostileState>>, req: Request) -> Respons
     let head = req.method() == axum::http::Method::HEAD;
     let image = &state.image;
     if let Some((_, reference)) = path.split_once("/manifests/") {
+        // The image is tag `1`; other tags (cosign's, the referrers tag schema) do not exist.
+        if !reference.starts_with("sha256:") && reference != "1" {
+            return answer(StatusCode::NOT_FOUND, &[], Body::from("manifest unknown"));
+        }
         let (bytes, media_type) = if reference.starts_with("sha256:") {
             if mode == Mode::RepeatedChild {
                 state.child_gets.fetch_add(1, Ordering::Relaxed);

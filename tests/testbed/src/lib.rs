@@ -25,6 +25,7 @@
 pub mod apiserver;
 pub mod bench;
 pub mod bench_backup;
+pub mod bench_referrers;
 pub mod bench_scale;
 pub mod bench_watcher;
 pub mod broker;
@@ -36,6 +37,7 @@ pub mod hostile_registry;
 pub mod image;
 pub mod nats_server;
 pub mod process;
+pub mod referrers;
 pub mod registry;
 pub mod stream;
 pub mod tls;

@@ -76,6 +76,17 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         events: usize,
     },
+    /// Copies of an image with three referrers: cold with `--referrers all` against `none`, and
+    /// the requests of a warm copy per referrer source checked (Markdown for
+    /// docs/benchmarks.md).
+    BenchReferrers {
+        /// Cold copies per mode (median is reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// The backup binary to time (default: next to this binary).
+        #[arg(long)]
+        backup: Option<std::path::PathBuf>,
+    },
     /// Peak RSS of `backup copy` against every mode of the hostile registry (build with
     /// `--release` first); prints a Markdown table for docs/benchmarks.md.
     BenchHostile {
@@ -233,6 +244,11 @@ async fn main() -> anyhow::Result<()> {
                 "{}",
                 testbed::bench_backup::run(images.max(1), events.max(1)).await?
             );
+            Ok(())
+        }
+        Command::BenchReferrers { runs, backup } => {
+            let bin = backup.unwrap_or_else(testbed::bench::default_backup_binary);
+            print!("{}", testbed::bench_referrers::run(&bin, runs).await?);
             Ok(())
         }
         Command::BenchHostile { backup } => {

@@ -28,6 +28,7 @@
 //! [`shared::registry`].
 
 pub mod manifest;
+pub mod referrers;
 pub mod verify;
 
 // The registry client lives in `shared::registry` (the rollout uses it too).
@@ -50,6 +51,8 @@ pub use stall::StallPolicy;
 use client::{RawManifest, UploadStart};
 use manifest::{BlobRef, Content, Origin};
 use verify::{Verdict, VerifyingStream};
+
+pub use referrers::ReferrersMode;
 
 /// How many blobs move at once by default: enough to fill a fast link, few enough for a
 /// registry's connection limits.
@@ -106,8 +109,16 @@ pub struct CopySummary {
     pub bytes_total: u64,
     /// Bytes uploaded.
     pub bytes_uploaded: u64,
-    /// True when the target already held this exact digest and nothing was done.
+    /// True when the target already held this exact digest and nothing was done for the image
+    /// itself (its referrers are still looked at).
     pub already_complete: bool,
+    /// Referrers (signatures, attestations, SBOMs) pushed to the target.
+    pub referrers_copied: u32,
+    /// Referrers the target already held.
+    pub referrers_present: u32,
+    /// Referrers that could not be copied and were not required, each with why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub referrers_skipped: Vec<String>,
     /// Wall time.
     pub seconds: f64,
 }
@@ -128,6 +139,7 @@ pub struct Copier {
     client: RegistryClient,
     concurrency: usize,
     locations: Arc<Mutex<HashMap<(String, String), String>>>,
+    referrers: ReferrersMode,
 }
 
 /// The tree read from the source.
@@ -148,7 +160,15 @@ impl Copier {
             client,
             concurrency: concurrency.max(1),
             locations: Arc::new(Mutex::new(HashMap::new())),
+            referrers: ReferrersMode::default(),
         }
+    }
+
+    /// The same copier taking these referrers along (default: all).
+    #[must_use]
+    pub fn with_referrers(mut self, mode: ReferrersMode) -> Self {
+        self.referrers = mode;
+        self
     }
 
     /// The same copier speaking through another client (other credentials), sharing what it
@@ -159,6 +179,7 @@ impl Copier {
             client,
             concurrency: self.concurrency,
             locations: self.locations.clone(),
+            referrers: self.referrers,
         }
     }
 
@@ -228,7 +249,14 @@ impl Copier {
             },
         )?;
 
-        // Warm path: the target already holds this exact manifest under the tag.
+        // What referrers refer to: the top manifest and each platform manifest.
+        let mut subjects = vec![top.digest.clone()];
+        if let Content::Index(children) = &content {
+            subjects.extend(children.iter().map(|c| c.digest.clone()));
+        }
+
+        // Warm path: the target already holds this exact manifest under the tag; referrers
+        // made since (a signature added later) are still brought over.
         if self
             .client
             .manifest_digest(&dst, target_ref, client::Access::Push)
@@ -240,6 +268,7 @@ impl Copier {
                 Content::Index(children) => children.iter().map(|c| c.platform.clone()).collect(),
                 Content::Image(_) => Vec::new(),
             };
+            let referrers = self.copy_referrers(&src, &dst, &subjects).await?;
             return Ok(CopySummary {
                 source: source.to_string(),
                 target: target.to_string(),
@@ -254,6 +283,9 @@ impl Copier {
                 bytes_total: 0,
                 bytes_uploaded: 0,
                 already_complete: true,
+                referrers_copied: referrers.copied,
+                referrers_present: referrers.present,
+                referrers_skipped: referrers.skipped,
                 seconds: started.elapsed().as_secs_f64(),
             });
         }
@@ -313,6 +345,9 @@ impl Copier {
             .buffer_unordered(self.concurrency)
             .try_collect::<Vec<()>>()
             .await?;
+        // Referrers before the tag: once a workload can be moved onto the tag, its signatures
+        // are there too.
+        let referrers = self.copy_referrers(&src, &dst, &subjects).await?;
         self.client
             .put_manifest(&dst, target_ref, &tree.top)
             .await?;
@@ -336,6 +371,9 @@ impl Copier {
                 .map(|(_, s)| s)
                 .sum(),
             already_complete: false,
+            referrers_copied: referrers.copied,
+            referrers_present: referrers.present,
+            referrers_skipped: referrers.skipped,
             seconds: started.elapsed().as_secs_f64(),
         })
     }

@@ -1,0 +1,359 @@
+//! Signatures, attestations and SBOMs travel with the image (real registries, distribution 2.8,
+//! which has no referrers API): cosign's `.sig`/`.att` tags, an SBOM with a `subject` listed in
+//! the referrers tag schema, and a signature on that SBOM all arrive byte-identical, found the
+//! way a verifier finds them; what the target already lists stays; `--referrers none` copies
+//! none and `signatures` only signatures.
+
+use backup::copy::{ClientOptions, Copier, ReferrersMode, RegistryClient};
+use serde_json::Value;
+use shared::Reference;
+use testbed::referrers::{
+    add_to_tag_schema, listed_in_tag_schema, push_artifact, push_cosign_tag, tag_schema,
+};
+use testbed::{FaultProxy, Format, ImageSpec, PushedImage, Pusher, Registry};
+
+const SBOM_TYPE: &str = "application/spdx+json";
+
+struct Signed {
+    src: Registry,
+    dst: Registry,
+    image: PushedImage,
+    sig: testbed::referrers::Artifact,
+    att: testbed::referrers::Artifact,
+    sbom: testbed::referrers::Artifact,
+    sbom_sig: testbed::referrers::Artifact,
+}
+
+/// An image signed as cosign signs it, attested, with an SBOM (a referrer with a subject, in
+/// the tag schema) that is itself signed.
+async fn signed_image() -> Signed {
+    let src = Registry::start().await.expect("src");
+    let dst = Registry::start().await.expect("dst");
+    let pusher = Pusher::new(&src.host(), None);
+    let image = pusher
+        .push_image(
+            "team/app",
+            "1",
+            &ImageSpec::multi_arch(Format::Oci, 1, 4096, 5),
+        )
+        .await
+        .expect("image");
+    let sig = push_cosign_tag(
+        &pusher,
+        "team/app",
+        &image.digest,
+        "sig",
+        b"{\"critical\":{}}",
+    )
+    .await
+    .expect("sig");
+    let att = push_cosign_tag(
+        &pusher,
+        "team/app",
+        &image.digest,
+        "att",
+        b"{\"payloadType\":\"x\"}",
+    )
+    .await
+    .expect("att");
+    let sbom = push_artifact(
+        &pusher,
+        "team/app",
+        None,
+        SBOM_TYPE,
+        SBOM_TYPE,
+        b"{\"spdxVersion\":\"SPDX-2.3\"}",
+        Some((&image.digest, &image.media_type, image_size(&image))),
+    )
+    .await
+    .expect("sbom");
+    add_to_tag_schema(&pusher, "team/app", &image.digest, &sbom.descriptor)
+        .await
+        .expect("tag schema");
+    let sbom_sig = push_artifact(
+        &pusher,
+        "team/app",
+        None,
+        "application/vnd.dev.cosign.artifact.sig.v1+json",
+        "application/vnd.dev.cosign.simplesigning.v1+json",
+        b"{\"signs\":\"the sbom\"}",
+        Some((
+            &sbom.digest,
+            testbed::referrers::OCI_MANIFEST,
+            sbom.bytes.len() as u64,
+        )),
+    )
+    .await
+    .expect("sbom signature");
+    add_to_tag_schema(&pusher, "team/app", &sbom.digest, &sbom_sig.descriptor)
+        .await
+        .expect("tag schema of the sbom");
+    Signed {
+        src,
+        dst,
+        image,
+        sig,
+        att,
+        sbom,
+        sbom_sig,
+    }
+}
+
+fn image_size(image: &PushedImage) -> u64 {
+    image
+        .manifests
+        .iter()
+        .find(|(d, _, _)| *d == image.digest)
+        .map_or(0, |(_, _, b)| b.len() as u64)
+}
+
+fn copier(insecure: &[String], mode: ReferrersMode) -> Copier {
+    let client = RegistryClient::new(ClientOptions {
+        insecure: insecure.iter().cloned().collect(),
+        ..Default::default()
+    })
+    .expect("client");
+    Copier::new(client, 4).with_referrers(mode)
+}
+
+fn at(host: &str, path: &str) -> Reference {
+    Reference::parse_normalized(&format!("{host}/{path}")).expect("reference")
+}
+
+fn digests(list: &[Value]) -> Vec<String> {
+    let mut d: Vec<String> = list
+        .iter()
+        .filter_map(|v| v["digest"].as_str().map(str::to_string))
+        .collect();
+    d.sort();
+    d
+}
+
+#[tokio::test]
+async fn signatures_attestations_and_sboms_arrive_byte_identical() {
+    let s = signed_image().await;
+    let target = Pusher::new(&s.dst.host(), None);
+    // The target already lists another referrer of the image: it must stay.
+    let other = push_artifact(
+        &target,
+        "bk/app",
+        None,
+        "application/vnd.example.other",
+        "application/vnd.example.other",
+        b"kept",
+        None,
+    )
+    .await
+    .expect("other");
+    add_to_tag_schema(&target, "bk/app", &s.image.digest, &other.descriptor)
+        .await
+        .expect("existing index");
+
+    let summary = copier(&[s.src.host(), s.dst.host()], ReferrersMode::All)
+        .copy(
+            &at(&s.src.host(), "team/app:1"),
+            &at(&s.dst.host(), "bk/app:1"),
+            None,
+        )
+        .await
+        .expect("copy");
+    assert_eq!(
+        summary.referrers_copied, 4,
+        "sig, att, sbom, the sbom's signature"
+    );
+    assert!(
+        summary.referrers_skipped.is_empty(),
+        "{:?}",
+        summary.referrers_skipped
+    );
+
+    // Found the way a verifier finds them: cosign's tags, the tag-schema index.
+    for (suffix, artifact) in [("sig", &s.sig), ("att", &s.att)] {
+        let tag = format!("{}.{suffix}", tag_schema(&s.image.digest));
+        let (_, bytes) = target
+            .get_manifest("bk/app", &tag)
+            .await
+            .expect("get")
+            .unwrap_or_else(|| panic!("{tag} at the target"));
+        assert_eq!(bytes, artifact.bytes, "{tag} byte-identical");
+    }
+    let listed = listed_in_tag_schema(&target, "bk/app", &s.image.digest)
+        .await
+        .expect("index");
+    let mut want = vec![other.digest.clone(), s.sbom.digest.clone()];
+    want.sort();
+    assert_eq!(
+        digests(&listed),
+        want,
+        "the SBOM added, the existing entry kept"
+    );
+    for artifact in [&s.sbom, &s.sbom_sig] {
+        let (_, bytes) = target
+            .get_manifest("bk/app", &artifact.digest)
+            .await
+            .expect("get")
+            .expect("referrer by digest");
+        assert_eq!(bytes, artifact.bytes);
+        let manifest: Value = serde_json::from_slice(&bytes).expect("json");
+        for layer in manifest["layers"].as_array().expect("layers") {
+            let digest = layer["digest"].as_str().expect("digest");
+            assert!(
+                target
+                    .get_blob("bk/app", digest)
+                    .await
+                    .expect("blob")
+                    .is_some()
+            );
+        }
+    }
+    let sbom_referrers = listed_in_tag_schema(&target, "bk/app", &s.sbom.digest)
+        .await
+        .expect("index of the sbom");
+    assert_eq!(digests(&sbom_referrers), vec![s.sbom_sig.digest.clone()]);
+    // The image itself, by tag, with the source's digest.
+    let (_, top) = target
+        .get_manifest("bk/app", "1")
+        .await
+        .expect("get")
+        .expect("tag");
+    assert_eq!(testbed::image::sha256_digest(&top), s.image.digest);
+}
+
+#[tokio::test]
+async fn none_copies_no_referrer_and_signatures_only_signatures() {
+    let s = signed_image().await;
+    let proxy = FaultProxy::start(&s.dst.host()).await.expect("proxy");
+    let target = Pusher::new(&s.dst.host(), None);
+    let none = copier(&[s.src.host(), proxy.host()], ReferrersMode::None);
+    let summary = none
+        .copy(
+            &at(&s.src.host(), "team/app:1"),
+            &at(&proxy.host(), "bk/app:1"),
+            None,
+        )
+        .await
+        .expect("copy");
+    assert_eq!(
+        (summary.referrers_copied, summary.referrers_present),
+        (0, 0)
+    );
+    assert!(target.tags("bk/app").await.expect("tags") == vec!["1".to_string()]);
+    // Warm, with none: one request.
+    proxy.reset_requests();
+    let warm = none
+        .copy(
+            &at(&s.src.host(), "team/app:1"),
+            &at(&proxy.host(), "bk/app:1"),
+            None,
+        )
+        .await
+        .expect("warm");
+    assert!(warm.already_complete);
+    assert_eq!(proxy.requests().len(), 1, "{:?}", proxy.requests());
+
+    // Signatures only: cosign's .sig and the SBOM's signature would need the SBOM first, which
+    // is not a signature; so exactly the image's signature.
+    let signatures = copier(&[s.src.host(), proxy.host()], ReferrersMode::Signatures)
+        .copy(
+            &at(&s.src.host(), "team/app:1"),
+            &at(&proxy.host(), "bk/app:1"),
+            None,
+        )
+        .await
+        .expect("signatures");
+    assert_eq!(signatures.referrers_copied, 1);
+    let tags = target.tags("bk/app").await.expect("tags");
+    assert!(
+        tags.contains(&format!("{}.sig", tag_schema(&s.image.digest))),
+        "{tags:?}"
+    );
+    assert!(
+        !tags.contains(&format!("{}.att", tag_schema(&s.image.digest))),
+        "{tags:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_warm_copy_checks_each_referrer_source_in_a_few_requests() {
+    let s = signed_image().await;
+    let src_proxy = FaultProxy::start(&s.src.host()).await.expect("proxy");
+    let dst_proxy = FaultProxy::start(&s.dst.host()).await.expect("proxy");
+    let all = copier(&[src_proxy.host(), dst_proxy.host()], ReferrersMode::All);
+    let source = at(&src_proxy.host(), "team/app:1");
+    let target = at(&dst_proxy.host(), "bk/app:1");
+    all.copy(&source, &target, None).await.expect("cold");
+    src_proxy.reset_requests();
+    dst_proxy.reset_requests();
+    let warm = all.copy(&source, &target, None).await.expect("warm");
+    assert!(warm.already_complete);
+    assert_eq!((warm.referrers_copied, warm.referrers_present), (0, 4));
+    // Sources checked: per manifest (the index, each platform's, the SBOM) the referrers API
+    // and the tag schema, and cosign's three tags for each of the image's own manifests.
+    let own = s.image.manifests.len();
+    let sources_checked = (own + 1) * 2 + own * 3;
+    let requests = src_proxy.requests().len() + dst_proxy.requests().len();
+    assert!(
+        requests < 3 * sources_checked,
+        "{requests} requests for {sources_checked} sources:\n{:?}\n{:?}",
+        src_proxy.requests(),
+        dst_proxy.requests()
+    );
+    assert!(
+        !dst_proxy
+            .requests()
+            .iter()
+            .any(|r| r.starts_with("PUT") || r.starts_with("POST")),
+        "a warm copy writes nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_broken_signature_fails_the_copy_and_a_broken_attestation_is_skipped() {
+    let s = signed_image().await;
+    let proxy = FaultProxy::start(&s.src.host()).await.expect("proxy");
+    let layer_of = |artifact: &testbed::referrers::Artifact| {
+        let m: Value = serde_json::from_slice(&artifact.bytes).expect("json");
+        m["layers"][0]["digest"]
+            .as_str()
+            .expect("layer")
+            .to_string()
+    };
+    // The attestation's payload arrives corrupt: reported and skipped, the image still copied.
+    proxy.corrupt_blob(&layer_of(&s.att));
+    let c = copier(&[proxy.host(), s.dst.host()], ReferrersMode::All);
+    let summary = c
+        .copy(
+            &at(&proxy.host(), "team/app:1"),
+            &at(&s.dst.host(), "bk/app:1"),
+            None,
+        )
+        .await
+        .expect("copied without the attestation");
+    assert_eq!(
+        summary.referrers_skipped.len(),
+        1,
+        "{:?}",
+        summary.referrers_skipped
+    );
+    assert!(summary.referrers_skipped[0].starts_with(&s.att.digest));
+    assert_eq!(summary.referrers_copied, 3);
+
+    // The signature's payload arrives corrupt (to a fresh target): the copy fails, Corrupt,
+    // and the image's tag is not written.
+    proxy.corrupt_blob(&layer_of(&s.sig));
+    let fresh = Registry::start().await.expect("fresh target");
+    let err = copier(&[proxy.host(), fresh.host()], ReferrersMode::Signatures)
+        .copy(
+            &at(&proxy.host(), "team/app:1"),
+            &at(&fresh.host(), "bk/app:1"),
+            None,
+        )
+        .await
+        .expect_err("a signature is required");
+    assert_eq!(err.class(), shared::ErrorClass::Corrupt, "{err}");
+    let tags = Pusher::new(&fresh.host(), None)
+        .tags("bk/app")
+        .await
+        .expect("tags");
+    assert!(!tags.contains(&"1".to_string()), "{tags:?}");
+}
