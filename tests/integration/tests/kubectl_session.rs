@@ -244,6 +244,28 @@ async fn a_person_drives_the_cluster_with_kubectl() {
     assert!(describe.contains("ScalingReplicaSet"), "{describe}");
     assert!(describe.contains("NewReplicaSet:"), "{describe}");
 
+    // Discovery has the built-in kinds a cluster has, with their short names.
+    let resources = k.run(&["api-resources", "--no-headers"]);
+    for kind in [
+        "horizontalpodautoscalers",
+        "ingresses",
+        "storageclasses",
+        "endpointslices",
+        "priorityclasses",
+        "validatingwebhookconfigurations",
+        "certificatesigningrequests",
+    ] {
+        assert!(
+            resources.contains(kind),
+            "api-resources lists {kind}: {resources}"
+        );
+    }
+    assert!(
+        resources.lines().count() >= 45,
+        "{} resources",
+        resources.lines().count()
+    );
+
     // explain knows every field of the built-in kinds.
     let explain = k.run(&["explain", "deployment.spec.strategy"]);
     assert!(explain.contains("rollingUpdate"), "{explain}");

@@ -1,5 +1,8 @@
-//! The resource types the test API server serves: the built-ins image-backup and kubectl need,
-//! and every version of every CustomResourceDefinition created at run time.
+//! The resource types the test API server serves: the built-in kinds of core, apps, batch,
+//! autoscaling, networking, discovery, storage, scheduling, node, policy, rbac,
+//! admissionregistration, certificates, flowcontrol, coordination, events.k8s.io and
+//! apiextensions, each described by k8s-openapi's own metadata (group, version, kind, plural,
+//! scope, schema), and every version of every CustomResourceDefinition created at run time.
 
 use serde_json::Value;
 
@@ -147,6 +150,8 @@ fn builtin(
                 | "Service"
                 | "Job"
                 | "CronJob"
+                | "ReplicationController"
+                | "HorizontalPodAutoscaler"
         ) {
             vec!["all".into()]
         } else {
@@ -208,9 +213,36 @@ pub fn find_builtin(group: &str, plural: &str) -> Option<Resource> {
 
 /// The built-in resources.
 pub fn builtins() -> Vec<Resource> {
-    use k8s_openapi::api::{apps, batch, core, networking, policy, rbac};
+    use k8s_openapi::api::{
+        admissionregistration, apps, autoscaling, batch, certificates, core, discovery,
+        flowcontrol, networking, node, policy, rbac, scheduling, storage,
+    };
     let mut more = vec![
         of::<core::v1::Service>(true, &["svc"]),
+        of::<core::v1::Endpoints>(false, &["ep"]),
+        of::<core::v1::LimitRange>(false, &["limits"]),
+        of::<core::v1::ResourceQuota>(true, &["quota"]),
+        of::<core::v1::PersistentVolume>(true, &["pv"]),
+        of::<core::v1::PodTemplate>(false, &[]),
+        of::<core::v1::ReplicationController>(true, &["rc"]),
+        of::<apps::v1::ControllerRevision>(false, &[]),
+        of::<autoscaling::v2::HorizontalPodAutoscaler>(true, &["hpa"]),
+        of::<networking::v1::Ingress>(true, &["ing"]),
+        of::<networking::v1::IngressClass>(false, &[]),
+        of::<discovery::v1::EndpointSlice>(false, &[]),
+        of::<storage::v1::StorageClass>(false, &["sc"]),
+        of::<storage::v1::CSIDriver>(false, &[]),
+        of::<storage::v1::CSINode>(false, &[]),
+        of::<storage::v1::VolumeAttachment>(true, &[]),
+        of::<scheduling::v1::PriorityClass>(false, &["pc"]),
+        of::<node::v1::RuntimeClass>(false, &[]),
+        of::<admissionregistration::v1::MutatingWebhookConfiguration>(false, &[]),
+        of::<admissionregistration::v1::ValidatingWebhookConfiguration>(false, &[]),
+        of::<admissionregistration::v1::ValidatingAdmissionPolicy>(true, &[]),
+        of::<admissionregistration::v1::ValidatingAdmissionPolicyBinding>(false, &[]),
+        of::<certificates::v1::CertificateSigningRequest>(true, &["csr"]),
+        of::<flowcontrol::v1::FlowSchema>(true, &[]),
+        of::<flowcontrol::v1::PriorityLevelConfiguration>(true, &[]),
         of::<core::v1::Pod>(true, &["po"]),
         of::<core::v1::Node>(true, &["no"]),
         of::<core::v1::PersistentVolumeClaim>(true, &["pvc"]),
