@@ -327,11 +327,58 @@ async fn a_person_drives_the_cluster_with_kubectl() {
     let image = deployed_image(&k);
     assert_eq!(image, "nginx:1.25", "diff changed nothing");
 
-    // auth can-i (a SelfSubjectAccessReview in protobuf) for the admin.
+    // auth can-i (a SelfSubjectAccessReview in protobuf) for the admin, and RBAC made with the
+    // imperative commands, checked by impersonation (`--as`).
     assert_eq!(
         k.run(&["auth", "can-i", "create", "deployments", "-n", "demo"])
             .trim(),
         "yes"
+    );
+    k.run(&[
+        "-n",
+        "demo",
+        "create",
+        "role",
+        "reader",
+        "--verb=get,list",
+        "--resource=pods",
+    ]);
+    k.run(&[
+        "-n",
+        "demo",
+        "create",
+        "rolebinding",
+        "jane-reads",
+        "--role=reader",
+        "--user=jane",
+    ]);
+    let can = |verb: &str| {
+        k.try_run(&["-n", "demo", "auth", "can-i", verb, "pods", "--as=jane"])
+            .1
+    };
+    assert_eq!((can("list").trim(), can("delete").trim()), ("yes", "no"));
+    let (ok, _, err) = k.try_run(&["-n", "demo", "delete", "pods", "--all", "--as=jane"]);
+    assert!(
+        !ok && err.contains("cannot delete resource \"pods\""),
+        "{err}"
+    );
+
+    // A Service gets a cluster IP and node ports, as the allocators give them.
+    k.run(&[
+        "-n",
+        "demo",
+        "create",
+        "service",
+        "nodeport",
+        "web",
+        "--tcp=443:8443",
+    ]);
+    let svc = k.run(&["-n", "demo", "get", "service", "web", "--no-headers"]);
+    let cells: Vec<&str> = svc.split_whitespace().collect();
+    assert!(cells[2].starts_with("10.96."), "{svc}");
+    assert!(
+        cells[4].starts_with("443:3") && cells[4].ends_with("/TCP"),
+        "{svc}"
     );
 
     // Deleting the namespace deletes what is in it (and the garbage collector what they own).

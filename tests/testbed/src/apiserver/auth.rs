@@ -11,6 +11,8 @@
 //!   RoleBindings (in their namespace): apiGroups, resources (`*`, `resource/subresource`),
 //!   verbs and resourceNames matched as kube-apiserver's RBAC does. Discovery, OpenAPI and
 //!   `/version` are open to every authenticated user (the `system:discovery` role).
+//! - **Impersonation.** `Impersonate-User` and `Impersonate-Group` (`kubectl --as`,
+//!   `--as-group`) make an admin act as another user; anyone else asking is refused (403).
 //! - **Audit.** Every resource request is recorded as (user, verb, group, resource, subresource,
 //!   namespace, name, status code), so a test can compare what a function did with what its role
 //!   grants.
@@ -106,6 +108,33 @@ impl Identities {
                 .ok_or(Unauthenticated::UnknownToken),
         }
     }
+}
+
+/// The user a request acts as: `user`, or whom its `Impersonate-User`/`Impersonate-Group`
+/// headers name when `user` is an admin. `Err` (a 403 message) for anyone else impersonating.
+pub fn impersonated(user: User, headers: &axum::http::HeaderMap) -> Result<User, String> {
+    let Some(name) = headers
+        .get("impersonate-user")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Ok(user);
+    };
+    if !user.is_admin() {
+        return Err(format!(
+            "users \"{name}\" is forbidden: User \"{}\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope",
+            user.name
+        ));
+    }
+    let mut groups: Vec<String> = headers
+        .get_all("impersonate-group")
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_string))
+        .collect();
+    groups.push("system:authenticated".into());
+    Ok(User {
+        name: name.to_string(),
+        groups,
+    })
 }
 
 /// What a resource request asks to do, as RBAC sees it.

@@ -3,7 +3,7 @@
 //! looks as it would on a cluster: a Deployment's strategy, revisionHistoryLimit and
 //! progressDeadlineSeconds, a DaemonSet's updateStrategy, and in every pod template the restart
 //! and DNS policies, scheduler, grace period, and per container the pull policy, termination
-//! message settings and port protocol.
+//! message settings and port protocol; a Service's cluster IP and node ports.
 
 use serde_json::{Value, json};
 
@@ -47,6 +47,67 @@ fn pod_spec(spec: &mut Value) {
             for p in c["ports"].as_array_mut().into_iter().flatten() {
                 default(p, "protocol", json!("TCP"));
             }
+        }
+    }
+}
+
+/// A Service's type, session affinity, an allocated cluster IP (from 10.96.0.0/16) and, for
+/// NodePort and LoadBalancer Services, node ports (30000–32767), as kube-apiserver's allocators
+/// give them.
+fn service(spec: &mut Value) {
+    default(spec, "type", json!("ClusterIP"));
+    default(spec, "sessionAffinity", json!("None"));
+    let kind = spec["type"].as_str().unwrap_or("ClusterIP").to_string();
+    if kind != "ExternalName" {
+        let ip = format!(
+            "10.96.{}.{}",
+            rand::random_range(0..=255u8),
+            rand::random_range(1..=254u8)
+        );
+        default(spec, "clusterIP", json!(ip));
+        let assigned = spec["clusterIP"].clone();
+        default(spec, "clusterIPs", json!([assigned]));
+        default(spec, "ipFamilies", json!(["IPv4"]));
+        default(spec, "ipFamilyPolicy", json!("SingleStack"));
+        default(spec, "internalTrafficPolicy", json!("Cluster"));
+    }
+    let node_ports = matches!(kind.as_str(), "NodePort" | "LoadBalancer");
+    for p in spec["ports"].as_array_mut().into_iter().flatten() {
+        default(p, "protocol", json!("TCP"));
+        let port = p["port"].clone();
+        default(p, "targetPort", port);
+        if node_ports {
+            default(p, "nodePort", json!(rand::random_range(30000..=32767u16)));
+        }
+    }
+    if node_ports {
+        default(spec, "externalTrafficPolicy", json!("Cluster"));
+    }
+}
+
+/// On an update that leaves them out, a Service keeps what was allocated to it (cluster IPs,
+/// node ports by port number), as kube-apiserver's Service storage does.
+pub fn keep_allocated(resource: &Resource, object: &mut Value, old: Option<&Value>) {
+    let Some(old) = old.filter(|_| resource.group.is_empty() && resource.kind == "Service") else {
+        return;
+    };
+    if !object["spec"].is_object() {
+        return;
+    }
+    for field in ["clusterIP", "clusterIPs"] {
+        if !old["spec"][field].is_null() {
+            default(&mut object["spec"], field, old["spec"][field].clone());
+        }
+    }
+    let old_ports = old["spec"]["ports"].as_array().cloned().unwrap_or_default();
+    for p in object["spec"]["ports"].as_array_mut().into_iter().flatten() {
+        if let Some(node_port) = old_ports
+            .iter()
+            .find(|o| o["port"] == p["port"])
+            .map(|o| o["nodePort"].clone())
+            .filter(|n| !n.is_null())
+        {
+            default(p, "nodePort", node_port);
         }
     }
 }
@@ -95,6 +156,7 @@ pub fn apply(resource: &Resource, object: &mut Value) {
             pod_spec(&mut object["spec"]["template"]["spec"]);
         }
         ("", "Pod") => pod_spec(&mut object["spec"]),
+        ("", "Service") if object["spec"].is_object() => service(&mut object["spec"]),
         _ => {}
     }
 }

@@ -194,6 +194,12 @@ async fn dispatch(State(state): State<Arc<ApiState>>, request: Request) -> Respo
     let Ok(user) = user else {
         return ApiError::unauthorized().into_response();
     };
+    let user = match auth::impersonated(user, &headers) {
+        Ok(user) => user,
+        Err(message) => {
+            return ApiError::forbidden(message, "", "users", "").into_response();
+        }
+    };
     let body = match axum::body::to_bytes(request.into_body(), 64 * 1024 * 1024).await {
         Ok(b) => b,
         Err(e) => return ApiError::bad_request(format!("cannot read body: {e}")).into_response(),
@@ -768,6 +774,7 @@ fn update(
         object["metadata"]["name"] = json!(name);
     }
     if !target.status {
+        super::defaults::keep_allocated(&target.resource, &mut object, old.as_ref());
         super::defaults::apply(&target.resource, &mut object);
     }
     let warnings = admit(

@@ -9,7 +9,8 @@
 //! - Identity, authorization and audit ([`auth`]): bearer tokens naming users and service
 //!   accounts (an admin in `system:masters` for the default kubeconfig), RBAC from the stored
 //!   Roles/ClusterRoles and their bindings, `kubectl auth can-i` (SelfSubjectAccessReview and
-//!   SelfSubjectRulesReview), and an audit log of (user, verb, resource, namespace, name, code).
+//!   SelfSubjectRulesReview), impersonation by the admin (`kubectl --as`), and an audit log of
+//!   (user, verb, resource, namespace, name, code).
 //! - Discovery (`/version`, `/api`, `/apis`, group versions, `status` and `scale` subresources)
 //!   for the built-in kinds, described by k8s-openapi's own metadata (core, apps, batch, policy,
 //!   networking, rbac, events.k8s.io, coordination, apiextensions); creating a CRD starts
@@ -18,7 +19,8 @@
 //!   `kubectl explain` knows every field.
 //! - Request bodies in JSON, YAML (apply) and protobuf ([`protobuf`]: the kinds and fields
 //!   kubectl's imperative `create` commands and `auth can-i` send; anything else is a clear 415).
-//! - Defaults of built-in workloads as kube-apiserver fills them in ([`defaults`]).
+//! - Defaults of built-in workloads as kube-apiserver fills them in, and a Service's cluster IP
+//!   and node ports, kept across updates ([`defaults`]).
 //! - Admission ([`validation`]): custom resources against their CRD's structural schema (types,
 //!   required, enum, pattern, lengths, bounds, date-time, nullable, preserve-unknown-fields,
 //!   int-or-string, defaults), unknown fields pruned or refused/warned per `fieldValidation`;
@@ -53,9 +55,9 @@
 //!   open to every authenticated user); the audit log records resource requests only.
 //! - No admission webhooks; built-in kinds are not validated against their full OpenAPI schemas
 //!   (only the rules listed above); no CEL (`x-kubernetes-validations`).
-//! - Protobuf is decoded for Namespace, ConfigMap, Secret, ServiceAccount, Deployment (the pod
-//!   template fields `kubectl create deployment` sets) and the self-subject reviews; answers are
-//!   always JSON.
+//! - Protobuf is decoded for Namespace, ConfigMap, Secret, ServiceAccount, Service, Deployment
+//!   (the pod template fields `kubectl create deployment` sets), Role, ClusterRole, RoleBinding,
+//!   ClusterRoleBinding and the self-subject reviews; answers are always JSON.
 //! - Server-side apply merges the applied configuration with strategic-merge rules; there is no
 //!   field ownership (no conflicts, no removal of fields a manager stopped applying).
 //! - Strategic merge patch knows the merge keys of the pod template lists only.

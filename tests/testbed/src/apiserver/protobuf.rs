@@ -1,6 +1,6 @@
 //! Protobuf request bodies (`application/vnd.kubernetes.protobuf`), as kubectl's imperative
-//! commands send them (`kubectl create namespace|configmap|secret|deployment|serviceaccount`,
-//! `kubectl auth can-i`): the `k8s\0` envelope around a `runtime.Unknown`, whose `raw` bytes are
+//! commands send them (`kubectl create namespace|configmap|secret|deployment|serviceaccount|
+//! service|role|clusterrole|rolebinding|clusterrolebinding`, `kubectl auth can-i`): the `k8s\0` envelope around a `runtime.Unknown`, whose `raw` bytes are
 //! decoded with the kube-rs project's k8s-pb types and turned into the JSON object the rest of
 //! the server works with. Answers stay JSON, which kubectl accepts.
 //!
@@ -113,6 +113,35 @@ pub fn decode(body: &[u8]) -> Result<Value> {
         ("v1", "Secret") => secret(decode_as(&raw)?)?,
         ("v1", "ServiceAccount") => service_account(decode_as(&raw)?)?,
         ("apps/v1", "Deployment") => deployment(decode_as(&raw)?)?,
+        ("v1", "Service") => service(decode_as(&raw)?)?,
+        ("rbac.authorization.k8s.io/v1", "Role") => {
+            let mut r: k8s_pb::api::rbac::v1::Role = decode_as(&raw)?;
+            let metadata = object_meta(r.metadata.take())?;
+            let rules = policy_rules(std::mem::take(&mut r.rules))?;
+            nothing_left(&r, "Role")?;
+            json!({"metadata": metadata, "rules": rules})
+        }
+        ("rbac.authorization.k8s.io/v1", "ClusterRole") => {
+            let mut r: k8s_pb::api::rbac::v1::ClusterRole = decode_as(&raw)?;
+            let metadata = object_meta(r.metadata.take())?;
+            let rules = policy_rules(std::mem::take(&mut r.rules))?;
+            nothing_left(&r, "ClusterRole")?;
+            json!({"metadata": metadata, "rules": rules})
+        }
+        ("rbac.authorization.k8s.io/v1", "RoleBinding") => {
+            let mut b: k8s_pb::api::rbac::v1::RoleBinding = decode_as(&raw)?;
+            let metadata = object_meta(b.metadata.take())?;
+            let (subjects, role_ref) = binding(std::mem::take(&mut b.subjects), b.role_ref.take())?;
+            nothing_left(&b, "RoleBinding")?;
+            json!({"metadata": metadata, "subjects": subjects, "roleRef": role_ref})
+        }
+        ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
+            let mut b: k8s_pb::api::rbac::v1::ClusterRoleBinding = decode_as(&raw)?;
+            let metadata = object_meta(b.metadata.take())?;
+            let (subjects, role_ref) = binding(std::mem::take(&mut b.subjects), b.role_ref.take())?;
+            nothing_left(&b, "ClusterRoleBinding")?;
+            json!({"metadata": metadata, "subjects": subjects, "roleRef": role_ref})
+        }
         ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => access_review(decode_as(&raw)?)?,
         ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => rules_review(decode_as(&raw)?)?,
         _ => return Err(unsupported(&format!("{api_version} {kind}"))),
@@ -469,6 +498,113 @@ fn deployment(mut d: k8s_pb::api::apps::v1::Deployment) -> Result<Value> {
     }
     d.status = None;
     nothing_left(&d, "Deployment")?;
+    Ok(json!({"metadata": metadata, "spec": spec}))
+}
+
+fn policy_rules(rules: Vec<k8s_pb::api::rbac::v1::PolicyRule>) -> Result<Value> {
+    let mut out = Vec::new();
+    for mut r in rules {
+        let mut rule = Map::new();
+        rule.insert("verbs".into(), std::mem::take(&mut r.verbs).into());
+        insert(
+            &mut rule,
+            "apiGroups",
+            Some(std::mem::take(&mut r.api_groups).into()),
+        );
+        insert(
+            &mut rule,
+            "resources",
+            strings(std::mem::take(&mut r.resources)),
+        );
+        insert(
+            &mut rule,
+            "resourceNames",
+            strings(std::mem::take(&mut r.resource_names)),
+        );
+        insert(
+            &mut rule,
+            "nonResourceURLs",
+            strings(std::mem::take(&mut r.non_resource_ur_ls)),
+        );
+        nothing_left(&r, "PolicyRule")?;
+        out.push(Value::Object(rule));
+    }
+    Ok(out.into())
+}
+
+fn binding(
+    subjects: Vec<k8s_pb::api::rbac::v1::Subject>,
+    role_ref: Option<k8s_pb::api::rbac::v1::RoleRef>,
+) -> Result<(Value, Value)> {
+    let mut list = Vec::new();
+    for mut s in subjects {
+        let mut subject = Map::new();
+        insert(&mut subject, "kind", s.kind.take().map(Value::from));
+        insert(
+            &mut subject,
+            "apiGroup",
+            s.api_group.take().map(Value::from),
+        );
+        insert(&mut subject, "name", s.name.take().map(Value::from));
+        insert(
+            &mut subject,
+            "namespace",
+            s.namespace.take().map(Value::from),
+        );
+        nothing_left(&s, "Subject")?;
+        list.push(Value::Object(subject));
+    }
+    let mut r = role_ref.unwrap_or_default();
+    let role_ref = json!({
+        "apiGroup": r.api_group.take().unwrap_or_default(),
+        "kind": r.kind.take().unwrap_or_default(),
+        "name": r.name.take().unwrap_or_default(),
+    });
+    nothing_left(&r, "RoleRef")?;
+    Ok((list.into(), role_ref))
+}
+
+fn service(mut svc: k8s_pb::api::core::v1::Service) -> Result<Value> {
+    let metadata = object_meta(svc.metadata.take())?;
+    let mut spec = Map::new();
+    if let Some(mut s) = svc.spec.take() {
+        let mut ports = Vec::new();
+        for mut p in std::mem::take(&mut s.ports) {
+            let mut port = Map::new();
+            insert(&mut port, "name", p.name.take().map(Value::from));
+            insert(&mut port, "protocol", p.protocol.take().map(Value::from));
+            insert(&mut port, "port", p.port.take().map(Value::from));
+            insert(&mut port, "targetPort", int_or_string(p.target_port.take()));
+            insert(
+                &mut port,
+                "nodePort",
+                p.node_port.take().filter(|n| *n != 0).map(Value::from),
+            );
+            nothing_left(&p, "ServicePort")?;
+            ports.push(Value::Object(port));
+        }
+        insert(
+            &mut spec,
+            "ports",
+            (!ports.is_empty()).then(|| ports.into()),
+        );
+        let selector = std::mem::take(&mut s.selector);
+        insert(
+            &mut spec,
+            "selector",
+            (!selector.is_empty()).then(|| string_map(selector)),
+        );
+        insert(&mut spec, "type", s.r#type.take().map(Value::from));
+        insert(&mut spec, "clusterIP", s.cluster_ip.take().map(Value::from));
+        insert(
+            &mut spec,
+            "externalName",
+            s.external_name.take().map(Value::from),
+        );
+        nothing_left(&s, "ServiceSpec")?;
+    }
+    svc.status = None;
+    nothing_left(&svc, "Service")?;
     Ok(json!({"metadata": metadata, "spec": spec}))
 }
 

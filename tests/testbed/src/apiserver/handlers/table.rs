@@ -260,7 +260,11 @@ fn builtin_columns(resource: &Resource) -> Option<Vec<Column>> {
                     .map(|p| {
                         p.iter()
                             .map(|p| {
-                                format!("{}/{}", p["port"], p["protocol"].as_str().unwrap_or("TCP"))
+                                let protocol = p["protocol"].as_str().unwrap_or("TCP");
+                                match p["nodePort"].as_i64() {
+                                    Some(n) => format!("{}:{n}/{protocol}", p["port"]),
+                                    None => format!("{}/{protocol}", p["port"]),
+                                }
                             })
                             .collect::<Vec<_>>()
                             .join(",")
