@@ -13,6 +13,7 @@
 
 use std::collections::HashSet;
 
+use futures::{StreamExt as _, TryStreamExt as _};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -132,37 +133,52 @@ impl Copier {
         if self.referrers == ReferrersMode::None {
             return Ok(outcome);
         }
-        let mut frontier: Vec<(String, usize)> = subjects.iter().map(|s| (s.clone(), 0)).collect();
+        let mut level: Vec<String> = subjects.to_vec();
         let mut seen: HashSet<(String, Option<String>)> = HashSet::new();
-        while let Some((subject, depth)) = frontier.pop() {
-            let found = self.discover(src, &subject, depth == 0).await?;
-            let mut indexed = Vec::new();
-            for f in found {
-                if !self.referrers.wants(&f) || !seen.insert((f.digest.clone(), f.tag.clone())) {
-                    continue;
-                }
-                match self.copy_referrer(src, dst, &f).await {
-                    Ok(copied) => {
-                        if copied {
-                            outcome.copied += 1;
-                        } else {
-                            outcome.present += 1;
+        for depth in 0..MAX_DEPTH {
+            if level.is_empty() {
+                break;
+            }
+            // One level's lookups at once (each is a few small requests: round trips add up
+            // on a remote registry); the copies that follow go one after another.
+            let lookups: Vec<_> = level
+                .iter()
+                .map(|subject| self.discover(src, subject, depth == 0))
+                .collect();
+            let found_per_subject: Vec<Vec<Found>> = futures::stream::iter(lookups)
+                .buffered(self.concurrency)
+                .try_collect()
+                .await?;
+            let mut next = Vec::new();
+            for (subject, found) in level.iter().zip(found_per_subject) {
+                let mut indexed = Vec::new();
+                for f in found {
+                    if !self.referrers.wants(&f) || !seen.insert((f.digest.clone(), f.tag.clone()))
+                    {
+                        continue;
+                    }
+                    match self.copy_referrer(src, dst, &f).await {
+                        Ok(copied) => {
+                            if copied {
+                                outcome.copied += 1;
+                            } else {
+                                outcome.present += 1;
+                            }
+                            indexed.extend(f.descriptor.clone());
+                            next.push(f.digest.clone());
                         }
-                        indexed.extend(f.descriptor.clone());
-                        if depth + 1 < MAX_DEPTH {
-                            frontier.push((f.digest.clone(), depth + 1));
+                        Err(e) if f.signature => return Err(e),
+                        Err(e) => {
+                            tracing::warn!(referrer = %f.digest, error = %e, "referrer skipped");
+                            outcome.skipped.push(format!("{}: {e}", f.digest));
                         }
                     }
-                    Err(e) if f.signature => return Err(e),
-                    Err(e) => {
-                        tracing::warn!(referrer = %f.digest, error = %e, "referrer skipped");
-                        outcome.skipped.push(format!("{}: {e}", f.digest));
-                    }
+                }
+                if !indexed.is_empty() {
+                    self.index_referrers(dst, subject, &indexed).await?;
                 }
             }
-            if !indexed.is_empty() {
-                self.index_referrers(dst, &subject, &indexed).await?;
-            }
+            level = next;
         }
         Ok(outcome)
     }
