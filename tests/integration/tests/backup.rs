@@ -271,6 +271,10 @@ async fn one_event_makes_one_completed_backup_byte_identical_and_visible() {
     let out = tokio::process::Command::new("kubectl")
         .args(["get", "imagebackups"])
         .env("KUBECONFIG", bed.kubeconfig.path())
+        .env(
+            "KUBECACHEDIR",
+            testbed::process::kubectl_cache_dir(bed.kubeconfig.path()),
+        )
         .output()
         .await
         .expect("kubectl");

@@ -119,6 +119,10 @@ async fn an_authenticated_run_at_debug_level_leaves_no_credential_anywhere() {
         .args(["apply", "-f"])
         .arg(manifests.path())
         .env("KUBECONFIG", admin.path())
+        .env(
+            "KUBECACHEDIR",
+            testbed::process::kubectl_cache_dir(admin.path()),
+        )
         .output()
         .expect("kubectl");
     assert!(

@@ -174,6 +174,7 @@ async fn the_plain_overlay_applies_to_the_test_api_server() {
             // Async: the test API server runs on this test's runtime.
             tokio::process::Command::new("kubectl")
                 .args(&args)
+                .env("KUBECACHEDIR", testbed::process::kubectl_cache_dir(&path))
                 .env("KUBECONFIG", path)
                 .output()
                 .await

@@ -52,6 +52,10 @@ fn kubectl(s: &Standalone, args: &[&str]) -> String {
     let out = Command::new("kubectl")
         .args(args)
         .env("KUBECONFIG", &s.kubeconfig)
+        .env(
+            "KUBECACHEDIR",
+            testbed::process::kubectl_cache_dir(&s.kubeconfig),
+        )
         .output()
         .expect("kubectl runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -167,6 +171,10 @@ fn kubectl_drives_the_standalone_server() {
             "--request-timeout=30s",
         ])
         .env("KUBECONFIG", &s.kubeconfig)
+        .env(
+            "KUBECACHEDIR",
+            testbed::process::kubectl_cache_dir(&s.kubeconfig),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

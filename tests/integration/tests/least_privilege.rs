@@ -60,6 +60,10 @@ fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> String {
     let out = std::process::Command::new("kubectl")
         .args(args)
         .env("KUBECONFIG", kubeconfig)
+        .env(
+            "KUBECACHEDIR",
+            testbed::process::kubectl_cache_dir(kubeconfig),
+        )
         .output()
         .expect("kubectl runs");
     assert!(

@@ -322,6 +322,10 @@ async fn a_crd_with_formats_kube_apiserver_does_not_know_draws_its_warning_and_o
             concat!(env!("CARGO_MANIFEST_DIR"), "/../../crds/imagebackup.yaml"),
         ])
         .env("KUBECONFIG", kubeconfig.path())
+        .env(
+            "KUBECACHEDIR",
+            testbed::process::kubectl_cache_dir(kubeconfig.path()),
+        )
         .output()
         .await
         .unwrap();
@@ -358,6 +362,7 @@ async fn kubectl_prints_the_columns_kube_apiserver_prints_for_built_in_kinds() {
         async move {
             let out = tokio::process::Command::new("kubectl")
                 .args(args)
+                .env("KUBECACHEDIR", testbed::process::kubectl_cache_dir(&path))
                 .env("KUBECONFIG", path)
                 .output()
                 .await

@@ -27,6 +27,10 @@ async fn kubectl(cluster: &Cluster, args: &[&str]) -> anyhow::Result<String> {
     let out = tokio::process::Command::new("kubectl")
         .args(args)
         .env("KUBECONFIG", cluster.kubeconfig.path())
+        .env(
+            "KUBECACHEDIR",
+            crate::process::kubectl_cache_dir(cluster.kubeconfig.path()),
+        )
         .output()
         .await
         .context("kubectl (apt-get install kubernetes-client)")?;
@@ -73,6 +77,10 @@ async fn current_images(cluster: &Cluster) -> (String, String) {
                     "-o",
                     "jsonpath={.spec.template.spec.containers[*].image}",
                 ])
+                .env(
+                    "KUBECACHEDIR",
+                    crate::process::kubectl_cache_dir(&kubeconfig),
+                )
                 .env("KUBECONFIG", kubeconfig)
                 .output()
                 .await

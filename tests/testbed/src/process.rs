@@ -188,3 +188,26 @@ impl Drop for ServerTask {
         self.0.abort();
     }
 }
+
+/// A kubectl cache directory (`KUBECACHEDIR`) of its own for the cluster behind `kubeconfig`.
+///
+/// kubectl caches discovery for six hours per server `host:port`; test servers come and go on
+/// reused ports with different CRDs and kinds, so a shared cache would answer for a server that
+/// is gone. Every kubectl a test runs gets this instead (under one directory per test process,
+/// removed when the process ends).
+pub fn kubectl_cache_dir(kubeconfig: impl AsRef<Path>) -> std::path::PathBuf {
+    static ROOT: std::sync::OnceLock<Option<tempfile::TempDir>> = std::sync::OnceLock::new();
+    let root = ROOT
+        .get_or_init(|| tempfile::tempdir().ok())
+        .as_ref()
+        .map(|d| d.path().to_path_buf())
+        .unwrap_or_else(std::env::temp_dir);
+    let name: String = kubeconfig
+        .as_ref()
+        .display()
+        .to_string()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    root.join(name)
+}
