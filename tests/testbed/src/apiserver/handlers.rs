@@ -625,16 +625,7 @@ fn create(
         object["metadata"] = json!({});
     }
     object["metadata"]["name"] = json!(name);
-    if !target.status {
-        super::defaults::apply(&target.resource, &mut object);
-    }
-    let warnings = admit(
-        &target.resource,
-        &mut object,
-        None,
-        false,
-        FieldValidation::from_query(query.get("fieldValidation")),
-    )?;
+    let warnings = default_and_admit(target, &mut object, None, query)?;
     // dryRun=All: admitted and answered, not stored.
     if is_dry_run(query) {
         return Ok(with_warnings(
@@ -655,6 +646,27 @@ fn create(
         json_response(StatusCode::CREATED, with_version(created, &target.resource)),
         &warnings,
     ))
+}
+
+/// What every write does before it is stored: a Service keeps what was allocated to it, the
+/// defaults are filled in (not on `/status`), then admission; returns the warnings.
+fn default_and_admit(
+    target: &Target,
+    object: &mut Value,
+    old: Option<&Value>,
+    query: &BTreeMap<String, String>,
+) -> Result<Vec<String>> {
+    if !target.status {
+        super::defaults::keep_allocated(&target.resource, object, old);
+        super::defaults::apply(&target.resource, object);
+    }
+    admit(
+        &target.resource,
+        object,
+        old,
+        target.status,
+        FieldValidation::from_query(query.get("fieldValidation")),
+    )
 }
 
 /// Adds a `Warning: 299 - "…"` header per warning, as kube-apiserver does.
@@ -773,17 +785,7 @@ fn update(
     if object["metadata"]["name"].is_null() {
         object["metadata"]["name"] = json!(name);
     }
-    if !target.status {
-        super::defaults::keep_allocated(&target.resource, &mut object, old.as_ref());
-        super::defaults::apply(&target.resource, &mut object);
-    }
-    let warnings = admit(
-        &target.resource,
-        &mut object,
-        old.as_ref(),
-        target.status,
-        FieldValidation::from_query(query.get("fieldValidation")),
-    )?;
+    let warnings = default_and_admit(target, &mut object, old.as_ref(), query)?;
     if is_dry_run(query) {
         if old.is_none() {
             return Err(ApiError::not_found(&target.resource, name));
@@ -876,16 +878,7 @@ fn patch_object(
         .then(|| store.get(&k).cloned())
         .flatten()
         .map(|o| with_version(o, &target.resource));
-    if !target.status {
-        super::defaults::apply(&target.resource, &mut object);
-    }
-    let warnings = admit(
-        &target.resource,
-        &mut object,
-        old.as_ref(),
-        target.status,
-        FieldValidation::from_query(query.get("fieldValidation")),
-    )?;
+    let warnings = default_and_admit(target, &mut object, old.as_ref(), query)?;
     // dryRun=All: admitted and answered as it would be stored, nothing persisted.
     if is_dry_run(query) {
         let code = if creating {
