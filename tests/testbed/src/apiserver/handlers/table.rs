@@ -71,6 +71,16 @@ fn selector(o: &Value) -> Value {
     }
 }
 
+/// `ready/desired` of a workload with `spec.replicas` (Deployment, StatefulSet).
+fn ready_of_replicas(o: &Value) -> Value {
+    format!(
+        "{}/{}",
+        int(&o["status"]["readyReplicas"]),
+        o["spec"]["replicas"].as_i64().unwrap_or(1)
+    )
+    .into()
+}
+
 fn age(o: &Value) -> Value {
     human_age(o["metadata"]["creationTimestamp"].as_str().unwrap_or("")).into()
 }
@@ -83,14 +93,7 @@ fn count(v: &Value) -> Value {
 fn builtin_columns(resource: &Resource) -> Option<Vec<Column>> {
     let columns: Vec<Column> = match (resource.group.as_str(), resource.kind.as_str()) {
         ("apps", "Deployment") => vec![
-            ("Ready", 0, |o| {
-                format!(
-                    "{}/{}",
-                    int(&o["status"]["readyReplicas"]),
-                    o["spec"]["replicas"].as_i64().unwrap_or(1)
-                )
-                .into()
-            }),
+            ("Ready", 0, ready_of_replicas),
             ("Up-to-date", 0, |o| {
                 int(&o["status"]["updatedReplicas"]).into()
             }),
@@ -135,14 +138,7 @@ fn builtin_columns(resource: &Resource) -> Option<Vec<Column>> {
             ("Selector", 1, selector),
         ],
         ("apps", "StatefulSet") => vec![
-            ("Ready", 0, |o| {
-                format!(
-                    "{}/{}",
-                    int(&o["status"]["readyReplicas"]),
-                    o["spec"]["replicas"].as_i64().unwrap_or(1)
-                )
-                .into()
-            }),
+            ("Ready", 0, ready_of_replicas),
             ("Age", 0, age),
             ("Containers", 1, containers),
             ("Images", 1, images),
