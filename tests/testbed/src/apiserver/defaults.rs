@@ -3,7 +3,8 @@
 //! looks as it would on a cluster: a Deployment's strategy, revisionHistoryLimit and
 //! progressDeadlineSeconds, a DaemonSet's updateStrategy, and in every pod template the restart
 //! and DNS policies, scheduler, grace period, and per container the pull policy, termination
-//! message settings and port protocol; a Service's cluster IP and node ports.
+//! message settings and port protocol; a Job's completions, parallelism and backoff limit and a
+//! CronJob's policies and history limits; a Service's cluster IP and node ports.
 
 use serde_json::{Value, json};
 
@@ -14,6 +15,18 @@ fn default(object: &mut Value, field: &str, value: Value) {
         && let Some(map) = object.as_object_mut()
     {
         map.insert(field.to_string(), value);
+    }
+}
+
+/// Removes `field` when it is `0` or `""`: a Go field that is no pointer has no "unset" but its
+/// zero, which protobuf carries and `omitempty` JSON leaves out.
+fn unset_zero(object: &mut Value, field: &str) {
+    if let Some(map) = object.as_object_mut()
+        && map
+            .get(field)
+            .is_some_and(|v| v.as_i64() == Some(0) || v.as_str() == Some(""))
+    {
+        map.remove(field);
     }
 }
 
@@ -38,13 +51,15 @@ fn pod_spec(spec: &mut Value) {
     default(spec, "securityContext", json!({}));
     default(spec, "schedulerName", json!("default-scheduler"));
     for list in ["initContainers", "containers"] {
-        for c in spec[list].as_array_mut().into_iter().flatten() {
+        let containers = spec.get_mut(list).and_then(Value::as_array_mut);
+        for c in containers.into_iter().flatten() {
             let image = c["image"].as_str().unwrap_or("").to_string();
             default(c, "imagePullPolicy", json!(pull_policy(&image)));
             default(c, "terminationMessagePath", json!("/dev/termination-log"));
             default(c, "terminationMessagePolicy", json!("File"));
             default(c, "resources", json!({}));
-            for p in c["ports"].as_array_mut().into_iter().flatten() {
+            let ports = c.get_mut("ports").and_then(Value::as_array_mut);
+            for p in ports.into_iter().flatten() {
                 default(p, "protocol", json!("TCP"));
             }
         }
@@ -72,8 +87,12 @@ fn service(spec: &mut Value) {
         default(spec, "internalTrafficPolicy", json!("Cluster"));
     }
     let node_ports = matches!(kind.as_str(), "NodePort" | "LoadBalancer");
-    for p in spec["ports"].as_array_mut().into_iter().flatten() {
+    let ports = spec.get_mut("ports").and_then(Value::as_array_mut);
+    for p in ports.into_iter().flatten() {
         default(p, "protocol", json!("TCP"));
+        // Neither is a pointer in Go: a zero (as protobuf carries an unset one) is unset.
+        unset_zero(p, "nodePort");
+        unset_zero(p, "targetPort");
         let port = p["port"].clone();
         default(p, "targetPort", port);
         if node_ports {
@@ -100,7 +119,10 @@ pub fn keep_allocated(resource: &Resource, object: &mut Value, old: Option<&Valu
         }
     }
     let old_ports = old["spec"]["ports"].as_array().cloned().unwrap_or_default();
-    for p in object["spec"]["ports"].as_array_mut().into_iter().flatten() {
+    let ports = object["spec"]
+        .get_mut("ports")
+        .and_then(Value::as_array_mut);
+    for p in ports.into_iter().flatten() {
         if let Some(node_port) = old_ports
             .iter()
             .find(|o| o["port"] == p["port"])
@@ -123,6 +145,18 @@ fn rolling_update(spec: &mut Value, field: &str, max_unavailable: Value, max_sur
         let rolling = &mut strategy["rollingUpdate"];
         default(rolling, "maxUnavailable", max_unavailable);
         default(rolling, "maxSurge", max_surge);
+    }
+}
+
+/// A Job's completions, parallelism, backoff limit and completion mode, and its pod template.
+fn job(spec: &mut Value) {
+    default(spec, "completions", json!(1));
+    default(spec, "parallelism", json!(1));
+    default(spec, "backoffLimit", json!(6));
+    default(spec, "completionMode", json!("NonIndexed"));
+    default(spec, "suspend", json!(false));
+    if spec["template"]["spec"].is_object() {
+        pod_spec(&mut spec["template"]["spec"]);
     }
 }
 
@@ -152,8 +186,19 @@ pub fn apply(resource: &Resource, object: &mut Value) {
             default(spec, "revisionHistoryLimit", json!(10));
             pod_spec(&mut spec["template"]["spec"]);
         }
-        ("apps", "ReplicaSet" | "StatefulSet") | ("batch", "Job") if object["spec"].is_object() => {
+        ("apps", "ReplicaSet" | "StatefulSet") if object["spec"].is_object() => {
             pod_spec(&mut object["spec"]["template"]["spec"]);
+        }
+        ("batch", "Job") if object["spec"].is_object() => job(&mut object["spec"]),
+        ("batch", "CronJob") if object["spec"].is_object() => {
+            let spec = &mut object["spec"];
+            default(spec, "concurrencyPolicy", json!("Allow"));
+            default(spec, "suspend", json!(false));
+            default(spec, "successfulJobsHistoryLimit", json!(3));
+            default(spec, "failedJobsHistoryLimit", json!(1));
+            if spec["jobTemplate"]["spec"].is_object() {
+                job(&mut spec["jobTemplate"]["spec"]);
+            }
         }
         ("", "Pod") => pod_spec(&mut object["spec"]),
         ("", "Service") if object["spec"].is_object() => service(&mut object["spec"]),

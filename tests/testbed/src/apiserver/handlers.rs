@@ -718,6 +718,9 @@ fn after_write(state: &Arc<ApiState>, resource: &Resource, object: &Value) {
     {
         simulation::schedule(state, resource, object);
     }
+    if resource.group.is_empty() && resource.plural == "pods" {
+        simulation::schedule_pod(state, object);
+    }
 }
 
 /// Re-derives the served custom resources from the stored CRDs, and marks them Established.

@@ -7,7 +7,8 @@
 //!   gets its ReplicaSet back with a new revision), the others are scaled to 0 and kept up to
 //!   `revisionHistoryLimit` (10). The Deployment's revision annotation follows.
 //! - A ReplicaSet owns `spec.replicas` Pods; a DaemonSet one Pod per simulated node, replaced when
-//!   its template changes. Pods are Running on `node-<n>` with an IP and a status per container.
+//!   its template changes. Pods are Running on `node-<n>` with an IP and a status per container;
+//!   so is a Pod nobody owns (`kubectl run`), bound to a node by the simulated scheduler.
 //! - Statuses: observedGeneration, replica counts and the Available/Progressing conditions of a
 //!   Deployment; desired/current/ready counts of a DaemonSet and a ReplicaSet.
 //!
@@ -49,6 +50,49 @@ pub(crate) fn schedule(state: &Arc<ApiState>, resource: &Resource, object: &Valu
     tokio::spawn(async move {
         tokio::time::sleep(sim.delay).await;
         settle(&state, &resource, &key);
+    });
+}
+
+/// After a Pod nobody owns is written (`kubectl run`): the scheduler binds it to a node and the
+/// kubelet runs it, after the delay.
+pub(crate) fn schedule_pod(state: &Arc<ApiState>, pod: &Value) {
+    let sim = match state.simulation.lock() {
+        Ok(s) => s.clone(),
+        Err(_) => return,
+    };
+    let owned = pod["metadata"]["ownerReferences"]
+        .as_array()
+        .is_some_and(|o| !o.is_empty());
+    if !sim.enabled || !sim.pods || owned || !pod["status"]["phase"].is_null() {
+        return;
+    }
+    let Some(resource) = builtin("pods") else {
+        return;
+    };
+    let state = state.clone();
+    let key = Key::of(&resource, pod);
+    tokio::spawn(async move {
+        tokio::time::sleep(sim.delay).await;
+        let Ok(mut store) = state.store.lock() else {
+            return;
+        };
+        let Some(mut pod) = store.get(&key).cloned() else {
+            return;
+        };
+        if !pod["status"]["phase"].is_null() || pod["metadata"].get("deletionTimestamp").is_some() {
+            return;
+        }
+        if pod["spec"]["nodeName"].as_str().is_none_or(str::is_empty) {
+            let digest = sha2::Sha256::digest(key.name.as_bytes());
+            let nodes = u8::try_from(sim.nodes.clamp(1, 250)).unwrap_or(1);
+            pod["spec"]["nodeName"] = format!("node-{}", digest[0] % nodes + 1).into();
+            match store.update(&resource, &key, pod.clone(), false) {
+                Ok(updated) => pod = updated,
+                Err(_) => return,
+            }
+        }
+        let held = pod["metadata"]["annotations"][HOLD_ANNOTATION].as_str() == Some("true");
+        write_status(&mut store, &resource, &key, pod_status(&pod, !held));
     });
 }
 
