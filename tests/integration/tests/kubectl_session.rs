@@ -1,7 +1,7 @@
 //! The test API server as a small cluster a person drives with kubectl (imperative commands in
 //! protobuf, rollouts with ReplicaSets and Pods, describe with Events, explain, dry runs,
-//! auth can-i, namespace deletion), kube-rs paging through a long list, a protobuf round trip
-//! with k8s-pb, and RBAC with the audit log.
+//! auth can-i, namespace deletion), kube-rs paging through a long list, protobuf requests,
+//! answers and watches with k8s-pb, and RBAC with the audit log.
 
 use std::process::Command;
 use std::time::Duration;
@@ -461,54 +461,427 @@ async fn kube_rs_pages_through_1200_deployments() {
     );
 }
 
-#[tokio::test]
-async fn a_protobuf_body_from_k8s_pb_round_trips() {
-    use k8s_pb::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-    use k8s_pb::apimachinery::pkg::runtime::{TypeMeta, Unknown};
-    shared::tls::ensure_crypto_provider();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_creates_every_kind_it_has_a_command_for() {
     let api = ApiServer::start().await.expect("api");
-    let cm = k8s_pb::api::core::v1::ConfigMap {
-        metadata: Some(ObjectMeta {
-            name: Some("from-protobuf".into()),
-            labels: [("app".to_string(), "web".to_string())].into(),
-            ..Default::default()
-        }),
-        data: [("key".to_string(), "value".to_string())].into(),
-        binary_data: [("blob".to_string(), vec![0u8, 1, 2, 255])].into(),
-        ..Default::default()
+    let k = Kubectl::new(&api.kubeconfig());
+    k.run(&["create", "namespace", "more"]);
+    // Each command sends its kind in protobuf and reads the answer in protobuf.
+    for args in [
+        &[
+            "create",
+            "job",
+            "once",
+            "--image=busybox",
+            "--",
+            "echo",
+            "hi",
+        ][..],
+        &[
+            "create",
+            "cronjob",
+            "nightly",
+            "--image=busybox",
+            "--schedule=0 3 * * *",
+            "--",
+            "echo",
+            "hi",
+        ],
+        &[
+            "create",
+            "pdb",
+            "web",
+            "--selector=app=web",
+            "--min-available=50%",
+        ],
+        &["create", "ingress", "web", "--rule=example.com/*=web:80"],
+        &["create", "quota", "q", "--hard=pods=10,requests.cpu=2"],
+        &["create", "service", "nodeport", "edge", "--tcp=80:8080"],
+        &["create", "service", "clusterip", "inner", "--tcp=80:8080"],
+        &[
+            "run",
+            "one",
+            "--image=nginx:1.25",
+            "--port=80",
+            "--env=MODE=fast",
+        ],
+    ] {
+        let mut all = vec!["-n", "more"];
+        all.extend_from_slice(args);
+        k.run(&all);
+    }
+    k.run(&["create", "priorityclass", "high", "--value=1000"]);
+    let get = |what: &str, path: &str| {
+        k.run(&["-n", "more", "get", what, "-o", &format!("jsonpath={path}")])
     };
-    let envelope = Unknown {
+    assert_eq!(get("cronjob/nightly", "{.spec.schedule}"), "0 3 * * *");
+    assert_eq!(
+        get(
+            "job/once",
+            "{.spec.backoffLimit} {.spec.template.spec.containers[0].command}"
+        ),
+        "6 [\"echo\",\"hi\"]"
+    );
+    assert_eq!(get("pdb/web", "{.spec.minAvailable}"), "50%");
+    assert_eq!(
+        get(
+            "ingress/web",
+            "{.spec.rules[0].host} {.spec.rules[0].http.paths[0].backend.service.port.number}"
+        ),
+        "example.com 80"
+    );
+    assert_eq!(get("quota/q", "{.spec.hard.requests\\.cpu}"), "2");
+    assert_eq!(get("pod/one", "{.spec.containers[0].env[0].value}"), "fast");
+    assert_eq!(
+        k.run(&["get", "priorityclass", "high", "-o", "jsonpath={.value}"]),
+        "1000"
+    );
+    // Services: a node port only where the type has one, target ports from the command.
+    let services = k.run(&["-n", "more", "get", "svc", "--no-headers"]);
+    let ports: Vec<(String, String)> = rows(&format!("header\n{services}"))
+        .into_iter()
+        .map(|r| (r[0].clone(), r[4].clone()))
+        .collect();
+    assert_eq!(ports[1].0, "inner");
+    assert_eq!(ports[1].1, "80/TCP", "{services}");
+    assert!(
+        ports[0].1.starts_with("80:3") && ports[0].1.ends_with("/TCP"),
+        "{services}"
+    );
+    assert_eq!(get("svc/inner", "{.spec.ports[0].targetPort}"), "8080");
+    // A Pod nobody owns is scheduled and runs.
+    k.until(
+        &[
+            "-n",
+            "more",
+            "get",
+            "pod",
+            "one",
+            "-o",
+            "jsonpath={.status.phase} {.spec.nodeName}",
+        ],
+        |out| out.starts_with("Running node-"),
+    )
+    .await;
+    // What kubectl reads back has what kube-apiserver would show, not Go's zero values.
+    let yaml = k.run(&["-n", "more", "get", "pod", "one", "-o", "yaml"]);
+    for absent in ["stdin:", "tty:", "hostPID:", "generation: 0", ": null"] {
+        assert!(!yaml.contains(absent), "{absent} in\n{yaml}");
+    }
+}
+
+const PROTOBUF: &str = "application/vnd.kubernetes.protobuf";
+
+/// `k8s\0` + `runtime.Unknown` around a k8s-pb message.
+fn envelope(api_version: &str, kind: &str, message: &impl Message) -> Vec<u8> {
+    use k8s_pb::apimachinery::pkg::runtime::{TypeMeta, Unknown};
+    let unknown = Unknown {
         type_meta: Some(TypeMeta {
-            api_version: Some("v1".into()),
-            kind: Some("ConfigMap".into()),
+            api_version: Some(api_version.into()),
+            kind: Some(kind.into()),
         }),
-        raw: Some(cm.encode_to_vec()),
+        raw: Some(message.encode_to_vec()),
         content_encoding: Some(String::new()),
         content_type: Some(String::new()),
     };
     let mut body = b"k8s\0".to_vec();
-    body.extend(envelope.encode_to_vec());
-    let response = reqwest::Client::new()
+    body.extend(unknown.encode_to_vec());
+    body
+}
+
+/// The kind and the raw message of a protobuf answer.
+fn open_envelope(body: &[u8]) -> (String, Vec<u8>) {
+    use k8s_pb::apimachinery::pkg::runtime::Unknown;
+    let rest = body.strip_prefix(b"k8s\0").expect("the k8s\\0 prefix");
+    let unknown = Unknown::decode(rest).expect("an Unknown envelope");
+    (
+        unknown.type_meta.and_then(|t| t.kind).unwrap_or_default(),
+        unknown.raw.unwrap_or_default(),
+    )
+}
+
+/// Sends a request that prefers protobuf; returns (status, content type, body).
+async fn protobuf_request(
+    request: reqwest::RequestBuilder,
+    accept: &str,
+) -> (u16, String, Vec<u8>) {
+    let response = request
+        .header("accept", accept)
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|c| c.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let body = response.bytes().await.expect("body").to_vec();
+    (status, content_type, body)
+}
+
+#[tokio::test]
+async fn protobuf_requests_and_answers_for_built_in_kinds() {
+    use k8s_pb::api::apps::v1 as apps;
+    use k8s_pb::api::batch::v1 as batch;
+    use k8s_pb::api::core::v1 as core;
+    use k8s_pb::api::policy::v1 as policy;
+    use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
+    use k8s_pb::apimachinery::pkg::util::intstr::IntOrString;
+    shared::tls::ensure_crypto_provider();
+    let api = ApiServer::start().await.expect("api");
+    let http = reqwest::Client::new();
+    let accept = format!("{PROTOBUF}, */*");
+    let labels: std::collections::BTreeMap<String, String> =
+        [("app".to_string(), "db".to_string())].into();
+    let template = core::PodTemplateSpec {
+        metadata: Some(meta::ObjectMeta {
+            labels: labels.clone(),
+            ..Default::default()
+        }),
+        spec: Some(core::PodSpec {
+            containers: vec![core::Container {
+                name: Some("db".into()),
+                image: Some("postgres:16".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+    };
+
+    // A StatefulSet: created in protobuf, answered in protobuf, with the server's defaults.
+    let sts = apps::StatefulSet {
+        metadata: Some(meta::ObjectMeta {
+            name: Some("db".into()),
+            ..Default::default()
+        }),
+        spec: Some(apps::StatefulSetSpec {
+            replicas: Some(0),
+            selector: Some(meta::LabelSelector {
+                match_labels: labels.clone(),
+                ..Default::default()
+            }),
+            template: Some(template.clone()),
+            service_name: Some("db".into()),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let url = format!("{}/apis/apps/v1/namespaces/default/statefulsets", api.url());
+    let (status, content_type, body) = protobuf_request(
+        http.post(&url)
+            .header("content-type", PROTOBUF)
+            .body(envelope("apps/v1", "StatefulSet", &sts)),
+        &accept,
+    )
+    .await;
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(content_type, PROTOBUF);
+    let (kind, raw) = open_envelope(&body);
+    assert_eq!(kind, "StatefulSet");
+    let created = apps::StatefulSet::decode(raw.as_slice()).expect("a StatefulSet");
+    let metadata = created.metadata.clone().unwrap_or_default();
+    assert!(metadata.uid.is_some_and(|u| !u.is_empty()));
+    assert!(metadata.creation_timestamp.is_some());
+    let spec = created.spec.clone().unwrap_or_default();
+    assert_eq!(spec.replicas, Some(0), "a zero a client set is kept");
+    let pod_spec = spec.template.and_then(|t| t.spec).unwrap_or_default();
+    assert_eq!(
+        pod_spec.restart_policy.as_deref(),
+        Some("Always"),
+        "defaults"
+    );
+
+    // More kinds, each read back in protobuf: a Job, a PodDisruptionBudget (an int-or-string),
+    // a ConfigMap with bytes.
+    let job = batch::Job {
+        metadata: Some(meta::ObjectMeta {
+            name: Some("migrate".into()),
+            ..Default::default()
+        }),
+        spec: Some(batch::JobSpec {
+            backoff_limit: Some(0),
+            template: Some(core::PodTemplateSpec {
+                spec: Some(core::PodSpec {
+                    restart_policy: Some("Never".into()),
+                    ..template.spec.clone().unwrap_or_default()
+                }),
+                ..template.clone()
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let pdb = policy::PodDisruptionBudget {
+        metadata: Some(meta::ObjectMeta {
+            name: Some("db".into()),
+            ..Default::default()
+        }),
+        spec: Some(policy::PodDisruptionBudgetSpec {
+            min_available: Some(IntOrString {
+                r#type: Some(1),
+                int_val: Some(0),
+                str_val: Some("50%".into()),
+            }),
+            selector: Some(meta::LabelSelector {
+                match_labels: labels.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let cm = core::ConfigMap {
+        metadata: Some(meta::ObjectMeta {
+            name: Some("blobs".into()),
+            ..Default::default()
+        }),
+        binary_data: [("blob".to_string(), vec![0u8, 1, 2, 255])].into(),
+        ..Default::default()
+    };
+    for (path, api_version, kind, body) in [
+        (
+            "apis/batch/v1/namespaces/default/jobs",
+            "batch/v1",
+            "Job",
+            envelope("batch/v1", "Job", &job),
+        ),
+        (
+            "apis/policy/v1/namespaces/default/poddisruptionbudgets",
+            "policy/v1",
+            "PodDisruptionBudget",
+            envelope("policy/v1", "PodDisruptionBudget", &pdb),
+        ),
+        (
+            "api/v1/namespaces/default/configmaps",
+            "v1",
+            "ConfigMap",
+            envelope("v1", "ConfigMap", &cm),
+        ),
+    ] {
+        let (status, _, answer) = protobuf_request(
+            http.post(format!("{}/{path}", api.url()))
+                .header("content-type", PROTOBUF)
+                .body(body),
+            &accept,
+        )
+        .await;
+        assert_eq!(
+            status,
+            201,
+            "{api_version} {kind}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        assert_eq!(open_envelope(&answer).0, kind);
+    }
+    let get = |path: &str| http.get(format!("{}/{path}", api.url()));
+    let (_, _, body) = protobuf_request(
+        get("apis/batch/v1/namespaces/default/jobs/migrate"),
+        &accept,
+    )
+    .await;
+    let job_back = batch::Job::decode(open_envelope(&body).1.as_slice()).expect("a Job");
+    assert_eq!(job_back.spec.and_then(|s| s.backoff_limit), Some(0));
+    let (_, _, body) = protobuf_request(
+        get("apis/policy/v1/namespaces/default/poddisruptionbudgets/db"),
+        &accept,
+    )
+    .await;
+    let pdb_back =
+        policy::PodDisruptionBudget::decode(open_envelope(&body).1.as_slice()).expect("a PDB");
+    let min = pdb_back
+        .spec
+        .and_then(|s| s.min_available)
+        .unwrap_or_default();
+    assert_eq!((min.r#type, min.str_val.as_deref()), (Some(1), Some("50%")));
+    let stored = Api::<ConfigMap>::namespaced(api.client().expect("client"), "default")
+        .get("blobs")
+        .await
+        .expect("get as JSON");
+    assert_eq!(
+        stored.binary_data.unwrap_or_default()["blob"].0,
+        vec![0u8, 1, 2, 255],
+        "bytes read back as JSON"
+    );
+
+    // A list, and a 404 as a protobuf Status.
+    let (_, _, body) =
+        protobuf_request(get("apis/apps/v1/namespaces/default/statefulsets"), &accept).await;
+    let (kind, raw) = open_envelope(&body);
+    assert_eq!(kind, "StatefulSetList");
+    let list = apps::StatefulSetList::decode(raw.as_slice()).expect("a list");
+    assert_eq!(list.items.len(), 1);
+    assert!(list.metadata.and_then(|m| m.resource_version).is_some());
+    let (status, _, body) = protobuf_request(
+        get("apis/apps/v1/namespaces/default/statefulsets/nope"),
+        &accept,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (kind, raw) = open_envelope(&body);
+    assert_eq!(kind, "Status");
+    let not_found = meta::Status::decode(raw.as_slice()).expect("a Status");
+    assert_eq!(
+        (not_found.code, not_found.reason.as_deref()),
+        (Some(404), Some("NotFound"))
+    );
+
+    // A watch in protobuf: length-prefixed WatchEvents, each object in its own envelope.
+    let (status, content_type, body) = protobuf_request(
+        get("apis/apps/v1/namespaces/default/statefulsets?watch=true&timeoutSeconds=1"),
+        &accept,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        content_type.starts_with(PROTOBUF) && content_type.contains("stream=watch"),
+        "{content_type}"
+    );
+    let length = u32::from_be_bytes(body[..4].try_into().expect("a length")) as usize;
+    let event = meta::WatchEvent::decode(&body[4..4 + length]).expect("a WatchEvent");
+    assert_eq!(event.r#type.as_deref(), Some("ADDED"));
+    let (kind, raw) = open_envelope(&event.object.and_then(|o| o.raw).unwrap_or_default());
+    assert_eq!(kind, "StatefulSet");
+    let watched = apps::StatefulSet::decode(raw.as_slice()).expect("a StatefulSet");
+    assert_eq!(watched.metadata.and_then(|m| m.name).as_deref(), Some("db"));
+
+    // JSON stays the default; custom resources have no protobuf form: JSON for a client that
+    // also takes JSON, 406 for one that takes only protobuf.
+    let (_, content_type, _) = protobuf_request(
+        get("apis/apps/v1/namespaces/default/statefulsets"),
+        "application/json",
+    )
+    .await;
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
+    let crd = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.example.com"},
+        "spec": {"group": "example.com", "scope": "Namespaced",
+                 "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+                 "versions": [{"name": "v1", "served": true, "storage": true,
+                               "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}});
+    let created = http
         .post(format!(
-            "{}/api/v1/namespaces/default/configmaps",
+            "{}/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
             api.url()
         ))
-        .header("content-type", "application/vnd.kubernetes.protobuf")
-        .body(body)
+        .json(&crd)
         .send()
         .await
         .expect("post");
-    assert_eq!(response.status(), 201);
-    let stored = Api::<ConfigMap>::namespaced(api.client().expect("client"), "default")
-        .get("from-protobuf")
-        .await
-        .expect("get as JSON");
-    assert_eq!(stored.metadata.labels.unwrap_or_default()["app"], "web");
-    assert_eq!(stored.data.unwrap_or_default()["key"], "value");
-    assert_eq!(
-        stored.binary_data.unwrap_or_default()["blob"].0,
-        vec![0u8, 1, 2, 255]
+    assert_eq!(created.status(), 201);
+    let widgets = "apis/example.com/v1/namespaces/default/widgets";
+    let (status, content_type, _) = protobuf_request(get(widgets), &accept).await;
+    assert_eq!(status, 200);
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
     );
+    let (status, _, _) = protobuf_request(get(widgets), PROTOBUF).await;
+    assert_eq!(status, 406);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

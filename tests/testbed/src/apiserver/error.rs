@@ -108,6 +108,15 @@ impl ApiError {
             details: None,
         }
     }
+    /// 406 NotAcceptable (the client accepts only a form this answer does not have).
+    pub fn not_acceptable(message: impl Into<String>) -> Self {
+        Self {
+            code: 406,
+            reason: "NotAcceptable",
+            message: message.into(),
+            details: None,
+        }
+    }
     /// 410 Gone (resourceVersion too old), reason Expired as kube-apiserver says it.
     pub fn gone(rv: u64) -> Self {
         Self {

@@ -219,6 +219,13 @@ async fn dispatch(State(state): State<Arc<ApiState>>, request: Request) -> Respo
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
+    let wanted = super::protobuf::wanted(&headers);
+    let response =
+        if wanted == super::protobuf::Wanted::Json || is_true(query_map(&uri).get("watch")) {
+            response
+        } else {
+            in_protobuf(response, wanted).await
+        };
     if let (Some(attributes), Ok(mut audit)) = (attributes, state.audit.lock()) {
         if audit.len() >= 1_000_000 {
             audit.clear();
@@ -230,6 +237,45 @@ async fn dispatch(State(state): State<Arc<ApiState>>, request: Request) -> Respo
         });
     }
     response
+}
+
+/// Re-encodes a JSON answer (object, list, `Status`) in protobuf for a client that prefers it;
+/// kinds without a protobuf form stay JSON, or are a 406 for a client that takes only protobuf.
+async fn in_protobuf(response: Response, wanted: super::protobuf::Wanted) -> Response {
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|c| c.as_bytes().starts_with(b"application/json"));
+    if !is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 1024 * 1024 * 1024).await else {
+        return ApiError::internal("the answer could not be read").into_response();
+    };
+    let Ok(value) = serde_json::from_slice::<Value>(&bytes) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    // Answers that are no API objects (`/version`) are JSON whatever is asked, as kube-apiserver
+    // answers them.
+    if value["kind"].as_str().is_none() {
+        return Response::from_parts(parts, Body::from(bytes));
+    }
+    match super::protobuf::encode(&value) {
+        Some(protobuf) => {
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(super::protobuf::MEDIA_TYPE),
+            );
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, Body::from(protobuf))
+        }
+        None if wanted == super::protobuf::Wanted::OnlyProtobuf => ApiError::not_acceptable(
+            "only application/vnd.kubernetes.protobuf is accepted, and this answer has no protobuf form (custom resources and Tables have none)",
+        )
+        .into_response(),
+        None => Response::from_parts(parts, Body::from(bytes)),
+    }
 }
 
 async fn route(
@@ -330,7 +376,8 @@ async fn route(
         .is_some_and(|a| a.contains("as=Table"));
     match (method, &target.name) {
         (&Method::GET, None) if is_true(query.get("watch")) => {
-            watch(state, &target, &query, table).await
+            let protobuf = super::protobuf::wanted(headers) != super::protobuf::Wanted::Json;
+            watch(state, &target, &query, table, protobuf).await
         }
         (&Method::GET, None) => list(state, &target, &query, table),
         (&Method::GET, Some(name)) => {

@@ -12,13 +12,15 @@
 //!   SelfSubjectRulesReview), impersonation by the admin (`kubectl --as`), and an audit log of
 //!   (user, verb, resource, namespace, name, code).
 //! - Discovery (`/version`, `/api`, `/apis`, group versions, `status` and `scale` subresources)
-//!   for the built-in kinds, described by k8s-openapi's own metadata (core, apps, batch, policy,
-//!   networking, rbac, events.k8s.io, coordination, apiextensions); creating a CRD starts
-//!   serving its group/version/resource, cluster- or namespace-scoped, with or without status.
-//! - OpenAPI v3 with k8s-openapi's schemas of the built-in kinds and the CRDs' own schemas, so
-//!   `kubectl explain` knows every field.
-//! - Request bodies in JSON, YAML (apply) and protobuf ([`protobuf`]: the kinds and fields
-//!   kubectl's imperative `create` commands and `auth can-i` send; anything else is a clear 415).
+//!   for every listable built-in kind of a stable version that k8s-openapi knows (56 in
+//!   Kubernetes 1.33; read from its sources by the build script, `build/k8s_openapi.rs`), with
+//!   kube-apiserver's short names and categories; creating a CRD starts serving its
+//!   group/version/resource, cluster- or namespace-scoped, with or without status.
+//! - OpenAPI v2 (every k8s-openapi definition) and v3 (per group, each kind's schema inlined)
+//!   with the CRDs' own schemas, so `kubectl explain` knows every field.
+//! - Request bodies in JSON, YAML (apply) and protobuf, and answers and watch streams in
+//!   protobuf for a client that prefers it ([`protobuf`]: every built-in kind, generically, from
+//!   the protobuf schema in k8s-pb's sources; custom resources stay JSON).
 //! - Defaults of built-in workloads as kube-apiserver fills them in, and a Service's cluster IP
 //!   and node ports, kept across updates ([`defaults`]).
 //! - Admission ([`validation`]): custom resources against their CRD's structural schema (types,
@@ -44,8 +46,8 @@
 //!   and in watches.
 //! - Workload simulation (module `simulation`): Deployments own ReplicaSets per pod template (with
 //!   revisions, so `kubectl rollout history/undo` work), ReplicaSets and DaemonSets own Pods
-//!   Running on simulated nodes, statuses and controller Events follow; a workload can be held
-//!   not-ready.
+//!   Running on simulated nodes, a Pod nobody owns is scheduled and runs, statuses and
+//!   controller Events follow; a workload can be held not-ready.
 //! - Faults: latency, the next N requests answering 429/500/503, watches cut after N events,
 //!   history compaction.
 //!
@@ -55,9 +57,11 @@
 //!   open to every authenticated user); the audit log records resource requests only.
 //! - No admission webhooks; built-in kinds are not validated against their full OpenAPI schemas
 //!   (only the rules listed above); no CEL (`x-kubernetes-validations`).
-//! - Protobuf is decoded for Namespace, ConfigMap, Secret, ServiceAccount, Service, Deployment
-//!   (the pod template fields `kubectl create deployment` sets), Role, ClusterRole, RoleBinding,
-//!   ClusterRoleBinding and the self-subject reviews; answers are always JSON.
+//! - Alpha and beta API versions are not served (kube-apiserver serves them only when enabled).
+//! - Protobuf does not say which Go fields are pointers: a zero number or `false` that Go wrote
+//!   for a field that is no pointer stays in the object (kube-apiserver's JSON would leave it
+//!   out), except the common ones listed in `protobuf/json.rs`. Tables are answered in JSON
+//!   only.
 //! - Server-side apply merges the applied configuration with strategic-merge rules; there is no
 //!   field ownership (no conflicts, no removal of fields a manager stopped applying).
 //! - Strategic merge patch knows the merge keys of the pod template lists only.
@@ -66,8 +70,8 @@
 //! - The simulation replaces Pods at once (no surge/unavailability steps), has no scheduler,
 //!   kubelet or container runtime, and Pods report no `imageID`; only DaemonSets are simulated
 //!   among the other workload controllers (no StatefulSet or Job Pods).
-//! - OpenAPI v2 describes the built-in kinds loosely (v3 has their schemas); the CRD kind itself
-//!   is described loosely (its schema is recursive).
+//! - OpenAPI v3 describes the CRD kind itself loosely (its schema is recursive and v3 documents
+//!   inline each kind's schema; v2 has it).
 
 pub mod auth;
 pub mod defaults;

@@ -35,6 +35,9 @@ pub struct Resource {
     pub schema: Option<Value>,
     /// Built-ins: k8s-openapi's schema of the kind, generated when OpenAPI is asked for.
     pub schema_fn: Option<fn() -> Value>,
+    /// Built-ins: the name of k8s-openapi's definition of the kind
+    /// (`io.k8s.api.apps.v1.Deployment`), as OpenAPI v2 lists it.
+    pub definition: Option<String>,
 }
 
 /// The OpenAPI v3 schema of a built-in kind from k8s-openapi's `schemars` support, with its
@@ -176,12 +179,14 @@ fn builtin(
         ),
         schema: None,
         schema_fn: None,
+        definition: None,
     }
 }
 
 /// A built-in resource described by k8s-openapi's own metadata (group, version, kind, plural,
-/// scope, schema); only whether it has a status subresource and its short names are ours to say.
-fn of<K>(status: bool, short: &[&str]) -> Resource
+/// scope, schema, whether it has a status); its short names are kube-apiserver's, which
+/// k8s-openapi does not carry.
+fn of<K>(status: bool) -> Resource
 where
     K: k8s_openapi::Resource + schemars::JsonSchema + 'static,
     K::Scope: 'static,
@@ -195,97 +200,87 @@ where
         K::KIND,
         namespaced,
         status,
-        short,
+        short_names(K::GROUP, K::URL_PATH_SEGMENT),
     );
     r.schema_fn = Some(schema_of::<K>);
+    r.definition = Some(K::schema_name().into_owned());
     r
+}
+
+/// kube-apiserver's short names.
+fn short_names(group: &str, plural: &str) -> &'static [&'static str] {
+    match (group, plural) {
+        ("", "componentstatuses") => &["cs"],
+        ("", "configmaps") => &["cm"],
+        ("", "endpoints") => &["ep"],
+        ("", "events") => &["ev"],
+        ("", "limitranges") => &["limits"],
+        ("", "namespaces") => &["ns"],
+        ("", "nodes") => &["no"],
+        ("", "persistentvolumeclaims") => &["pvc"],
+        ("", "persistentvolumes") => &["pv"],
+        ("", "pods") => &["po"],
+        ("", "replicationcontrollers") => &["rc"],
+        ("", "resourcequotas") => &["quota"],
+        ("", "serviceaccounts") => &["sa"],
+        ("", "services") => &["svc"],
+        ("apps", "daemonsets") => &["ds"],
+        ("apps", "deployments") => &["deploy"],
+        ("apps", "replicasets") => &["rs"],
+        ("apps", "statefulsets") => &["sts"],
+        ("autoscaling", "horizontalpodautoscalers") => &["hpa"],
+        ("batch", "cronjobs") => &["cj"],
+        ("certificates.k8s.io", "certificatesigningrequests") => &["csr"],
+        ("networking.k8s.io", "ingresses") => &["ing"],
+        ("networking.k8s.io", "networkpolicies") => &["netpol"],
+        ("policy", "poddisruptionbudgets") => &["pdb"],
+        ("scheduling.k8s.io", "priorityclasses") => &["pc"],
+        ("storage.k8s.io", "storageclasses") => &["sc"],
+        ("apiextensions.k8s.io", "customresourcedefinitions") => &["crd", "crds"],
+        _ => &[],
+    }
+}
+
+// `generated_builtins()`: one `of::<K>(has_status)` per listable, stable resource type of
+// k8s-openapi, read from its sources by the build script (build/k8s_openapi.rs).
+include!(concat!(env!("OUT_DIR"), "/k8s_openapi_resources.rs"));
+
+/// The OpenAPI definitions of every type k8s-openapi knows, keyed by their OpenAPI names
+/// (`io.k8s.api.apps.v1.Deployment`), their references pointing under `definitions_path`
+/// (`/definitions` in OpenAPI v2, `/components/schemas` in v3).
+pub fn definitions(definitions_path: &str) -> serde_json::Map<String, Value> {
+    let path = definitions_path.to_string();
+    let mut generator = schemars::generate::SchemaSettings::openapi3()
+        .with(|s| s.definitions_path = path.into())
+        .into_generator();
+    generated_definitions(&mut generator);
+    generator.take_definitions(true)
 }
 
 /// One built-in resource by group and plural (from a list built once).
 pub fn find_builtin(group: &str, plural: &str) -> Option<Resource> {
-    static BUILTINS: std::sync::OnceLock<Vec<Resource>> = std::sync::OnceLock::new();
-    BUILTINS
-        .get_or_init(builtins)
+    builtins_once()
         .iter()
         .find(|r| r.group == group && r.plural == plural)
         .cloned()
 }
 
-/// The built-in resources.
-pub fn builtins() -> Vec<Resource> {
-    use k8s_openapi::api::{
-        admissionregistration, apps, autoscaling, batch, certificates, core, discovery,
-        flowcontrol, networking, node, policy, rbac, scheduling, storage,
-    };
-    let mut more = vec![
-        of::<core::v1::Service>(true, &["svc"]),
-        of::<core::v1::Endpoints>(false, &["ep"]),
-        of::<core::v1::LimitRange>(false, &["limits"]),
-        of::<core::v1::ResourceQuota>(true, &["quota"]),
-        of::<core::v1::PersistentVolume>(true, &["pv"]),
-        of::<core::v1::PodTemplate>(false, &[]),
-        of::<core::v1::ReplicationController>(true, &["rc"]),
-        of::<apps::v1::ControllerRevision>(false, &[]),
-        of::<autoscaling::v2::HorizontalPodAutoscaler>(true, &["hpa"]),
-        of::<networking::v1::Ingress>(true, &["ing"]),
-        of::<networking::v1::IngressClass>(false, &[]),
-        of::<discovery::v1::EndpointSlice>(false, &[]),
-        of::<storage::v1::StorageClass>(false, &["sc"]),
-        of::<storage::v1::CSIDriver>(false, &[]),
-        of::<storage::v1::CSINode>(false, &[]),
-        of::<storage::v1::VolumeAttachment>(true, &[]),
-        of::<scheduling::v1::PriorityClass>(false, &["pc"]),
-        of::<node::v1::RuntimeClass>(false, &[]),
-        of::<admissionregistration::v1::MutatingWebhookConfiguration>(false, &[]),
-        of::<admissionregistration::v1::ValidatingWebhookConfiguration>(false, &[]),
-        of::<admissionregistration::v1::ValidatingAdmissionPolicy>(true, &[]),
-        of::<admissionregistration::v1::ValidatingAdmissionPolicyBinding>(false, &[]),
-        of::<certificates::v1::CertificateSigningRequest>(true, &["csr"]),
-        of::<flowcontrol::v1::FlowSchema>(true, &[]),
-        of::<flowcontrol::v1::PriorityLevelConfiguration>(true, &[]),
-        of::<core::v1::Pod>(true, &["po"]),
-        of::<core::v1::Node>(true, &["no"]),
-        of::<core::v1::PersistentVolumeClaim>(true, &["pvc"]),
-        of::<apps::v1::StatefulSet>(true, &["sts"]),
-        of::<apps::v1::ReplicaSet>(true, &["rs"]),
-        of::<batch::v1::Job>(true, &[]),
-        of::<batch::v1::CronJob>(true, &["cj"]),
-        of::<policy::v1::PodDisruptionBudget>(true, &["pdb"]),
-        of::<networking::v1::NetworkPolicy>(false, &["netpol"]),
-        of::<rbac::v1::ClusterRole>(false, &[]),
-        of::<rbac::v1::ClusterRoleBinding>(false, &[]),
-        of::<rbac::v1::Role>(false, &[]),
-        of::<rbac::v1::RoleBinding>(false, &[]),
-    ];
-    let mut all = hand_listed();
-    all.append(&mut more);
-    all
+fn builtins_once() -> &'static [Resource] {
+    static BUILTINS: std::sync::OnceLock<Vec<Resource>> = std::sync::OnceLock::new();
+    BUILTINS.get_or_init(builtins)
 }
 
-/// The built-ins the server started with (kept for their categories and generation rules).
-fn hand_listed() -> Vec<Resource> {
-    use k8s_openapi::api::{apps, coordination, core, events};
-    vec![
-        of::<core::v1::Namespace>(true, &["ns"]),
-        of::<core::v1::Secret>(false, &[]),
-        of::<core::v1::Event>(false, &["ev"]),
-        of::<core::v1::ConfigMap>(false, &["cm"]),
-        of::<core::v1::ServiceAccount>(false, &["sa"]),
-        of::<apps::v1::Deployment>(true, &["deploy"]),
-        of::<apps::v1::DaemonSet>(true, &["ds"]),
-        of::<events::v1::Event>(false, &[]),
-        of::<coordination::v1::Lease>(false, &[]),
-        // The CRD schema is recursive (JSONSchemaProps); it stays loosely described.
-        builtin(
-            "apiextensions.k8s.io",
-            "v1",
-            "customresourcedefinitions",
-            "CustomResourceDefinition",
-            false,
-            true,
-            &["crd", "crds"],
-        ),
-    ]
+/// The built-in resources: every listable resource of a stable version that k8s-openapi knows.
+pub fn builtins() -> Vec<Resource> {
+    let mut all = generated_builtins();
+    for r in &mut all {
+        // The CRD schema is recursive (JSONSchemaProps) and cannot be inlined; it stays
+        // loosely described.
+        if r.group == "apiextensions.k8s.io" {
+            r.schema_fn = None;
+        }
+    }
+    all
 }
 
 /// The resources a CustomResourceDefinition object defines (one per served version).
@@ -338,6 +333,7 @@ pub fn from_crd(crd: &Value) -> Vec<Resource> {
                 .collect(),
             tracks_generation: true,
             schema_fn: None,
+            definition: None,
             schema: v["schema"]["openAPIV3Schema"]
                 .as_object()
                 .map(|o| Value::Object(o.clone())),

@@ -618,6 +618,7 @@ mod tests {
             tracks_generation: true,
             schema: Some(schema()),
             schema_fn: None,
+            definition: None,
         }
     }
 

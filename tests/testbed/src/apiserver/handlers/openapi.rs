@@ -1,5 +1,6 @@
-//! OpenAPI v2 and v3 documents: CRDs with their own schemas, built-ins with k8s-openapi's (in
-//! v3, which `kubectl explain` reads; v2 describes them loosely), and the
+//! OpenAPI v2 and v3 documents: CRDs with their own schemas, built-ins with k8s-openapi's (v3
+//! per group with each kind's schema inlined, as `kubectl explain` reads it; v2 with every
+//! definition, references between them as kube-apiserver writes them), and the
 //! `fieldValidation` parameter kubectl looks for before it relies on server-side validation.
 
 use super::*;
@@ -69,12 +70,26 @@ pub(super) fn named_path(r: &Resource, gv: &str) -> String {
     }
 }
 
+/// k8s-openapi's definitions of every built-in type, for OpenAPI v2 (built once).
+fn builtin_definitions() -> &'static serde_json::Map<String, Value> {
+    static DEFINITIONS: std::sync::OnceLock<serde_json::Map<String, Value>> =
+        std::sync::OnceLock::new();
+    DEFINITIONS.get_or_init(|| resources::definitions("/definitions"))
+}
+
+/// OpenAPI v2: every built-in type with k8s-openapi's definition (a kind's marked with its
+/// group/version/kind, as kube-apiserver marks them), and each CRD version with its schema.
 pub(super) fn openapi_v2(state: &ApiState) -> Value {
     let mut paths = serde_json::Map::new();
-    let mut definitions = serde_json::Map::new();
+    let mut definitions = builtin_definitions().clone();
     for (r, gv) in served_gvks(state) {
         paths.insert(named_path(&r, &gv), operations(&r));
-        definitions.insert(schema_name(&r), object_schema(&r));
+        match r.definition.as_ref().and_then(|n| definitions.get_mut(n)) {
+            Some(definition) => definition["x-kubernetes-group-version-kind"] = gvk_extension(&r),
+            None => {
+                definitions.insert(schema_name(&r), object_schema(&r));
+            }
+        }
     }
     json!({"swagger": "2.0", "info": {"title": "testbed", "version": "v1.33.0"}, "paths": paths, "definitions": definitions})
 }

@@ -3,7 +3,19 @@
 
 use super::*;
 
-pub(super) fn watch_line(kind: &str, object: Value) -> Bytes {
+/// One watch event: a JSON line, or a length-prefixed protobuf frame.
+pub(super) fn watch_event(kind: &str, object: Value, protobuf: bool) -> Bytes {
+    if protobuf {
+        let frame = super::super::protobuf::watch_frame(kind, &object).or_else(|| {
+            let status = ApiError::internal(format!(
+                "{} {} has no protobuf form",
+                object["apiVersion"], object["kind"]
+            ))
+            .status();
+            super::super::protobuf::watch_frame("ERROR", &status)
+        });
+        return Bytes::from(frame.unwrap_or_default());
+    }
     let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
     line.push(b'\n');
     Bytes::from(line)
@@ -14,7 +26,11 @@ pub(super) async fn watch(
     target: &Target,
     query: &BTreeMap<String, String>,
     table: bool,
+    protobuf: bool,
 ) -> Result<Response> {
+    let protobuf = protobuf
+        && !table
+        && super::super::protobuf::has_form(&target.resource.api_version(), &target.resource.kind);
     let filter = Filter::from_query(query, &target.resource)?;
     let resource = target.resource.clone();
     let storage_key = resource.storage_key();
@@ -73,7 +89,7 @@ pub(super) async fn watch(
         } else {
             object
         };
-        Some(watch_line(kind.as_str(), object))
+        Some(watch_event(kind.as_str(), object, protobuf))
     };
     let bookmark_kind = target.resource.kind.clone();
     let bookmark_version = target.resource.api_version();
@@ -86,14 +102,15 @@ pub(super) async fn watch(
             if end {
                 meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
             }
-            watch_line(
+            watch_event(
                 "BOOKMARK",
                 json!({"kind": bookmark_kind, "apiVersion": bookmark_version, "metadata": meta}),
+                protobuf,
             )
         };
         match initial {
             Err(e) => {
-                let _ = tx.send(watch_line("ERROR", e.status())).await;
+                let _ = tx.send(watch_event("ERROR", e.status(), protobuf)).await;
                 return;
             }
             Ok(events) => {
@@ -126,7 +143,7 @@ pub(super) async fn watch(
                     let change = match change {
                         Ok(c) => c,
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                            let _ = tx.send(watch_line("ERROR", ApiError::gone(last_rv).status())).await;
+                            let _ = tx.send(watch_event("ERROR", ApiError::gone(last_rv).status(), protobuf)).await;
                             return;
                         }
                         Err(_) => return,
@@ -149,7 +166,14 @@ pub(super) async fn watch(
     });
     Ok(Response::builder()
         .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "application/json")
+        .header(
+            header::CONTENT_TYPE,
+            if protobuf {
+                super::super::protobuf::WATCH_MEDIA_TYPE
+            } else {
+                "application/json"
+            },
+        )
         .header("transfer-encoding", "chunked")
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| ApiError::invalid("response").into_response()))
