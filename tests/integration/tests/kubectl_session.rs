@@ -246,6 +246,10 @@ async fn a_person_drives_the_cluster_with_kubectl() {
     // describe shows the controllers' Events (core Events found by involvedObject.*).
     let describe = k.run(&["-n", "demo", "describe", "deployment", "web"]);
     assert!(describe.contains("ScalingReplicaSet"), "{describe}");
+    // The rolling updates went in steps (maxSurge and maxUnavailable 25% of 3: one Pod more,
+    // none fewer), so an old ReplicaSet went down one Pod at a time.
+    assert!(describe.contains("from 3 to 2"), "{describe}");
+    assert!(describe.contains("from 1 to 2"), "{describe}");
     assert!(describe.contains("NewReplicaSet:"), "{describe}");
 
     // Discovery has the built-in kinds a cluster has, with their short names.

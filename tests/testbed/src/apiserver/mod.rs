@@ -45,7 +45,8 @@
 //!   Namespace, Service, ConfigMap, Secret, Event) and a CRD's additionalPrinterColumns, in lists
 //!   and in watches.
 //! - Workload simulation (module `simulation`): Deployments own ReplicaSets per pod template (with
-//!   revisions, so `kubectl rollout history/undo` work), ReplicaSets and DaemonSets own Pods
+//!   revisions, so `kubectl rollout history/undo` work, and rolling updates in steps within
+//!   maxSurge/maxUnavailable), ReplicaSets and DaemonSets own Pods
 //!   Running on simulated nodes, a Pod nobody owns is scheduled and runs, statuses and
 //!   controller Events follow; a workload can be held not-ready.
 //! - Faults: latency, the next N requests answering 429/500/503, watches cut after N events,
@@ -67,9 +68,10 @@
 //! - Strategic merge patch knows the merge keys of the pod template lists only.
 //! - A continued list reads the current objects after the token's position, not a snapshot at
 //!   the token's resourceVersion.
-//! - The simulation replaces Pods at once (no surge/unavailability steps), has no scheduler,
-//!   kubelet or container runtime, and Pods report no `imageID`; only DaemonSets are simulated
-//!   among the other workload controllers (no StatefulSet or Job Pods).
+//! - The simulation's Pods are Ready as soon as they exist (no probes, no image pulls, no
+//!   `imageID`); a Deployment rolls out in steps within maxSurge/maxUnavailable, but a held one
+//!   and a DaemonSet replace their Pods at once; only DaemonSets are simulated among the other
+//!   workload controllers (no StatefulSet or Job Pods).
 //! - OpenAPI v3 describes the CRD kind itself loosely (its schema is recursive and v3 documents
 //!   inline each kind's schema; v2 has it).
 

@@ -5,7 +5,10 @@
 //!   and labelled with the hash; the ReplicaSet of the current template carries the next
 //!   `deployment.kubernetes.io/revision` (a template seen before, as after `kubectl rollout undo`,
 //!   gets its ReplicaSet back with a new revision), the others are scaled to 0 and kept up to
-//!   `revisionHistoryLimit` (10). The Deployment's revision annotation follows.
+//!   `revisionHistoryLimit` (10). The Deployment's revision annotation follows. A new template
+//!   rolls out in steps, one per delay: the new ReplicaSet up within `maxSurge`, the old ones
+//!   down within `maxUnavailable` (Recreate: at once), with the status in between
+//!   (`updatedReplicas` below `replicas`, Progressing `ReplicaSetUpdated`).
 //! - A ReplicaSet owns `spec.replicas` Pods; a DaemonSet one Pod per simulated node, replaced when
 //!   its template changes. Pods are Running on `node-<n>` with an IP and a status per container;
 //!   so is a Pod nobody owns (`kubectl run`), bound to a node by the simulated scheduler.
@@ -154,13 +157,28 @@ fn settle(state: &Arc<ApiState>, resource: &Resource, key: &Key) {
         nodes: sim.nodes,
         pods: sim.pods,
     };
-    match resource.plural.as_str() {
+    let rolling = match resource.plural.as_str() {
         "deployments" => settle_deployment(&mut store, resource, key, object, &settings),
-        "daemonsets" => settle_daemonset(&mut store, resource, key, object, &settings),
+        "daemonsets" => {
+            settle_daemonset(&mut store, resource, key, object, &settings);
+            false
+        }
         "replicasets" => {
             settle_replicaset(&mut store, key, &settings);
+            false
         }
-        _ => {}
+        _ => false,
+    };
+    drop(store);
+    // A rolling update goes on in steps, one per delay, as the controller waits for new Pods.
+    if rolling {
+        let state = state.clone();
+        let resource = resource.clone();
+        let key = key.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(sim.delay).await;
+            settle(&state, &resource, &key);
+        });
     }
 }
 
@@ -317,75 +335,204 @@ fn write_status(store: &mut Store, resource: &Resource, key: &Key, status: Value
     let _ = store.update(resource, key, object, true);
 }
 
+/// Settles a Deployment one step; `true` while its rolling update goes on.
 fn settle_deployment(
     store: &mut Store,
     resource: &Resource,
     key: &Key,
     mut deployment: Value,
     settings: &Settings,
-) {
+) -> bool {
     let want = deployment["spec"]["replicas"].as_i64().unwrap_or(1);
     let generation = deployment["metadata"]["generation"].as_i64().unwrap_or(1);
+    let mut progress = Progress {
+        total: want,
+        updated: want,
+        done: true,
+    };
     if settings.pods
-        && let Some(rev) = settle_replicasets(store, key, &deployment, want, settings)
-        && revision(&deployment) != rev
+        && let Some((rev, step)) = settle_replicasets(store, key, &deployment, want, settings)
     {
-        deployment["metadata"]["annotations"][REVISION] = rev.to_string().into();
-        let _ = store.update(resource, key, deployment, false);
+        progress = step;
+        if revision(&deployment) != rev {
+            deployment["metadata"]["annotations"][REVISION] = rev.to_string().into();
+            let _ = store.update(resource, key, deployment, false);
+        }
     }
     let held = settings.held;
-    let ready = if held { 0 } else { want };
+    let ready = if held { 0 } else { progress.total };
     let now = now();
+    let (reason, message) = if progress.done {
+        (
+            "NewReplicaSetAvailable",
+            format!("ReplicaSet \"{}\" has successfully progressed.", key.name),
+        )
+    } else {
+        (
+            "ReplicaSetUpdated",
+            format!("ReplicaSet \"{}\" is progressing.", key.name),
+        )
+    };
     let mut status = json!({
-        "observedGeneration": generation, "replicas": want, "updatedReplicas": want,
+        "observedGeneration": generation, "replicas": progress.total, "updatedReplicas": progress.updated,
         "readyReplicas": ready, "availableReplicas": ready,
         "conditions": [
             {"type": "Available", "status": if held { "False" } else { "True" }, "reason": if held { "MinimumReplicasUnavailable" } else { "MinimumReplicasAvailable" }, "lastUpdateTime": now, "lastTransitionTime": now, "message": if held { "Deployment does not have minimum availability." } else { "Deployment has minimum availability." }},
-            {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable", "lastUpdateTime": now, "lastTransitionTime": now, "message": format!("ReplicaSet \"{}\" has successfully progressed.", key.name)}
+            {"type": "Progressing", "status": "True", "reason": reason, "lastUpdateTime": now, "lastTransitionTime": now, "message": message}
         ]
     });
     if held {
-        status["unavailableReplicas"] = want.into();
+        status["unavailableReplicas"] = progress.total.into();
     }
     write_status(store, resource, key, status);
+    !progress.done
 }
 
-/// The Deployment controller: the ReplicaSet of the current template at `want` replicas (with
-/// the newest revision), the others at 0, history pruned. Returns the current revision.
+/// Where a Deployment's rollout stands after a step.
+struct Progress {
+    /// Pods of all its ReplicaSets.
+    total: i64,
+    /// Pods of the current template.
+    updated: i64,
+    /// Whether the current ReplicaSet has them all and the old ones none.
+    done: bool,
+}
+
+/// A `maxSurge`/`maxUnavailable` value for `want` replicas: a count, or a percentage rounded
+/// up (surge) or down (unavailable) as the Deployment controller rounds them.
+fn resolve(value: &Value, want: i64, round_up: bool) -> i64 {
+    match value {
+        Value::Number(n) => n.as_i64().unwrap_or(0).max(0),
+        Value::String(s) => {
+            let percent: i64 = s.trim_end_matches('%').parse().unwrap_or(25);
+            let scaled = percent.max(0).saturating_mul(want.max(0));
+            if round_up {
+                (scaled + 99) / 100
+            } else {
+                scaled / 100
+            }
+        }
+        _ => 0,
+    }
+}
+
+/// The replica counts of one rolling-update step: (new ReplicaSet, each old one's new count).
+/// The simulated Pods are Ready as soon as they exist, so each step is what the Deployment
+/// controller does once the previous step's Pods are available: the new ReplicaSet up within
+/// `maxSurge`, the old ones down within `maxUnavailable`. Recreate, or a held (not-ready)
+/// workload, goes in one step.
+fn rollout_step(
+    deployment: &Value,
+    want: i64,
+    new_now: i64,
+    old: &[i64],
+    held: bool,
+) -> (i64, Vec<i64>) {
+    let strategy = &deployment["spec"]["strategy"];
+    if held || strategy["type"] == "Recreate" {
+        return (want, vec![0; old.len()]);
+    }
+    let rolling = &strategy["rollingUpdate"];
+    let surge = resolve(&rolling["maxSurge"], want, true);
+    let mut unavailable = resolve(&rolling["maxUnavailable"], want, false);
+    if surge == 0 && unavailable == 0 {
+        unavailable = 1;
+    }
+    let old_total: i64 = old.iter().sum();
+    // Up: never more than want + maxSurge Pods in all.
+    let new_target = if new_now >= want || old_total == 0 {
+        want
+    } else {
+        (want + surge - old_total).clamp(new_now, want)
+    };
+    // Down: never fewer than want - maxUnavailable available (what was there before this step).
+    let mut scale_down = (old_total + new_now - (want - unavailable)).max(0);
+    let old_targets = old
+        .iter()
+        .map(|&replicas| {
+            let cut = replicas.min(scale_down);
+            scale_down -= cut;
+            replicas - cut
+        })
+        .collect();
+    (new_target, old_targets)
+}
+
+/// Sets a ReplicaSet's replica count (and revision), with the controller's Event.
+fn scale_replicaset(
+    store: &mut Store,
+    deployment: &Value,
+    mut rs: Value,
+    to: i64,
+    revision_to: Option<i64>,
+) {
+    let Some(rs_resource) = builtin("replicasets") else {
+        return;
+    };
+    let rs_key = Key::of(&rs_resource, &rs);
+    let from = rs["spec"]["replicas"].as_i64().unwrap_or(0);
+    let revision_changes = revision_to.is_some_and(|r| revision(&rs) != r);
+    if from == to && !revision_changes {
+        return;
+    }
+    if from != to {
+        let verb = if to > from { "up" } else { "down" };
+        let message = format!(
+            "Scaled {verb} replica set {} from {from} to {to}",
+            rs_key.name
+        );
+        record_event(store, deployment, "ScalingReplicaSet", message);
+    }
+    if let Some(r) = revision_to {
+        rs["metadata"]["annotations"][REVISION] = r.to_string().into();
+    }
+    rs["spec"]["replicas"] = to.into();
+    let _ = store.update(&rs_resource, &rs_key, rs, false);
+}
+
+/// The Deployment controller, one step: the ReplicaSet of the current template (with the
+/// newest revision) scaled towards `want`, the others towards 0 ([`rollout_step`]), history
+/// pruned at `revisionHistoryLimit`. Returns the current revision and where the rollout stands.
 fn settle_replicasets(
     store: &mut Store,
     key: &Key,
     deployment: &Value,
     want: i64,
     settings: &Settings,
-) -> Option<i64> {
+) -> Option<(i64, Progress)> {
     let rs_resource = builtin("replicasets")?;
     let uid = deployment["metadata"]["uid"].as_str()?;
     let template = deployment["spec"]["template"].clone();
-    let mut sets = owned(store, "apps/replicasets", &key.namespace, uid);
+    let sets = owned(store, "apps/replicasets", &key.namespace, uid);
     let max = sets.iter().map(revision).max().unwrap_or(0);
     let current = sets
         .iter()
         .find(|rs| normalized(&rs["spec"]["template"]) == normalized(&template))
         .cloned();
+    let current_name = current
+        .as_ref()
+        .and_then(|rs| rs["metadata"]["name"].as_str().map(str::to_string));
+    // Old ReplicaSets, oldest first: scaled down first, pruned beyond the history limit.
+    let mut old: Vec<Value> = sets
+        .into_iter()
+        .filter(|rs| rs["metadata"]["name"].as_str().map(str::to_string) != current_name)
+        .collect();
+    old.sort_by_key(revision);
+    let old_counts: Vec<i64> = old
+        .iter()
+        .map(|rs| rs["spec"]["replicas"].as_i64().unwrap_or(0))
+        .collect();
+    let new_now = current
+        .as_ref()
+        .and_then(|rs| rs["spec"]["replicas"].as_i64())
+        .unwrap_or(0);
+    let (new_target, old_targets) =
+        rollout_step(deployment, want, new_now, &old_counts, settings.held);
     let (rs_key, rev) = match current {
-        Some(mut rs) => {
+        Some(rs) => {
             let rev = if revision(&rs) == max { max } else { max + 1 };
             let rs_key = Key::of(&rs_resource, &rs);
-            if revision(&rs) != rev || rs["spec"]["replicas"].as_i64() != Some(want) {
-                let from = rs["spec"]["replicas"].as_i64().unwrap_or(0);
-                if from != want {
-                    let verb = if want > from { "up" } else { "down" };
-                    let message = format!(
-                        "Scaled {verb} replica set {} from {from} to {want}",
-                        rs_key.name
-                    );
-                    record_event(store, deployment, "ScalingReplicaSet", message);
-                }
-                rs["metadata"]["annotations"][REVISION] = rev.to_string().into();
-                rs["spec"]["replicas"] = want.into();
-                let _ = store.update(&rs_resource, &rs_key, rs, false);
-            }
+            scale_replicaset(store, deployment, rs, new_target, Some(rev));
             (rs_key, rev)
         }
         None => {
@@ -403,45 +550,41 @@ fn settle_replicasets(
                     "annotations": {REVISION: (max + 1).to_string(), "deployment.kubernetes.io/desired-replicas": want.to_string(), "deployment.kubernetes.io/max-replicas": (want + 1).to_string()},
                     "ownerReferences": [owner_reference(deployment)],
                 },
-                "spec": {"replicas": want, "selector": selector, "template": rs_template},
+                "spec": {"replicas": new_target, "selector": selector, "template": rs_template},
             });
             let rs_key = Key::new(&rs_resource, &key.namespace, &name);
-            let created = store.create(&rs_resource, rs_key.clone(), rs).ok()?;
-            let message = format!("Scaled up replica set {name} from 0 to {want}");
+            store.create(&rs_resource, rs_key.clone(), rs).ok()?;
+            let message = format!("Scaled up replica set {name} from 0 to {new_target}");
             record_event(store, deployment, "ScalingReplicaSet", message);
-            sets.push(created);
             (rs_key, max + 1)
         }
     };
-    // Old ReplicaSets: scaled to 0, the oldest beyond the history limit deleted.
     let limit = deployment["spec"]["revisionHistoryLimit"]
         .as_i64()
         .unwrap_or(10)
         .max(0);
-    let mut old: Vec<Value> = sets
-        .into_iter()
-        .filter(|rs| rs["metadata"]["name"].as_str() != Some(rs_key.name.as_str()))
-        .collect();
-    old.sort_by_key(revision);
     let excess = old
         .len()
         .saturating_sub(usize::try_from(limit).unwrap_or(0));
-    for (i, mut rs) in old.into_iter().enumerate() {
+    let mut old_total = 0;
+    for (i, (rs, to)) in old.into_iter().zip(old_targets).enumerate() {
         let k = Key::of(&rs_resource, &rs);
-        if i < excess {
+        // Only a ReplicaSet without Pods is history that can go.
+        if i < excess && to == 0 {
             let _ = store.delete(&rs_resource, &k, false);
             continue;
         }
-        if let Some(from) = rs["spec"]["replicas"].as_i64().filter(|r| *r != 0) {
-            let message = format!("Scaled down replica set {} from {from} to 0", k.name);
-            record_event(store, deployment, "ScalingReplicaSet", message);
-            rs["spec"]["replicas"] = 0.into();
-            let _ = store.update(&rs_resource, &k, rs, false);
-        }
+        old_total += to;
+        scale_replicaset(store, deployment, rs, to, None);
         settle_replicaset(store, &k, settings);
     }
     settle_replicaset(store, &rs_key, settings);
-    Some(rev)
+    let progress = Progress {
+        total: new_target + old_total,
+        updated: new_target,
+        done: new_target == want && old_total == 0,
+    };
+    Some((rev, progress))
 }
 
 /// The ReplicaSet controller and the kubelets: `spec.replicas` Pods, Running, Ready unless held.
@@ -641,6 +784,49 @@ mod tests {
         assert!(h.len() >= 5 && h.chars().all(|c| c.is_ascii_alphanumeric()));
         let other = json!({"spec": {"containers": [{"name": "a", "image": "nginx:2"}]}});
         assert_ne!(h, template_hash(&other));
+    }
+
+    #[test]
+    fn a_rolling_update_keeps_within_surge_and_unavailability_and_finishes() {
+        for (want, surge, unavailable) in [
+            (3, json!("25%"), json!("25%")),
+            (10, json!("25%"), json!("25%")),
+            (4, json!(0), json!(1)),
+            (5, json!(2), json!(0)),
+            (1, json!("25%"), json!("25%")),
+        ] {
+            let d = json!({"spec": {"strategy": {"type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": surge, "maxUnavailable": unavailable}}}});
+            let max_surge = resolve(&surge, want, true);
+            let max_unavailable = resolve(&unavailable, want, false).max(i64::from(max_surge == 0));
+            let (mut new, mut old) = (0, vec![want]);
+            let mut steps = 0;
+            while !(new == want && old.iter().all(|o| *o == 0)) {
+                let (n, o) = rollout_step(&d, want, new, &old, false);
+                assert!(
+                    n + o.iter().sum::<i64>() <= want + max_surge,
+                    "{want} {surge}: surge exceeded"
+                );
+                assert!(n >= new, "the new ReplicaSet never shrinks");
+                let kept_available = new.min(n) + o.iter().sum::<i64>();
+                assert!(
+                    kept_available >= want - max_unavailable,
+                    "{want} {surge} {unavailable}: too few available"
+                );
+                (new, old) = (n, o);
+                steps += 1;
+                assert!(
+                    steps <= 4 * want + 4,
+                    "{want} {surge} {unavailable}: no end"
+                );
+            }
+            assert!(steps > 1 || want == 1, "{want}: stepped, not at once");
+        }
+        // Recreate and a held workload: one step.
+        let recreate = json!({"spec": {"strategy": {"type": "Recreate"}}});
+        assert_eq!(rollout_step(&recreate, 3, 0, &[3], false), (3, vec![0]));
+        let rolling = json!({"spec": {"strategy": {"type": "RollingUpdate"}}});
+        assert_eq!(rollout_step(&rolling, 3, 0, &[3], true), (3, vec![0]));
     }
 
     #[test]
