@@ -567,6 +567,60 @@ async fn kubectl_creates_every_kind_it_has_a_command_for() {
         |out| out.starts_with("Running node-"),
     )
     .await;
+    // kube-apiserver's columns, and a Job that runs to completion.
+    k.until(
+        &["-n", "more", "get", "job", "once", "--no-headers"],
+        |out| out.contains("Complete") && out.contains("1/1"),
+    )
+    .await;
+    let header = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["-n", "more", "get"];
+        all.extend_from_slice(args);
+        let out = k.run(&all);
+        out.lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(
+        header(&["jobs"]),
+        ["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"]
+    );
+    assert_eq!(
+        header(&["cronjobs"]),
+        [
+            "NAME", "SCHEDULE", "TIMEZONE", "SUSPEND", "ACTIVE", "LAST", "SCHEDULE", "AGE"
+        ]
+    );
+    assert_eq!(
+        header(&["ingress"]),
+        ["NAME", "CLASS", "HOSTS", "ADDRESS", "PORTS", "AGE"]
+    );
+    assert_eq!(
+        header(&["pdb"]),
+        [
+            "NAME",
+            "MIN",
+            "AVAILABLE",
+            "MAX",
+            "UNAVAILABLE",
+            "ALLOWED",
+            "DISRUPTIONS",
+            "AGE"
+        ]
+    );
+    assert_eq!(
+        header(&["priorityclass"]),
+        ["NAME", "VALUE", "GLOBAL-DEFAULT", "AGE", "PREEMPTIONPOLICY"]
+    );
+    let pdb = k.run(&["-n", "more", "get", "pdb", "web", "--no-headers"]);
+    assert_eq!(
+        pdb.split_whitespace().take(3).collect::<Vec<_>>(),
+        ["web", "50%", "N/A"],
+        "{pdb}"
+    );
     // What kubectl reads back has what kube-apiserver would show, not Go's zero values.
     let yaml = k.run(&["-n", "more", "get", "pod", "one", "-o", "yaml"]);
     for absent in ["stdin:", "tty:", "hostPID:", "generation: 0", ": null"] {

@@ -86,6 +86,28 @@ pub(crate) fn bootstrap(state: &ApiState) -> anyhow::Result<()> {
             .update(&ns, &key, with_status, true)
             .map_err(|e| anyhow::anyhow!(e.message))?;
     }
+    // An APIService per built-in group version, served locally, as kube-apiserver registers them.
+    if let Some(apiservices) = resources::find_builtin("apiregistration.k8s.io", "apiservices") {
+        let mut group_versions: Vec<(String, String)> = resources::builtins()
+            .into_iter()
+            .map(|r| (r.group, r.version))
+            .collect();
+        group_versions.sort();
+        group_versions.dedup();
+        for (group, version) in group_versions {
+            let name = format!("{version}.{group}");
+            let key = Key::new(&apiservices, "", &name);
+            let object = json!({"metadata": {"name": name, "labels": {"kube-aggregator.kubernetes.io/automanaged": "onstart"}},
+                "spec": {"group": group, "version": version, "groupPriorityMinimum": 1000, "versionPriority": 15}});
+            let mut created = store
+                .create(&apiservices, key.clone(), object)
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+            created["status"] = json!({"conditions": [{"type": "Available", "status": "True", "reason": "Local", "message": "Local APIServices are always available", "lastTransitionTime": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)}]});
+            store
+                .update(&apiservices, &key, created, true)
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+        }
+    }
     Ok(())
 }
 
@@ -767,6 +789,9 @@ fn after_write(state: &Arc<ApiState>, resource: &Resource, object: &Value) {
     }
     if resource.group.is_empty() && resource.plural == "pods" {
         simulation::schedule_pod(state, object);
+    }
+    if resource.group == "batch" && resource.plural == "jobs" {
+        simulation::schedule_job(state, object);
     }
 }
 

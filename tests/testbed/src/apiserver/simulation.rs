@@ -12,6 +12,7 @@
 //! - A ReplicaSet owns `spec.replicas` Pods; a DaemonSet one Pod per simulated node, replaced when
 //!   its template changes. Pods are Running on `node-<n>` with an IP and a status per container;
 //!   so is a Pod nobody owns (`kubectl run`), bound to a node by the simulated scheduler.
+//! - A Job completes (status only: no Pods run), unless suspended or held.
 //! - Statuses: observedGeneration, replica counts and the Available/Progressing conditions of a
 //!   Deployment; desired/current/ready counts of a DaemonSet and a ReplicaSet.
 //!
@@ -96,6 +97,51 @@ pub(crate) fn schedule_pod(state: &Arc<ApiState>, pod: &Value) {
         }
         let held = pod["metadata"]["annotations"][HOLD_ANNOTATION].as_str() == Some("true");
         write_status(&mut store, &resource, &key, pod_status(&pod, !held));
+    });
+}
+
+/// After a Job is written: it runs and completes (`completions` succeeded), after the delay,
+/// unless it is suspended or held (then it stays active).
+pub(crate) fn schedule_job(state: &Arc<ApiState>, job: &Value) {
+    let sim = match state.simulation.lock() {
+        Ok(s) => s.clone(),
+        Err(_) => return,
+    };
+    if !sim.enabled || !job["status"]["completionTime"].is_null() {
+        return;
+    }
+    let Some(resource) = resources::find_builtin("batch", "jobs") else {
+        return;
+    };
+    let state = state.clone();
+    let key = Key::of(&resource, job);
+    tokio::spawn(async move {
+        tokio::time::sleep(sim.delay).await;
+        let Ok(mut store) = state.store.lock() else {
+            return;
+        };
+        let Some(job) = store.get(&key).cloned() else {
+            return;
+        };
+        if !job["status"]["completionTime"].is_null() || job["spec"]["suspend"] == true {
+            return;
+        }
+        let started = job["metadata"]["creationTimestamp"].clone();
+        let held = job["metadata"]["annotations"][HOLD_ANNOTATION].as_str() == Some("true");
+        let status = if held {
+            json!({"startTime": started, "active": job["spec"]["parallelism"].as_i64().unwrap_or(1), "ready": 0, "terminating": 0})
+        } else {
+            let now = now();
+            json!({
+                "startTime": started, "completionTime": now, "ready": 0, "terminating": 0,
+                "succeeded": job["spec"]["completions"].as_i64().unwrap_or(1),
+                "conditions": [
+                    {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached", "message": "Reached expected number of succeeded pods", "lastProbeTime": now, "lastTransitionTime": now},
+                    {"type": "Complete", "status": "True", "reason": "CompletionsReached", "message": "Reached expected number of succeeded pods", "lastProbeTime": now, "lastTransitionTime": now},
+                ],
+            })
+        };
+        write_status(&mut store, &resource, &key, status);
     });
 }
 

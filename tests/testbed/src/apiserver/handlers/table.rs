@@ -1,7 +1,9 @@
 //! `meta.k8s.io/v1` Tables: Name, the CRD's additionalPrinterColumns (simple JSONPath, `date`
 //! columns as ages), kube-apiserver's columns for the common built-in kinds (its printers:
 //! Deployment READY/UP-TO-DATE/AVAILABLE with wide CONTAINERS/IMAGES/SELECTOR, DaemonSet,
-//! StatefulSet, Namespace STATUS, Service, ConfigMap and Secret DATA), or Name and Age.
+//! StatefulSet, ReplicaSet, Pod, Node, Event, Namespace STATUS, Service, ConfigMap and Secret
+//! DATA, ServiceAccount, Job, CronJob, Ingress, PodDisruptionBudget, Roles and bindings,
+//! PriorityClass, Lease, APIService), or Name and Age.
 
 use super::*;
 
@@ -9,10 +11,12 @@ pub(super) fn human_age(timestamp: &str) -> String {
     let Ok(t) = chrono::DateTime::parse_from_rfc3339(timestamp) else {
         return "<invalid>".into();
     };
-    let secs = (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
-        .num_seconds()
-        .max(0);
-    match secs {
+    human_duration((chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds())
+}
+
+/// A duration as kubectl prints one (`45s`, `12m`, `5h`, `3d`).
+fn human_duration(secs: i64) -> String {
+    match secs.max(0) {
         s if s < 120 => format!("{s}s"),
         s if s < 3600 * 2 => format!("{}m", s / 60),
         s if s < 86400 * 2 => format!("{}h", s / 3600),
@@ -36,7 +40,12 @@ fn images(o: &Value) -> Value {
 }
 
 fn join(o: &Value, field: &str) -> Value {
-    o["spec"]["template"]["spec"]["containers"]
+    join_in(&o["spec"]["template"], field)
+}
+
+/// The containers' `field`s of a pod template, comma-separated.
+fn join_in(template: &Value, field: &str) -> Value {
+    template["spec"]["containers"]
         .as_array()
         .map(|c| {
             c.iter()
@@ -87,6 +96,91 @@ fn age(o: &Value) -> Value {
 
 fn count(v: &Value) -> Value {
     v.as_object().map_or(0, |m| m.len()).into()
+}
+
+fn text_or(v: &Value, none: &str) -> Value {
+    v.as_str().unwrap_or(none).into()
+}
+
+/// A Job's state as kube-apiserver's printer names it.
+fn job_status(o: &Value) -> Value {
+    let condition = |kind: &str| {
+        o["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["type"] == kind && c["status"] == "True"))
+    };
+    if condition("Complete") {
+        "Complete"
+    } else if condition("Failed") {
+        "Failed"
+    } else if o["spec"]["suspend"] == true {
+        "Suspended"
+    } else {
+        "Running"
+    }
+    .into()
+}
+
+/// How long a Job ran (or has run so far).
+fn job_duration(o: &Value) -> Value {
+    let time = |v: &Value| {
+        v.as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc))
+    };
+    match time(&o["status"]["startTime"]) {
+        None => "".into(),
+        Some(start) => {
+            let end = time(&o["status"]["completionTime"]).unwrap_or_else(chrono::Utc::now);
+            human_duration((end - start).num_seconds()).into()
+        }
+    }
+}
+
+/// A PodDisruptionBudget's limit, or N/A.
+fn budget(v: &Value) -> Value {
+    match v {
+        Value::Null => "N/A".into(),
+        Value::String(s) => s.clone().into(),
+        other => other.to_string().into(),
+    }
+}
+
+/// A binding's subjects of one kind, comma-separated.
+fn subjects(o: &Value, kind: &str) -> Value {
+    o["subjects"]
+        .as_array()
+        .map(|s| {
+            s.iter()
+                .filter(|s| s["kind"] == kind)
+                .map(|s| match (kind, s["namespace"].as_str()) {
+                    ("ServiceAccount", Some(ns)) => {
+                        format!("{ns}/{}", s["name"].as_str().unwrap_or(""))
+                    }
+                    _ => s["name"].as_str().unwrap_or("").to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+        .into()
+}
+
+fn binding_columns() -> Vec<Column> {
+    vec![
+        ("Role", 0, |o| {
+            format!(
+                "{}/{}",
+                o["roleRef"]["kind"].as_str().unwrap_or(""),
+                o["roleRef"]["name"].as_str().unwrap_or("")
+            )
+            .into()
+        }),
+        ("Age", 0, age),
+        ("Users", 1, |o| subjects(o, "User")),
+        ("Groups", 1, |o| subjects(o, "Group")),
+        ("ServiceAccounts", 1, |o| subjects(o, "ServiceAccount")),
+    ]
 }
 
 /// kube-apiserver's printer columns for the built-in kinds people look at most.
@@ -271,6 +365,143 @@ fn builtin_columns(resource: &Resource) -> Option<Vec<Column>> {
             ("Age", 0, age),
         ],
         ("", "ConfigMap") => vec![("Data", 0, |o| count(&o["data"])), ("Age", 0, age)],
+        ("", "ServiceAccount") => vec![
+            ("Secrets", 0, |o| {
+                o["secrets"].as_array().map_or(0, Vec::len).into()
+            }),
+            ("Age", 0, age),
+        ],
+        ("batch", "Job") => vec![
+            ("Status", 0, job_status),
+            ("Completions", 0, |o| {
+                format!(
+                    "{}/{}",
+                    int(&o["status"]["succeeded"]),
+                    o["spec"]["completions"].as_i64().unwrap_or(1)
+                )
+                .into()
+            }),
+            ("Duration", 0, job_duration),
+            ("Age", 0, age),
+            ("Containers", 1, containers),
+            ("Images", 1, images),
+            ("Selector", 1, selector),
+        ],
+        ("batch", "CronJob") => vec![
+            ("Schedule", 0, |o| text_or(&o["spec"]["schedule"], "")),
+            ("Timezone", 0, |o| text_or(&o["spec"]["timeZone"], "<none>")),
+            ("Suspend", 0, |o| {
+                if o["spec"]["suspend"] == true {
+                    "True"
+                } else {
+                    "False"
+                }
+                .into()
+            }),
+            ("Active", 0, |o| {
+                o["status"]["active"].as_array().map_or(0, Vec::len).into()
+            }),
+            (
+                "Last Schedule",
+                0,
+                |o| match o["status"]["lastScheduleTime"].as_str() {
+                    Some(t) => human_age(t).into(),
+                    None => "<none>".into(),
+                },
+            ),
+            ("Age", 0, age),
+            ("Containers", 1, |o| {
+                join_in(&o["spec"]["jobTemplate"]["spec"]["template"], "name")
+            }),
+            ("Images", 1, |o| {
+                join_in(&o["spec"]["jobTemplate"]["spec"]["template"], "image")
+            }),
+            ("Selector", 1, |_| "<none>".into()),
+        ],
+        ("networking.k8s.io", "Ingress") => vec![
+            ("Class", 0, |o| {
+                text_or(&o["spec"]["ingressClassName"], "<none>")
+            }),
+            ("Hosts", 0, |o| {
+                o["spec"]["rules"]
+                    .as_array()
+                    .map(|r| {
+                        r.iter()
+                            .map(|r| r["host"].as_str().unwrap_or("*").to_string())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or_else(|| "*".into())
+                    .into()
+            }),
+            ("Address", 0, |o| {
+                o["status"]["loadBalancer"]["ingress"]
+                    .as_array()
+                    .map(|i| {
+                        i.iter()
+                            .filter_map(|i| i["ip"].as_str().or_else(|| i["hostname"].as_str()))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_default()
+                    .into()
+            }),
+            ("Ports", 0, |o| {
+                let tls = o["spec"]["tls"].as_array().is_some_and(|t| !t.is_empty());
+                if tls { "80, 443" } else { "80" }.into()
+            }),
+            ("Age", 0, age),
+        ],
+        ("policy", "PodDisruptionBudget") => vec![
+            ("Min Available", 0, |o| budget(&o["spec"]["minAvailable"])),
+            ("Max Unavailable", 0, |o| {
+                budget(&o["spec"]["maxUnavailable"])
+            }),
+            ("Allowed Disruptions", 0, |o| {
+                int(&o["status"]["disruptionsAllowed"]).into()
+            }),
+            ("Age", 0, age),
+        ],
+        ("rbac.authorization.k8s.io", "Role" | "ClusterRole") => vec![("Created At", 0, |o| {
+            text_or(&o["metadata"]["creationTimestamp"], "")
+        })],
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => binding_columns(),
+        ("scheduling.k8s.io", "PriorityClass") => vec![
+            ("Value", 0, |o| int(&o["value"]).into()),
+            ("Global-Default", 0, |o| (o["globalDefault"] == true).into()),
+            ("Age", 0, age),
+            ("PreemptionPolicy", 0, |o| {
+                text_or(&o["preemptionPolicy"], "PreemptLowerPriority")
+            }),
+        ],
+        ("apiregistration.k8s.io", "APIService") => vec![
+            ("Service", 0, |o| {
+                match o["spec"]["service"]["name"].as_str() {
+                    Some(name) => format!(
+                        "{}/{name}",
+                        o["spec"]["service"]["namespace"].as_str().unwrap_or("")
+                    )
+                    .into(),
+                    None => "Local".into(),
+                }
+            }),
+            ("Available", 0, |o| {
+                let available = o["status"]["conditions"]
+                    .as_array()
+                    .and_then(|c| c.iter().find(|c| c["type"] == "Available"));
+                match available {
+                    Some(c) if c["status"] == "True" => "True".into(),
+                    Some(c) => format!("False ({})", c["reason"].as_str().unwrap_or("")).into(),
+                    None => "Unknown".into(),
+                }
+            }),
+            ("Age", 0, age),
+        ],
+        ("coordination.k8s.io", "Lease") => vec![
+            ("Holder", 0, |o| text_or(&o["spec"]["holderIdentity"], "")),
+            ("Age", 0, age),
+        ],
         ("", "Secret") => vec![
             ("Type", 0, |o| o["type"].as_str().unwrap_or("Opaque").into()),
             ("Data", 0, |o| count(&o["data"])),
