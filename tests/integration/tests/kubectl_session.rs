@@ -55,6 +55,12 @@ impl Kubectl {
         stdout
     }
 
+    /// `kubectl auth can-i VERB RESOURCE -n NAMESPACE`: "yes" or "no".
+    fn can_i(&self, verb: &str, resource: &str, namespace: &str) -> String {
+        let (_, out, _) = self.try_run(&["auth", "can-i", verb, resource, "-n", namespace]);
+        out.trim().to_string()
+    }
+
     /// Runs kubectl until `check` holds for its output (the simulation settles within ms).
     async fn until(&self, args: &[&str], check: impl Fn(&str) -> bool) -> String {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -985,24 +991,60 @@ async fn rbac_grants_exactly_what_a_role_says_and_the_audit_log_shows_it() {
     );
     let (ok, _, err) = jane.try_run(&["-n", "team-a", "label", "deployment", "web", "x=y"]);
     assert!(!ok && err.contains("cannot patch"), "{err}");
+    assert_eq!(jane.can_i("get", "deployments", "team-a"), "yes");
+    assert_eq!(jane.can_i("get", "deployments", "team-b"), "no");
+    assert_eq!(jane.can_i("patch", "deployments", "team-a"), "no");
+
+    // The cluster's default roles: `view` (aggregated from the aggregate-to-view roles) bound in
+    // team-b lets jane read Deployments there, not Secrets, and change nothing; a ClusterRole
+    // labelled aggregate-to-view (as a CRD's maintainers ship one) joins `view` at once.
+    admin.run(&[
+        "apply",
+        "-f",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../crds/imagebackup.yaml"),
+    ]);
+    admin.run(&[
+        "-n",
+        "team-b",
+        "create",
+        "rolebinding",
+        "jane-views",
+        "--clusterrole=view",
+        "--user=jane",
+    ]);
+    assert_eq!(jane.can_i("list", "deployments", "team-b"), "yes");
+    assert_eq!(jane.can_i("get", "secrets", "team-b"), "no");
+    assert_eq!(jane.can_i("delete", "deployments", "team-b"), "no");
+    assert_eq!(jane.can_i("list", "imagebackups.k8slab.io", "team-b"), "no");
+    let aggregated = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(
+        aggregated.path(),
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: imagebackups-view\n  labels: {rbac.authorization.k8s.io/aggregate-to-view: \"true\"}\nrules:\n- apiGroups: [k8slab.io]\n  resources: [imagebackups]\n  verbs: [get, list, watch]\n",
+    )
+    .expect("write");
+    admin.run(&["apply", "-f", aggregated.path().to_str().expect("path")]);
     assert_eq!(
-        jane.try_run(&["auth", "can-i", "get", "deployments", "-n", "team-a"])
-            .1
-            .trim(),
+        jane.can_i("list", "imagebackups.k8slab.io", "team-b"),
         "yes"
     );
-    assert_eq!(
-        jane.try_run(&["auth", "can-i", "get", "deployments", "-n", "team-b"])
-            .1
-            .trim(),
-        "no"
+    let view = admin.run(&[
+        "get",
+        "clusterrole",
+        "view",
+        "-o",
+        "jsonpath={.rules[*].resources}",
+    ]);
+    assert!(
+        view.contains("imagebackups") && view.contains("deployments"),
+        "{view}"
     );
-    assert_eq!(
-        jane.try_run(&["auth", "can-i", "patch", "deployments", "-n", "team-a"])
-            .1
-            .trim(),
-        "no"
+    // Non-resource URLs: discovery and /version for every authenticated user, nothing else.
+    assert!(
+        jane.run(&["get", "--raw", "/version"])
+            .contains("gitVersion")
     );
+    let (ok, _, err) = jane.try_run(&["get", "--raw", "/metrics"]);
+    assert!(!ok && err.contains("cannot get path \"/metrics\""), "{err}");
 
     // An unknown token and no token at all are 401 once authentication is required.
     let stranger = Kubectl::new(&api.kubeconfig_with_token("not-a-token"));

@@ -9,8 +9,9 @@
 //! - **Authorization.** Members of `system:masters` may do anything. Everyone else gets exactly
 //!   what the stored ClusterRoles/Roles grant through ClusterRoleBindings (everywhere) and
 //!   RoleBindings (in their namespace): apiGroups, resources (`*`, `resource/subresource`),
-//!   verbs and resourceNames matched as kube-apiserver's RBAC does. Discovery, OpenAPI and
-//!   `/version` are open to every authenticated user (the `system:discovery` role).
+//!   verbs and resourceNames matched as kube-apiserver's RBAC does, and non-resource URLs
+//!   (`/version`, discovery, OpenAPI) by the rules' `nonResourceURLs`; the bootstrap policy
+//!   ([`super::policy`]) grants discovery and `can-i` to every authenticated user.
 //! - **Impersonation.** `Impersonate-User` and `Impersonate-Group` (`kubectl --as`,
 //!   `--as-group`) make an admin act as another user; anyone else asking is refused (403).
 //! - **Audit.** Every resource request is recorded as (user, verb, group, resource, subresource,
@@ -101,11 +102,18 @@ impl Identities {
         match authorization {
             None if self.anonymous_is_admin => Ok(User::admin()),
             None => Err(Unauthenticated::Anonymous),
-            Some(value) => value
-                .strip_prefix("Bearer ")
-                .and_then(|t| self.tokens.get(t.trim()))
-                .cloned()
-                .ok_or(Unauthenticated::UnknownToken),
+            Some(value) => {
+                let mut user = value
+                    .strip_prefix("Bearer ")
+                    .and_then(|t| self.tokens.get(t.trim()))
+                    .cloned()
+                    .ok_or(Unauthenticated::UnknownToken)?;
+                // Every authenticated user is in this group, as kube-apiserver adds it.
+                if !user.groups.iter().any(|g| g == "system:authenticated") {
+                    user.groups.push("system:authenticated".into());
+                }
+                Ok(user)
+            }
         }
     }
 }
@@ -274,6 +282,34 @@ pub fn rule_allows(rule: &Value, attrs: &Attributes) -> bool {
         && name_ok
 }
 
+/// Whether `user` may `verb` (`get`) the non-resource URL `path` (`/version`, `/apis/apps`):
+/// a rule's `nonResourceURLs` entry equal to the path, or ending in `*` and prefixing it.
+pub fn authorize_path(store: &Store, user: &User, verb: &str, path: &str) -> bool {
+    if user.is_admin() {
+        return true;
+    }
+    rules_for(store, user, "").iter().any(|rule| {
+        contains(&rule["verbs"], verb)
+            && rule["nonResourceURLs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .any(|url| match url.strip_suffix('*') {
+                    Some(prefix) => path.starts_with(prefix),
+                    None => url == path,
+                })
+    })
+}
+
+/// The 403 message kube-apiserver gives for a non-resource URL.
+pub fn forbidden_path_message(user: &User, verb: &str, path: &str) -> String {
+    format!(
+        "forbidden: User \"{}\" cannot {verb} path \"{path}\"",
+        user.name
+    )
+}
+
 /// The 403 message kube-apiserver gives.
 pub fn forbidden_message(user: &User, attrs: &Attributes) -> String {
     let qualified = if attrs.group.is_empty() {
@@ -330,25 +366,22 @@ pub fn access_review(store: &Store, user: &User, review: &Value) -> Value {
 pub fn rules_review(store: &Store, user: &User, review: &Value) -> Value {
     let namespace = review["spec"]["namespace"].as_str().unwrap_or_default();
     let rules: Vec<Value> = if user.is_admin() {
-        vec![json!({"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]})]
+        vec![
+            json!({"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}),
+            json!({"verbs": ["*"], "nonResourceURLs": ["*"]}),
+        ]
     } else {
         rules_for(store, user, namespace)
-            .into_iter()
-            .map(|r| {
-                let mut r = r.clone();
-                if let Some(m) = r.as_object_mut() {
-                    m.remove("nonResourceURLs");
-                }
-                r
-            })
-            .collect()
     };
+    let (non_resource, resource): (Vec<Value>, Vec<Value>) = rules
+        .into_iter()
+        .partition(|r| r["nonResourceURLs"].is_array());
     let mut answer = review.clone();
     answer["apiVersion"] = "authorization.k8s.io/v1".into();
     answer["kind"] = "SelfSubjectRulesReview".into();
     answer["status"] = json!({
-        "resourceRules": rules,
-        "nonResourceRules": [{"verbs": ["get"], "nonResourceURLs": ["/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/openapi", "/openapi/*", "/readyz", "/version", "/version/"]}],
+        "resourceRules": resource,
+        "nonResourceRules": non_resource,
         "incomplete": false,
     });
     answer

@@ -86,6 +86,7 @@ pub(crate) fn bootstrap(state: &ApiState) -> anyhow::Result<()> {
             .update(&ns, &key, with_status, true)
             .map_err(|e| anyhow::anyhow!(e.message))?;
     }
+    super::policy::bootstrap(&mut store).map_err(|e| anyhow::anyhow!(e.message))?;
     // An APIService per built-in group version, served locally, as kube-apiserver registers them.
     if let Some(apiservices) = resources::find_builtin("apiregistration.k8s.io", "apiservices") {
         let mut group_versions: Vec<(String, String)> = resources::builtins()
@@ -312,6 +313,24 @@ async fn route(
     let path = uri.path().trim_end_matches('/');
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let query = query_map(uri);
+    // Everything but /api/v1/<resource>... and /apis/<group>/<version>/<resource>... is a
+    // non-resource URL, authorized by the rules' nonResourceURLs.
+    let resource_request = matches!(
+        segments.as_slice(),
+        ["api", "v1", _, ..] | ["apis", _, _, _, ..]
+    );
+    if !resource_request {
+        let verb = method.as_str().to_ascii_lowercase();
+        let url = if path.is_empty() { "/" } else { path };
+        if !auth::authorize_path(&*state.store()?, user, &verb, url) {
+            return Err(ApiError::forbidden(
+                auth::forbidden_path_message(user, &verb, url),
+                "",
+                "",
+                "",
+            ));
+        }
+    }
     match segments.as_slice() {
         ["version"] => return Ok(json_response(StatusCode::OK, version())),
         ["healthz"] | ["readyz"] | ["livez"] => return Ok((StatusCode::OK, "ok").into_response()),
@@ -337,6 +356,21 @@ async fn route(
             "v1",
             review @ ("selfsubjectaccessreviews" | "selfsubjectrulesreviews"),
         ] if method == Method::POST => {
+            let attributes = Attributes {
+                verb: "create".into(),
+                group: "authorization.k8s.io".into(),
+                resource: (*review).into(),
+                ..Attributes::default()
+            };
+            *audited = Some(attributes.clone());
+            if !auth::authorize(&*state.store()?, user, &attributes) {
+                return Err(ApiError::forbidden(
+                    auth::forbidden_message(user, &attributes),
+                    &attributes.group,
+                    &attributes.resource,
+                    "",
+                ));
+            }
             let request = parse_body(headers, &body)?;
             let store = state.store()?;
             let answer = match *review {
@@ -792,6 +826,12 @@ fn after_write(state: &Arc<ApiState>, resource: &Resource, object: &Value) {
     }
     if resource.group == "batch" && resource.plural == "jobs" {
         simulation::schedule_job(state, object);
+    }
+    if resource.group == "rbac.authorization.k8s.io"
+        && resource.plural == "clusterroles"
+        && let Ok(mut store) = state.store()
+    {
+        super::policy::aggregate(&mut store);
     }
 }
 

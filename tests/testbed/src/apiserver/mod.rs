@@ -8,9 +8,12 @@
 //!   kubectl sends bearer tokens only over TLS).
 //! - Identity, authorization and audit ([`auth`]): bearer tokens naming users and service
 //!   accounts (an admin in `system:masters` for the default kubeconfig), RBAC from the stored
-//!   Roles/ClusterRoles and their bindings, `kubectl auth can-i` (SelfSubjectAccessReview and
-//!   SelfSubjectRulesReview), impersonation by the admin (`kubectl --as`), and an audit log of
-//!   (user, verb, resource, namespace, name, code).
+//!   Roles/ClusterRoles and their bindings (resource and non-resource URL rules), the default
+//!   policy of a fresh cluster ([`policy`]: cluster-admin, admin/edit/view aggregated from the
+//!   `aggregate-to-*` roles, discovery for every authenticated user) with the aggregation
+//!   controller, `kubectl auth can-i` (SelfSubjectAccessReview and SelfSubjectRulesReview),
+//!   impersonation by the admin (`kubectl --as`), and an audit log of (user, verb, resource,
+//!   namespace, name, code).
 //! - Discovery (`/version`, `/api`, `/apis`, group versions, `status` and `scale` subresources)
 //!   for every listable built-in kind of a stable version that k8s-openapi knows (56 in
 //!   Kubernetes 1.33; read from its sources by the build script, `build/k8s_openapi.rs`), with
@@ -54,8 +57,8 @@
 //!
 //! # What it simplifies (compared with kube-apiserver)
 //! - Anonymous requests act as the admin unless [`ApiServer::require_authentication`] is on; no
-//!   client certificates, no aggregated ClusterRoles, no non-resource URL rules (discovery is
-//!   open to every authenticated user); the audit log records resource requests only.
+//!   client certificates; the default roles are condensed (the common kinds' resources); the
+//!   audit log records resource requests only.
 //! - No admission webhooks; built-in kinds are not validated against their full OpenAPI schemas
 //!   (only the rules listed above); no CEL (`x-kubernetes-validations`).
 //! - Alpha and beta API versions are not served (kube-apiserver serves them only when enabled).
@@ -81,6 +84,7 @@ pub mod error;
 pub mod events;
 mod handlers;
 pub mod patch;
+pub mod policy;
 pub mod protobuf;
 pub mod resources;
 mod simulation;
