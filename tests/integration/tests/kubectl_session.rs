@@ -340,6 +340,76 @@ async fn a_person_drives_the_cluster_with_kubectl() {
     assert!(!found, "a server-side dry run stores nothing");
     let image = deployed_image(&k);
     assert_eq!(image, "nginx:1.25", "diff changed nothing");
+    // apply (client-side: created, then the last-applied annotation and a patch), then
+    // server-side apply.
+    let declared = tempfile::NamedTempFile::new().expect("tmp");
+    let declared_path = declared.path().to_str().expect("path");
+    for (image, verb) in [("nginx:1.25", "created"), ("nginx:1.27", "configured")] {
+        std::fs::write(
+            declared.path(),
+            serde_json::to_string(&json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "api", "namespace": "demo"},
+                "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "api"}},
+                         "template": {"metadata": {"labels": {"app": "api"}},
+                                      "spec": {"containers": [{"name": "api", "image": image}]}}}
+            }))
+            .expect("json"),
+        )
+        .expect("write");
+        let applied = k.run(&["apply", "-f", declared_path]);
+        assert!(
+            applied.contains(&format!("deployment.apps/api {verb}")),
+            "{applied}"
+        );
+    }
+    let rolled = k.run(&[
+        "-n",
+        "demo",
+        "rollout",
+        "status",
+        "deployment/api",
+        "--timeout=30s",
+    ]);
+    assert!(rolled.contains("successfully rolled out"), "{rolled}");
+    let last_applied = k.run(&[
+        "-n",
+        "demo",
+        "get",
+        "deploy",
+        "api",
+        "-o",
+        "jsonpath={.metadata.annotations.kubectl\\.kubernetes\\.io/last-applied-configuration}",
+    ]);
+    assert!(last_applied.contains("nginx:1.27"), "{last_applied}");
+    let settings = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(
+        settings.path(),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: applied, namespace: demo}\ndata: {mode: ssa}\n",
+    )
+    .expect("write");
+    let ssa = k.run(&[
+        "apply",
+        "--server-side",
+        "-f",
+        settings.path().to_str().expect("path"),
+    ]);
+    assert!(
+        ssa.contains("configmap/applied serverside-applied"),
+        "{ssa}"
+    );
+    assert_eq!(
+        k.run(&[
+            "-n",
+            "demo",
+            "get",
+            "cm",
+            "applied",
+            "-o",
+            "jsonpath={.data.mode}"
+        ]),
+        "ssa"
+    );
 
     // auth can-i (a SelfSubjectAccessReview in protobuf) for the admin, and RBAC made with the
     // imperative commands, checked by impersonation (`--as`).
