@@ -143,8 +143,10 @@ impl WorkloadCache {
         }
     }
 
-    /// Every cached workload.
-    pub fn all(&self) -> Vec<Workload> {
+    /// Every cached workload, each cloned only when the iterator reaches it: a pass over
+    /// thousands of workloads holds one copy at a time, not a copy of the cache (at 6,000
+    /// workloads the rollout's resync held 26 MiB of copies at its peak).
+    pub fn each(&self) -> impl Iterator<Item = Workload> + Send + use<> {
         let d = self
             .deployments
             .state()

@@ -275,7 +275,7 @@ impl Context {
     pub async fn resync(&self, publisher: &Publisher) {
         self.metrics.resyncs.inc();
         let (mut waiting, mut blocked) = (0, 0);
-        for w in self.workloads.all() {
+        for w in self.workloads.each() {
             match self.decide(&w) {
                 Decision::Waiting(_) => waiting += 1,
                 Decision::Blocked(_) => blocked += 1,
