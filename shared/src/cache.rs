@@ -10,11 +10,12 @@ use crate::workload::Workload;
 
 /// What a cache keeps of an object: everything the functions read, nothing they do not.
 ///
-/// A workload keeps its metadata (annotations included: the rollout's patch adds to them),
-/// status, replicas, selector and, of its pod template, the labels, annotations, service
-/// account, pull secrets and each container's name and image, in their order (the rollout's
-/// patch addresses containers by index). Probes, env, resources, volumes, affinity and the rest
-/// go, and so do `managedFields`: at 6,000 workloads they were most of the rollout's memory.
+/// A workload keeps its name, namespace, uid, generation and annotations (the rollout's patch
+/// adds to them), replicas, its status counts and each condition's type and status, and of its
+/// pod template the service account, pull secrets and each container's name and image, in their
+/// order (the rollout's patch addresses containers by index). Labels, selector, the template's
+/// metadata, condition messages, probes, env, resources, volumes, affinity and the rest go, and
+/// so do `managedFields`: at 6,000 workloads they were most of the rollout's memory.
 pub trait Trim {
     /// Drops what no function reads.
     fn trim(&mut self) {}
@@ -22,6 +23,14 @@ pub trait Trim {
 
 fn trim_meta(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
     meta.managed_fields = None;
+}
+
+/// A workload's metadata: also without labels, owners and finalizers (no function reads them).
+fn trim_workload_meta(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+    trim_meta(meta);
+    meta.labels = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
 }
 
 fn trim_pod_spec(spec: &mut PodSpec) {
@@ -48,12 +57,22 @@ fn trim_pod_spec(spec: &mut PodSpec) {
 
 impl Trim for Deployment {
     fn trim(&mut self) {
-        trim_meta(&mut self.metadata);
+        trim_workload_meta(&mut self.metadata);
         if let Some(spec) = self.spec.as_mut() {
             spec.strategy = None;
-            trim_meta(spec.template.metadata.get_or_insert_with(Default::default));
+            spec.selector = Default::default();
+            spec.template.metadata = None;
             if let Some(pod) = spec.template.spec.as_mut() {
                 trim_pod_spec(pod);
+            }
+        }
+        if let Some(status) = self.status.as_mut() {
+            for c in status.conditions.iter_mut().flatten() {
+                *c = k8s_openapi::api::apps::v1::DeploymentCondition {
+                    type_: std::mem::take(&mut c.type_),
+                    status: std::mem::take(&mut c.status),
+                    ..Default::default()
+                };
             }
         }
     }
@@ -61,13 +80,17 @@ impl Trim for Deployment {
 
 impl Trim for DaemonSet {
     fn trim(&mut self) {
-        trim_meta(&mut self.metadata);
+        trim_workload_meta(&mut self.metadata);
         if let Some(spec) = self.spec.as_mut() {
             spec.update_strategy = None;
-            trim_meta(spec.template.metadata.get_or_insert_with(Default::default));
+            spec.selector = Default::default();
+            spec.template.metadata = None;
             if let Some(pod) = spec.template.spec.as_mut() {
                 trim_pod_spec(pod);
             }
+        }
+        if let Some(status) = self.status.as_mut() {
+            status.conditions = None;
         }
     }
 }
@@ -157,7 +180,7 @@ impl WorkloadCache {
             .state()
             .into_iter()
             .map(|d| Workload::DaemonSet(Box::new(d.as_ref().clone())));
-        d.chain(s).collect()
+        d.chain(s)
     }
 
     /// The cached workloads whose pod spec satisfies `keep`, cloning only those (an event that
