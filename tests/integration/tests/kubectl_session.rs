@@ -78,6 +78,18 @@ impl Kubectl {
     }
 }
 
+/// `kubectl -n demo get OBJECT -o jsonpath=PATH`.
+fn demo_get(k: &Kubectl, object: &str, path: &str) -> String {
+    k.run(&[
+        "-n",
+        "demo",
+        "get",
+        object,
+        "-o",
+        &format!("jsonpath={path}"),
+    ])
+}
+
 /// The image of the first container of Deployment demo/web.
 fn deployed_image(k: &Kubectl) -> String {
     k.run(&[
@@ -372,15 +384,11 @@ async fn a_person_drives_the_cluster_with_kubectl() {
         "--timeout=30s",
     ]);
     assert!(rolled.contains("successfully rolled out"), "{rolled}");
-    let last_applied = k.run(&[
-        "-n",
-        "demo",
-        "get",
-        "deploy",
-        "api",
-        "-o",
-        "jsonpath={.metadata.annotations.kubectl\\.kubernetes\\.io/last-applied-configuration}",
-    ]);
+    let last_applied = demo_get(
+        &k,
+        "deploy/api",
+        "{.metadata.annotations.kubectl\\.kubernetes\\.io/last-applied-configuration}",
+    );
     assert!(last_applied.contains("nginx:1.27"), "{last_applied}");
     let settings = tempfile::NamedTempFile::new().expect("tmp");
     std::fs::write(
@@ -410,6 +418,33 @@ async fn a_person_drives_the_cluster_with_kubectl() {
         ]),
         "ssa"
     );
+    // Field ownership: server-side apply may not change a field client-side apply manages,
+    // unless it forces; then it owns it.
+    let owned = k.run(&[
+        "-n",
+        "demo",
+        "get",
+        "deploy",
+        "api",
+        "--show-managed-fields",
+        "-o",
+        "jsonpath={.metadata.managedFields[*].manager}",
+    ]);
+    assert!(owned.contains("kubectl-client-side-apply"), "{owned}");
+    let scaled = declared_path.to_string();
+    let manifest = std::fs::read_to_string(&scaled)
+        .expect("manifest")
+        .replace("\"replicas\":2", "\"replicas\":4");
+    std::fs::write(&scaled, manifest).expect("write");
+    let (ok, _, err) = k.try_run(&["apply", "--server-side", "-f", &scaled]);
+    assert!(
+        !ok && err.contains("conflict with \"kubectl-client-side-apply\"")
+            && err.contains(".spec.replicas"),
+        "{err}"
+    );
+    let forced = k.run(&["apply", "--server-side", "--force-conflicts", "-f", &scaled]);
+    assert!(forced.contains("serverside-applied"), "{forced}");
+    assert_eq!(demo_get(&k, "deploy/api", "{.spec.replicas}"), "4");
 
     // auth can-i (a SelfSubjectAccessReview in protobuf) for the admin, and RBAC made with the
     // imperative commands, checked by impersonation (`--as`).

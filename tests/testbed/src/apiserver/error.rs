@@ -108,6 +108,38 @@ impl ApiError {
             details: None,
         }
     }
+    /// 409 Conflict of a server-side apply: (manager as quoted, apiVersion, field) per conflict,
+    /// worded as kube-apiserver words it.
+    pub fn apply_conflicts(conflicts: &[(String, String, String)]) -> Self {
+        let n = conflicts.len();
+        let plural = if n == 1 { "" } else { "s" };
+        let list: Vec<String> = conflicts
+            .iter()
+            .map(|(manager, api_version, field)| {
+                format!("conflict with {manager} using {api_version}: {field}")
+            })
+            .collect();
+        let causes: Vec<Value> = conflicts
+            .iter()
+            .map(|(manager, api_version, field)| {
+                json!({"type": "FieldManagerConflict", "message": format!("conflict with {manager} using {api_version}"), "field": field})
+            })
+            .collect();
+        let message = if n == 1 {
+            format!("Apply failed with 1 conflict: {}", list[0])
+        } else {
+            format!(
+                "Apply failed with {n} conflict{plural}: {}",
+                list.join("\n")
+            )
+        };
+        Self {
+            code: 409,
+            reason: "Conflict",
+            message,
+            details: Some(json!({"causes": causes})),
+        }
+    }
     /// 406 NotAcceptable (the client accepts only a form this answer does not have).
     pub fn not_acceptable(message: impl Into<String>) -> Self {
         Self {

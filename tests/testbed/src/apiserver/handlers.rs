@@ -424,7 +424,7 @@ async fn route(
         ));
     }
     if target.scale {
-        return scale(state, &target, method, headers, &body);
+        return scale(state, &target, method, headers, &body, &query);
     }
     let table = headers
         .get(header::ACCEPT)
@@ -729,6 +729,11 @@ fn create(
     }
     object["metadata"]["name"] = json!(name);
     let warnings = default_and_admit(target, &mut object, None, query)?;
+    super::managed::record_update(
+        None,
+        &mut object,
+        &Writer::of(target, headers, query).write(),
+    );
     // dryRun=All: admitted and answered, not stored.
     if is_dry_run(query) {
         return Ok(with_warnings(
@@ -770,6 +775,40 @@ fn default_and_admit(
         target.status,
         FieldValidation::from_query(query.get("fieldValidation")),
     )
+}
+
+/// Who writes, for `managedFields`.
+struct Writer {
+    manager: String,
+    api_version: String,
+    subresource: &'static str,
+    has_status: bool,
+}
+
+impl Writer {
+    fn of(target: &Target, headers: &HeaderMap, query: &BTreeMap<String, String>) -> Self {
+        let user_agent = headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok());
+        Self {
+            manager: super::managed::manager_name(
+                query.get("fieldManager").map(String::as_str),
+                user_agent,
+            ),
+            api_version: target.resource.api_version(),
+            subresource: target.subresource(),
+            has_status: target.resource.status_subresource,
+        }
+    }
+
+    fn write(&self) -> super::managed::Write<'_> {
+        super::managed::Write {
+            manager: &self.manager,
+            api_version: &self.api_version,
+            subresource: self.subresource,
+            has_status: self.has_status,
+        }
+    }
 }
 
 /// Adds a `Warning: 299 - "…"` header per warning, as kube-apiserver does.
@@ -901,6 +940,11 @@ fn update(
         object["metadata"]["name"] = json!(name);
     }
     let warnings = default_and_admit(target, &mut object, old.as_ref(), query)?;
+    super::managed::record_update(
+        old.as_ref(),
+        &mut object,
+        &Writer::of(target, headers, query).write(),
+    );
     if is_dry_run(query) {
         if old.is_none() {
             return Err(ApiError::not_found(&target.resource, name));
@@ -974,7 +1018,12 @@ fn patch_object(
             let applied: Value = serde_yaml::from_slice(body).map_err(|e| {
                 ApiError::bad_request(format!("apply patch is not valid YAML: {e}"))
             })?;
-            patch::strategic_merge(&mut object, &applied);
+            object = super::managed::apply(
+                &object,
+                &applied,
+                &Writer::of(target, headers, query).write(),
+                is_true(query.get("force")),
+            )?;
         }
         other => {
             return Err(ApiError::unsupported_media_type(format!(
@@ -994,6 +1043,13 @@ fn patch_object(
         .flatten()
         .map(|o| with_version(o, &target.resource));
     let warnings = default_and_admit(target, &mut object, old.as_ref(), query)?;
+    if ct != "application/apply-patch+yaml" {
+        super::managed::record_update(
+            old.as_ref(),
+            &mut object,
+            &Writer::of(target, headers, query).write(),
+        );
+    }
     // dryRun=All: admitted and answered as it would be stored, nothing persisted.
     if is_dry_run(query) {
         let code = if creating {

@@ -37,7 +37,8 @@
 //!   kube-apiserver supports, such as an Event's `involvedObject.*`; all namespaces;
 //!   `limit`/`continue` paging with 410 for a token older than the history), create
 //!   (generateName, 409), update (resourceVersion precondition, 409), delete (finalizers,
-//!   `propagationPolicy=Orphan`), deletecollection, the four patch types ([`patch`]), the status
+//!   `propagationPolicy=Orphan`), deletecollection, the four patch types ([`patch`]; server-side
+//!   apply with field ownership, conflicts and `force`, [`managed`]), the status
 //!   and scale subresources, and watch with resourceVersion, BOOKMARKs, `sendInitialEvents`, and
 //!   410 Gone as an ERROR event for compacted history.
 //! - The garbage collector (owned objects go with their owner) and namespace deletion
@@ -66,8 +67,9 @@
 //!   for a field that is no pointer stays in the object (kube-apiserver's JSON would leave it
 //!   out), except the common ones listed in `protobuf/json.rs`. Tables are answered in JSON
 //!   only.
-//! - Server-side apply merges the applied configuration with strategic-merge rules; there is no
-//!   field ownership (no conflicts, no removal of fields a manager stopped applying).
+//! - Field ownership ([`managed`]) keys list items by the strategic-merge keys it knows (pod
+//!   template lists, conditions) and treats other lists as atomic; the simulated controllers'
+//!   writes are not recorded as kube-controller-manager's.
 //! - Strategic merge patch knows the merge keys of the pod template lists only.
 //! - A continued list reads the current objects after the token's position, not a snapshot at
 //!   the token's resourceVersion.
@@ -83,6 +85,7 @@ pub mod defaults;
 pub mod error;
 pub mod events;
 mod handlers;
+pub mod managed;
 pub mod patch;
 pub mod policy;
 pub mod protobuf;

@@ -5,15 +5,15 @@
 //!   `imagePullSecrets` by `name`, `ports` by `containerPort`, `volumeMounts` by `mountPath`,
 //!   `conditions` by `type`) merge element-wise (`$patch: delete` removes one), other lists are
 //!   replaced, and `$setElementOrder`/`$retainKeys` directives are accepted and ignored;
-//! - server-side apply, simplified: the applied configuration is merged into the live object
-//!   with the strategic rules. There is no field ownership: fields a manager stops applying are
-//!   not removed and conflicts are never reported (`force` is accepted).
+//! - server-side apply: the applied configuration is merged into the live object with the
+//!   strategic rules, with field ownership, conflicts and removal by [`super::managed`].
 
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
 
-fn merge_key(field: &str) -> Option<&'static str> {
+/// The key strategic merge (and field ownership) identifies a list's items by.
+pub fn merge_key(field: &str) -> Option<&'static str> {
     match field {
         "containers"
         | "initContainers"

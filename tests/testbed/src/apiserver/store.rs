@@ -321,8 +321,9 @@ impl Store {
             return Err(ApiError::conflict(resource, &key.name));
         }
         if status_only {
-            // Only status changes on /status.
+            // Only status changes on /status (and who manages it).
             let status = object.get("status").cloned();
+            let managed = object["metadata"].get("managedFields").cloned();
             object = current.clone();
             match status {
                 Some(s) => object["status"] = s,
@@ -331,6 +332,9 @@ impl Store {
                         m.remove("status");
                     }
                 }
+            }
+            if let Some(m) = managed {
+                object["metadata"]["managedFields"] = m;
             }
         } else {
             // Immutable and server-owned metadata comes from the stored object.

@@ -22,6 +22,7 @@ pub(super) fn scale(
     method: &Method,
     headers: &HeaderMap,
     body: &[u8],
+    query: &BTreeMap<String, String>,
 ) -> Result<Response> {
     let Some(name) = target.name.as_deref() else {
         return Err(ApiError::method_not_allowed("scale needs an object name"));
@@ -73,6 +74,11 @@ pub(super) fn scale(
     }
     let mut updated = current.clone();
     updated["spec"]["replicas"] = replicas.into();
+    super::super::managed::record_update(
+        Some(&current),
+        &mut updated,
+        &Writer::of(target, headers, query).write(),
+    );
     let result = store.update(&target.resource, &k, updated, false)?;
     drop(store);
     after_write(state, &target.resource, &result);
