@@ -678,6 +678,30 @@ async fn kubectl_creates_every_kind_it_has_a_command_for() {
         |out| out.starts_with("Running node-"),
     )
     .await;
+    // A StatefulSet: Pods by ordinal, rolled out.
+    let sts = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(
+        sts.path(),
+        "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: db, namespace: more}\nspec:\n  replicas: 2\n  serviceName: db\n  selector: {matchLabels: {app: db}}\n  template:\n    metadata: {labels: {app: db}}\n    spec: {containers: [{name: db, image: \"postgres:16\"}]}\n",
+    )
+    .expect("write");
+    k.run(&["apply", "-f", sts.path().to_str().expect("path")]);
+    let rolled = k.run(&["-n", "more", "rollout", "status", "sts/db", "--timeout=30s"]);
+    assert!(
+        rolled.contains("roll out complete") || rolled.contains("rolling update complete"),
+        "{rolled}"
+    );
+    k.until(
+        &["-n", "more", "get", "pods", "-l", "app=db", "-o", "name"],
+        |out| out.lines().collect::<Vec<_>>() == ["pod/db-0", "pod/db-1"],
+    )
+    .await;
+    assert_eq!(
+        k.run(&["-n", "more", "get", "sts", "db", "--no-headers"])
+            .split_whitespace()
+            .nth(1),
+        Some("2/2")
+    );
     // kube-apiserver's columns, and a Job that runs to completion.
     k.until(
         &["-n", "more", "get", "job", "once", "--no-headers"],

@@ -3,7 +3,8 @@
 //! looks as it would on a cluster: a Deployment's strategy, revisionHistoryLimit and
 //! progressDeadlineSeconds, a DaemonSet's updateStrategy, and in every pod template the restart
 //! and DNS policies, scheduler, grace period, and per container the pull policy, termination
-//! message settings and port protocol; a Job's completions, parallelism and backoff limit and a
+//! message settings and port protocol; a StatefulSet's update strategy, pod management and
+//! retention policies; a Job's completions, parallelism and backoff limit and a
 //! CronJob's policies and history limits; a Service's cluster IP and node ports.
 
 use serde_json::{Value, json};
@@ -186,8 +187,25 @@ pub fn apply(resource: &Resource, object: &mut Value) {
             default(spec, "revisionHistoryLimit", json!(10));
             pod_spec(&mut spec["template"]["spec"]);
         }
-        ("apps", "ReplicaSet" | "StatefulSet") if object["spec"].is_object() => {
+        ("apps", "ReplicaSet") if object["spec"].is_object() => {
             pod_spec(&mut object["spec"]["template"]["spec"]);
+        }
+        ("apps", "StatefulSet") if object["spec"].is_object() => {
+            let spec = &mut object["spec"];
+            default(spec, "replicas", json!(1));
+            default(spec, "podManagementPolicy", json!("OrderedReady"));
+            default(spec, "revisionHistoryLimit", json!(10));
+            default(
+                spec,
+                "updateStrategy",
+                json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}),
+            );
+            default(
+                spec,
+                "persistentVolumeClaimRetentionPolicy",
+                json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
+            );
+            pod_spec(&mut spec["template"]["spec"]);
         }
         ("batch", "Job") if object["spec"].is_object() => job(&mut object["spec"]),
         ("batch", "CronJob") if object["spec"].is_object() => {

@@ -855,7 +855,7 @@ fn after_write(state: &Arc<ApiState>, resource: &Resource, object: &Value) {
     if resource.group == "apps"
         && matches!(
             resource.plural.as_str(),
-            "deployments" | "daemonsets" | "replicasets"
+            "deployments" | "daemonsets" | "statefulsets" | "replicasets"
         )
     {
         simulation::schedule(state, resource, object);

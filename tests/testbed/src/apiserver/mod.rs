@@ -50,7 +50,7 @@
 //!   and in watches.
 //! - Workload simulation (module `simulation`): Deployments own ReplicaSets per pod template (with
 //!   revisions, so `kubectl rollout history/undo` work, and rolling updates in steps within
-//!   maxSurge/maxUnavailable), ReplicaSets and DaemonSets own Pods
+//!   maxSurge/maxUnavailable), ReplicaSets, DaemonSets and StatefulSets own Pods
 //!   Running on simulated nodes, a Pod nobody owns is scheduled and runs, statuses and
 //!   controller Events follow; a workload can be held not-ready.
 //! - Faults: latency, the next N requests answering 429/500/503, watches cut after N events,
@@ -74,9 +74,9 @@
 //! - A continued list reads the current objects after the token's position, not a snapshot at
 //!   the token's resourceVersion.
 //! - The simulation's Pods are Ready as soon as they exist (no probes, no image pulls, no
-//!   `imageID`); a Deployment rolls out in steps within maxSurge/maxUnavailable, but a held one
-//!   and a DaemonSet replace their Pods at once; only DaemonSets are simulated among the other
-//!   workload controllers (no StatefulSet or Job Pods).
+//!   `imageID`); a Deployment rolls out in steps within maxSurge/maxUnavailable, but a held one,
+//!   a DaemonSet and a StatefulSet replace their Pods at once; Jobs complete without Pods;
+//!   CronJobs never fire.
 //! - OpenAPI v3 describes the CRD kind itself loosely (its schema is recursive and v3 documents
 //!   inline each kind's schema; v2 has it).
 
