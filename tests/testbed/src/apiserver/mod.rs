@@ -74,8 +74,8 @@
 //! - A continued list reads the current objects after the token's position, not a snapshot at
 //!   the token's resourceVersion.
 //! - The simulation's Pods are Ready as soon as they exist (no probes, no image pulls, no
-//!   `imageID`); a Deployment rolls out in steps within maxSurge/maxUnavailable, but a held one,
-//!   a DaemonSet and a StatefulSet replace their Pods at once; Jobs complete without Pods;
+//!   `imageID`); Deployments and DaemonSets roll out in steps (maxSurge/maxUnavailable), but a
+//!   held one and a StatefulSet replace their Pods at once; Jobs complete without Pods;
 //!   CronJobs never fire.
 //! - OpenAPI v3 describes the CRD kind itself loosely (its schema is recursive and v3 documents
 //!   inline each kind's schema; v2 has it).

@@ -9,9 +9,10 @@
 //!   rolls out in steps, one per delay: the new ReplicaSet up within `maxSurge`, the old ones
 //!   down within `maxUnavailable` (Recreate: at once), with the status in between
 //!   (`updatedReplicas` below `replicas`, Progressing `ReplicaSetUpdated`).
-//! - A ReplicaSet owns `spec.replicas` Pods; a DaemonSet one Pod per simulated node, replaced when
-//!   its template changes. Pods are Running on `node-<n>` with an IP and a status per container;
-//!   so is a Pod nobody owns (`kubectl run`), bound to a node by the simulated scheduler.
+//! - A ReplicaSet owns `spec.replicas` Pods; a DaemonSet one Pod per simulated node, replaced
+//!   `maxUnavailable` nodes per step when its template changes. Pods are Running on `node-<n>`
+//!   with an IP and a status per container; so is a Pod nobody owns (`kubectl run`), bound to a
+//!   node by the simulated scheduler.
 //! - A StatefulSet owns Pods `<name>-<ordinal>` (replaced when its template changes).
 //! - A Job completes (status only: no Pods run), unless suspended or held.
 //! - Statuses: observedGeneration, replica counts and the Available/Progressing conditions of a
@@ -206,10 +207,7 @@ fn settle(state: &Arc<ApiState>, resource: &Resource, key: &Key) {
     };
     let rolling = match resource.plural.as_str() {
         "deployments" => settle_deployment(&mut store, resource, key, object, &settings),
-        "daemonsets" => {
-            settle_daemonset(&mut store, resource, key, object, &settings);
-            false
-        }
+        "daemonsets" => settle_daemonset(&mut store, resource, key, object, &settings),
         "statefulsets" => {
             settle_statefulset(&mut store, resource, key, object, &settings);
             false
@@ -646,7 +644,7 @@ fn settle_replicaset(store: &mut Store, key: &Key, settings: &Settings) -> Optio
     let want = usize::try_from(rs["spec"]["replicas"].as_i64().unwrap_or(1).max(0)).ok()?;
     if settings.pods {
         let pods = owned(store, "/pods", &key.namespace, &uid);
-        reconcile_pods(store, &rs, pods, want, None, settings);
+        reconcile_pods(store, &rs, pods, want, None, usize::MAX, settings);
     }
     let count = i64::try_from(want).ok()?;
     let ready = if settings.held { 0 } else { count };
@@ -658,29 +656,48 @@ fn settle_replicaset(store: &mut Store, key: &Key, settings: &Settings) -> Optio
     Some(())
 }
 
+/// The DaemonSet controller and the kubelets, one step: a Pod per node; a new template replaces
+/// `maxUnavailable` (1) nodes' Pods per step (RollingUpdate; OnDelete replaces none, a held
+/// DaemonSet all at once). `true` while Pods of an older template remain.
 fn settle_daemonset(
     store: &mut Store,
     resource: &Resource,
     key: &Key,
     ds: Value,
     settings: &Settings,
-) {
+) -> bool {
     let nodes = settings.nodes;
+    let mut updated = nodes;
     if settings.pods
         && let Some(uid) = ds["metadata"]["uid"].as_str()
     {
         let hash = template_hash(&normalized(&ds["spec"]["template"]));
         let pods = owned(store, "/pods", &key.namespace, uid);
         let want = usize::try_from(nodes.max(0)).unwrap_or(0);
-        reconcile_pods(store, &ds, pods, want, Some(&hash), settings);
+        let strategy = &ds["spec"]["updateStrategy"];
+        let per_step = match strategy["type"].as_str() {
+            _ if settings.held => usize::MAX,
+            Some("OnDelete") => 0,
+            _ => usize::try_from(
+                resolve(&strategy["rollingUpdate"]["maxUnavailable"], nodes, false).max(1),
+            )
+            .unwrap_or(1),
+        };
+        reconcile_pods(store, &ds, pods, want, Some(&hash), per_step, settings);
+        let current = owned(store, "/pods", &key.namespace, uid)
+            .iter()
+            .filter(|p| p["metadata"]["labels"][REVISION_HASH].as_str() == Some(hash.as_str()))
+            .count();
+        updated = i64::try_from(current).unwrap_or(nodes);
     }
     let generation = ds["metadata"]["generation"].as_i64().unwrap_or(1);
     let ready = if settings.held { 0 } else { nodes };
     let status = json!({
         "observedGeneration": generation, "desiredNumberScheduled": nodes, "currentNumberScheduled": nodes,
-        "updatedNumberScheduled": nodes, "numberReady": ready, "numberAvailable": ready, "numberMisscheduled": 0,
+        "updatedNumberScheduled": updated, "numberReady": ready, "numberAvailable": ready, "numberMisscheduled": 0,
     });
     write_status(store, resource, key, status);
+    updated < nodes && ds["spec"]["updateStrategy"]["type"] != "OnDelete"
 }
 
 /// The StatefulSet controller and the kubelets: Pods `<name>-0` … `<name>-<replicas-1>`, each
@@ -756,23 +773,28 @@ fn settle_statefulset(
 }
 
 /// Makes `owner` have `want` Pods of its template: Pods of another template (`revision_hash`
-/// differs, DaemonSets) or beyond `want` are deleted, missing ones created, readiness set.
+/// differs, DaemonSets; at most `max_replaced` of them per call) or beyond `want` are deleted,
+/// missing ones created, readiness set.
 fn reconcile_pods(
     store: &mut Store,
     owner: &Value,
     pods: Vec<Value>,
     want: usize,
     revision_hash: Option<&str>,
+    max_replaced: usize,
     settings: &Settings,
 ) {
     let Some(pod_resource) = builtin("pods") else {
         return;
     };
     let mut keep = Vec::new();
+    let mut replaced = 0;
     for pod in pods {
         let stale = revision_hash
             .is_some_and(|h| pod["metadata"]["labels"][REVISION_HASH].as_str() != Some(h));
-        if stale || keep.len() >= want {
+        let replace = stale && replaced < max_replaced;
+        replaced += usize::from(replace);
+        if replace || keep.len() >= want {
             let _ = store.delete(&pod_resource, &Key::of(&pod_resource, &pod), false);
         } else {
             keep.push(pod);
@@ -950,6 +972,69 @@ mod tests {
         assert_eq!(rollout_step(&recreate, 3, 0, &[3], false), (3, vec![0]));
         let rolling = json!({"spec": {"strategy": {"type": "RollingUpdate"}}});
         assert_eq!(rollout_step(&rolling, 3, 0, &[3], true), (3, vec![0]));
+    }
+
+    #[test]
+    fn a_daemonset_replaces_one_node_at_a_time() {
+        let mut store = Store::default();
+        let ds_resource = builtin("daemonsets").expect("daemonsets");
+        let pods_resource = builtin("pods").expect("pods");
+        let ns = resources::find_builtin("", "namespaces").expect("namespaces");
+        store
+            .create(
+                &ns,
+                Key::new(&ns, "", "default"),
+                json!({"metadata": {"name": "default"}}),
+            )
+            .expect("namespace");
+        let template = |image: &str| json!({"metadata": {"labels": {"app": "agent"}}, "spec": {"containers": [{"name": "a", "image": image}]}});
+        let key = Key::new(&ds_resource, "default", "agent");
+        let ds = store
+            .create(&ds_resource, key.clone(), json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
+                "metadata": {"name": "agent", "namespace": "default"},
+                "spec": {"selector": {"matchLabels": {"app": "agent"}}, "template": template("agent:1"),
+                         "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}}}}))
+            .expect("daemonset");
+        let settings = Settings {
+            held: false,
+            nodes: 3,
+            pods: true,
+        };
+        assert!(!settle_daemonset(
+            &mut store,
+            &ds_resource,
+            &key,
+            ds.clone(),
+            &settings
+        ));
+        let images = |store: &Store| {
+            let mut images: Vec<String> = store
+                .list(&pods_resource.storage_key(), Some("default"))
+                .iter()
+                .filter_map(|p| {
+                    p["spec"]["containers"][0]["image"]
+                        .as_str()
+                        .map(str::to_string)
+                })
+                .collect();
+            images.sort();
+            images
+        };
+        assert_eq!(images(&store), ["agent:1", "agent:1", "agent:1"]);
+        let mut updated = store.get(&key).cloned().expect("stored");
+        updated["spec"]["template"] = template("agent:2");
+        let updated = store
+            .update(&ds_resource, &key, updated, false)
+            .expect("update");
+        let mut steps = 0;
+        while settle_daemonset(&mut store, &ds_resource, &key, updated.clone(), &settings) {
+            steps += 1;
+            let new = images(&store).iter().filter(|i| *i == "agent:2").count();
+            assert_eq!(new, steps, "one node per step");
+            assert!(steps < 10);
+        }
+        assert_eq!(images(&store), ["agent:2", "agent:2", "agent:2"]);
+        assert_eq!(steps, 2, "the third step finishes it");
     }
 
     #[test]
