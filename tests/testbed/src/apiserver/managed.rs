@@ -36,6 +36,8 @@ enum Step {
 
 type Path = Vec<Step>;
 type Fields = BTreeSet<Path>;
+/// Fields with the values they have in one object.
+type Leaves<'a> = std::collections::BTreeMap<Path, &'a Value>;
 
 /// Metadata the server sets; nobody owns it.
 const SERVER_METADATA: [&str; 10] = [
@@ -85,8 +87,8 @@ fn key_of(item: &Value, key: &str) -> Option<String> {
     Some(json!({ key: value }).to_string())
 }
 
-/// The leaves of `value` (and, for keyed list items, the items themselves).
-fn leaves(value: &Value, path: &mut Path, field: &str, out: &mut Fields) {
+/// The leaves of `value` (and, for keyed list items, the items themselves), with their values.
+fn leaves<'a>(value: &'a Value, path: &mut Path, field: &str, out: &mut Leaves<'a>) {
     match value {
         Value::Object(m) if !m.is_empty() => {
             for (k, v) in m {
@@ -102,52 +104,45 @@ fn leaves(value: &Value, path: &mut Path, field: &str, out: &mut Fields) {
             if let Some(keys) = keyed {
                 for (item, key) in items.iter().zip(keys) {
                     path.push(Step::Key(key));
-                    out.insert(path.clone());
+                    out.insert(path.clone(), item);
                     leaves(item, path, "", out);
                     path.pop();
                 }
             } else if field == "finalizers" && items.iter().all(Value::is_string) {
                 for item in items {
                     path.push(Step::Member(item.to_string()));
-                    out.insert(path.clone());
+                    out.insert(path.clone(), item);
                     path.pop();
                 }
             } else {
-                out.insert(path.clone());
+                out.insert(path.clone(), value);
             }
         }
         _ => {
-            out.insert(path.clone());
+            out.insert(path.clone(), value);
         }
     }
 }
 
-fn fields_of(part: &Value) -> Fields {
-    let mut out = Fields::new();
+fn leaves_of(part: &Value) -> Leaves<'_> {
+    let mut out = Leaves::new();
     leaves(part, &mut Vec::new(), "", &mut out);
     out.remove(&Vec::new());
     out
 }
 
-/// The value at `path`, if any.
-fn value_at<'a>(mut value: &'a Value, path: &[Step]) -> Option<&'a Value> {
-    for step in path {
-        value = match step {
-            Step::Field(f) => value.get(f)?,
-            Step::Key(k) => {
-                let key: Map<String, Value> = serde_json::from_str(k).ok()?;
-                value
-                    .as_array()?
-                    .iter()
-                    .find(|item| key.iter().all(|(kk, kv)| item.get(kk) == Some(kv)))?
-            }
-            Step::Member(m) => {
-                let member: Value = serde_json::from_str(m).ok()?;
-                value.as_array()?.iter().find(|item| **item == member)?
-            }
-        };
+#[cfg(test)]
+fn fields_of(part: &Value) -> Fields {
+    leaves_of(part).into_keys().collect()
+}
+
+/// Whether the field `p` changes from `old` to `new`: an item or member that appears, or a
+/// leaf whose value differs.
+fn changes(p: &Path, old: &Leaves<'_>, new: &Leaves<'_>) -> bool {
+    match p.last() {
+        Some(Step::Key(_)) | Some(Step::Member(_)) => !old.contains_key(p),
+        _ => old.get(p) != new.get(p),
     }
-    Some(value)
 }
 
 /// Removes what `path` names from `value`.
@@ -361,21 +356,22 @@ pub struct Write<'a> {
 /// (clients cannot rewrite them here).
 pub fn record_update(old: Option<&Value>, new: &mut Value, write: &Write<'_>) {
     let new_part = managed_part(new, write.subresource, write.has_status);
-    let new_fields = fields_of(&new_part);
+    let new_leaves = leaves_of(&new_part);
     let (mut all, changed, removed): (Vec<Entry>, Fields, Fields) = match old {
-        None => (Vec::new(), new_fields.clone(), Fields::new()),
+        None => (Vec::new(), new_leaves.keys().cloned().collect(), Fields::new()),
         Some(old) => {
             let old_part = managed_part(old, write.subresource, write.has_status);
-            let old_fields = fields_of(&old_part);
-            let changed = new_fields
-                .iter()
-                .filter(|p| match p.last() {
-                    Some(Step::Key(_)) | Some(Step::Member(_)) => !old_fields.contains(*p),
-                    _ => value_at(&old_part, p) != value_at(&new_part, p),
-                })
+            let old_leaves = leaves_of(&old_part);
+            let changed = new_leaves
+                .keys()
+                .filter(|p| changes(p, &old_leaves, &new_leaves))
                 .cloned()
                 .collect();
-            let removed = old_fields.difference(&new_fields).cloned().collect();
+            let removed = old_leaves
+                .keys()
+                .filter(|p| !new_leaves.contains_key(*p))
+                .cloned()
+                .collect();
             (entries(old), changed, removed)
         }
     };
@@ -422,12 +418,15 @@ pub fn apply(
     force: bool,
 ) -> Result<Value, ApiError> {
     let applied_part = managed_part(applied, write.subresource, write.has_status);
-    let applied_fields = fields_of(&applied_part);
+    let applied_leaves = leaves_of(&applied_part);
+    let applied_fields: Fields = applied_leaves.keys().cloned().collect();
     let live_part = managed_part(live, write.subresource, write.has_status);
+    let live_leaves = leaves_of(&live_part);
     let mut all = entries(live);
+    // Only a field that exists with another value can conflict.
     let differs = |p: &Path| match p.last() {
-        Some(Step::Key(_)) | Some(Step::Member(_)) => value_at(&live_part, p).is_none(),
-        _ => value_at(&live_part, p).is_some_and(|v| Some(v) != value_at(&applied_part, p)),
+        Some(Step::Key(_)) | Some(Step::Member(_)) => !live_leaves.contains_key(p),
+        _ => live_leaves.contains_key(p) && changes(p, &live_leaves, &applied_leaves),
     };
     // A manager is its name, operation and subresource: `kubectl scale`'s Update of /scale is
     // another manager than `kubectl apply --server-side`, though both are "kubectl".
