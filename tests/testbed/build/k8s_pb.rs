@@ -1,7 +1,9 @@
 //! The protobuf schema of every Kubernetes message, read from k8s-pb's `#[prost(...)]`
 //! attributes: for each message its fully qualified name (as OpenAPI names the type,
 //! `io.k8s.api.apps.v1.Deployment`) and each field's number, type and cardinality; and for each
-//! resource its apiVersion, kind and plural (from k8s-pb's `Resource` impls).
+//! resource its apiVersion, kind and plural (from k8s-pb's `Resource` impls); and each list
+//! field's merge rules (the `+patchMergeKey`/`+patchStrategy`/`+listType`/`+listMapKey` markers
+//! Kubernetes writes in its types' comments, which k8s-pb keeps).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -13,6 +15,52 @@ struct Field {
     name: String,
     kind: String,
     cardinality: String,
+    /// The list's rules, from the Go markers in the field's documentation.
+    list: String,
+}
+
+/// `ListRules { .. }` from a field's `+patchMergeKey`, `+patchStrategy`, `+listType` and
+/// `+listMapKey` markers (Kubernetes' own, kept in k8s-pb's doc comments).
+fn list_rules(attrs: &[syn::Attribute]) -> String {
+    let mut merge_key = None;
+    let mut merge = false;
+    let mut list_type = None;
+    let mut map_keys = Vec::new();
+    for attr in attrs.iter().filter(|a| a.path().is_ident("doc")) {
+        let syn::Meta::NameValue(syn::MetaNameValue {
+            value:
+                syn::Expr::Lit(syn::ExprLit {
+                    lit: syn::Lit::Str(s),
+                    ..
+                }),
+            ..
+        }) = &attr.meta
+        else {
+            continue;
+        };
+        let line = s.value();
+        let line = line.trim();
+        if let Some(v) = line.strip_prefix("+patchMergeKey=") {
+            merge_key = Some(v.trim().to_string());
+        } else if let Some(v) = line.strip_prefix("+patchStrategy=") {
+            merge = v.split(',').any(|s| s.trim() == "merge");
+        } else if let Some(v) = line.strip_prefix("+listType=") {
+            list_type = Some(v.trim().to_string());
+        } else if let Some(v) = line.strip_prefix("+listMapKey=") {
+            map_keys.push(v.trim().to_string());
+        }
+    }
+    let list_type = match list_type.as_deref() {
+        Some("atomic") => "ListType::Atomic".to_string(),
+        Some("set") => "ListType::Set".to_string(),
+        Some("map") if !map_keys.is_empty() => format!("ListType::Map(&{map_keys:?})"),
+        _ => "ListType::Unspecified".to_string(),
+    };
+    let merge_key = match merge_key.filter(|_| merge) {
+        Some(k) => format!("Some({k:?})"),
+        None => "None".to_string(),
+    };
+    format!("ListRules {{ merge: {merge}, merge_key: {merge_key}, list_type: {list_type} }}")
 }
 
 /// Generates `MESSAGES` (sorted by name) and `RESOURCES`.
@@ -57,8 +105,8 @@ pub fn generate(src: &Path) -> String {
         for f in fields {
             let _ = writeln!(
                 out,
-                "        Field {{ tag: {}, name: {:?}, kind: {}, cardinality: {} }},",
-                f.tag, f.name, f.kind, f.cardinality
+                "        Field {{ tag: {}, name: {:?}, kind: {}, cardinality: {}, list: {} }},",
+                f.tag, f.name, f.kind, f.cardinality, f.list
             );
         }
         out.push_str("    ] },\n");
@@ -180,6 +228,7 @@ fn field(module: &[String], f: &syn::Field, path: &Path) -> Option<Field> {
         kind: kind.unwrap_or_else(|| panic!("{}: {name} has no type", path.display())),
         name,
         cardinality,
+        list: list_rules(&f.attrs),
     })
 }
 

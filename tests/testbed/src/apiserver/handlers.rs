@@ -783,6 +783,7 @@ struct Writer {
     api_version: String,
     subresource: &'static str,
     has_status: bool,
+    shape: patch::Shape,
 }
 
 impl Writer {
@@ -798,6 +799,7 @@ impl Writer {
             api_version: target.resource.api_version(),
             subresource: target.subresource(),
             has_status: target.resource.status_subresource,
+            shape: patch::Shape::of(&target.resource.api_version(), &target.resource.kind),
         }
     }
 
@@ -807,6 +809,7 @@ impl Writer {
             api_version: &self.api_version,
             subresource: self.subresource,
             has_status: self.has_status,
+            shape: self.shape,
         }
     }
 }
@@ -1007,7 +1010,8 @@ fn patch_object(
             if is_crd_object {
                 return Err(ApiError::unsupported_media_type("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml".to_string()));
             }
-            patch::strategic_merge(&mut object, &parse_body(headers, body)?)
+            let shape = patch::Shape::of(&target.resource.api_version(), &target.resource.kind);
+            patch::strategic_merge_as(&mut object, &parse_body(headers, body)?, shape)
         }
         "application/apply-patch+yaml" => {
             if query.get("fieldManager").is_none_or(|m| m.is_empty()) {

@@ -13,15 +13,17 @@
 //! - the sets are written as kube-apiserver writes them (`FieldsV1`: `f:` fields, `k:` list items
 //!   by merge key, `v:` set members, `.` for an item itself).
 //!
-//! Simplified: list items are keyed by the merge keys the strategic merge knows (pod-template
-//! lists, `conditions`); `finalizers` is a set; every other list is atomic (owned as a whole).
+//! Lists are owned as the types' markers say (`+listType=map` items by their `+listMapKey`s,
+//! `+listType=set` members one by one, everything else as a whole); objects of unknown type
+//! (custom resources) key the pod-template lists by name and treat `finalizers` as a set.
 
 use std::collections::BTreeSet;
 
 use serde_json::{Map, Value, json};
 
 use super::error::ApiError;
-use super::patch;
+use super::patch::{self, Shape};
+use super::protobuf::{ListRules, ListType, Property};
 
 /// One step of a field path.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -82,33 +84,82 @@ fn managed_part(object: &Value, subresource: &str, has_status: bool) -> Value {
     Value::Object(part)
 }
 
-fn key_of(item: &Value, key: &str) -> Option<String> {
-    let value = item.get(key)?;
-    Some(json!({ key: value }).to_string())
+/// How a list's items are owned.
+enum Items {
+    /// By these key fields (`+listType=map`, or the merge key).
+    Keyed(Vec<&'static str>),
+    /// Each scalar on its own (`+listType=set`).
+    Members,
+    /// The list as a whole.
+    Atomic,
 }
 
-/// The leaves of `value` (and, for keyed list items, the items themselves), with their values.
-fn leaves<'a>(value: &'a Value, path: &mut Path, field: &str, out: &mut Leaves<'a>) {
+fn items_of(parent: &Shape, field: &str, property: Option<Property>) -> Items {
+    match property.map(|p| p.list) {
+        Some(ListRules {
+            list_type: ListType::Map(keys),
+            ..
+        }) => Items::Keyed(keys.to_vec()),
+        Some(ListRules {
+            list_type: ListType::Set,
+            ..
+        }) => Items::Members,
+        Some(ListRules {
+            list_type: ListType::Atomic,
+            ..
+        }) => Items::Atomic,
+        Some(ListRules {
+            merge_key: Some(k), ..
+        }) => Items::Keyed(vec![k]),
+        Some(ListRules { merge: true, .. }) => Items::Members,
+        Some(_) => Items::Atomic,
+        None if parent.is_typed() => Items::Atomic,
+        None if field == "finalizers" => Items::Members,
+        None => patch::merge_key(field).map_or(Items::Atomic, |k| Items::Keyed(vec![k])),
+    }
+}
+
+/// An item's key: the key fields it has, as JSON (`{"containerPort":80,"protocol":"TCP"}`).
+fn item_key(item: &Value, keys: &[&str]) -> Option<String> {
+    let present: Map<String, Value> = keys
+        .iter()
+        .filter_map(|k| item.get(*k).map(|v| ((*k).to_string(), v.clone())))
+        .collect();
+    (!present.is_empty()).then(|| Value::Object(present).to_string())
+}
+
+/// Where a value sits: its shape, its parent's shape, its field name, and what the parent's
+/// type says of that field.
+type Place<'s> = (Shape, &'s Shape, &'s str, Option<Property>);
+
+/// The leaves of `value`, and, for keyed list items and set members, the items themselves,
+/// with their values.
+fn leaves<'a>(value: &'a Value, path: &mut Path, place: Place<'_>, out: &mut Leaves<'a>) {
+    let (shape, parent, field, property) = place;
     match value {
         Value::Object(m) if !m.is_empty() => {
             for (k, v) in m {
+                let (child, p) = shape.child(k);
                 path.push(Step::Field(k.clone()));
-                leaves(v, path, k, out);
+                leaves(v, path, (child, &shape, k, p), out);
                 path.pop();
             }
         }
         Value::Array(items) => {
-            let merge_key = patch::merge_key(field);
-            let keyed: Option<Vec<String>> =
-                merge_key.and_then(|key| items.iter().map(|i| key_of(i, key)).collect());
+            let rule = items_of(parent, field, property);
+            let keyed: Option<Vec<String>> = match &rule {
+                Items::Keyed(keys) => items.iter().map(|i| item_key(i, keys)).collect(),
+                _ => None,
+            };
+            let scalars = items.iter().all(|i| !i.is_object() && !i.is_array());
             if let Some(keys) = keyed {
                 for (item, key) in items.iter().zip(keys) {
                     path.push(Step::Key(key));
                     out.insert(path.clone(), item);
-                    leaves(item, path, "", out);
+                    leaves(item, path, (shape, &Shape::Untyped, "", None), out);
                     path.pop();
                 }
-            } else if field == "finalizers" && items.iter().all(Value::is_string) {
+            } else if matches!(rule, Items::Members) && scalars {
                 for item in items {
                     path.push(Step::Member(item.to_string()));
                     out.insert(path.clone(), item);
@@ -124,16 +175,21 @@ fn leaves<'a>(value: &'a Value, path: &mut Path, field: &str, out: &mut Leaves<'
     }
 }
 
-fn leaves_of(part: &Value) -> Leaves<'_> {
+fn leaves_of(part: &Value, shape: Shape) -> Leaves<'_> {
     let mut out = Leaves::new();
-    leaves(part, &mut Vec::new(), "", &mut out);
+    leaves(
+        part,
+        &mut Vec::new(),
+        (shape, &Shape::Untyped, "", None),
+        &mut out,
+    );
     out.remove(&Vec::new());
     out
 }
 
 #[cfg(test)]
-fn fields_of(part: &Value) -> Fields {
-    leaves_of(part).into_keys().collect()
+fn fields_of(part: &Value, shape: Shape) -> Fields {
+    leaves_of(part, shape).into_keys().collect()
 }
 
 /// Whether the field `p` changes from `old` to `new`: an item or member that appears, or a
@@ -349,6 +405,8 @@ pub struct Write<'a> {
     pub subresource: &'a str,
     /// Whether the resource has a status subresource (then main writes do not manage status).
     pub has_status: bool,
+    /// The kind's type, whose markers say how its lists are owned.
+    pub shape: Shape,
 }
 
 /// Records an update (create, update, non-apply patch) of `new` over `old`: the manager owns the
@@ -356,12 +414,16 @@ pub struct Write<'a> {
 /// (clients cannot rewrite them here).
 pub fn record_update(old: Option<&Value>, new: &mut Value, write: &Write<'_>) {
     let new_part = managed_part(new, write.subresource, write.has_status);
-    let new_leaves = leaves_of(&new_part);
+    let new_leaves = leaves_of(&new_part, write.shape);
     let (mut all, changed, removed): (Vec<Entry>, Fields, Fields) = match old {
-        None => (Vec::new(), new_leaves.keys().cloned().collect(), Fields::new()),
+        None => (
+            Vec::new(),
+            new_leaves.keys().cloned().collect(),
+            Fields::new(),
+        ),
         Some(old) => {
             let old_part = managed_part(old, write.subresource, write.has_status);
-            let old_leaves = leaves_of(&old_part);
+            let old_leaves = leaves_of(&old_part, write.shape);
             let changed = new_leaves
                 .keys()
                 .filter(|p| changes(p, &old_leaves, &new_leaves))
@@ -418,10 +480,10 @@ pub fn apply(
     force: bool,
 ) -> Result<Value, ApiError> {
     let applied_part = managed_part(applied, write.subresource, write.has_status);
-    let applied_leaves = leaves_of(&applied_part);
+    let applied_leaves = leaves_of(&applied_part, write.shape);
     let applied_fields: Fields = applied_leaves.keys().cloned().collect();
     let live_part = managed_part(live, write.subresource, write.has_status);
-    let live_leaves = leaves_of(&live_part);
+    let live_leaves = leaves_of(&live_part, write.shape);
     let mut all = entries(live);
     // Only a field that exists with another value can conflict.
     let differs = |p: &Path| match p.last() {
@@ -472,7 +534,7 @@ pub fn apply(
             }
         }
     }
-    patch::strategic_merge(&mut merged, applied);
+    patch::strategic_merge_as(&mut merged, applied, write.shape);
     let entry = Entry {
         manager: write.manager.to_string(),
         operation: "Apply".into(),
@@ -505,11 +567,15 @@ mod tests {
         api_version: "apps/v1",
         subresource: "",
         has_status: true,
+        shape: Shape::Untyped,
     };
 
     #[test]
     fn fields_round_trip_through_fields_v1() {
-        let fields = fields_of(&managed_part(&deployment(2, "nginx"), "", true));
+        let fields = fields_of(
+            &managed_part(&deployment(2, "nginx"), "", true),
+            Shape::of("apps/v1", "Deployment"),
+        );
         let v1 = to_fields_v1(&fields);
         assert_eq!(
             v1["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"web\"}"],
@@ -582,6 +648,27 @@ mod tests {
         assert_eq!(
             live["metadata"]["labels"]["app"], "web",
             "kubectl-create's stays"
+        );
+    }
+
+    #[test]
+    fn list_items_are_owned_by_the_keys_the_types_mark() {
+        let pod = json!({"spec": {"containers": [{"name": "web", "image": "nginx",
+            "ports": [{"containerPort": 80, "protocol": "TCP"}], "args": ["-v"]}],
+            "tolerations": [{"key": "a"}]}, "metadata": {"finalizers": ["x"]}});
+        let v1 = to_fields_v1(&fields_of(&pod, Shape::of("v1", "Pod")));
+        let container = &v1["f:spec"]["f:containers"]["k:{\"name\":\"web\"}"];
+        assert!(
+            container["f:ports"]
+                .get("k:{\"containerPort\":80,\"protocol\":\"TCP\"}")
+                .is_some(),
+            "{v1}"
+        );
+        assert_eq!(container["f:args"], json!({}), "atomic");
+        assert_eq!(v1["f:spec"]["f:tolerations"], json!({}), "atomic");
+        assert!(
+            v1["f:metadata"]["f:finalizers"].get("v:\"x\"").is_some(),
+            "a set"
         );
     }
 

@@ -67,10 +67,10 @@
 //!   for a field that is no pointer stays in the object (kube-apiserver's JSON would leave it
 //!   out), except the common ones listed in `protobuf/json.rs`. Tables are answered in JSON
 //!   only.
-//! - Field ownership ([`managed`]) keys list items by the strategic-merge keys it knows (pod
-//!   template lists, conditions) and treats other lists as atomic; the simulated controllers'
-//!   writes are not recorded as kube-controller-manager's.
-//! - Strategic merge patch knows the merge keys of the pod template lists only.
+//! - Strategic merge and field ownership follow the built-in types' list markers (read from
+//!   k8s-pb's sources); custom resources' `x-kubernetes-list-type` markers are not read (their
+//!   lists are atomic, as for a CRD without markers), and the simulated controllers' writes are
+//!   not recorded as kube-controller-manager's in `managedFields`.
 //! - A continued list reads the current objects after the token's position, not a snapshot at
 //!   the token's resourceVersion.
 //! - The simulation's Pods are Ready as soon as they exist (no probes, no image pulls, no

@@ -121,6 +121,61 @@ pub fn watch_frame(event_type: &str, object: &Value) -> Option<Vec<u8>> {
     Some(frame)
 }
 
+pub use schema::{ListRules, ListType};
+
+/// A built-in type, for walking an object alongside it: which type each property holds and
+/// how its lists merge (strategic merge patch) and are owned (server-side apply).
+#[derive(Debug, Clone, Copy)]
+pub struct TypeNode(&'static schema::Message);
+
+/// What a property of a type holds.
+#[derive(Debug, Clone, Copy)]
+pub struct Property {
+    /// How the list merges, if it is one.
+    pub list: ListRules,
+    /// The type of the value (of each item of a list, each value of a map), for messages.
+    pub element: Option<TypeNode>,
+    /// A list.
+    pub repeated: bool,
+    /// A map (string keys).
+    pub map: bool,
+}
+
+impl TypeNode {
+    /// The type of objects of `api_version` and `kind`, if built in.
+    pub fn of(api_version: &str, kind: &str) -> Option<Self> {
+        schema::message_for(api_version, kind).map(Self)
+    }
+
+    /// The property `json` of this type, among its own fields or those of a struct it embeds
+    /// inline.
+    pub fn property(&self, json: &str) -> Option<Property> {
+        let names = schema::names(self.0);
+        if let Some(i) = names.field(json)
+            && !names.is_inline(self.0.fields[i].tag)
+        {
+            let f = &self.0.fields[i];
+            let element = match f.kind {
+                schema::Kind::Message(name) => schema::message(name).map(Self),
+                _ => None,
+            };
+            return Some(Property {
+                list: f.list,
+                element,
+                repeated: f.cardinality == schema::Cardinality::Repeated,
+                map: matches!(f.cardinality, schema::Cardinality::Map(_)),
+            });
+        }
+        names.inline().iter().find_map(|tag| {
+            let f = self.0.fields.iter().find(|f| f.tag == *tag)?;
+            match f.kind {
+                schema::Kind::Message(name) => schema::message(name).map(Self)?.property(json),
+                _ => None,
+            }
+        })
+    }
+}
+
 /// What the client asked for in `Accept`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wanted {
@@ -329,6 +384,48 @@ mod tests {
         assert!(
             encode(&serde_json::json!({"apiVersion": "example.com/v1", "kind": "Thing"})).is_none()
         );
+    }
+
+    #[test]
+    fn types_tell_how_their_lists_merge() {
+        let pod = TypeNode::of("v1", "Pod").expect("Pod");
+        let spec = pod
+            .property("spec")
+            .and_then(|p| p.element)
+            .expect("PodSpec");
+        let containers = spec.property("containers").expect("containers");
+        assert!(containers.repeated && containers.list.merge);
+        assert_eq!(containers.list.merge_key, Some("name"));
+        let container = containers.element.expect("Container");
+        let ports = container.property("ports").expect("ports");
+        assert_eq!(
+            ports.list.list_type,
+            ListType::Map(&["containerPort", "protocol"])
+        );
+        assert_eq!(
+            container.property("args").map(|a| a.list.list_type),
+            Some(ListType::Atomic)
+        );
+        // Through an embedded struct: a Probe's httpGet is its ProbeHandler's.
+        let probe = container
+            .property("readinessProbe")
+            .and_then(|p| p.element)
+            .expect("Probe");
+        assert!(probe.property("httpGet").is_some());
+        // A Service's ports merge by port.
+        let service = TypeNode::of("v1", "Service")
+            .and_then(|s| s.property("spec"))
+            .and_then(|p| p.element);
+        let ports = service
+            .and_then(|s| s.property("ports"))
+            .expect("ServiceSpec.ports");
+        assert_eq!(ports.list.merge_key, Some("port"));
+        let labels = TypeNode::of("v1", "Pod")
+            .and_then(|p| p.property("metadata"))
+            .and_then(|m| m.element)
+            .and_then(|m| m.property("labels"))
+            .expect("labels");
+        assert!(labels.map);
     }
 
     #[test]

@@ -31,6 +31,33 @@ pub(super) struct Field {
     pub kind: Kind,
     /// One value, many, or a map with this key type.
     pub cardinality: Cardinality,
+    /// How a list merges and is owned.
+    pub list: ListRules,
+}
+
+/// How a list field merges (strategic merge patch) and is owned (server-side apply), from the
+/// markers Kubernetes writes on its types.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ListRules {
+    /// `+patchStrategy=merge`: a strategic merge patch merges the list instead of replacing it.
+    pub merge: bool,
+    /// `+patchMergeKey`: the field that identifies an item when merging.
+    pub merge_key: Option<&'static str>,
+    /// `+listType` (and `+listMapKey`s).
+    pub list_type: ListType,
+}
+
+/// `+listType`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ListType {
+    /// No marker.
+    Unspecified,
+    /// Replaced and owned as a whole.
+    Atomic,
+    /// Scalars, each owned on its own.
+    Set,
+    /// Items identified by these keys.
+    Map(&'static [&'static str]),
 }
 
 /// A field's value type.
