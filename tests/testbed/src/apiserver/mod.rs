@@ -69,8 +69,8 @@
 //!   only.
 //! - Strategic merge and field ownership follow the built-in types' list markers (read from
 //!   k8s-pb's sources); custom resources' `x-kubernetes-list-type` markers are not read (their
-//!   lists are atomic, as for a CRD without markers), and the simulated controllers' writes are
-//!   not recorded as kube-controller-manager's in `managedFields`.
+//!   lists fall back to the pod-template keys by field name), and the simulated controllers'
+//!   writes are not recorded as kube-controller-manager's in `managedFields`.
 //! - A continued list reads the current objects after the token's position, not a snapshot at
 //!   the token's resourceVersion.
 //! - The simulation's Pods are Ready as soon as they exist (no probes, no image pulls, no
