@@ -246,15 +246,18 @@ fn short_names(group: &str, plural: &str) -> &'static [&'static str] {
 include!(concat!(env!("OUT_DIR"), "/k8s_openapi_resources.rs"));
 
 /// The OpenAPI definitions of every type k8s-openapi knows, keyed by their OpenAPI names
-/// (`io.k8s.api.apps.v1.Deployment`), their references pointing under `definitions_path`
-/// (`/definitions` in OpenAPI v2, `/components/schemas` in v3).
-pub fn definitions(definitions_path: &str) -> serde_json::Map<String, Value> {
-    let path = definitions_path.to_string();
-    let mut generator = schemars::generate::SchemaSettings::openapi3()
-        .with(|s| s.definitions_path = path.into())
-        .into_generator();
-    generated_definitions(&mut generator);
-    generator.take_definitions(true)
+/// (`io.k8s.api.apps.v1.Deployment`), their references pointing under `/definitions` as in
+/// OpenAPI v2 (generated once: OpenAPI v2 and the protobuf field names both read them).
+pub fn definitions() -> &'static serde_json::Map<String, Value> {
+    static DEFINITIONS: std::sync::OnceLock<serde_json::Map<String, Value>> =
+        std::sync::OnceLock::new();
+    DEFINITIONS.get_or_init(|| {
+        let mut generator = schemars::generate::SchemaSettings::openapi3()
+            .with(|s| s.definitions_path = "/definitions".into())
+            .into_generator();
+        generated_definitions(&mut generator);
+        generator.take_definitions(true)
+    })
 }
 
 /// One built-in resource by group and plural (from a list built once).

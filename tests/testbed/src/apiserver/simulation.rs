@@ -27,9 +27,9 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use sha2::Digest as _;
 
-use super::ApiState;
 use super::resources::{self, Resource};
 use super::store::{Key, Store};
+use super::{ApiState, Simulation};
 
 const HOLD_ANNOTATION: &str = "testbed.k8slab.io/hold-not-ready";
 const REVISION: &str = "deployment.kubernetes.io/revision";
@@ -59,6 +59,26 @@ pub(crate) fn schedule(state: &Arc<ApiState>, resource: &Resource, object: &Valu
     });
 }
 
+/// Runs `settle` on the stored object of `key` after the simulation's delay, as a controller
+/// reacts a moment after a write (nothing when the simulation is off or the object is gone).
+fn later(
+    state: &Arc<ApiState>,
+    sim: Simulation,
+    key: Key,
+    settle: impl FnOnce(&mut Store, Value, &Simulation) + Send + 'static,
+) {
+    let state = state.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(sim.delay).await;
+        let Ok(mut store) = state.store.lock() else {
+            return;
+        };
+        if let Some(object) = store.get(&key).cloned() {
+            settle(&mut store, object, &sim);
+        }
+    });
+}
+
 /// After a Pod nobody owns is written (`kubectl run`): the scheduler binds it to a node and the
 /// kubelet runs it, after the delay.
 pub(crate) fn schedule_pod(state: &Arc<ApiState>, pod: &Value) {
@@ -75,16 +95,8 @@ pub(crate) fn schedule_pod(state: &Arc<ApiState>, pod: &Value) {
     let Some(resource) = builtin("pods") else {
         return;
     };
-    let state = state.clone();
     let key = Key::of(&resource, pod);
-    tokio::spawn(async move {
-        tokio::time::sleep(sim.delay).await;
-        let Ok(mut store) = state.store.lock() else {
-            return;
-        };
-        let Some(mut pod) = store.get(&key).cloned() else {
-            return;
-        };
+    later(state, sim, key.clone(), move |store, mut pod, sim| {
         if !pod["status"]["phase"].is_null() || pod["metadata"].get("deletionTimestamp").is_some() {
             return;
         }
@@ -98,7 +110,7 @@ pub(crate) fn schedule_pod(state: &Arc<ApiState>, pod: &Value) {
             }
         }
         let held = pod["metadata"]["annotations"][HOLD_ANNOTATION].as_str() == Some("true");
-        write_status(&mut store, &resource, &key, pod_status(&pod, !held));
+        write_status(store, &resource, &key, pod_status(&pod, !held));
     });
 }
 
@@ -115,16 +127,8 @@ pub(crate) fn schedule_job(state: &Arc<ApiState>, job: &Value) {
     let Some(resource) = resources::find_builtin("batch", "jobs") else {
         return;
     };
-    let state = state.clone();
     let key = Key::of(&resource, job);
-    tokio::spawn(async move {
-        tokio::time::sleep(sim.delay).await;
-        let Ok(mut store) = state.store.lock() else {
-            return;
-        };
-        let Some(job) = store.get(&key).cloned() else {
-            return;
-        };
+    later(state, sim, key.clone(), move |store, job, _| {
         if !job["status"]["completionTime"].is_null() || job["spec"]["suspend"] == true {
             return;
         }
@@ -143,7 +147,7 @@ pub(crate) fn schedule_job(state: &Arc<ApiState>, job: &Value) {
                 ],
             })
         };
-        write_status(&mut store, &resource, &key, status);
+        write_status(store, &resource, &key, status);
     });
 }
 

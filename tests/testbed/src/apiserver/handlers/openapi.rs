@@ -70,18 +70,11 @@ pub(super) fn named_path(r: &Resource, gv: &str) -> String {
     }
 }
 
-/// k8s-openapi's definitions of every built-in type, for OpenAPI v2 (built once).
-fn builtin_definitions() -> &'static serde_json::Map<String, Value> {
-    static DEFINITIONS: std::sync::OnceLock<serde_json::Map<String, Value>> =
-        std::sync::OnceLock::new();
-    DEFINITIONS.get_or_init(|| resources::definitions("/definitions"))
-}
-
 /// OpenAPI v2: every built-in type with k8s-openapi's definition (a kind's marked with its
 /// group/version/kind, as kube-apiserver marks them), and each CRD version with its schema.
 pub(super) fn openapi_v2(state: &ApiState) -> Value {
     let mut paths = serde_json::Map::new();
-    let mut definitions = builtin_definitions().clone();
+    let mut definitions = resources::definitions().clone();
     for (r, gv) in served_gvks(state) {
         paths.insert(named_path(&r, &gv), operations(&r));
         match r.definition.as_ref().and_then(|n| definitions.get_mut(n)) {

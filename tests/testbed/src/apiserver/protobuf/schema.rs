@@ -206,14 +206,14 @@ fn lower_camel(snake: &str) -> String {
 
 /// The property names of every k8s-openapi definition, by [`key`].
 fn definition_properties() -> HashMap<String, Vec<String>> {
-    super::super::resources::definitions("/definitions")
-        .into_iter()
+    super::super::resources::definitions()
+        .iter()
         .map(|(name, definition)| {
             let properties = definition["properties"]
                 .as_object()
                 .map(|p| p.keys().cloned().collect())
                 .unwrap_or_default();
-            (key(&name), properties)
+            (key(name), properties)
         })
         .collect()
 }

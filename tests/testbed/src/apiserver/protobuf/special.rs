@@ -37,11 +37,12 @@ enum Form {
 fn form(m: &Message) -> Option<Form> {
     let type_name = m.name.rsplit('.').next().unwrap_or_default();
     let apiextensions = m.name.contains(".apiextensions-apiserver.");
+    let meta = m.name.strip_prefix(META);
     Some(match m.name {
-        n if n == format!("{META}Time") => Form::Time,
-        n if n == format!("{META}MicroTime") => Form::MicroTime,
-        n if n == format!("{META}Duration") => Form::Duration,
-        n if n == format!("{META}FieldsV1") => Form::EmbeddedJson,
+        _ if meta == Some("Time") => Form::Time,
+        _ if meta == Some("MicroTime") => Form::MicroTime,
+        _ if meta == Some("Duration") => Form::Duration,
+        _ if meta == Some("FieldsV1") => Form::EmbeddedJson,
         "io.k8s.apimachinery.pkg.api.resource.Quantity" => Form::Quantity,
         "io.k8s.apimachinery.pkg.util.intstr.IntOrString" => Form::IntOrString,
         "io.k8s.apimachinery.pkg.runtime.RawExtension" => Form::EmbeddedJson,
