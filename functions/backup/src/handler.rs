@@ -10,7 +10,8 @@
 //!    out (the message is Nak'ed with that delay, so the request is never lost);
 //! 4. take the claim with a status write guarded by `resourceVersion` (409: another worker
 //!    won; back off), copy, renew the claim and write progress a few times along the way;
-//!    losing the claim (another worker took over an expired lease) cancels the copy;
+//!    losing the claim (another worker took over an expired lease) cancels the copy, and so
+//!    does failing to renew it for three quarters of the lease (before anyone else can take it);
 //! 5. record Completed (digest, expiry, Ready) and emit `image.completed`, or record the
 //!    failure: transient classes retry with a growing delay up to `max_attempts`, permanent
 //!    ones (or exhausted attempts) end Failed with `image.failed` and a Kubernetes Event.
@@ -364,13 +365,35 @@ impl Context {
         let copy = copier.copy(source, target, Some(tx));
         tokio::pin!(copy);
         let renew_every = (inner.settings.lease / 3).max(Duration::from_millis(200));
+        // Other workers see the claim expire `lease` after the renewal time it carries, which is
+        // older than `last_write`. A worker that could not renew by three quarters of the lease
+        // (the API failing or slow) stops, so its copy never overlaps a successor's.
+        let fence = inner.settings.lease.mul_f64(0.75);
         let mut ticks = tokio::time::interval(Duration::from_millis(500).min(renew_every));
-        let mut last_write = Instant::now();
+        // The claim was renewed when it was taken, before waiting for a registry permit.
+        let claim_age = ib
+            .status
+            .as_ref()
+            .and_then(|s| s.claim.as_ref())
+            .map(|c| {
+                let left = claim::remaining(c, Timestamp::now()).unwrap_or_default();
+                inner.settings.lease.saturating_sub(left)
+            })
+            .unwrap_or_default();
+        let mut last_write = Instant::now()
+            .checked_sub(claim_age)
+            .unwrap_or_else(Instant::now);
         let mut last_quarter = 0u64;
         let result = loop {
             tokio::select! {
                 r = &mut copy => break r,
                 _ = ticks.tick() => {
+                    if last_write.elapsed() >= fence {
+                        inner.metrics.claim(ClaimResult::Expired);
+                        inner.metrics.in_flight.dec();
+                        tracing::warn!(%name, "claim not renewed in time; copy stopped before another worker may take it over");
+                        return ImageResult::Later(Duration::from_secs(1));
+                    }
                     let p = rx.borrow().clone();
                     let quarter = p.bytes_done.saturating_mul(4).checked_div(p.bytes_total).unwrap_or(0);
                     let due = last_write.elapsed() >= renew_every
@@ -379,11 +402,13 @@ impl Context {
                         continue;
                     }
                     let Some(prev) = ib.status.clone() else { continue };
+                    // The renewal time written is now, not when the write returns.
+                    let attempt = Instant::now();
                     ib.status = Some(status::progressed(&prev, &p, Timestamp::now()));
                     match inner.api.replace_status(&name, &PostParams::default(), &ib).await {
                         Ok(updated) => {
                             ib = updated;
-                            last_write = Instant::now();
+                            last_write = attempt;
                             last_quarter = quarter;
                         }
                         Err(kube::Error::Api(e)) if e.code == 409 => match inner.api.get(&name).await {

@@ -39,6 +39,9 @@ pub enum ClaimResult {
     Busy,
     /// Another worker won the race (409) or took over during the copy.
     Lost,
+    /// This worker could not renew its claim before the lease could run out (the API did not
+    /// answer), so it stopped copying rather than risk a second worker copying too.
+    Expired,
 }
 
 /// `result` label.
