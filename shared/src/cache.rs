@@ -55,16 +55,21 @@ fn trim_pod_spec(spec: &mut PodSpec) {
     };
 }
 
+/// A workload's pod template: no metadata, the pod spec trimmed.
+fn trim_template(template: &mut k8s_openapi::api::core::v1::PodTemplateSpec) {
+    template.metadata = None;
+    if let Some(pod) = template.spec.as_mut() {
+        trim_pod_spec(pod);
+    }
+}
+
 impl Trim for Deployment {
     fn trim(&mut self) {
         trim_workload_meta(&mut self.metadata);
         if let Some(spec) = self.spec.as_mut() {
             spec.strategy = None;
             spec.selector = Default::default();
-            spec.template.metadata = None;
-            if let Some(pod) = spec.template.spec.as_mut() {
-                trim_pod_spec(pod);
-            }
+            trim_template(&mut spec.template);
         }
         if let Some(status) = self.status.as_mut() {
             for c in status.conditions.iter_mut().flatten() {
@@ -84,10 +89,7 @@ impl Trim for DaemonSet {
         if let Some(spec) = self.spec.as_mut() {
             spec.update_strategy = None;
             spec.selector = Default::default();
-            spec.template.metadata = None;
-            if let Some(pod) = spec.template.spec.as_mut() {
-                trim_pod_spec(pod);
-            }
+            trim_template(&mut spec.template);
         }
         if let Some(status) = self.status.as_mut() {
             status.conditions = None;
