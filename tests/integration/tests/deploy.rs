@@ -32,14 +32,15 @@ fn render(overlay: &str) -> String {
 
 fn validate(manifests: &str) -> (bool, String) {
     use std::io::Write as _;
-    let mut child = Command::new("python3")
+    let python = testbed::tools::python().expect("the project's Python environment");
+    let mut child = Command::new(python)
         .arg(root().join("deploy/validate.py"))
         .arg("-")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("python3 deploy/validate.py (./dev setup installs its packages)");
+        .expect(".venv/bin/python deploy/validate.py (`./dev setup` creates .venv)");
     child
         .stdin
         .take()

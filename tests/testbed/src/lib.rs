@@ -18,6 +18,8 @@
 //! - [`bench_scale`]: the end-to-end scale benchmark (`testbed bench-scale`).
 //! - [`bench_watcher`]: the watcher's start-up benchmark (`testbed bench-watcher`).
 //! - [`fault_proxy`]: a proxy in front of a registry that injects 429/503, cuts and corruption.
+//! - [`tools`]: where the programs it runs are (workspace binaries, built once per test
+//!   process; nats-server and Python from the project's `.venv`).
 //! - [`hostile_registry`]: a registry that misbehaves on purpose (endless bodies, traversal
 //!   digests, drip-fed blobs, absurd token lifetimes), counting the bytes it serves.
 #![forbid(unsafe_code)]
@@ -42,6 +44,7 @@ pub mod registry;
 pub mod stream;
 pub mod tls;
 pub mod token_auth;
+pub mod tools;
 
 pub use apiserver::ApiServer;
 pub use fault_proxy::FaultProxy;
@@ -49,17 +52,4 @@ pub use hostile_registry::HostileRegistry;
 pub use image::{Format, ImageSpec, PushedImage, Pusher};
 pub use nats_server::NatsServer;
 pub use registry::{Credentials, Registry, RegistryOptions};
-
-/// The path of a workspace binary built next to the running program: `target/<profile>/<name>`,
-/// from a test (`target/<profile>/deps/<test>`) or from the `testbed` binary itself.
-pub fn workspace_binary(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap_or_default();
-    let mut dir = exe
-        .parent()
-        .map(std::path::Path::to_path_buf)
-        .unwrap_or_default();
-    if dir.file_name().is_some_and(|n| n == "deps") {
-        dir.pop();
-    }
-    dir.join(name)
-}
+pub use tools::workspace_binary;

