@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 
 use crate::naming::{BackupRegistry, Layout, NamingPolicy};
+use crate::registry::auth::DockerConfig;
+use crate::registry::{ClientOptions, MirrorSpec, Mirrors};
 use crate::secret::SecretUrl;
 
 /// Where NATS is.
@@ -50,6 +52,68 @@ pub struct RegistryArgs {
     /// A docker config.json with credentials for the registries (the target's at least).
     #[arg(long, env = "DOCKER_CONFIG_FILE")]
     pub docker_config: Option<PathBuf>,
+    /// Read HOST's images from MIRROR first (`HOST=MIRROR`, e.g. `docker.io=mirror.local:5000`;
+    /// `http://MIRROR` for plain HTTP); names stay HOST's. Repeat or comma-separate; several
+    /// mirrors of one host are tried in order, then HOST itself (containerd `hosts.toml`).
+    #[arg(
+        long = "registry-mirror",
+        env = "REGISTRY_MIRRORS",
+        value_delimiter = ',',
+        value_name = "HOST=MIRROR"
+    )]
+    pub registry_mirrors: Vec<MirrorSpec>,
+    /// Never fall back from a mirror to the registry it mirrors (for networks that cannot
+    /// reach the internet).
+    #[arg(long, env = "MIRROR_ONLY")]
+    pub mirror_only: bool,
+}
+
+/// Why the registry settings cannot be used together.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryConfigError {
+    /// A mirror is set for the registry backups go to: a backup must be checked where it
+    /// lives, never through a mirror of it.
+    #[error(
+        "--registry-mirror is set for {0}, where backups go: backups are read and verified at the backup registry itself; remove that mirror"
+    )]
+    BackupRegistryMirrored(String),
+}
+
+impl RegistryArgs {
+    /// The registry client's options for these settings with `credentials`: insecure
+    /// registries (plus the mirrors written `http://…`), mirrors, and the instance named in
+    /// the User-Agent.
+    pub fn client_options(
+        &self,
+        credentials: DockerConfig,
+        instance: Option<String>,
+    ) -> ClientOptions {
+        let mut insecure: std::collections::HashSet<String> =
+            self.insecure_registries.iter().cloned().collect();
+        insecure.extend(
+            self.registry_mirrors
+                .iter()
+                .filter(|m| m.plain_http)
+                .map(|m| m.mirror.clone()),
+        );
+        ClientOptions {
+            insecure,
+            credentials,
+            mirrors: Mirrors::new(&self.registry_mirrors, self.mirror_only),
+            instance,
+            ..Default::default()
+        }
+    }
+
+    /// Refuses a mirror of `backup_host`, the registry backups are written to and checked at.
+    pub fn check_backup_host(&self, backup_host: &str) -> Result<(), RegistryConfigError> {
+        if Mirrors::new(&self.registry_mirrors, false).mirrors(backup_host) {
+            return Err(RegistryConfigError::BackupRegistryMirrored(
+                backup_host.to_string(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The admin server (health, readiness, metrics).
@@ -129,5 +193,36 @@ mod tests {
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("nats://***@nats:4222"), "{shown}");
         assert_eq!(cli.nats.nats_url.expose(), "nats://bot:hunter2@nats:4222");
+    }
+
+    #[test]
+    fn mirrors_come_from_flags_and_plain_http_mirrors_are_insecure() {
+        let cli = Cli::parse_from([
+            "x",
+            "--registry-mirror",
+            "docker.io=http://127.0.0.1:5000,quay.io=q.local",
+            "--registry-mirror",
+            "ghcr.io=g.local:443",
+            "--insecure-registry",
+            "other:5000",
+        ]);
+        let options = cli.registries.client_options(DockerConfig::default(), None);
+        assert_eq!(
+            options.mirrors.hosts_for("docker.io"),
+            ["127.0.0.1:5000", "docker.io"]
+        );
+        assert_eq!(
+            options.mirrors.hosts_for("ghcr.io"),
+            ["g.local:443", "ghcr.io"]
+        );
+        assert!(options.insecure.contains("127.0.0.1:5000"));
+        assert!(options.insecure.contains("other:5000"));
+        assert!(!options.insecure.contains("q.local"));
+        assert!(cli.registries.check_backup_host("registry.local").is_ok());
+        assert!(matches!(
+            cli.registries.check_backup_host("index.docker.io"),
+            Err(RegistryConfigError::BackupRegistryMirrored(_))
+        ));
+        assert!(Cli::try_parse_from(["x", "--registry-mirror", "docker.io"]).is_err());
     }
 }

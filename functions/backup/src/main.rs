@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use backup::copy::auth::DockerConfig;
-use backup::copy::{ClientOptions, Copier, DEFAULT_CONCURRENCY, ReferrersMode, RegistryClient};
+use backup::copy::{Copier, DEFAULT_CONCURRENCY, ReferrersMode, RegistryClient};
 use backup::handler::{Context, Settings};
 use backup::metrics::Metrics;
 use clap::{Parser, Subcommand};
@@ -171,15 +171,14 @@ async fn copy(
     let target = Reference::parse_normalized(target)
         .map_err(|e| format!("Invalid: target {target:?}: {e}"))?
         .with_default_tag();
+    registries
+        .check_backup_host(target.domain())
+        .map_err(|e| format!("Invalid: {e}"))?;
     let credentials = load_credentials(registries.docker_config.as_ref())
         .await
         .map_err(|e| format!("Invalid: {e}"))?;
-    let client = RegistryClient::new(ClientOptions {
-        insecure: registries.insecure_registries.iter().cloned().collect(),
-        credentials,
-        ..Default::default()
-    })
-    .map_err(|e| format!("{}: {e}", e.class()))?;
+    let client = RegistryClient::new(registries.client_options(credentials, None))
+        .map_err(|e| format!("{}: {e}", e.class()))?;
     let copier = Copier::new(client, concurrency).with_referrers(referrers);
     let (progress, display) = if show_progress {
         let (tx, rx) = tokio::sync::watch::channel(backup::copy::Progress::default());
@@ -243,18 +242,13 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
             .unwrap_or_else(|| "backup".into()),
         rand_id()
     );
-    let client_options = ClientOptions {
-        insecure: args
-            .registries
-            .insecure_registries
-            .iter()
-            .cloned()
-            .collect(),
-        credentials,
-        // The claim holder: registry logs then name the replica that pushed.
-        instance: Some(holder.clone()),
-        ..Default::default()
-    };
+    if let Some(registry) = &args.backup_registry {
+        args.registries.check_backup_host(registry.host())?;
+    }
+    // The claim holder names the instance: registry logs then name the replica that pushed.
+    let client_options = args
+        .registries
+        .client_options(credentials, Some(holder.clone()));
     let copier = Copier::new(RegistryClient::new(client_options)?, args.blob_concurrency)
         .with_referrers(args.referrers);
     let lease = Duration::from_secs(args.claim_lease_seconds.max(3));

@@ -16,8 +16,8 @@ use rollout::run::Context;
 use shared::config::{AdminArgs, BackupArgs, NatsArgs, RegistryArgs, ServeArgs, SinkArgs};
 use shared::crd::ImageBackup;
 use shared::publish::{HttpSink, JetStreamPublisher, PublishRetry, Publisher};
+use shared::registry::RegistryClient;
 use shared::registry::auth::DockerConfig;
-use shared::registry::{ClientOptions, RegistryClient};
 
 /// The CloudEvents `source` of the rollout's events.
 const SOURCE: &str = "/image-backup/rollout";
@@ -143,16 +143,9 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
         }
         None => DockerConfig::default(),
     };
-    let registry = RegistryClient::new(ClientOptions {
-        insecure: args
-            .registries
-            .insecure_registries
-            .iter()
-            .cloned()
-            .collect(),
-        credentials,
-        ..Default::default()
-    })?;
+    args.registries
+        .check_backup_host(args.backup.backup_registry.host())?;
+    let registry = RegistryClient::new(args.registries.client_options(credentials, None))?;
     let reporter = kube::runtime::events::Reporter {
         controller: "image-backup-rollout".into(),
         instance: args.pod_name.clone(),

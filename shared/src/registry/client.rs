@@ -21,6 +21,7 @@ use sha2::{Digest as _, Sha256};
 use super::auth::{Credential, DockerConfig, TokenCache};
 use super::error::CopyError;
 use super::handshake::{AuthScheme, scopes};
+use super::mirror::Mirrors;
 use super::response::{
     Capped, MAX_MANIFEST_BYTES, content_type, header_str, read_capped, status_error,
     transport_cause, transport_error,
@@ -48,6 +49,9 @@ pub struct ClientOptions {
     pub retry: RetryPolicy,
     /// The minimum throughput of a blob transfer before it counts as stalled.
     pub stall: StallPolicy,
+    /// Registry mirrors ([`super::mirror`]): where [`RegistryClient::locate_manifest`] looks
+    /// for an image first.
+    pub mirrors: Mirrors,
     /// Who is asking, added to the User-Agent (`image-backup/<version> (<instance>)`), so a
     /// registry's access log tells which replica pushed what.
     pub instance: Option<String>,
@@ -313,6 +317,45 @@ impl RegistryClient {
             return Err(self.unauthorized(registry, what, resp.status()));
         }
         Ok(resp)
+    }
+
+    /// The registries a pull of `registry`'s images reads from, in order (its mirrors first;
+    /// just `registry` when it has none).
+    pub fn pull_hosts(&self, registry: &str) -> Vec<String> {
+        self.options.mirrors.hosts_for(registry)
+    }
+
+    /// Reads the manifest `reference` of `repo` where a pull would: at each of
+    /// [`RegistryClient::pull_hosts`] in turn, a mirror's miss or error moving on to the next,
+    /// the last host's answer final. Returns the repository that served it, which then serves
+    /// every other read of the image (its blobs, children and referrers), so an image is read
+    /// from one place and lookups of what it may lack (signatures) never reach past the mirror
+    /// that has it. `None` when no host has it.
+    pub async fn locate_manifest(
+        &self,
+        repo: &Repo,
+        reference: &str,
+    ) -> Result<Option<(Repo, RawManifest)>, CopyError> {
+        let hosts = self.pull_hosts(&repo.registry);
+        let last = hosts.len().saturating_sub(1);
+        for (i, host) in hosts.into_iter().enumerate() {
+            let at = Repo {
+                registry: host,
+                path: repo.path.clone(),
+            };
+            match self.get_manifest(&at, reference).await {
+                Ok(Some(manifest)) => return Ok(Some((at, manifest))),
+                Ok(None) if i == last => return Ok(None),
+                Err(e) if i == last => return Err(e),
+                Ok(None) => {
+                    tracing::debug!(registry = %repo.registry, mirror = %at.registry, "not at the mirror; trying the next host");
+                }
+                Err(e) => {
+                    tracing::debug!(registry = %repo.registry, mirror = %at.registry, error = %e, "mirror failed; trying the next host");
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// GET or HEAD of a manifest: `None` on 404, an error for any other failure.

@@ -6,6 +6,7 @@
 //! - [`client`]: the distribution API calls (`RegistryClient`), one connection pool a process.
 //! - `handshake`: authentication (basic, bearer tokens per scope, OAuth2 refresh tokens).
 //! - [`auth`]: docker config credentials, challenges, the token cache.
+//! - [`mirror`]: registry mirrors for pulls (containerd `hosts.toml` semantics).
 //! - [`retry`]: which answers are retried and how long to wait.
 //! - [`response`]: capped body reads, status → error.
 //! - [`stall`]: the minimum-throughput watchdog of a transfer.
@@ -15,11 +16,13 @@ pub mod auth;
 pub mod client;
 pub mod error;
 mod handshake;
+pub mod mirror;
 pub mod response;
 pub mod retry;
 pub mod stall;
 
 pub use client::{Access, ClientOptions, RegistryClient, Repo};
 pub use error::CopyError;
+pub use mirror::{MirrorSpec, Mirrors};
 pub use retry::RetryPolicy;
 pub use stall::StallPolicy;

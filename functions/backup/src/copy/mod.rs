@@ -224,13 +224,15 @@ impl Copier {
                 reason: "needs a tag or a digest".into(),
             })?;
         let top_what = format!("manifest {}", source.familiar());
-        let top = self
+        // Where a pull would read it (a mirror first, if one is set); every other read of the
+        // image goes there too.
+        let (src, top) = self
             .client
-            .get_manifest(&src, source.pull_reference())
+            .locate_manifest(&src, source.pull_reference())
             .await?
             .ok_or_else(|| CopyError::NotFound {
                 what: top_what.clone(),
-                registry: src.registry.clone(),
+                registry: self.client.pull_hosts(&src.registry).join(" or "),
             })?;
         if let Some(d) = target.digest()
             && d != top.digest
