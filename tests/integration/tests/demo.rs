@@ -27,7 +27,18 @@ async fn the_demo_runs_green_start_to_finish() {
         "fluentd verified: true",
         "RolledOut",
         "==> done: both workloads run their backups, pinned by digest",
+        // The original design's names, end to end.
+        "\nnginx:1.14.0\n",
+        "\nfluentd:latest\n",
+        "docker.io/library/nginx:1.14.0 ->",
+        "/library_nginx:1.14.0@sha256:",
+        "/library_fluentd:latest@sha256:",
     ] {
         assert!(stdout.contains(shown), "{shown:?} missing from:\n{stdout}");
     }
+    // No backup name derived from the stand-in registry's host (`127.0.0.1__5000_...`).
+    assert!(
+        !stdout.contains("127.0.0.1__"),
+        "a host-derived flat name in:\n{stdout}"
+    );
 }

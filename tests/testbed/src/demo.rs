@@ -1,7 +1,9 @@
 //! `testbed demo`: the whole flow, start to finish, as a person would watch it. It starts the
-//! test API server, nats-server and two registries, generates `library/nginx:1.14.0` and
-//! `fluent/fluentd:latest` in the "external" registry, applies the original design's samples
-//! with kubectl, runs watcher, backup and rollout as separate processes, and shows the images
+//! test API server, nats-server and two registries, generates Docker Hub's `library/nginx:1.14.0`
+//! and `library/fluentd:latest` in the "external" registry, which stands in for Docker Hub as a
+//! registry mirror (`--registry-mirror docker.io=…`: nothing here reaches the internet), applies
+//! the original design's samples with kubectl, images as written (`nginx:1.14.0`,
+//! `fluentd:latest`), runs watcher, backup and rollout as separate processes, and shows the images
 //! before, `kubectl get imagebackups` while it works and after, the completion events as a
 //! subscriber receives them, the images after, and the Events. It succeeds only if both
 //! workloads run their backups pinned to the sources' digests, and stops everything it started
@@ -99,7 +101,7 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     let cluster = Cluster::start().await?;
     let source = cluster.source.host();
     println!(
-        "external registry: {source}\nbackup registry:   {}",
+        "external registry: {source} (a mirror of docker.io: Docker Hub is out of reach here)\nbackup registry:   {}",
         cluster.backup_registry()
     );
     println!(
@@ -108,7 +110,9 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         cluster.nats.url()
     );
 
-    say("generating nginx:1.14.0 and fluentd:latest (multi-arch) in the external registry");
+    say(
+        "generating Docker Hub's library/nginx:1.14.0 and library/fluentd:latest (multi-arch) in the mirror",
+    );
     let pusher = cluster.source_pusher();
     let nginx = pusher
         .push_image(
@@ -119,17 +123,17 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         .await?;
     let fluentd = pusher
         .push_image(
-            "fluent/fluentd",
+            "library/fluentd",
             "latest",
             &ImageSpec::multi_arch(Format::Oci, 3, 256 * 1024, 2),
         )
         .await?;
-    println!("{source}/library/nginx:1.14.0  {}", nginx.digest);
-    println!("{source}/fluent/fluentd:latest {}", fluentd.digest);
+    println!("{source}/library/nginx:1.14.0   {}", nginx.digest);
+    println!("{source}/library/fluentd:latest {}", fluentd.digest);
 
-    say("applying the original design's samples");
+    say("applying the original design's samples, images as written");
     let samples = tempfile::NamedTempFile::new()?;
-    std::fs::write(samples.path(), SAMPLES.replace("SOURCE", &source))?;
+    std::fs::write(samples.path(), SAMPLES)?;
     kubectl(
         &cluster,
         &["apply", "-f", &samples.path().display().to_string()],
@@ -178,26 +182,30 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     });
 
     say("starting watcher, backup and rollout as separate processes");
+    let mirror = [("REGISTRY_MIRRORS", format!("docker.io=http://{source}"))];
+    println!(
+        "every function gets BACKUP_REGISTRY={} REGISTRY_MIRRORS={}",
+        cluster.backup_registry(),
+        mirror[0].1
+    );
     let watcher = cluster.spawn("watcher", &["run"], &[]).await?;
-    let backup = cluster.spawn("backup", &["run"], &[]).await?;
-    let rollout = cluster.spawn("rollout", &["run"], &[]).await?;
+    let backup = cluster.spawn("backup", &["run"], &mirror).await?;
+    let rollout = cluster.spawn("rollout", &["run"], &mirror).await?;
     println!("all three ready (/readyz)");
 
     say("kubectl get imagebackups, while it works");
     tokio::time::sleep(Duration::from_millis(300)).await;
     kubectl(&cluster, &["get", "imagebackups"]).await?;
 
-    let flat = |repo: &str| format!("{}_{}", source.replace(':', "__"), repo.replace('/', "_"));
+    // The original design's naming: Docker Hub's host is dropped, the path joins with `_`.
     let want_nginx = format!(
-        "{}/{}:1.14.0@{}",
+        "{}/library_nginx:1.14.0@{}",
         cluster.backup_registry(),
-        flat("library/nginx"),
         nginx.digest
     );
     let want_fluentd = format!(
-        "{}/{}:latest@{}",
+        "{}/library_fluentd:latest@{}",
         cluster.backup_registry(),
-        flat("fluent/fluentd"),
         fluentd.digest
     );
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -224,6 +232,12 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     let verified = n == want_nginx && f == want_fluentd;
     println!("nginx   verified: {}", n.ends_with(&nginx.digest));
     println!("fluentd verified: {}", f.ends_with(&fluentd.digest));
+    println!(
+        "where the names come from: nginx:1.14.0 is docker.io/library/nginx:1.14.0 (read from the \
+         mirror {source}); the backup registry {} plus the naming rule (path with / as _) gives \
+         library_nginx:1.14.0; the digest is the one read from the source",
+        cluster.backup_registry()
+    );
 
     say("what the functions recorded (Events)");
     kubectl(&cluster, &["get", "events.events.k8s.io", "-A", "-o", "custom-columns=NAMESPACE:.metadata.namespace,OBJECT:.regarding.name,REASON:.reason,NOTE:.note"]).await?;
