@@ -36,6 +36,9 @@ pub struct ImageBackupSpec {
     /// derived from it.
     pub source: String,
     /// The backup reference without digest (`<registry>/<prefix>/library_nginx:1.14.0`).
+    /// Optional when applied by hand: the backup derives it from the source with its naming,
+    /// and refuses an object whose `target` says anything else.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub target: String,
     /// Pull secrets (`namespace/name` of `kubernetes.io/dockerconfigjson` Secrets) to read the
     /// source with. Only the references are stored, never the contents.
@@ -119,6 +122,9 @@ pub struct ImageBackupStatus {
     /// When this completed object will be deleted (the copy stays).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Time>,
+    /// When a transiently failed backup is tried again (set while Pending after a failure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<Time>,
     /// `Ready` and `Failed` conditions, in metav1.Condition form.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

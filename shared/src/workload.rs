@@ -3,7 +3,7 @@
 //! in [`crate::naming::NamingPolicy::is_backup`], nowhere else.
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::api::core::v1::{PodSpec, ServiceAccount};
 use serde::{Deserialize, Serialize};
 
 use crate::events::{WorkloadChanged, WorkloadImage, WorkloadKind, WorkloadRef};
@@ -196,6 +196,43 @@ impl Workload {
         }
     }
 
+    /// The name of the ServiceAccount its pods run as (`default` when unset).
+    pub fn service_account_name(&self) -> String {
+        self.pod_spec()
+            .and_then(|s| s.service_account_name.clone())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "default".into())
+    }
+
+    /// The pull secrets its pods use, by name: the pod template's `imagePullSecrets`, then
+    /// those of its ServiceAccount `sa` (as admission adds them), without repeats. The one rule
+    /// for which Secrets may pull a workload's images: the watcher names them, the backup reads
+    /// only these.
+    pub fn pull_secret_names(&self, sa: Option<&ServiceAccount>) -> Vec<String> {
+        let template = self
+            .pod_spec()
+            .and_then(|s| s.image_pull_secrets.as_ref())
+            .into_iter()
+            .flatten();
+        let account = sa
+            .and_then(|sa| sa.image_pull_secrets.as_ref())
+            .into_iter()
+            .flatten();
+        let mut seen = std::collections::BTreeSet::new();
+        template
+            .chain(account)
+            .map(|r| r.name.clone())
+            .filter(|n| !n.is_empty() && seen.insert(n.clone()))
+            .collect()
+    }
+
+    /// [`Workload::plan`] with the pull secrets its pods use ([`Workload::pull_secret_names`]).
+    pub fn plan_with_secrets(&self, sa: Option<&ServiceAccount>, naming: &NamingPolicy) -> Plan {
+        let mut plan = self.plan(naming);
+        plan.event.pull_secrets = self.pull_secret_names(sa);
+        plan
+    }
+
     /// The plan: every image normalized, those already in the backup registry left out, the
     /// rest paired with their backup target; invalid references reported, not dropped.
     pub fn plan(&self, naming: &NamingPolicy) -> Plan {
@@ -237,6 +274,21 @@ impl Workload {
             invalid,
         }
     }
+}
+
+/// True when `r` could name a real workload: the namespace a DNS-1123 label, the name a DNS-1123
+/// subdomain (what kube-apiserver accepts for Deployments and DaemonSets). Names that arrive in
+/// a message are checked with this before they reach a URL.
+pub fn is_valid_reference(r: &WorkloadRef) -> bool {
+    fn label(s: &str) -> bool {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+    }
+    label(&r.namespace) && r.name.len() <= 253 && r.name.split('.').all(label)
 }
 
 /// The needs-backup rule: `Some(normalized source with default tag)` when the image is not in
@@ -295,6 +347,39 @@ fn collect(
             }
         }
         _ => skipped.push(format!("{kind} {name}")),
+    }
+}
+
+#[cfg(test)]
+mod reference_tests {
+    use super::*;
+
+    fn r(namespace: &str, name: &str) -> WorkloadRef {
+        WorkloadRef {
+            kind: WorkloadKind::Deployment,
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn only_names_kubernetes_could_give_reach_a_url() {
+        assert!(is_valid_reference(&r("shop", "web")));
+        assert!(is_valid_reference(&r("a-1", "web.v2-0")));
+        for (ns, name) in [
+            ("shop", "../../secrets"),
+            ("shop", "a/b"),
+            ("", "web"),
+            ("Shop", "web"),
+            ("shop", "web?x=1"),
+            ("shop", "-web"),
+            ("shop", "web..v2"),
+            ("shop", ""),
+        ] {
+            assert!(!is_valid_reference(&r(ns, name)), "{ns}/{name}");
+        }
+        assert!(!is_valid_reference(&r(&"a".repeat(64), "web")));
+        assert!(!is_valid_reference(&r("shop", &"a".repeat(254))));
     }
 }
 

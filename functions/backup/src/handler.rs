@@ -2,7 +2,11 @@
 //! / `image.failed` out. Transport-free: the `run` (JetStream) and `serve` (HTTP) adapters drive
 //! the same [`Context::handle`].
 //!
-//! For each image of the event, independently:
+//! First the event is checked against the cluster ([`crate::admit`]): the workload it names is
+//! read (one GET, and one for its ServiceAccount), and only images that workload runs, with the
+//! target this backup's naming derives, are backed up, with that workload's pull secrets.
+//! Refused images are counted (`events_rejected_total{reason}`) and logged; nothing is created
+//! for them. Then for each admitted image, independently:
 //! 1. make sure its ImageBackup exists under the deterministic name (409: it does; read it);
 //! 2. Completed and the target still resolves to the recorded digest: nothing to do, nothing
 //!    published again;
@@ -20,16 +24,22 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::{Api, Resource as _};
+use shared::NamingPolicy;
 use shared::consumer::{Classified, Handler, Outcome};
 use shared::crd::{ImageBackup, Phase, SecretRef};
 use shared::error::{Disposition, ErrorClass};
-use shared::events::{ImageCompleted, ImageFailed, Payload, WorkloadChanged};
+use shared::events::{
+    ImageCompleted, ImageFailed, Payload, WorkloadChanged, WorkloadKind, WorkloadRef,
+};
 use shared::naming::image_backup_name;
 use shared::reference::Reference;
+use shared::workload::Workload;
 use tokio::sync::{Semaphore, watch};
 use tracing::Instrument as _;
 
@@ -53,6 +63,8 @@ pub struct Settings {
     pub per_registry: usize,
     /// The longest pause before a retried image is looked at again.
     pub max_retry_delay: Duration,
+    /// The backup naming: the only source of targets (an event's target is checked against it).
+    pub naming: NamingPolicy,
 }
 
 /// Why an event could not be handled as a whole.
@@ -116,8 +128,9 @@ impl Drop for LocalClaim {
     }
 }
 
-/// One image's result within an event.
-enum ImageResult {
+/// One image's result: what the adapter (an event) or the requests controller does next.
+#[derive(Debug)]
+pub enum ImageResult {
     /// Handled; maybe an event to publish.
     Done(Option<Payload>),
     /// Look again after this delay (claimed elsewhere, transient failure).
@@ -155,33 +168,49 @@ impl Context {
     }
 
     async fn backup_workload(&self, w: WorkloadChanged) -> Result<Outcome, HandlerError> {
-        let namespace = w.workload.namespace.clone();
-        let secrets: Vec<SecretRef> = w
-            .pull_secrets
-            .iter()
-            .map(|name| SecretRef {
-                namespace: namespace.clone(),
-                name: name.clone(),
-            })
-            .collect();
-        let mut images = Vec::new();
+        // A malformed reference is a malformed event: dead-lettered, as before any check.
         for i in &w.images {
-            let parse = |field: &'static str, value: &str| {
-                Reference::parse_normalized(value)
-                    .map(Reference::with_default_tag)
-                    .map_err(|e| HandlerError::InvalidImage {
+            for (field, value) in [("source", &i.source), ("target", &i.target)] {
+                if let Err(e) = Reference::parse_normalized(value) {
+                    return Err(HandlerError::InvalidImage {
                         field,
                         value: value.chars().take(300).collect(),
                         reason: e.to_string(),
-                    })
-            };
-            images.push((parse("source", &i.source)?, parse("target", &i.target)?));
+                    });
+                }
+            }
         }
-        // One image per source, even if several containers run it.
-        images.sort();
-        images.dedup_by(|a, b| a.0 == b.0);
+        let (workload, account) = match self.read_workload(&w.workload).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the workload the event names; will retry");
+                return Ok(Outcome {
+                    events: Vec::new(),
+                    retry_after: Some(Duration::from_secs(5)),
+                });
+            }
+        };
+        let admission = crate::admit::admit(
+            &w,
+            workload.as_ref(),
+            account.as_ref(),
+            &self.inner.settings.naming,
+        );
+        for r in &admission.rejected {
+            self.inner.metrics.reject(r.reason);
+            tracing::warn!(
+                namespace = %w.workload.namespace.chars().take(253).collect::<String>(),
+                workload = %w.workload.name.chars().take(253).collect::<String>(),
+                source = %r.source,
+                reason = ?r.reason,
+                "event refused for this image: {}",
+                r.reason.describe()
+            );
+        }
+        let secrets = admission.pull_secrets;
         let results = futures::future::join_all(
-            images
+            admission
+                .images
                 .iter()
                 .map(|(source, target)| self.backup_image(source, target, &secrets)),
         )
@@ -234,6 +263,11 @@ impl Context {
         };
         let mut ib = self.ensure(source, target, secrets).await?;
         let name = ib.metadata.name.clone().unwrap_or_default();
+        // An object applied by hand under this image's name must ask for what the naming says.
+        if let Err((reason, message)) = crate::admit::request(&ib, &inner.settings.naming) {
+            self.refuse(&ib, reason, &message).await;
+            return Ok(ImageResult::Done(None));
+        }
         if ib.phase() == Phase::Completed
             && let Some(digest) = ib.status.as_ref().and_then(|s| s.digest.clone())
         {
@@ -284,6 +318,88 @@ impl Context {
         };
         inner.metrics.claim(ClaimResult::Taken);
         Ok(self.copy_and_record(ib, source, target, secrets).await)
+    }
+
+    /// Takes up an ImageBackup found in the cluster rather than carried by an event (applied
+    /// with kubectl, or left behind by a lost message or a dead worker): refused with a recorded
+    /// status if it asks for anything the naming does not give, else backed up like an image of
+    /// an event, with the pull secrets its spec names.
+    pub async fn take_up(&self, ib: &ImageBackup) -> ImageResult {
+        match crate::admit::request(ib, &self.inner.settings.naming) {
+            Err((reason, message)) => {
+                self.refuse(ib, reason, &message).await;
+                ImageResult::Done(None)
+            }
+            Ok((source, target)) => {
+                self.backup_image(&source, &target, &ib.spec.pull_secrets)
+                    .await
+            }
+        }
+    }
+
+    /// Records that `ib` will not be carried out: a Failed status saying why (once), a
+    /// Warning Event, the `requests_refused_total{reason}` counter. Nothing is copied.
+    async fn refuse(&self, ib: &ImageBackup, reason: crate::admit::RejectReason, message: &str) {
+        let name = ib.metadata.name.clone().unwrap_or_default();
+        let generation = ib.metadata.generation;
+        let refused = status::refused(ib.status.as_ref(), message, Timestamp::now(), generation);
+        let already = ib.status.as_ref().is_some_and(|s| {
+            s.phase == Some(Phase::Failed)
+                && s.last_error == refused.last_error
+                && s.observed_generation == generation
+        });
+        if already {
+            return;
+        }
+        self.inner.metrics.refuse(reason);
+        tracing::warn!(%name, reason = ?reason, message, "ImageBackup refused");
+        let mut ib = ib.clone();
+        ib.status = Some(refused);
+        match self
+            .inner
+            .api
+            .replace_status(&name, &PostParams::default(), &ib)
+            .await
+        {
+            Ok(updated) => {
+                self.record(&updated, EventType::Warning, "Refused", message)
+                    .await;
+            }
+            // Changed meanwhile: whoever looks next decides again on the new object.
+            Err(e) => tracing::debug!(%name, error = %e, "refusal not written"),
+        }
+    }
+
+    /// The workload `r` names as the cluster has it now (one GET; `None` when it does not
+    /// exist or its name could not be one), and the ServiceAccount its pods run as.
+    async fn read_workload(
+        &self,
+        r: &WorkloadRef,
+    ) -> Result<(Option<Workload>, Option<ServiceAccount>), kube::Error> {
+        // Names from a message go into a URL: only what Kubernetes could have named.
+        if !shared::workload::is_valid_reference(r) {
+            return Ok((None, None));
+        }
+        let client = self.inner.client.clone();
+        let workload = match r.kind {
+            WorkloadKind::Deployment => Api::<Deployment>::namespaced(client.clone(), &r.namespace)
+                .get_opt(&r.name)
+                .await?
+                .map(|d| Workload::Deployment(Box::new(d))),
+            WorkloadKind::DaemonSet => Api::<DaemonSet>::namespaced(client.clone(), &r.namespace)
+                .get_opt(&r.name)
+                .await?
+                .map(|d| Workload::DaemonSet(Box::new(d))),
+        };
+        let account = match &workload {
+            Some(w) => {
+                Api::<ServiceAccount>::namespaced(client, &r.namespace)
+                    .get_opt(&w.service_account_name())
+                    .await?
+            }
+            None => None,
+        };
+        Ok((workload, account))
     }
 
     fn local_claim(&self, name: &str) -> Option<LocalClaim> {
@@ -492,7 +608,7 @@ impl Context {
                 inner.settings.max_retry_delay,
             );
             tracing::info!(%name, error = %e, attempts, retry_in = ?delay, "copy failed transiently");
-            self.write_final(&mut ib, status::retrying(&prev, &e, now, generation))
+            self.write_final(&mut ib, status::retrying(&prev, &e, now, delay, generation))
                 .await;
             return ImageResult::Later(delay);
         }

@@ -5,15 +5,19 @@
 //! - [`copy`]: the copy engine (registry client, auth, verification, the `Copier`), also behind
 //!   the one-shot `backup copy` command.
 //! - [`handler`]: `workload.changed` in, copies and `image.completed`/`image.failed` out.
+//! - [`admit`]: what an event may ask for, decided against the workload in the cluster.
 //! - [`claim`]: the lease that stops two workers copying one image.
 //! - [`status`]: the ImageBackup status at each step.
 //! - [`credentials`]: source credentials from the workload's pull secrets.
 //! - [`expiry`]: deletes Completed ImageBackups at `expiresAt`.
+//! - [`requests`]: takes up ImageBackups no event carries (applied with kubectl, or left behind
+//!   by a lost message or a dead worker).
 //! - [`progress`]: `backup copy`'s progress display on a terminal.
 //! - [`metrics`]: the `imagebackup_backup_*` metrics.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod admit;
 pub mod claim;
 pub mod copy;
 pub mod credentials;
@@ -21,4 +25,5 @@ pub mod expiry;
 pub mod handler;
 pub mod metrics;
 pub mod progress;
+pub mod requests;
 pub mod status;

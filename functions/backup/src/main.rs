@@ -15,7 +15,7 @@ use backup::handler::{Context, Settings};
 use backup::metrics::Metrics;
 use clap::{Parser, Subcommand};
 use shared::Reference;
-use shared::config::{AdminArgs, NatsArgs, RegistryArgs, ServeArgs, SinkArgs};
+use shared::config::{AdminArgs, BackupArgs, NatsArgs, RegistryArgs, ServeArgs, SinkArgs};
 use shared::publish::{HttpSink, JetStreamPublisher, PublishRetry, Publisher};
 
 /// The CloudEvents `source` of the backup function's events.
@@ -94,9 +94,10 @@ struct FunctionArgs {
     admin: AdminArgs,
     #[command(flatten)]
     sink: SinkArgs,
-    /// The backup registry (`host[:port][/prefix]`): where `--target-username` applies.
-    #[arg(long, env = "BACKUP_REGISTRY")]
-    backup_registry: Option<shared::naming::BackupRegistry>,
+    /// Where backups go and how they are named: the only source of targets (an event's
+    /// target must equal it), and where `--target-username` applies.
+    #[command(flatten)]
+    backup: BackupArgs,
     /// User name for the backup registry (with `--target-password-file`), as an alternative to
     /// `--docker-config`.
     #[arg(long, env = "TARGET_USERNAME")]
@@ -224,11 +225,8 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
         )?;
 
     let mut credentials = load_credentials(args.registries.docker_config.as_ref()).await?;
-    if let (Some(user), Some(file), Some(registry)) = (
-        &args.target_username,
-        &args.target_password_file,
-        &args.backup_registry,
-    ) {
+    let registry = &args.backup.backup_registry;
+    if let (Some(user), Some(file)) = (&args.target_username, &args.target_password_file) {
         let password = tokio::fs::read_to_string(file)
             .await
             .with_context(|| format!("cannot read {}", file.display()))?;
@@ -242,9 +240,7 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
             .unwrap_or_else(|| "backup".into()),
         rand_id()
     );
-    if let Some(registry) = &args.backup_registry {
-        args.registries.check_backup_host(registry.host())?;
-    }
+    args.registries.check_backup_host(registry.host())?;
     // The claim holder names the instance: registry logs then name the replica that pushed.
     let client_options = args
         .registries
@@ -260,6 +256,7 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
         max_attempts: args.max_attempts.max(1),
         per_registry: args.per_registry_copies.max(1),
         max_retry_delay: Duration::from_secs(args.max_retry_delay_seconds.max(1)),
+        naming: args.backup.naming(),
     };
     let reporter = kube::runtime::events::Reporter {
         controller: "image-backup-backup".into(),
@@ -303,6 +300,12 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
                     PublishRetry::default(),
                 )),
             };
+            let requests = tokio::spawn(backup::requests::run(
+                client.clone(),
+                handler.clone(),
+                Some(publisher.clone()),
+                shutdown.clone(),
+            ));
             readiness.set(true);
             shared::consumer::run(
                 consumer,
@@ -317,11 +320,18 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
                 shutdown,
             )
             .await?;
+            let _ = requests.await;
         }
         Mode::Serve {
             listen,
             reply_timeout,
         } => {
+            let requests = tokio::spawn(backup::requests::run(
+                client.clone(),
+                handler.clone(),
+                sink.clone(),
+                shutdown.clone(),
+            ));
             readiness.set(true);
             shared::serve::run(
                 handler,
@@ -335,6 +345,7 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
                 None,
             )
             .await?;
+            let _ = requests.await;
         }
     }
     let _ = expiry.await;

@@ -8,6 +8,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use shared::crd::Phase;
 
+use crate::admit::RejectReason;
+
 /// How one image's handling ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
 pub enum CopyOutcome {
@@ -51,6 +53,13 @@ pub struct ClaimLabels {
     pub result: ClaimResult,
 }
 
+/// `reason` label of refused events and requests.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RejectLabels {
+    /// Why.
+    pub reason: RejectReason,
+}
+
 /// `phase` label.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct PhaseLabels {
@@ -79,6 +88,12 @@ pub struct Metrics {
     pub phases: Family<PhaseLabels, Gauge>,
     /// `copies_in_flight`.
     pub in_flight: Gauge,
+    /// `events_rejected_total{reason}`: images of `workload.changed` events refused because
+    /// the cluster does not back them ([`crate::admit`]).
+    pub rejected: Family<RejectLabels, Counter>,
+    /// `requests_refused_total{reason}`: ImageBackups applied by hand that ask for a target
+    /// outside the naming (or under another image's name).
+    pub refused: Family<RejectLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -95,6 +110,8 @@ impl Default for Metrics {
             redeliveries: Counter::default(),
             phases: Family::default(),
             in_flight: Gauge::default(),
+            rejected: Family::default(),
+            refused: Family::default(),
         }
     }
 }
@@ -140,7 +157,27 @@ impl Metrics {
             "copies running in this process",
             self.in_flight.clone(),
         );
+        registry.register(
+            "events_rejected",
+            "images of workload.changed events refused because the cluster does not back them",
+            self.rejected.clone(),
+        );
+        registry.register(
+            "requests_refused",
+            "ImageBackups applied by hand that ask for a target outside the naming",
+            self.refused.clone(),
+        );
         self
+    }
+
+    /// Counts one refused image of an event.
+    pub fn reject(&self, reason: RejectReason) {
+        self.rejected.get_or_create(&RejectLabels { reason }).inc();
+    }
+
+    /// Counts one refused hand-made request.
+    pub fn refuse(&self, reason: RejectReason) {
+        self.refused.get_or_create(&RejectLabels { reason }).inc();
     }
 
     /// Counts one image's outcome.

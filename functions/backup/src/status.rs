@@ -199,20 +199,62 @@ pub fn failed(
     s
 }
 
-/// The attempt failed transiently and will be retried: Pending, claim released, error kept.
+/// The attempt failed transiently and will be retried after `delay`: Pending, claim released,
+/// error kept, `retryAt` set (the requests controller takes it up then if no message does).
 pub fn retrying(
     prev: &ImageBackupStatus,
     e: &CopyError,
     now: Timestamp,
+    delay: Duration,
     generation: Option<i64>,
 ) -> ImageBackupStatus {
     let mut s = with_error(prev, Phase::Pending, e, generation);
+    s.retry_at = Some(Time(
+        now.checked_add(delay.min(Duration::from_secs(86_400)))
+            .unwrap_or(now),
+    ));
     set_condition(
         &mut s.conditions,
         "Ready",
         false,
         "Retrying",
         &e.to_string(),
+        now,
+        generation,
+    );
+    s
+}
+
+/// A request the backup will not carry out (an ImageBackup applied by hand that asks for a
+/// target outside the naming, or is not named after its source): Failed, with `message` as
+/// `lastError` (`Invalid: …`) and a Failed condition of reason `Refused`. Nothing is copied.
+pub fn refused(
+    prev: Option<&ImageBackupStatus>,
+    message: &str,
+    now: Timestamp,
+    generation: Option<i64>,
+) -> ImageBackupStatus {
+    let mut s = prev.cloned().unwrap_or_default();
+    s.phase = Some(Phase::Failed);
+    s.claim = None;
+    s.retry_at = None;
+    s.last_error = Some(cut(&format!("Invalid: {message}")));
+    s.observed_generation = generation;
+    set_condition(
+        &mut s.conditions,
+        "Failed",
+        true,
+        "Refused",
+        message,
+        now,
+        generation,
+    );
+    set_condition(
+        &mut s.conditions,
+        "Ready",
+        false,
+        "Refused",
+        message,
         now,
         generation,
     );
@@ -300,7 +342,37 @@ mod tests {
         );
         let f = s.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
         assert_eq!((f.status.as_str(), f.reason.as_str()), ("True", "NotFound"));
-        let r = retrying(&s, &e, now, None);
+        let r = retrying(&s, &e, now, Duration::from_secs(8), None);
         assert_eq!(r.phase, Some(Phase::Pending));
+        assert_eq!(
+            r.retry_at.as_ref().map(|t| t.0),
+            Some(now.checked_add(Duration::from_secs(8)).unwrap())
+        );
+        assert_eq!(
+            copying(Some(&r), claim_for_test(now), now, None).retry_at,
+            None,
+            "a new attempt clears it"
+        );
+    }
+
+    fn claim_for_test(now: Timestamp) -> Claim {
+        Claim {
+            holder: "w".into(),
+            renew_time: Time(now),
+            lease_seconds: 60,
+        }
+    }
+
+    #[test]
+    fn a_refused_request_is_failed_with_an_invalid_error() {
+        let now = Timestamp::now();
+        let s = refused(None, "spec.target is elsewhere", now, Some(1));
+        assert_eq!(s.phase, Some(Phase::Failed));
+        assert_eq!(
+            s.last_error.as_deref(),
+            Some("Invalid: spec.target is elsewhere")
+        );
+        let f = s.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
+        assert_eq!((f.status.as_str(), f.reason.as_str()), ("True", "Refused"));
     }
 }

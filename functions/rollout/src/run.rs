@@ -110,7 +110,12 @@ impl Context {
             })
             .filter_map(|source| {
                 let ib = backups.get(&ObjectRef::new(&image_backup_name(&source)))?;
-                (ib.spec.source == source.to_string()).then(|| (source.to_string(), ib))
+                // Only the ImageBackup of this very source (one applied by hand may spell it
+                // unnormalized: `nginx:1.14.0`).
+                let same = Reference::parse_normalized(&ib.spec.source)
+                    .map(Reference::with_default_tag)
+                    .is_ok_and(|r| r == source);
+                same.then(|| (source.to_string(), ib))
             })
             .collect();
         decide::decide(w, &self.naming, self.pin, |s| {

@@ -80,34 +80,15 @@ fn workload_meta(w: &Workload) -> &ObjectMeta {
     }
 }
 
-/// The name of the ServiceAccount a workload's pods run as.
+/// The name of the ServiceAccount a workload's pods run as (the shared rule).
 pub fn service_account_name(w: &Workload) -> String {
-    w.pod_spec()
-        .and_then(|s| s.service_account_name.clone())
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| "default".into())
+    w.service_account_name()
 }
 
-/// The plan for a workload, with the pull secrets its pods would use: the pod template's
-/// `imagePullSecrets`, then its ServiceAccount's (as admission adds them), without repeats.
+/// The plan for a workload, with the pull secrets its pods would use (the shared rule,
+/// [`Workload::plan_with_secrets`]).
 pub fn plan(w: &Workload, sa: Option<&ServiceAccount>, naming: &NamingPolicy) -> Plan {
-    let mut plan = w.plan(naming);
-    let template = w
-        .pod_spec()
-        .and_then(|s| s.image_pull_secrets.as_ref())
-        .into_iter()
-        .flatten();
-    let account = sa
-        .and_then(|sa| sa.image_pull_secrets.as_ref())
-        .into_iter()
-        .flatten();
-    let mut seen = BTreeSet::new();
-    plan.event.pull_secrets = template
-        .chain(account)
-        .map(|r| r.name.clone())
-        .filter(|n| !n.is_empty() && seen.insert(n.clone()))
-        .collect();
-    plan
+    w.plan_with_secrets(sa, naming)
 }
 
 /// Decides for one workload (see the module docs).

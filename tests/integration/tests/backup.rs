@@ -80,6 +80,7 @@ impl Bed {
                     self.proxy.host()
                 ),
             ),
+            ("BACKUP_REGISTRY", self.backup_registry()),
             ("ACK_WAIT_SECONDS", "5".into()),
             ("CLAIM_LEASE_SECONDS", "6".into()),
             (
@@ -103,12 +104,37 @@ impl Bed {
             .expect("push")
     }
 
-    /// A workload.changed for `images` (source repo in `src`, target under the proxy).
-    fn event(&self, workload: &str, repos: &[&str], secrets: &[&str]) -> Payload {
-        self.event_from(&self.src.host(), workload, repos, secrets)
+    /// The backup registry the functions get: under the proxy, which counts what reaches it.
+    fn backup_registry(&self) -> String {
+        format!("{}/backup", self.proxy.host())
     }
 
-    fn event_from(&self, host: &str, workload: &str, repos: &[&str], secrets: &[&str]) -> Payload {
+    /// Where `host/repo:1` is backed up (its repository path at the backup registry), by the
+    /// naming the backup applies.
+    fn target_path(&self, host: &str, repo: &str) -> String {
+        let naming = shared::NamingPolicy::flat(self.backup_registry().parse().unwrap());
+        let source = shared::Reference::parse_normalized(&format!("{host}/{repo}:1")).unwrap();
+        naming.target(&source).unwrap().path().to_string()
+    }
+
+    /// A workload.changed for `images` (source repo in `src`), as the watcher sends it; the
+    /// Deployment it names is created (or updated) first, since the backup checks every event
+    /// against the cluster.
+    async fn event(&self, workload: &str, repos: &[&str], secrets: &[&str]) -> Payload {
+        self.event_from(&self.src.host(), workload, repos, secrets)
+            .await
+    }
+
+    async fn event_from(
+        &self,
+        host: &str,
+        workload: &str,
+        repos: &[&str],
+        secrets: &[&str],
+    ) -> Payload {
+        let images: Vec<String> = repos.iter().map(|r| format!("{host}/{r}:1")).collect();
+        self.deployment(workload, &images, secrets).await;
+        let naming = shared::NamingPolicy::flat(self.backup_registry().parse().unwrap());
         Payload::WorkloadChanged(WorkloadChanged {
             workload: WorkloadRef {
                 kind: WorkloadKind::Deployment,
@@ -124,11 +150,55 @@ impl Bed {
                     container: format!("c{i}"),
                     init: false,
                     source: format!("{host}/{repo}:1"),
-                    target: format!("{}/backup/{}:1", self.proxy.host(), repo.replace('/', "_")),
+                    target: naming
+                        .target(
+                            &shared::Reference::parse_normalized(&format!("{host}/{repo}:1"))
+                                .unwrap(),
+                        )
+                        .unwrap()
+                        .to_string(),
                 })
                 .collect(),
             pull_secrets: secrets.iter().map(|s| s.to_string()).collect(),
         })
+    }
+
+    /// Creates namespace `web` (there already is fine).
+    async fn namespace(&self) {
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "web"}})).unwrap();
+        match Api::<Namespace>::all(self.client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => panic!("namespace: {e}"),
+        }
+    }
+
+    /// Creates (or updates) Deployment `name` in namespace `web` running `images`.
+    async fn deployment(&self, name: &str, images: &[String], secrets: &[&str]) {
+        self.namespace().await;
+        let containers: Vec<serde_json::Value> = images
+            .iter()
+            .enumerate()
+            .map(|(i, image)| json!({"name": format!("c{i}"), "image": image}))
+            .collect();
+        let secrets: Vec<serde_json::Value> = secrets.iter().map(|s| json!({"name": s})).collect();
+        let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "web"},
+            "spec": {"selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}},
+                                  "spec": {"containers": containers,
+                                           "imagePullSecrets": secrets}}}
+        }))
+        .unwrap();
+        let api =
+            Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(self.client.clone(), "web");
+        let patch = kube::api::Patch::Apply(&d);
+        api.patch(name, &kube::api::PatchParams::apply("test").force(), &patch)
+            .await
+            .expect("apply the deployment");
     }
 
     async fn publish(&self, payload: &Payload) {
@@ -207,7 +277,7 @@ async fn one_event_makes_one_completed_backup_byte_identical_and_visible() {
     let image = bed.push("library/nginx", 1, 64 * 1024).await;
     let mut backup = bed.backup(&["run"], &[]);
     backup.wait_ready(LIMIT).await.expect("ready");
-    bed.publish(&bed.event("nginx", &["library/nginx"], &[]))
+    bed.publish(&bed.event("nginx", &["library/nginx"], &[]).await)
         .await;
     let ib = bed
         .wait_phase("library/nginx", Phase::Completed, &[&backup])
@@ -237,7 +307,7 @@ async fn one_event_makes_one_completed_backup_byte_identical_and_visible() {
     // The copy is byte-identical at the target.
     let target = Pusher::new(&bed.dst.host(), None);
     let (_, top) = target
-        .get_manifest("backup/library_nginx", "1")
+        .get_manifest(&bed.target_path(&bed.src.host(), "library/nginx"), "1")
         .await
         .unwrap()
         .expect("tagged at the target");
@@ -261,7 +331,7 @@ async fn one_event_makes_one_completed_backup_byte_identical_and_visible() {
     assert_eq!(c.digest, image.digest);
 
     // The same event again: nothing to do, nothing published again.
-    bed.publish(&bed.event("nginx-again", &["library/nginx"], &[]))
+    bed.publish(&bed.event("nginx-again", &["library/nginx"], &[]).await)
         .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(completed_for(&bed.events().await, &name), 1);
@@ -314,7 +384,8 @@ async fn two_workers_and_twenty_events_for_five_images_copy_each_image_once() {
             format!("team/app{}", (n + 1) % 5),
         ];
         let repos: Vec<&str> = repos.iter().map(String::as_str).collect();
-        bed.publish(&bed.event(&format!("w{n}"), &repos, &[])).await;
+        bed.publish(&bed.event(&format!("w{n}"), &repos, &[]).await)
+            .await;
     }
     let digests: Vec<_> = images
         .iter()
@@ -360,7 +431,8 @@ async fn a_worker_killed_mid_copy_is_replaced_through_redelivery_and_claim_expir
     bed.push("big/image", 7, 24 * 1024 * 1024).await;
     let mut a = bed.backup(&["run"], &[("MAX_CONCURRENT_COPIES", "1".into())]);
     a.wait_ready(LIMIT).await.expect("a");
-    bed.publish(&bed.event("big", &["big/image"], &[])).await;
+    bed.publish(&bed.event("big", &["big/image"], &[]).await)
+        .await;
     let copying = bed.wait_phase("big/image", Phase::Copying, &[&a]).await;
     let first_holder = copying.status.unwrap().claim.unwrap().holder;
     drop(a); // SIGKILL: no Nak, no status write; only redelivery and the lease remain.
@@ -395,8 +467,11 @@ async fn failures_end_in_a_recorded_state_and_429_storms_are_ridden_out() {
         )],
     );
     backup.wait_ready(LIMIT).await.expect("ready");
-    bed.publish(&bed.event_from(&source_proxy.host(), "c", &["bad/corrupt"], &[]))
-        .await;
+    bed.publish(
+        &bed.event_from(&source_proxy.host(), "c", &["bad/corrupt"], &[])
+            .await,
+    )
+    .await;
     let failed = bed
         .wait_phase_of(
             &format!("{}/bad/corrupt:1", source_proxy.host()),
@@ -415,8 +490,11 @@ async fn failures_end_in_a_recorded_state_and_429_storms_are_ridden_out() {
     let f = s.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
     assert_eq!((f.status.as_str(), f.reason.as_str()), ("True", "Corrupt"));
 
-    bed.publish(&bed.event_from(&source_proxy.host(), "n", &["nowhere/missing"], &[]))
-        .await;
+    bed.publish(
+        &bed.event_from(&source_proxy.host(), "n", &["nowhere/missing"], &[])
+            .await,
+    )
+    .await;
     let missing = bed
         .wait_phase_of(
             &format!("{}/nowhere/missing:1", source_proxy.host()),
@@ -434,8 +512,11 @@ async fn failures_end_in_a_recorded_state_and_429_storms_are_ridden_out() {
     );
 
     source_proxy.fail_next(&[(429, Some(0)); 8]);
-    bed.publish(&bed.event_from(&source_proxy.host(), "s", &["ok/storm"], &[]))
-        .await;
+    bed.publish(
+        &bed.event_from(&source_proxy.host(), "s", &["ok/storm"], &[])
+            .await,
+    )
+    .await;
     bed.wait_phase_of(
         &format!("{}/ok/storm:1", source_proxy.host()),
         Phase::Completed,
@@ -472,11 +553,7 @@ async fn a_private_source_is_read_with_the_workload_pull_secret_and_the_password
         )
         .await
         .expect("push");
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "web"}})).unwrap();
-    Api::<Namespace>::all(bed.client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
+    bed.namespace().await;
     let auth = base64::Engine::encode(
         &base64::engine::general_purpose::STANDARD,
         format!("puller:{PASSWORD}"),
@@ -500,8 +577,11 @@ async fn a_private_source_is_read_with_the_workload_pull_secret_and_the_password
         )],
     );
     backup.wait_ready(LIMIT).await.expect("ready");
-    bed.publish(&bed.event_from(&private.host(), "p", &["secret/app"], &["regcred"]))
-        .await;
+    bed.publish(
+        &bed.event_from(&private.host(), "p", &["secret/app"], &["regcred"])
+            .await,
+    )
+    .await;
     let ib = bed
         .wait_phase_of(
             &format!("{}/secret/app:1", private.host()),
@@ -551,7 +631,7 @@ async fn a_malformed_message_is_dead_lettered_and_later_ones_still_processed() {
         .unwrap()
         .await
         .unwrap();
-    bed.publish(&bed.event("after", &["after/garbage"], &[]))
+    bed.publish(&bed.event("after", &["after/garbage"], &[]).await)
         .await;
     bed.wait_phase("after/garbage", Phase::Completed, &[&backup])
         .await;
@@ -577,7 +657,8 @@ async fn completed_backups_expire_and_the_image_stays() {
     let image = bed.push("short/lived", 31, 16 * 1024).await;
     let mut backup = bed.backup(&["run"], &[("COMPLETED_TTL_SECONDS", "1".into())]);
     backup.wait_ready(LIMIT).await.expect("ready");
-    bed.publish(&bed.event("e", &["short/lived"], &[])).await;
+    bed.publish(&bed.event("e", &["short/lived"], &[]).await)
+        .await;
     // Completed lasts one second (the TTL), so a poll of the API can miss it on a busy machine:
     // the worker's log says what happened, in order.
     let deadline = tokio::time::Instant::now() + LIMIT;
@@ -598,7 +679,7 @@ async fn completed_backups_expire_and_the_image_stays() {
     }
     assert!(bed.backups().await.is_empty(), "the ImageBackup is gone");
     let (_, top) = Pusher::new(&bed.dst.host(), None)
-        .get_manifest("backup/short_lived", "1")
+        .get_manifest(&bed.target_path(&bed.src.host(), "short/lived"), "1")
         .await
         .unwrap()
         .expect("the copy stays");
@@ -612,7 +693,7 @@ async fn serve_handles_a_cloudevent_over_http_like_run() {
     let port = testbed::process::free_port().unwrap();
     let mut serve = bed.backup(&["serve"], &[("LISTEN", format!("127.0.0.1:{port}"))]);
     serve.wait_ready(LIMIT).await.expect("ready");
-    let payload = bed.event("h", &["http/app"], &[]);
+    let payload = bed.event("h", &["http/app"], &[]).await;
     let binary = shared::events::to_http_binary(&payload, "/test").unwrap();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let mut request = http

@@ -21,5 +21,6 @@ mod referrers;
 mod registry_images;
 mod rollout;
 mod testbed_up;
+mod trust;
 mod validation;
 mod watcher;

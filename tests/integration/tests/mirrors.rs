@@ -60,23 +60,10 @@ async fn a_mirror_serves_docker_hub_names_and_the_backup_keeps_them() {
         .expect("get")
         .expect("the backup is tagged");
     assert_eq!(testbed::image::sha256_digest(&top), image.digest);
-    let at_backup = Pusher::new(&backup.host(), None);
-    for (digest, _, bytes) in &image.manifests {
-        let (_, got) = at_backup
-            .get_manifest("acme/library_nginx", digest)
-            .await
-            .expect("get")
-            .expect("manifest at the backup");
-        assert_eq!(&got, bytes, "manifest {digest} byte-identical");
-    }
-    for blob in &image.blobs {
-        let got = at_backup
-            .get_blob("acme/library_nginx", &blob.digest)
-            .await
-            .expect("get")
-            .expect("blob at the backup");
-        assert_eq!(testbed::image::sha256_digest(&got), blob.digest);
-    }
+    Pusher::new(&backup.host(), None)
+        .check_identical("acme/library_nginx", &image)
+        .await
+        .expect("byte-identical at the backup");
 }
 
 #[tokio::test]

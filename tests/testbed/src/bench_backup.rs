@@ -66,8 +66,31 @@ pub async fn run(images: usize, events: usize) -> anyhow::Result<String> {
         ("KUBECONFIG", kubeconfig.path().display().to_string()),
         ("NATS_URL", nats.url()),
         ("INSECURE_REGISTRIES", insecure.clone()),
+        ("BACKUP_REGISTRY", format!("{}/backup", dst.host())),
         ("LOG_LEVEL", "warn".to_string()),
     ];
+    // The workloads the events name: the backup checks each event against the cluster.
+    let client = api.client()?;
+    let namespace: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "bench"}}))?;
+    Api::all(client.clone())
+        .create(&kube::api::PostParams::default(), &namespace)
+        .await?;
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client, "bench");
+    for n in 0..events {
+        let i = n % images;
+        let d = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("w{n}")},
+            "spec": {"selector": {"matchLabels": {"app": format!("w{n}")}},
+                     "template": {"metadata": {"labels": {"app": format!("w{n}")}},
+                                  "spec": {"containers": [{"name": "main",
+                                      "image": format!("{}/bench/app{i}:1", src.host())}]}}}
+        }))?;
+        deployments
+            .create(&kube::api::PostParams::default(), &d)
+            .await?;
+    }
+    let naming = shared::NamingPolicy::flat(format!("{}/backup", dst.host()).parse()?);
     let mut workers = Vec::new();
     for _ in 0..2 {
         let mut w = FunctionProcess::spawn("backup", &["run".to_string()], &env)?;
@@ -88,11 +111,17 @@ pub async fn run(images: usize, events: usize) -> anyhow::Result<String> {
                 },
                 uid: format!("u{n}"),
                 generation: 1,
-                images: vec![WorkloadImage {
-                    container: "main".into(),
-                    init: false,
-                    source: format!("{}/bench/app{i}:1", src.host()),
-                    target: format!("{}/backup/bench_app{i}:1", dst.host()),
+                images: vec![{
+                    let source = shared::Reference::parse_normalized(&format!(
+                        "{}/bench/app{i}:1",
+                        src.host()
+                    ))?;
+                    WorkloadImage {
+                        container: "main".into(),
+                        init: false,
+                        target: naming.target(&source)?.to_string(),
+                        source: source.to_string(),
+                    }
                 }],
                 pull_secrets: Vec::new(),
             }))

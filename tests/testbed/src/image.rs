@@ -438,6 +438,28 @@ impl Pusher {
         Ok(Some(resp.bytes().await?.to_vec()))
     }
 
+    /// Checks that `repo` holds every manifest (by digest, byte for byte) and every blob (its
+    /// bytes hash to its digest) of `image`: a byte-identical copy.
+    pub async fn check_identical(&self, repo: &str, image: &PushedImage) -> anyhow::Result<()> {
+        for (digest, _, bytes) in &image.manifests {
+            let Some((_, got)) = self.get_manifest(repo, digest).await? else {
+                bail!("manifest {digest} is not in {repo}");
+            };
+            if &got != bytes {
+                bail!("manifest {digest} in {repo} differs from the source's bytes");
+            }
+        }
+        for blob in &image.blobs {
+            let Some(got) = self.get_blob(repo, &blob.digest).await? else {
+                bail!("blob {} is not in {repo}", blob.digest);
+            };
+            if sha256_digest(&got) != blob.digest {
+                bail!("blob {} in {repo} does not hash to its digest", blob.digest);
+            }
+        }
+        Ok(())
+    }
+
     /// Lists the tags of a repository (empty when it does not exist).
     pub async fn tags(&self, repo: &str) -> anyhow::Result<Vec<String>> {
         let resp = self
