@@ -16,6 +16,69 @@ pub struct NatsArgs {
     /// never shown: `Debug` and logs print `***`.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: SecretUrl,
+    /// NATS user (with `--nats-password-file`): each function has its own, allowed only its
+    /// subjects.
+    #[arg(long, env = "NATS_USER")]
+    pub nats_user: Option<String>,
+    /// A file holding the NATS user's password (a mounted Secret key).
+    #[arg(long, env = "NATS_PASSWORD_FILE", requires = "nats_user")]
+    pub nats_password_file: Option<PathBuf>,
+}
+
+/// Why the NATS settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsConfigError {
+    /// The password file cannot be read.
+    #[error("cannot read the NATS password file {path}: {source}")]
+    PasswordFile {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl NatsArgs {
+    /// The server list to connect to, with `--nats-user` and the password from
+    /// `--nats-password-file` in it (percent-encoded) when they are given; otherwise
+    /// `--nats-url` as written.
+    pub fn url(&self) -> Result<SecretUrl, NatsConfigError> {
+        let Some(user) = &self.nats_user else {
+            return Ok(self.nats_url.clone());
+        };
+        let password = match &self.nats_password_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|source| NatsConfigError::PasswordFile {
+                        path: path.display().to_string(),
+                        source,
+                    })?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let encode = |s: &str| {
+            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+        };
+        let credentials = match &password {
+            Some(p) => format!("{}:{}@", encode(user), encode(p)),
+            None => format!("{}@", encode(user)),
+        };
+        // The first server carries them (they apply to every server of the list).
+        let url = self.nats_url.expose();
+        let (first, rest) = url.split_once(',').unwrap_or((url, ""));
+        let first = first.trim();
+        let (scheme, host) = first.split_once("://").unwrap_or(("nats", first));
+        let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+        let mut with = format!("{scheme}://{credentials}{host}");
+        if !rest.is_empty() {
+            with.push(',');
+            with.push_str(rest);
+        }
+        Ok(SecretUrl::from(with.as_str()))
+    }
 }
 
 /// The backup registry and how images are named in it.
@@ -193,6 +256,31 @@ mod tests {
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("nats://***@nats:4222"), "{shown}");
         assert_eq!(cli.nats.nats_url.expose(), "nats://bot:hunter2@nats:4222");
+    }
+
+    #[test]
+    fn a_nats_user_and_password_file_go_into_the_url_and_nowhere_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        std::fs::write(&file, "p@ss:w/rd\n").unwrap();
+        let cli = Cli::parse_from([
+            "x",
+            "--nats-url",
+            "nats://old:secret@nats-0:4222,nats://nats-1:4222",
+            "--nats-user",
+            "watcher",
+            "--nats-password-file",
+            file.to_str().unwrap(),
+        ]);
+        let url = cli.nats.url().unwrap();
+        assert_eq!(
+            url.expose(),
+            "nats://watcher:p%40ss%3Aw%2Frd@nats-0:4222,nats://nats-1:4222"
+        );
+        assert!(!format!("{url:?} {url} {cli:?}").contains("p@ss"));
+        let plain = Cli::parse_from(["x", "--nats-url", "nats://nats:4222"]);
+        assert_eq!(plain.nats.url().unwrap().expose(), "nats://nats:4222");
+        assert!(Cli::try_parse_from(["x", "--nats-password-file", "/f"]).is_err());
     }
 
     #[test]

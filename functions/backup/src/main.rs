@@ -278,7 +278,7 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
     match mode {
         Mode::Run => {
             let Some((_, js, stream)) = shared::nats::connect_until_ready(
-                args.nats.nats_url.expose(),
+                args.nats.url()?.expose(),
                 "image-backup-backup",
                 &mut shutdown,
             )

@@ -172,7 +172,7 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
     let nats = match (&mode, &sink) {
         (Mode::Run, _) | (_, None) => {
             let Some(ready) = shared::nats::connect_until_ready(
-                args.nats.nats_url.expose(),
+                args.nats.url()?.expose(),
                 "image-backup-rollout",
                 &mut shutdown,
             )

@@ -204,9 +204,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let publisher = match &args.sink.sink {
         Some(url) => Publisher::Http(HttpSink::new(url.clone(), SOURCE, PublishRetry::default())),
         None => {
-            let url = args.nats.nats_url.expose();
-            let Some((_, js, _)) =
-                shared::nats::connect_until_ready(url, "image-backup-watcher", &mut shutdown).await
+            let url = args.nats.url()?;
+            let Some((_, js, _)) = shared::nats::connect_until_ready(
+                url.expose(),
+                "image-backup-watcher",
+                &mut shutdown,
+            )
+            .await
             else {
                 return Ok(());
             };

@@ -16,6 +16,7 @@ mod kubectl_session;
 mod least_privilege;
 mod mirrors;
 mod nats_events;
+mod nats_users;
 mod readme;
 mod referrers;
 mod registry_images;

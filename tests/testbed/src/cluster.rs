@@ -37,10 +37,18 @@ pub struct Cluster {
 impl Cluster {
     /// Starts everything.
     pub async fn start() -> anyhow::Result<Self> {
+        let nats = NatsServer::start().await?;
+        let url = nats.url();
+        Self::start_with_nats(nats, &url).await
+    }
+
+    /// Starts everything around `nats` (one started with its own configuration), which the
+    /// test bed reaches at `url` (credentials in it); the functions get `nats.url()` and their
+    /// own credentials from the caller.
+    pub async fn start_with_nats(nats: NatsServer, url: &str) -> anyhow::Result<Self> {
         let api = ApiServer::start().await?;
         api.install_imagebackup_crd().await?;
-        let nats = NatsServer::start().await?;
-        let js = jetstream::new(shared::nats::connect(&nats.url(), "cluster").await?);
+        let js = jetstream::new(shared::nats::connect(url, "cluster").await?);
         shared::nats::ensure_stream(&js).await?;
         let kubeconfig = tempfile::NamedTempFile::new()?;
         api.write_kubeconfig(kubeconfig.path())?;

@@ -17,6 +17,8 @@ pub struct NatsServer {
     version: String,
     /// User and password clients must give (`None`: anyone may connect).
     user: Option<(String, String)>,
+    /// A configuration file the server reads, and the environment it needs (its `$VARS`).
+    config: Option<(std::path::PathBuf, Vec<(String, String)>)>,
     /// The running process (`None` while stopped); killed on drop.
     _guard: Option<ChildGuard>,
     _dir: tempfile::TempDir,
@@ -61,18 +63,54 @@ impl NatsServer {
         Self::start_inner(Some((user.to_string(), password.to_string()))).await
     }
 
+    /// Starts a server with configuration `conf` (the text of a nats.conf, e.g. the deploy
+    /// manifests' with its users and permissions) and `env` for the variables it names. The
+    /// port, listen address, JetStream store and monitoring port are the test bed's (flags win
+    /// over the file).
+    pub async fn start_with_config(conf: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("nats.conf");
+        // The file's store may not be set twice (flag and file): it becomes the test bed's.
+        let store = dir.path().join("jetstream");
+        let conf: String = conf
+            .lines()
+            .map(|l| {
+                if l.trim_start().starts_with("store_dir") {
+                    format!("store_dir: {:?}", store.display().to_string())
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&path, conf)?;
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::start_in(dir, None, Some((path, env))).await
+    }
+
     async fn start_inner(user: Option<(String, String)>) -> anyhow::Result<Self> {
+        Self::start_in(tempfile::tempdir()?, user, None).await
+    }
+
+    async fn start_in(
+        dir: tempfile::TempDir,
+        user: Option<(String, String)>,
+        config: Option<(std::path::PathBuf, Vec<(String, String)>)>,
+    ) -> anyhow::Result<Self> {
         let version = installed_version()?;
         if let Err(e) = shared::nats::check_server_version(&version) {
             bail!("{e} (binary: {})", binary());
         }
-        let dir = tempfile::tempdir()?;
         let port = free_port()?;
-        let guard = spawn(port, dir.path(), user.as_ref()).await?;
+        let guard = spawn(port, dir.path(), user.as_ref(), config.as_ref()).await?;
         Ok(Self {
             port,
             version,
             user,
+            config,
             _guard: Some(guard),
             _dir: dir,
         })
@@ -87,7 +125,15 @@ impl NatsServer {
     /// it runs): clients reconnect, the stream and its messages are still there.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self._guard = None;
-        self._guard = Some(spawn(self.port, self._dir.path(), self.user.as_ref()).await?);
+        self._guard = Some(
+            spawn(
+                self.port,
+                self._dir.path(),
+                self.user.as_ref(),
+                self.config.as_ref(),
+            )
+            .await?,
+        );
         Ok(())
     }
 
@@ -105,6 +151,11 @@ impl NatsServer {
         }
     }
 
+    /// Its log so far (permission violations, authorization errors).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("nats.log")).unwrap_or_default()
+    }
+
     /// The server's version.
     pub fn version(&self) -> &str {
         &self.version
@@ -115,11 +166,23 @@ async fn spawn(
     port: u16,
     dir: &std::path::Path,
     user: Option<&(String, String)>,
+    config: Option<&(std::path::PathBuf, Vec<(String, String)>)>,
 ) -> anyhow::Result<ChildGuard> {
     let log = dir.join("nats.log");
     let mut cmd = Command::new(binary());
-    cmd.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-        .arg(dir.join("jetstream"));
+    cmd.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()]);
+    match config {
+        // Its store is set in the file (see `start_with_config`).
+        Some((path, env)) => {
+            cmd.arg("-c")
+                .arg(path)
+                .args(["-m", "0"])
+                .envs(env.iter().cloned());
+        }
+        None => {
+            cmd.arg("-sd").arg(dir.join("jetstream"));
+        }
+    }
     if let Some((user, password)) = user {
         cmd.args(["--user", user, "--pass", password]);
     }
