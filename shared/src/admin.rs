@@ -2,16 +2,19 @@
 //! false until the function's start-up work is done, false again from the first SIGTERM) and
 //! `/metrics` (OpenMetrics text from `prometheus-client`, each function under its own prefix).
 //!
-//! It reads only the metrics registry and the readiness flag: never a Kubernetes or NATS client.
+//! It reads only the metrics registry and the readiness flag, and never a NATS client; with
+//! `--metrics-auth kubernetes` it asks the Kubernetes API who a `/metrics` caller is
+//! ([`crate::metrics_auth`]), and nothing else.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use prometheus_client::registry::Registry;
 
+use crate::metrics_auth::{MetricsAuth, Verdict};
 use crate::shutdown::Shutdown;
 
 /// Whether the function is ready for work. Starts false. Cheap to clone.
@@ -48,6 +51,7 @@ pub async fn serve(
     registry: Arc<Registry>,
     readiness: Readiness,
     mut shutdown: Shutdown,
+    metrics_auth: Option<MetricsAuth>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), BindError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -73,9 +77,39 @@ pub async fn serve(
         )
         .route(
             "/metrics",
-            axum::routing::get(move || {
+            axum::routing::get(move |headers: HeaderMap| {
                 let registry = registry.clone();
-                async move { metrics(&registry) }
+                let auth = metrics_auth.clone();
+                async move {
+                    let verdict = match &auth {
+                        None => Verdict::Allowed,
+                        Some(auth) => {
+                            let authorization = headers
+                                .get(header::AUTHORIZATION)
+                                .and_then(|v| v.to_str().ok());
+                            auth.check(authorization).await
+                        }
+                    };
+                    match verdict {
+                        Verdict::Allowed => metrics(&registry),
+                        Verdict::Unauthenticated => (
+                            StatusCode::UNAUTHORIZED,
+                            [(header::WWW_AUTHENTICATE, "Bearer")],
+                            "a bearer token Kubernetes knows is needed\n",
+                        )
+                            .into_response(),
+                        Verdict::Forbidden => (
+                            StatusCode::FORBIDDEN,
+                            "this user may not get /metrics (bind it to image-backup-metrics-reader)\n",
+                        )
+                            .into_response(),
+                        Verdict::Unavailable => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "cannot ask Kubernetes who you are\n",
+                        )
+                            .into_response(),
+                    }
+                }
             }),
         );
     let task = tokio::spawn(async move {

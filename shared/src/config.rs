@@ -185,6 +185,11 @@ pub struct AdminArgs {
     /// Where `/healthz`, `/readyz` and `/metrics` are served.
     #[arg(long, env = "METRICS_LISTEN", default_value = "0.0.0.0:8080")]
     pub metrics_listen: std::net::SocketAddr,
+    /// Who may read `/metrics`: `none` (anyone who reaches the port) or `kubernetes` (a bearer
+    /// token that passes a TokenReview and a SubjectAccessReview for `get` on `/metrics`).
+    /// `/healthz` and `/readyz` stay open.
+    #[arg(long, env = "METRICS_AUTH", value_enum, default_value_t = crate::metrics_auth::MetricsAuthMode::None)]
+    pub metrics_auth: crate::metrics_auth::MetricsAuthMode,
 }
 
 /// Where events go instead of JetStream (Knative).

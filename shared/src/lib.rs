@@ -17,6 +17,7 @@
 //! - [`telemetry`]: log set-up.
 //! - [`cache`]: the Deployment and DaemonSet caches, seen as workloads.
 //! - [`admin`]: the admin server (`/healthz`, `/readyz`, `/metrics`) and readiness.
+//! - [`metrics_auth`]: `/metrics` for callers Kubernetes authenticates and authorizes.
 //! - [`runtime`]: start-up every function shares (signals, metrics, admin server, kube client).
 //! - [`shutdown`]: SIGTERM/SIGINT: drain first, abort on the second.
 //! - [`delivery`]: `Delivery<T>`, a JetStream message with explicit, idempotent acks.
@@ -38,6 +39,7 @@ pub mod crd;
 pub mod delivery;
 pub mod error;
 pub mod events;
+pub mod metrics_auth;
 pub mod naming;
 pub mod nats;
 pub mod publish;

@@ -8,6 +8,7 @@ use prometheus_client::registry::Registry;
 
 use crate::admin::{BindError, Readiness};
 use crate::config::AdminArgs;
+use crate::metrics_auth::{MetricsAuth, MetricsAuthMode};
 use crate::shutdown::Shutdown;
 
 /// Why a function could not start.
@@ -45,17 +46,22 @@ impl Runtime {
         let shutdown = Shutdown::on_signals(readiness.clone());
         let mut registry = Registry::with_prefix("imagebackup");
         register(registry.sub_registry_with_prefix(function));
+        let client = kube::Client::try_default()
+            .await
+            .map_err(RuntimeError::Kube)?;
+        let metrics_auth = match admin.metrics_auth {
+            MetricsAuthMode::None => None,
+            MetricsAuthMode::Kubernetes => Some(MetricsAuth::new(client.clone())),
+        };
         let (addr, admin) = crate::admin::serve(
             admin.metrics_listen,
             Arc::new(registry),
             readiness.clone(),
             shutdown.clone(),
+            metrics_auth,
         )
         .await?;
         tracing::info!(%addr, function, "admin server listening");
-        let client = kube::Client::try_default()
-            .await
-            .map_err(RuntimeError::Kube)?;
         Ok(Self {
             readiness,
             shutdown,

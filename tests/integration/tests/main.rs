@@ -14,6 +14,7 @@ mod hostile_registry;
 mod kubectl;
 mod kubectl_session;
 mod least_privilege;
+mod metrics_auth;
 mod mirrors;
 mod nats_events;
 mod nats_users;

@@ -41,6 +41,11 @@ impl FunctionProcess {
         })
     }
 
+    /// The admin server's base URL (`http://127.0.0.1:<port>`).
+    pub fn admin_url(&self) -> &str {
+        &self.admin
+    }
+
     /// `GET <admin><path>`: status and body, or `None` while nothing answers.
     pub async fn admin_get(&self, path: &str) -> Option<(u16, String)> {
         let resp = reqwest::Client::builder()

@@ -362,6 +362,66 @@ pub fn access_review(store: &Store, user: &User, review: &Value) -> Value {
     answer
 }
 
+/// A TokenReview answered: `who` is the token's user (`None`: not a token of this server).
+pub fn token_review(review: &Value, who: Option<&User>) -> Value {
+    let mut answer = review.clone();
+    answer["apiVersion"] = "authentication.k8s.io/v1".into();
+    answer["kind"] = "TokenReview".into();
+    if let Some(spec) = answer["spec"].as_object_mut() {
+        // kube-apiserver does not echo the token back.
+        spec.remove("token");
+    }
+    answer["status"] = match who {
+        Some(user) => json!({"authenticated": true,
+                             "user": {"username": user.name, "groups": user.groups}}),
+        None => json!({"authenticated": false, "error": "invalid bearer token"}),
+    };
+    answer
+}
+
+/// A SubjectAccessReview answered: may the user and groups of its spec do what its resource
+/// or non-resource attributes say, by the cluster's RBAC.
+pub fn subject_access_review(store: &Store, review: &Value) -> Value {
+    let spec = &review["spec"];
+    let user = User {
+        name: spec["user"].as_str().unwrap_or_default().to_string(),
+        groups: spec["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|g| g.as_str().map(str::to_string))
+            .collect(),
+    };
+    let s = |v: &Value, f: &str| v[f].as_str().unwrap_or_default().to_string();
+    let non_resource = &spec["nonResourceAttributes"];
+    let resource = &spec["resourceAttributes"];
+    let allowed = if non_resource.is_object() {
+        authorize_path(
+            store,
+            &user,
+            &s(non_resource, "verb"),
+            &s(non_resource, "path"),
+        )
+    } else if resource.is_object() {
+        let attrs = Attributes {
+            verb: s(resource, "verb"),
+            group: s(resource, "group"),
+            resource: s(resource, "resource"),
+            subresource: s(resource, "subresource"),
+            namespace: s(resource, "namespace"),
+            name: s(resource, "name"),
+        };
+        authorize(store, &user, &attrs)
+    } else {
+        false
+    };
+    let mut answer = review.clone();
+    answer["apiVersion"] = "authorization.k8s.io/v1".into();
+    answer["kind"] = "SubjectAccessReview".into();
+    answer["status"] = json!({"allowed": allowed});
+    answer
+}
+
 /// A SelfSubjectRulesReview (`kubectl auth can-i --list`): the resource rules in a namespace.
 pub fn rules_review(store: &Store, user: &User, review: &Value) -> Value {
     let namespace = review["spec"]["namespace"].as_str().unwrap_or_default();

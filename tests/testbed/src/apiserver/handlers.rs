@@ -379,6 +379,43 @@ async fn route(
             };
             return Ok(json_response(StatusCode::CREATED, answer));
         }
+        // What a server that delegates authentication and authorization asks (the functions'
+        // `--metrics-auth kubernetes`): who a token is, and what a user may do.
+        [
+            "apis",
+            group @ ("authentication.k8s.io" | "authorization.k8s.io"),
+            "v1",
+            review @ ("tokenreviews" | "subjectaccessreviews"),
+        ] if method == Method::POST => {
+            let attributes = Attributes {
+                verb: "create".into(),
+                group: (*group).into(),
+                resource: (*review).into(),
+                ..Attributes::default()
+            };
+            *audited = Some(attributes.clone());
+            if !auth::authorize(&*state.store()?, user, &attributes) {
+                return Err(ApiError::forbidden(
+                    auth::forbidden_message(user, &attributes),
+                    &attributes.group,
+                    &attributes.resource,
+                    "",
+                ));
+            }
+            let request = parse_body(headers, &body)?;
+            let answer = match *review {
+                "tokenreviews" => {
+                    let token = request["spec"]["token"].as_str().unwrap_or_default();
+                    let who =
+                        state.identities.lock().ok().and_then(|ids| {
+                            ids.authenticate(Some(&format!("Bearer {token}"))).ok()
+                        });
+                    auth::token_review(&request, who.as_ref())
+                }
+                _ => auth::subject_access_review(&*state.store()?, &request),
+            };
+            return Ok(json_response(StatusCode::CREATED, answer));
+        }
         ["apis", group] => {
             return group_list(state)["groups"]
                 .as_array()
