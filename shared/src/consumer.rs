@@ -191,8 +191,13 @@ async fn handle_one<H: Handler>(
         Ok(p) => p,
         Err(e) => {
             let mut delivery = Delivery::new(message.clone(), ());
-            dead_letter(js, &message, "undecodable", &e.to_string()).await;
-            delivery.term().await;
+            let backoff = redelivery_delay(delivery.delivered, settings.max_redelivery_delay);
+            if dead_letter(js, &message, "undecodable", &e.to_string()).await {
+                delivery.term().await;
+            } else {
+                // Never Term what is not kept elsewhere: it comes back and is tried again.
+                delivery.nak(backoff).await;
+            }
             return;
         }
     };
@@ -204,19 +209,19 @@ async fn handle_one<H: Handler>(
         delivered = delivery.delivered
     );
     async {
+        // Aborted when dropped: also when the handler panics, so a crashed handler's message
+        // stops being kept alive and is redelivered after the ack wait.
         let heartbeat = delivery.progress_handle().map(|h| {
             let every = (settings.ack_wait / 3).max(Duration::from_millis(100));
-            tokio::spawn(async move {
+            AbortOnDrop(tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
                     h.in_progress().await;
                 }
-            })
+            }))
         });
         let result = handler.handle(payload.clone(), delivery.delivered).await;
-        if let Some(h) = heartbeat {
-            h.abort();
-        }
+        drop(heartbeat);
         let backoff = redelivery_delay(delivery.delivered, settings.max_redelivery_delay);
         match result {
             Ok(outcome) => {
@@ -242,8 +247,11 @@ async fn handle_one<H: Handler>(
                     delivery.ack().await;
                 }
                 Disposition::Invalid => {
-                    dead_letter(js, &message, "invalid", &e.to_string()).await;
-                    delivery.term().await;
+                    if dead_letter(js, &message, "invalid", &e.to_string()).await {
+                        delivery.term().await;
+                    } else {
+                        delivery.nak(backoff).await;
+                    }
                 }
             },
         }
@@ -252,14 +260,24 @@ async fn handle_one<H: Handler>(
     .await;
 }
 
+/// A task aborted when this is dropped (a `JoinHandle` alone lets it run on).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Copies a message that cannot be handled to `imagebackup.deadletter.<reason>`, with the
-/// original subject and the reason in headers.
+/// original subject and the reason in headers. True only once the stream acknowledged the copy:
+/// then, and only then, may the original be terminated.
 async fn dead_letter(
     js: &jetstream::Context,
     message: &jetstream::Message,
     reason: &str,
     why: &str,
-) {
+) -> bool {
     let subject = format!("{DEADLETTER_PREFIX}{reason}");
     let original = message.headers.clone().unwrap_or_default();
     // Copied without the original's Nats-Msg-Id: the stream would drop the copy as a
@@ -288,7 +306,15 @@ async fn dead_letter(
         js.publish_with_headers(subject, headers, message.payload.clone()),
     )
     .await;
-    if let Ok(Ok(ack)) = sent {
-        let _ = tokio::time::timeout(crate::nats::REQUEST_TIMEOUT, ack.into_future()).await;
+    let stored = match sent {
+        Ok(Ok(ack)) => matches!(
+            tokio::time::timeout(crate::nats::REQUEST_TIMEOUT, ack.into_future()).await,
+            Ok(Ok(_))
+        ),
+        _ => false,
+    };
+    if !stored {
+        tracing::warn!(subject = %message.subject, "the dead letter was not stored; the message will be redelivered");
     }
+    stored
 }

@@ -5,6 +5,7 @@ mod apiserver;
 mod backup;
 mod chaos;
 mod cli;
+mod consumer_errors;
 mod copy_engine;
 mod credential_sweep;
 mod demo;
