@@ -730,4 +730,38 @@ async fn serve_handles_a_cloudevent_over_http_like_run() {
         .await
         .unwrap();
     assert_eq!(bad.status().as_u16(), 400);
+
+    // A forged event over HTTP meets the same checks as over NATS: a target outside the
+    // naming, for a workload that runs something else. Nothing produced, nothing created.
+    let forged = Payload::WorkloadChanged(WorkloadChanged {
+        workload: WorkloadRef {
+            kind: WorkloadKind::Deployment,
+            namespace: "web".into(),
+            name: "h".into(),
+        },
+        uid: "forged".into(),
+        generation: 1,
+        images: vec![WorkloadImage {
+            container: "main".into(),
+            init: false,
+            source: format!("{}/http/app:1", bed.src.host()),
+            target: format!("{}/elsewhere/x:1", bed.proxy.host()),
+        }],
+        pull_secrets: Vec::new(),
+    });
+    let binary = shared::events::to_http_binary(&forged, "/attacker").unwrap();
+    let mut request = http
+        .post(format!("http://127.0.0.1:{port}/"))
+        .body(binary.body.clone());
+    for (k, v) in &binary.headers {
+        request = request.header(k.as_str(), v.as_str());
+    }
+    let resp = request.send().await.expect("post");
+    assert_eq!(resp.status().as_u16(), 202, "nothing produced");
+    assert_eq!(bed.backups().await.len(), 1, "no ImageBackup created");
+    let (_, metrics) = serve.admin_get("/metrics").await.expect("metrics");
+    assert!(
+        metrics.contains("imagebackup_backup_events_rejected_total{reason=\"TargetMismatch\"} 1"),
+        "{metrics}"
+    );
 }
