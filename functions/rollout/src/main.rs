@@ -15,9 +15,10 @@ use rollout::metrics::Metrics;
 use rollout::run::Context;
 use shared::config::{AdminArgs, BackupArgs, NatsArgs, RegistryArgs, ServeArgs, SinkArgs};
 use shared::crd::ImageBackup;
-use shared::publish::{HttpSink, JetStreamPublisher, PublishRetry, Publisher};
+use shared::publish::{EventPublisher as _, HttpSink, JetStreamPublisher, PublishRetry, Publisher};
 use shared::registry::RegistryClient;
 use shared::registry::auth::DockerConfig;
+use shared::workload::Workload;
 
 /// The CloudEvents `source` of the rollout's events.
 const SOURCE: &str = "/image-backup/rollout";
@@ -87,8 +88,14 @@ struct FunctionArgs {
     pod_name: Option<String>,
 }
 
-/// A reflector over every `K`, driven until the process ends.
-fn cache<K>(client: &kube::Client) -> reflector::Store<K>
+/// Where a cache sends the workloads it sees change, and how it makes one of its object.
+type Changes<K> = (tokio::sync::mpsc::Sender<Workload>, fn(K) -> Workload);
+
+/// A reflector over every `K`, driven until the process ends. Objects applied after the
+/// initial list go to `changes` as workloads (when `as_workload` makes one), so the rollout acts
+/// on a change it sees itself: a change back to images seen before publishes a
+/// `workload.changed` the stream drops as a duplicate, and must not wait for the resync.
+fn cache<K>(client: &kube::Client, changes: Option<Changes<K>>) -> reflector::Store<K>
 where
     K: kube::Resource<DynamicType = ()>
         + shared::cache::Trim
@@ -101,9 +108,19 @@ where
 {
     let (store, writer) = reflector::store();
     let stream = shared::cache::reflect(client, writer);
-    tokio::spawn(stream.for_each(|event| async move {
-        if let Err(e) = event {
-            tracing::warn!(error = %e, "watch failed; retrying with backoff");
+    tokio::spawn(stream.for_each(move |event| {
+        let changes = changes.clone();
+        async move {
+            match event {
+                Err(e) => tracing::warn!(error = %e, "watch failed; retrying with backoff"),
+                Ok(kube::runtime::watcher::Event::Apply(object)) => {
+                    if let Some((tx, as_workload)) = changes {
+                        // Full: the resync sees it anyway.
+                        let _ = tx.try_send(as_workload(object));
+                    }
+                }
+                Ok(_) => {}
+            }
         }
     }));
     store
@@ -125,9 +142,16 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
     .await?;
     let mut shutdown = runtime.shutdown.clone();
     let client = runtime.client.clone();
-    let deployments = cache::<Deployment>(&client);
-    let daemonsets = cache::<DaemonSet>(&client);
-    let backups = cache::<ImageBackup>(&client);
+    let (changes, mut changed) = tokio::sync::mpsc::channel::<Workload>(1024);
+    let deployments = cache::<Deployment>(
+        &client,
+        Some((changes.clone(), |d| Workload::Deployment(Box::new(d)))),
+    );
+    let daemonsets = cache::<DaemonSet>(
+        &client,
+        Some((changes, |d| Workload::DaemonSet(Box::new(d)))),
+    );
+    let backups = cache::<ImageBackup>(&client, None);
     let synced = async {
         deployments.wait_until_ready().await?;
         daemonsets.wait_until_ready().await?;
@@ -206,6 +230,30 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
             }
         })
     };
+    // Every change a workload goes through while it still runs external images (a new tag, a
+    // rollout undo, becoming Ready) is evaluated at once.
+    let on_change = {
+        let (ctx, publisher, mut stop) = (ctx.clone(), publisher.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                let w = tokio::select! {
+                    _ = stop.wait() => break,
+                    w = changed.recv() => match w {
+                        Some(w) => w,
+                        None => break,
+                    },
+                };
+                if !ctx.runs_external_images(&w) {
+                    continue;
+                }
+                if let Some(event) = ctx.evaluate(&w).await
+                    && let Err(e) = publisher.publish(&event).await
+                {
+                    tracing::warn!(error = %e, "rolledout event not published");
+                }
+            }
+        })
+    };
     runtime.readiness.set(true);
     match mode {
         Mode::Run => {
@@ -248,6 +296,7 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
         }
     }
     resync.abort();
+    on_change.abort();
     runtime.finish().await;
     Ok(())
 }

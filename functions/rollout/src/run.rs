@@ -327,6 +327,17 @@ impl Context {
         }
     }
 
+    /// True when `w` runs at least one image that is not in the backup registry (the shared
+    /// needs-backup rule): only such a workload can have a rollout to do.
+    pub fn runs_external_images(&self, w: &Workload) -> bool {
+        w.images().iter().any(|c| {
+            shared::workload::needs_backup(&c.image, &self.naming)
+                .ok()
+                .flatten()
+                .is_some()
+        })
+    }
+
     /// The cached workloads that run `source` (normalized), cloning only those.
     fn users_of(&self, source: &str) -> Vec<Workload> {
         self.workloads.filter(|spec| {

@@ -23,6 +23,7 @@ mod readme;
 mod referrers;
 mod registry_images;
 mod rollout;
+mod rollout_changes;
 mod testbed_up;
 mod trust;
 mod validation;

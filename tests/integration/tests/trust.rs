@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
-use kube::api::PostParams;
 use serde_json::json;
 use shared::crd::{ImageBackup, Phase};
 use shared::events::{
@@ -34,21 +33,6 @@ fn reference(s: &str) -> Reference {
     Reference::parse_normalized(s)
         .expect("reference")
         .with_default_tag()
-}
-
-async fn deployment(c: &Cluster, namespace: &str, name: &str, image: &str) -> Deployment {
-    c.namespace(namespace).await.expect("namespace");
-    let d: Deployment = serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"selector": {"matchLabels": {"app": name}},
-                 "template": {"metadata": {"labels": {"app": name}},
-                              "spec": {"containers": [{"name": "main", "image": image}]}}}
-    }))
-    .expect("deployment");
-    Api::<Deployment>::namespaced(c.client.clone(), namespace)
-        .create(&PostParams::default(), &d)
-        .await
-        .expect("create")
 }
 
 fn changed(
@@ -165,7 +149,9 @@ async fn forged_workload_changed_events_change_nothing_and_are_counted() {
     let elsewhere = reference(&format!("{}/elsewhere/x:1", c.backup.host()));
 
     // A workload running nginx, backed up the normal way.
-    deployment(&c, "shop", "web", &nginx_source.to_string()).await;
+    c.deployment("shop", "web", &nginx_source.to_string())
+        .await
+        .expect("deployment");
     c.namespace("vault").await.expect("namespace");
     c.pull_secret("vault", "regcred", &src, "admin", "hunter2")
         .await
@@ -292,7 +278,9 @@ async fn a_forged_image_completed_patches_nothing() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    deployment(&c, "shop", "web", &source.to_string()).await;
+    c.deployment("shop", "web", &source.to_string())
+        .await
+        .expect("deployment");
     let rollout = c.spawn("rollout", &["run"], &[]).await.expect("rollout");
     publish(
         &c,
@@ -477,7 +465,10 @@ async fn a_request_whose_message_was_lost_from_the_stream_is_still_carried_out()
     // The workload pulls through the proxy, which fails every request for now: the first
     // attempt ends Pending with a retry time, its message Nak'ed for later.
     let image_ref = format!("{}/lost/msg:1", proxy.host());
-    let d = deployment(&c, "shop", "lost", &image_ref).await;
+    let d = c
+        .deployment("shop", "lost", &image_ref)
+        .await
+        .expect("deployment");
     proxy.fail_for(503, Duration::from_secs(3600));
     let env = [
         (

@@ -117,6 +117,30 @@ impl Cluster {
         }
     }
 
+    /// Creates Deployment `namespace/name` (and its namespace) with one container, `main`,
+    /// running `image`; returns it as created.
+    pub async fn deployment(
+        &self,
+        namespace: &str,
+        name: &str,
+        image: &str,
+    ) -> anyhow::Result<k8s_openapi::api::apps::v1::Deployment> {
+        self.namespace(namespace).await?;
+        let d: k8s_openapi::api::apps::v1::Deployment =
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"selector": {"matchLabels": {"app": name}},
+                         "template": {"metadata": {"labels": {"app": name}},
+                                      "spec": {"containers": [{"name": "main", "image": image}]}}}
+            }))?;
+        Ok(Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(
+            self.client.clone(),
+            namespace,
+        )
+        .create(&PostParams::default(), &d)
+        .await?)
+    }
+
     /// Creates a `kubernetes.io/dockerconfigjson` pull secret for `registry` (an image pull
     /// secret a workload names).
     pub async fn pull_secret(
