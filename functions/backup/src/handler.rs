@@ -203,8 +203,8 @@ impl Context {
                 workload = %w.workload.name.chars().take(253).collect::<String>(),
                 source = %r.source,
                 reason = ?r.reason,
-                "event refused for this image: {}",
-                r.reason.describe()
+                why = r.reason.describe(),
+                "event refused for this image"
             );
         }
         let secrets = admission.pull_secrets;

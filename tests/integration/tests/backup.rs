@@ -694,15 +694,19 @@ async fn serve_handles_a_cloudevent_over_http_like_run() {
     let mut serve = bed.backup(&["serve"], &[("LISTEN", format!("127.0.0.1:{port}"))]);
     serve.wait_ready(LIMIT).await.expect("ready");
     let payload = bed.event("h", &["http/app"], &[]).await;
-    let binary = shared::events::to_http_binary(&payload, "/test").unwrap();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let mut request = http
-        .post(format!("http://127.0.0.1:{port}/"))
-        .body(binary.body.clone());
-    for (k, v) in &binary.headers {
-        request = request.header(k.as_str(), v.as_str());
-    }
-    let resp = request.send().await.expect("post");
+    // A binary-mode CloudEvent, as a Knative broker posts it.
+    let post = |payload: Payload| {
+        let binary = shared::events::to_http_binary(&payload, "/test").unwrap();
+        let mut request = http
+            .post(format!("http://127.0.0.1:{port}/"))
+            .body(binary.body.clone());
+        for (k, v) in &binary.headers {
+            request = request.header(k.as_str(), v.as_str());
+        }
+        async move { request.send().await.expect("post") }
+    };
+    let resp = post(payload).await;
     assert_eq!(resp.status().as_u16(), 200, "{}", serve.log());
     let ce_type = resp
         .headers()
@@ -749,14 +753,7 @@ async fn serve_handles_a_cloudevent_over_http_like_run() {
         }],
         pull_secrets: Vec::new(),
     });
-    let binary = shared::events::to_http_binary(&forged, "/attacker").unwrap();
-    let mut request = http
-        .post(format!("http://127.0.0.1:{port}/"))
-        .body(binary.body.clone());
-    for (k, v) in &binary.headers {
-        request = request.header(k.as_str(), v.as_str());
-    }
-    let resp = request.send().await.expect("post");
+    let resp = post(forged).await;
     assert_eq!(resp.status().as_u16(), 202, "nothing produced");
     assert_eq!(bed.backups().await.len(), 1, "no ImageBackup created");
     let (_, metrics) = serve.admin_get("/metrics").await.expect("metrics");

@@ -8,21 +8,7 @@ use std::time::Duration;
 use testbed::cluster::Cluster;
 
 fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("kubectl")
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .env(
-            "KUBECACHEDIR",
-            testbed::process::kubectl_cache_dir(kubeconfig),
-        )
-        .output()
-        .expect("kubectl runs");
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    testbed::process::kubectl(kubeconfig, args).expect("kubectl")
 }
 
 async fn get(url: &str, token: Option<&str>) -> (u16, String) {

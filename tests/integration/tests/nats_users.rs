@@ -6,9 +6,6 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::Api;
-use kube::api::PostParams;
-use serde_json::json;
 use testbed::cluster::Cluster;
 use testbed::{Format, ImageSpec, NatsServer};
 
@@ -94,18 +91,9 @@ async fn each_function_works_under_its_own_nats_user_and_nothing_more() {
         )
         .await
         .expect("push");
-    c.namespace("shop").await.expect("namespace");
-    let d: Deployment = serde_json::from_value(json!({
-        "metadata": {"name": "web", "namespace": "shop"},
-        "spec": {"selector": {"matchLabels": {"app": "web"}},
-                 "template": {"metadata": {"labels": {"app": "web"}},
-                              "spec": {"containers": [{"name": "main", "image": format!("{src}/team/app:1")}]}}}
-    }))
-    .expect("deployment");
-    Api::<Deployment>::namespaced(c.client.clone(), "shop")
-        .create(&PostParams::default(), &d)
+    c.deployment("shop", "web", &format!("{src}/team/app:1"))
         .await
-        .expect("create");
+        .expect("deployment");
     let watcher = c
         .spawn("watcher", &["run"], &user("watcher", passwords[0].1))
         .await

@@ -211,3 +211,19 @@ pub fn kubectl_cache_dir(kubeconfig: impl AsRef<Path>) -> std::path::PathBuf {
         .collect();
     root.join(name)
 }
+
+/// Runs `kubectl ARGS` against `kubeconfig` (with its own discovery cache) and returns its
+/// standard output; an error with its standard error when it fails. Blocking: call it from a
+/// multi-threaded runtime, or where the API server does not share the thread.
+pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("kubectl")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("KUBECACHEDIR", kubectl_cache_dir(kubeconfig))
+        .output()
+        .context("kubectl (apt-get install kubernetes-client)")?;
+    if !out.status.success() {
+        bail!("kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

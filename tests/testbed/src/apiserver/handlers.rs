@@ -350,43 +350,20 @@ async fn route(
             ));
         }
         ["apis"] => return Ok(json_response(StatusCode::OK, group_list(state))),
-        [
-            "apis",
-            "authorization.k8s.io",
-            "v1",
-            review @ ("selfsubjectaccessreviews" | "selfsubjectrulesreviews"),
-        ] if method == Method::POST => {
-            let attributes = Attributes {
-                verb: "create".into(),
-                group: "authorization.k8s.io".into(),
-                resource: (*review).into(),
-                ..Attributes::default()
-            };
-            *audited = Some(attributes.clone());
-            if !auth::authorize(&*state.store()?, user, &attributes) {
-                return Err(ApiError::forbidden(
-                    auth::forbidden_message(user, &attributes),
-                    &attributes.group,
-                    &attributes.resource,
-                    "",
-                ));
-            }
-            let request = parse_body(headers, &body)?;
-            let store = state.store()?;
-            let answer = match *review {
-                "selfsubjectaccessreviews" => auth::access_review(&store, user, &request),
-                _ => auth::rules_review(&store, user, &request),
-            };
-            return Ok(json_response(StatusCode::CREATED, answer));
-        }
-        // What a server that delegates authentication and authorization asks (the functions'
-        // `--metrics-auth kubernetes`): who a token is, and what a user may do.
+        // Reviews: `kubectl auth can-i` (self access and rules reviews), and what a server that
+        // delegates authentication and authorization asks (the functions' `--metrics-auth
+        // kubernetes`): who a token is, and what a user may do.
         [
             "apis",
             group @ ("authentication.k8s.io" | "authorization.k8s.io"),
             "v1",
-            review @ ("tokenreviews" | "subjectaccessreviews"),
-        ] if method == Method::POST => {
+            review @ ("selfsubjectaccessreviews"
+            | "selfsubjectrulesreviews"
+            | "tokenreviews"
+            | "subjectaccessreviews"),
+        ] if method == Method::POST
+            && (*group == "authentication.k8s.io") == (*review == "tokenreviews") =>
+        {
             let attributes = Attributes {
                 verb: "create".into(),
                 group: (*group).into(),
@@ -412,7 +389,9 @@ async fn route(
                         });
                     auth::token_review(&request, who.as_ref())
                 }
-                _ => auth::subject_access_review(&*state.store()?, &request),
+                "subjectaccessreviews" => auth::subject_access_review(&*state.store()?, &request),
+                "selfsubjectaccessreviews" => auth::access_review(&*state.store()?, user, &request),
+                _ => auth::rules_review(&*state.store()?, user, &request),
             };
             return Ok(json_response(StatusCode::CREATED, answer));
         }
