@@ -3,8 +3,8 @@
 //! naming rules, [`Workload::plan`]) is made, and a `workload.changed` is published only for a
 //! Ready workload that runs at least one image not in the backup registry.
 //!
-//! `watcher plan` and `watcher run` both plan through [`plan`], so they decide the same for the
-//! same workload. Nothing here does I/O.
+//! `watcher plan` and `watcher run` both plan through [`Workload::plan_with_secrets`], so they
+//! decide the same for the same workload. Nothing here does I/O.
 
 use std::collections::BTreeSet;
 
@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use prometheus_client::encoding::EncodeLabelValue;
 use shared::NamingPolicy;
 use shared::events::WorkloadChanged;
-use shared::workload::{InvalidImage, Plan, Workload};
+use shared::workload::{InvalidImage, Workload};
 
 /// The annotation (on a workload or its namespace) that opts out of image-backup.
 pub const OPT_OUT_ANNOTATION: &str = "k8slab.io/image-backup";
@@ -80,17 +80,6 @@ fn workload_meta(w: &Workload) -> &ObjectMeta {
     }
 }
 
-/// The name of the ServiceAccount a workload's pods run as (the shared rule).
-pub fn service_account_name(w: &Workload) -> String {
-    w.service_account_name()
-}
-
-/// The plan for a workload, with the pull secrets its pods would use (the shared rule,
-/// [`Workload::plan_with_secrets`]).
-pub fn plan(w: &Workload, sa: Option<&ServiceAccount>, naming: &NamingPolicy) -> Plan {
-    w.plan_with_secrets(sa, naming)
-}
-
 /// Decides for one workload (see the module docs).
 pub fn evaluate(
     w: &Workload,
@@ -111,7 +100,7 @@ pub fn evaluate(
     if opted_out(workload_meta(w)) || namespace.is_some_and(|n| opted_out(&n.metadata)) {
         return skip(SkipReason::OptedOut);
     }
-    let plan = plan(w, sa, &policy.naming);
+    let plan = w.plan_with_secrets(sa, &policy.naming);
     let decision = if !w.is_ready() {
         Decision::Skip(SkipReason::NotReady)
     } else if plan.event.images.is_empty() {
@@ -174,7 +163,7 @@ mod tests {
             image_pull_secrets: Some(vec![secret("quay"), secret("hub")]),
             ..Default::default()
         };
-        assert_eq!(service_account_name(&w), "builder");
+        assert_eq!(w.service_account_name(), "builder");
         let e = evaluate(&w, Some(&namespace(false)), Some(&sa), &policy());
         let Decision::Publish(event) = e.decision else {
             panic!("{e:?}")

@@ -19,7 +19,7 @@ use shared::config::{AdminArgs, BackupArgs, NatsArgs, SinkArgs};
 use shared::events::Payload;
 use shared::publish::{HttpSink, JetStreamPublisher, PublishRetry, Publisher};
 use shared::workload::Workload;
-use watcher::decide::{self, DEFAULT_EXCLUDED, Policy};
+use watcher::decide::{DEFAULT_EXCLUDED, Policy};
 use watcher::metrics::Metrics;
 
 /// The CloudEvents `source` of the watcher's events.
@@ -153,7 +153,7 @@ fn plan(files: &[PathBuf], backup: &BackupArgs, output: Output) -> ExitCode {
                 rows.extend(watcher::table::rows(&w, &naming));
             }
             // The same planning `watcher run` does (no ServiceAccount is known offline).
-            let plan = decide::plan(&w, None, &naming);
+            let plan = w.plan_with_secrets(None, &naming);
             let r = &plan.event.workload;
             for bad in &plan.invalid {
                 eprintln!(

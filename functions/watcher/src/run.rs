@@ -300,9 +300,9 @@ impl Watcher {
                 continue;
             };
             let namespace = self.namespaces.get(&ObjectRef::new(&key.namespace));
-            let account = self.accounts.get(
-                &ObjectRef::new(&decide::service_account_name(&workload)).within(&key.namespace),
-            );
+            let account = self
+                .accounts
+                .get(&ObjectRef::new(&workload.service_account_name()).within(&key.namespace));
             let evaluation = decide::evaluate(
                 &workload,
                 namespace.as_deref(),

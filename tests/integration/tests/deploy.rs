@@ -11,23 +11,7 @@ fn root() -> std::path::PathBuf {
 }
 
 fn render(overlay: &str) -> String {
-    let out = Command::new("kubectl")
-        .args([
-            "kustomize",
-            &root()
-                .join("deploy/overlays")
-                .join(overlay)
-                .display()
-                .to_string(),
-        ])
-        .output()
-        .expect("kubectl kustomize");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
+    testbed::process::kustomize(&root().join("deploy/overlays").join(overlay)).expect("rendered")
 }
 
 fn validate(manifests: &str) -> (bool, String) {

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use testbed::NatsServer;
 use testbed::cluster::Cluster;
-use testbed::{Format, ImageSpec, NatsServer};
 
 /// The bound on anything the test waits for (a hang, not a timing goal).
 const LIMIT: Duration = Duration::from_secs(90);
@@ -15,16 +15,7 @@ const LIMIT: Duration = Duration::from_secs(90);
 /// The `nats.conf` of the plain overlay, as kustomize renders it.
 fn overlay_nats_conf() -> String {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/overlays/plain");
-    let out = std::process::Command::new("kubectl")
-        .args(["kustomize", root])
-        .output()
-        .expect("kubectl kustomize");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rendered = String::from_utf8(out.stdout).expect("utf-8");
+    let rendered = testbed::process::kustomize(std::path::Path::new(root)).expect("rendered");
     for doc in rendered.split("\n---\n") {
         let value: serde_yaml::Value = serde_yaml::from_str(doc).expect("yaml");
         if value["kind"] == "ConfigMap" && value["metadata"]["name"] == "nats" {
@@ -82,15 +73,7 @@ async fn each_function_works_under_its_own_nats_user_and_nothing_more() {
         ]
     };
     let src = c.source.host();
-    let image = c
-        .source_pusher()
-        .push_image(
-            "team/app",
-            "1",
-            &ImageSpec::single(Format::Oci, 1, 8 * 1024, 5),
-        )
-        .await
-        .expect("push");
+    let image = c.push_small("team/app", "1", 5).await.expect("push");
     c.deployment("shop", "web", &format!("{src}/team/app:1"))
         .await
         .expect("deployment");

@@ -10,7 +10,6 @@ use kube::Api;
 use serde_json::json;
 use testbed::cluster::Cluster;
 use testbed::function::FunctionProcess;
-use testbed::{Format, ImageSpec};
 
 /// The bound on anything the test waits for (a hang, not a timing goal).
 const LIMIT: Duration = Duration::from_secs(90);
@@ -54,23 +53,8 @@ async fn wait_image_ends_with(c: &Cluster, digest: &str, procs: &[&FunctionProce
 async fn a_change_back_to_images_seen_before_is_rolled_out_without_waiting_for_a_resync() {
     let c = Cluster::start().await.expect("cluster");
     let src = c.source.host();
-    let pusher = c.source_pusher();
-    let a = pusher
-        .push_image(
-            "team/app",
-            "a",
-            &ImageSpec::single(Format::Oci, 1, 8 * 1024, 21),
-        )
-        .await
-        .expect("push");
-    let b = pusher
-        .push_image(
-            "team/app",
-            "b",
-            &ImageSpec::single(Format::Oci, 1, 8 * 1024, 22),
-        )
-        .await
-        .expect("push");
+    let a = c.push_small("team/app", "a", 21).await.expect("push");
+    let b = c.push_small("team/app", "b", 22).await.expect("push");
     c.deployment("shop", "web", &format!("{src}/team/app:a"))
         .await
         .expect("deployment");

@@ -255,15 +255,7 @@ async fn forged_workload_changed_events_change_nothing_and_are_counted() {
 async fn a_forged_image_completed_patches_nothing() {
     let c = Cluster::start().await.expect("cluster");
     let src = c.source.host();
-    let image = c
-        .source_pusher()
-        .push_image(
-            "team/app",
-            "1",
-            &ImageSpec::single(Format::Oci, 1, 8 * 1024, 7),
-        )
-        .await
-        .expect("push");
+    let image = c.push_small("team/app", "1", 7).await.expect("push");
     let source = reference(&format!("{src}/team/app:1"));
     let target = naming(&c).target(&source).expect("target");
     // The bytes really are at the backup target (copied out of band), so only the missing
@@ -376,14 +368,7 @@ async fn an_imagebackup_applied_with_kubectl_is_backed_up_and_a_bad_one_refused(
         )
         .await
         .expect("push");
-    pusher
-        .push_image(
-            "hand/other",
-            "1",
-            &ImageSpec::single(Format::Oci, 1, 8 * 1024, 4),
-        )
-        .await
-        .expect("push");
+    c.push_small("hand/other", "1", 4).await.expect("push");
     let backup = c.spawn("backup", &["run"], &[]).await.expect("backup");
     let naming = naming(&c);
 
@@ -453,15 +438,7 @@ async fn an_imagebackup_applied_with_kubectl_is_backed_up_and_a_bad_one_refused(
 async fn a_request_whose_message_was_lost_from_the_stream_is_still_carried_out() {
     let c = Cluster::start().await.expect("cluster");
     let proxy = FaultProxy::start(&c.source.host()).await.expect("proxy");
-    let image = c
-        .source_pusher()
-        .push_image(
-            "lost/msg",
-            "1",
-            &ImageSpec::single(Format::Oci, 1, 8 * 1024, 9),
-        )
-        .await
-        .expect("push");
+    let image = c.push_small("lost/msg", "1", 9).await.expect("push");
     // The workload pulls through the proxy, which fails every request for now: the first
     // attempt ends Pending with a retry time, its message Nak'ed for later.
     let image_ref = format!("{}/lost/msg:1", proxy.host());

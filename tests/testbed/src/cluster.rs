@@ -73,6 +73,23 @@ impl Cluster {
         Pusher::new(&self.source.host(), None)
     }
 
+    /// Pushes a small single-platform OCI image (one 8 KiB layer from `seed`) to
+    /// `repo:tag` in the source registry.
+    pub async fn push_small(
+        &self,
+        repo: &str,
+        tag: &str,
+        seed: u64,
+    ) -> anyhow::Result<crate::PushedImage> {
+        self.source_pusher()
+            .push_image(
+                repo,
+                tag,
+                &crate::ImageSpec::single(crate::Format::Oci, 1, 8 * 1024, seed),
+            )
+            .await
+    }
+
     /// The environment every function gets.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![

@@ -227,3 +227,20 @@ pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<String> {
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// `kubectl kustomize DIR`: the rendered manifests of a kustomization.
+pub fn kustomize(dir: &Path) -> anyhow::Result<String> {
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .context("kubectl (apt-get install kubernetes-client)")?;
+    if !out.status.success() {
+        bail!(
+            "kubectl kustomize {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
