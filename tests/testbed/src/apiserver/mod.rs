@@ -85,12 +85,15 @@ pub mod defaults;
 pub mod error;
 pub mod events;
 mod handlers;
+mod kubelet;
 pub mod managed;
 pub mod patch;
 pub mod policy;
 pub mod protobuf;
 pub mod resources;
 mod simulation;
+
+pub use kubelet::PullSettings;
 pub mod store;
 pub mod validation;
 
@@ -149,6 +152,8 @@ pub(crate) struct ApiState {
     pub(crate) resources: RwLock<Vec<Resource>>,
     pub(crate) faults: Mutex<Faults>,
     pub(crate) simulation: Mutex<Simulation>,
+    /// The simulated kubelet's image pulls.
+    pub(crate) kubelet: Arc<kubelet::Kubelet>,
     pub(crate) addr: SocketAddr,
     /// Every request as `METHOD path?query`, for tests and benchmarks that count API calls.
     pub(crate) requests: Mutex<Vec<String>>,
@@ -197,6 +202,7 @@ impl ApiServer {
             resources: RwLock::new(resources::builtins()),
             faults: Mutex::new(Faults::default()),
             simulation: Mutex::new(Simulation::default()),
+            kubelet: Arc::default(),
             addr,
             requests: Mutex::new(Vec::new()),
             identities: Mutex::new(identities),
@@ -349,6 +355,14 @@ impl ApiServer {
     pub fn simulate_pods(&self, enabled: bool) {
         if let Ok(mut s) = self.state.simulation.lock() {
             s.pods = enabled;
+        }
+    }
+
+    /// Makes the simulated kubelet pull (see [`PullSettings`]): from now on a container runs
+    /// only once its image resolves at its registry with the Pod's pull credentials.
+    pub fn simulate_pulls(&self, settings: PullSettings) {
+        if let Ok(mut s) = self.state.kubelet.settings.lock() {
+            *s = settings;
         }
     }
 

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use sha2::Digest as _;
 
+use super::kubelet::{self, Verdict, Verdicts};
 use super::resources::{self, Resource};
 use super::store::{Key, Store};
 use super::{ApiState, Simulation};
@@ -55,7 +56,7 @@ pub(crate) fn schedule(state: &Arc<ApiState>, resource: &Resource, object: &Valu
     let key = Key::of(&resource, object);
     tokio::spawn(async move {
         tokio::time::sleep(sim.delay).await;
-        settle(&state, &resource, &key);
+        settle(&state, &resource, &key).await;
     });
 }
 
@@ -96,7 +97,26 @@ pub(crate) fn schedule_pod(state: &Arc<ApiState>, pod: &Value) {
         return;
     };
     let key = Key::of(&resource, pod);
-    later(state, sim, key.clone(), move |store, mut pod, sim| {
+    let state = state.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(sim.delay).await;
+        let spec = match state.store.lock() {
+            Ok(store) => match store.get(&key) {
+                Some(pod) => pod["spec"].clone(),
+                None => return,
+            },
+            Err(_) => return,
+        };
+        let pulls = state
+            .kubelet
+            .verdicts(&state.store, &key.namespace, &[spec])
+            .await;
+        let Ok(mut store) = state.store.lock() else {
+            return;
+        };
+        let Some(mut pod) = store.get(&key).cloned() else {
+            return;
+        };
         if !pod["status"]["phase"].is_null() || pod["metadata"].get("deletionTimestamp").is_some() {
             return;
         }
@@ -109,8 +129,15 @@ pub(crate) fn schedule_pod(state: &Arc<ApiState>, pod: &Value) {
                 Err(_) => return,
             }
         }
-        let held = pod["metadata"]["annotations"][HOLD_ANNOTATION].as_str() == Some("true");
-        write_status(store, &resource, &key, pod_status(&pod, !held));
+        let settings = Settings {
+            held: pod["metadata"]["annotations"][HOLD_ANNOTATION].as_str() == Some("true"),
+            nodes: sim.nodes,
+            pods: true,
+            pulls,
+        };
+        let (status, _) = pod_status(&store, &pod, &settings, 0);
+        write_status(&mut store, &resource, &key, status);
+        record_pull_events(&mut store, &pod);
     });
 }
 
@@ -167,7 +194,10 @@ pub(crate) fn reconcile_all(state: &Arc<ApiState>) {
                 continue; // settled with its Deployment
             }
             let key = Key::of(&resource, &o);
-            settle(state, &resource, &key);
+            let (state, resource) = (state.clone(), resource.clone());
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { settle(&state, &resource, &key).await });
+            }
         }
     }
 }
@@ -182,24 +212,73 @@ struct Settings {
     held: bool,
     nodes: i64,
     pods: bool,
+    /// The kubelet's pull results for the templates of this settle (`None`: pulls are not
+    /// simulated, every image runs).
+    pulls: Option<Verdicts>,
 }
 
-fn settle(state: &Arc<ApiState>, resource: &Resource, key: &Key) {
-    let sim = match state.simulation.lock() {
-        Ok(s) => s.clone(),
-        Err(_) => return,
+/// The pod templates one settle of `key` may run Pods of (its own, and for a Deployment its
+/// ReplicaSets'), for the kubelet to pull before the store is locked.
+fn pod_specs(state: &ApiState, resource: &Resource, key: &Key) -> Vec<Value> {
+    let Ok(store) = state.store.lock() else {
+        return Vec::new();
     };
-    if !sim.enabled {
-        return;
+    let Some(object) = store.get(key) else {
+        return Vec::new();
+    };
+    let mut specs = vec![object["spec"]["template"]["spec"].clone()];
+    if resource.plural == "deployments"
+        && let Some(uid) = object["metadata"]["uid"].as_str()
+    {
+        specs.extend(
+            owned(&store, "apps/replicasets", &key.namespace, uid)
+                .iter()
+                .map(|rs| rs["spec"]["template"]["spec"].clone()),
+        );
     }
+    specs
+}
+
+/// Settles `key` one step at a time until it no longer rolls: a rolling update goes on in
+/// steps, one per delay, as the controller waits for new Pods.
+async fn settle(state: &Arc<ApiState>, resource: &Resource, key: &Key) {
+    loop {
+        let sim = match state.simulation.lock() {
+            Ok(s) => s.clone(),
+            Err(_) => return,
+        };
+        if !sim.enabled {
+            return;
+        }
+        // The kubelet pulls (registry round trips) before the store is locked.
+        let specs = pod_specs(state, resource, key);
+        let pulls = state
+            .kubelet
+            .verdicts(&state.store, &key.namespace, &specs)
+            .await;
+        if !settle_step(state, &sim, resource, key, pulls) {
+            return;
+        }
+        tokio::time::sleep(sim.delay).await;
+    }
+}
+
+/// One step of the controllers for `key`, under the store's lock; `true` while it rolls.
+fn settle_step(
+    state: &ApiState,
+    sim: &Simulation,
+    resource: &Resource,
+    key: &Key,
+    pulls: Option<Verdicts>,
+) -> bool {
     let Ok(mut store) = state.store.lock() else {
-        return;
+        return false;
     };
     let Some(object) = store.get(key).cloned() else {
-        return;
+        return false;
     };
     if object["metadata"].get("deletionTimestamp").is_some() {
-        return;
+        return false;
     }
     let settings = Settings {
         held: sim
@@ -208,8 +287,9 @@ fn settle(state: &Arc<ApiState>, resource: &Resource, key: &Key) {
             || object["metadata"]["annotations"][HOLD_ANNOTATION].as_str() == Some("true"),
         nodes: sim.nodes,
         pods: sim.pods,
+        pulls,
     };
-    let rolling = match resource.plural.as_str() {
+    match resource.plural.as_str() {
         "deployments" => settle_deployment(&mut store, resource, key, object, &settings),
         "daemonsets" => settle_daemonset(&mut store, resource, key, object, &settings),
         "statefulsets" => {
@@ -221,17 +301,6 @@ fn settle(state: &Arc<ApiState>, resource: &Resource, key: &Key) {
             false
         }
         _ => false,
-    };
-    drop(store);
-    // A rolling update goes on in steps, one per delay, as the controller waits for new Pods.
-    if rolling {
-        let state = state.clone();
-        let resource = resource.clone();
-        let key = key.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(sim.delay).await;
-            settle(&state, &resource, &key);
-        });
     }
 }
 
@@ -347,16 +416,28 @@ fn record_event(store: &mut Store, object: &Value, reason: &str, message: String
         rand::random::<u64>()
     );
     let now = now();
-    let component = match object["kind"].as_str() {
-        Some("Deployment") => "deployment-controller",
-        Some("DaemonSet") => "daemonset-controller",
+    // Pods the simulation creates carry no kind in the store.
+    let pod = object["spec"]["containers"].is_array();
+    let kind = object["kind"]
+        .as_str()
+        .unwrap_or(if pod { "Pod" } else { "" });
+    let component = match kind {
+        "Deployment" => "deployment-controller",
+        "DaemonSet" => "daemonset-controller",
+        "StatefulSet" => "statefulset-controller",
+        _ if pod => "kubelet",
         _ => "replicaset-controller",
+    };
+    let type_ = if matches!(reason, "Failed" | "BackOff" | "InspectFailed") {
+        "Warning"
+    } else {
+        "Normal"
     };
     let event = json!({
         "metadata": {"name": name, "namespace": namespace},
-        "involvedObject": {"apiVersion": object["apiVersion"], "kind": object["kind"], "name": meta["name"],
+        "involvedObject": {"apiVersion": object["apiVersion"].as_str().unwrap_or("v1"), "kind": object["kind"].as_str().unwrap_or(kind), "name": meta["name"],
                            "namespace": namespace, "uid": meta["uid"], "resourceVersion": meta["resourceVersion"]},
-        "reason": reason, "message": message, "type": "Normal", "count": 1,
+        "reason": reason, "message": message, "type": type_, "count": 1,
         "source": {"component": component}, "reportingComponent": component, "reportingInstance": "",
         "firstTimestamp": now, "lastTimestamp": now,
     });
@@ -398,9 +479,12 @@ fn settle_deployment(
 ) -> bool {
     let want = deployment["spec"]["replicas"].as_i64().unwrap_or(1);
     let generation = deployment["metadata"]["generation"].as_i64().unwrap_or(1);
+    let ready = if settings.held { 0 } else { want };
     let mut progress = Progress {
         total: want,
         updated: want,
+        ready,
+        available: ready,
         done: true,
     };
     if settings.pods
@@ -409,33 +493,63 @@ fn settle_deployment(
         progress = step;
         if revision(&deployment) != rev {
             deployment["metadata"]["annotations"][REVISION] = rev.to_string().into();
-            let _ = store.update(resource, key, deployment, false);
+            let _ = store.update(resource, key, deployment.clone(), false);
         }
     }
-    let held = settings.held;
-    let ready = if held { 0 } else { progress.total };
     let now = now();
-    let (reason, message) = if progress.done {
+    // Stalled longer than progressDeadlineSeconds (the Progressing condition last changed
+    // then): the controller says so, as kube-controller-manager does.
+    let deadline = deployment["spec"]["progressDeadlineSeconds"]
+        .as_i64()
+        .unwrap_or(600);
+    let progressing = deployment["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Progressing"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let stalled = !progress.done
+        && progressing["reason"] != "NewReplicaSetAvailable"
+        && seconds_since(&progressing["lastUpdateTime"]) > deadline;
+    let (progressing_status, reason, message) = if progress.done {
         (
+            "True",
             "NewReplicaSetAvailable",
             format!("ReplicaSet \"{}\" has successfully progressed.", key.name),
         )
+    } else if stalled || progressing["reason"] == "ProgressDeadlineExceeded" {
+        (
+            "False",
+            "ProgressDeadlineExceeded",
+            format!("ReplicaSet \"{}\" has timed out progressing.", key.name),
+        )
     } else {
         (
+            "True",
             "ReplicaSetUpdated",
             format!("ReplicaSet \"{}\" is progressing.", key.name),
         )
     };
+    let max_unavailable = if deployment["spec"]["strategy"]["type"] == "Recreate" {
+        want
+    } else {
+        resolve(
+            &deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
+            want,
+            false,
+        )
+    };
+    let minimum =
+        progress.available >= want - max_unavailable && progress.available > 0 || want == 0;
     let mut status = json!({
         "observedGeneration": generation, "replicas": progress.total, "updatedReplicas": progress.updated,
-        "readyReplicas": ready, "availableReplicas": ready,
+        "readyReplicas": progress.ready, "availableReplicas": progress.available,
         "conditions": [
-            {"type": "Available", "status": if held { "False" } else { "True" }, "reason": if held { "MinimumReplicasUnavailable" } else { "MinimumReplicasAvailable" }, "lastUpdateTime": now, "lastTransitionTime": now, "message": if held { "Deployment does not have minimum availability." } else { "Deployment has minimum availability." }},
-            {"type": "Progressing", "status": "True", "reason": reason, "lastUpdateTime": now, "lastTransitionTime": now, "message": message}
+            {"type": "Available", "status": if minimum { "True" } else { "False" }, "reason": if minimum { "MinimumReplicasAvailable" } else { "MinimumReplicasUnavailable" }, "lastUpdateTime": now, "lastTransitionTime": now, "message": if minimum { "Deployment has minimum availability." } else { "Deployment does not have minimum availability." }},
+            {"type": "Progressing", "status": progressing_status, "reason": reason, "lastUpdateTime": now, "lastTransitionTime": now, "message": message}
         ]
     });
-    if held {
-        status["unavailableReplicas"] = progress.total.into();
+    if progress.total > progress.available {
+        status["unavailableReplicas"] = (progress.total - progress.available).into();
     }
     write_status(store, resource, key, status);
     !progress.done
@@ -447,6 +561,10 @@ struct Progress {
     total: i64,
     /// Pods of the current template.
     updated: i64,
+    /// Ready Pods of all its ReplicaSets.
+    ready: i64,
+    /// Available Pods of all its ReplicaSets.
+    available: i64,
     /// Whether the current ReplicaSet has them all and the old ones none.
     done: bool,
 }
@@ -469,15 +587,15 @@ fn resolve(value: &Value, want: i64, round_up: bool) -> i64 {
     }
 }
 
-/// The replica counts of one rolling-update step: (new ReplicaSet, each old one's new count).
-/// The simulated Pods are Ready as soon as they exist, so each step is what the Deployment
-/// controller does once the previous step's Pods are available: the new ReplicaSet up within
-/// `maxSurge`, the old ones down within `maxUnavailable`. Recreate, or a held (not-ready)
-/// workload, goes in one step.
+/// The replica counts of one rolling-update step: (new ReplicaSet, each old one's new count),
+/// as the Deployment controller steps once the previous step's new Pods are available: the new
+/// ReplicaSet up within `maxSurge`, the old ones down within `maxUnavailable` counting only the
+/// available new Pods. Recreate, or a held (not-ready) workload, goes in one step.
 fn rollout_step(
     deployment: &Value,
     want: i64,
     new_now: i64,
+    new_available: i64,
     old: &[i64],
     held: bool,
 ) -> (i64, Vec<i64>) {
@@ -498,8 +616,9 @@ fn rollout_step(
     } else {
         (want + surge - old_total).clamp(new_now, want)
     };
-    // Down: never fewer than want - maxUnavailable available (what was there before this step).
-    let mut scale_down = (old_total + new_now - (want - unavailable)).max(0);
+    // Down: never fewer than want - maxUnavailable available (what was there before this step;
+    // new Pods count once available, so a template whose Pods never start stalls here).
+    let mut scale_down = (old_total + new_available.min(new_now) - (want - unavailable)).max(0);
     let old_targets = old
         .iter()
         .map(|&replicas| {
@@ -579,8 +698,20 @@ fn settle_replicasets(
         .as_ref()
         .and_then(|rs| rs["spec"]["replicas"].as_i64())
         .unwrap_or(0);
-    let (new_target, old_targets) =
-        rollout_step(deployment, want, new_now, &old_counts, settings.held);
+    // The controller steps on when the new Pods are available (pulled, Ready, minReadySeconds).
+    let new_available = match &current {
+        Some(rs) => settle_replicaset(store, &Key::of(&rs_resource, rs), settings)
+            .map_or(0, |c| c.available),
+        None => 0,
+    };
+    let (new_target, old_targets) = rollout_step(
+        deployment,
+        want,
+        new_now,
+        new_available,
+        &old_counts,
+        settings.held,
+    );
     let (rs_key, rev) = match current {
         Some(rs) => {
             let rev = if revision(&rs) == max { max } else { max + 1 };
@@ -603,7 +734,8 @@ fn settle_replicasets(
                     "annotations": {REVISION: (max + 1).to_string(), "deployment.kubernetes.io/desired-replicas": want.to_string(), "deployment.kubernetes.io/max-replicas": (want + 1).to_string()},
                     "ownerReferences": [owner_reference(deployment)],
                 },
-                "spec": {"replicas": new_target, "selector": selector, "template": rs_template},
+                "spec": {"replicas": new_target, "selector": selector, "template": rs_template,
+                         "minReadySeconds": deployment["spec"]["minReadySeconds"].as_i64().unwrap_or(0)},
             });
             let rs_key = Key::new(&rs_resource, &key.namespace, &name);
             store.create(&rs_resource, rs_key.clone(), rs).ok()?;
@@ -620,6 +752,7 @@ fn settle_replicasets(
         .len()
         .saturating_sub(usize::try_from(limit).unwrap_or(0));
     let mut old_total = 0;
+    let mut counts = Counts::default();
     for (i, (rs, to)) in old.into_iter().zip(old_targets).enumerate() {
         let k = Key::of(&rs_resource, &rs);
         // Only a ReplicaSet without Pods is history that can go.
@@ -629,35 +762,54 @@ fn settle_replicasets(
         }
         old_total += to;
         scale_replicaset(store, deployment, rs, to, None);
-        settle_replicaset(store, &k, settings);
+        counts = counts.plus(settle_replicaset(store, &k, settings).unwrap_or_default());
     }
-    settle_replicaset(store, &rs_key, settings);
+    let new = settle_replicaset(store, &rs_key, settings).unwrap_or_default();
     let progress = Progress {
         total: new_target + old_total,
         updated: new_target,
-        done: new_target == want && old_total == 0,
+        ready: counts.ready + new.ready,
+        available: counts.available + new.available,
+        done: new_target == want && old_total == 0 && new.available >= want,
     };
     Some((rev, progress))
 }
 
-/// The ReplicaSet controller and the kubelets: `spec.replicas` Pods, Running, Ready unless held.
-fn settle_replicaset(store: &mut Store, key: &Key, settings: &Settings) -> Option<()> {
+/// The ReplicaSet controller and the kubelets: `spec.replicas` Pods, Running once their images
+/// are pulled, Ready unless held, available after `minReadySeconds`. Returns how they stand.
+fn settle_replicaset(store: &mut Store, key: &Key, settings: &Settings) -> Option<Counts> {
     let rs_resource = builtin("replicasets")?;
     let rs = store.get(key).cloned()?;
     let uid = rs["metadata"]["uid"].as_str()?.to_string();
     let want = usize::try_from(rs["spec"]["replicas"].as_i64().unwrap_or(1).max(0)).ok()?;
-    if settings.pods {
-        let pods = owned(store, "/pods", &key.namespace, &uid);
-        reconcile_pods(store, &rs, pods, want, None, usize::MAX, settings);
-    }
     let count = i64::try_from(want).ok()?;
-    let ready = if settings.held { 0 } else { count };
+    let min_ready = rs["spec"]["minReadySeconds"].as_i64().unwrap_or(0);
+    let counts = if settings.pods {
+        let pods = owned(store, "/pods", &key.namespace, &uid);
+        reconcile_pods(
+            store,
+            &rs,
+            pods,
+            want,
+            None,
+            usize::MAX,
+            settings,
+            min_ready,
+        )
+    } else {
+        let ready = if settings.held { 0 } else { count };
+        Counts {
+            total: count,
+            ready,
+            available: ready,
+        }
+    };
     let status = json!({
-        "replicas": count, "fullyLabeledReplicas": count, "readyReplicas": ready,
-        "availableReplicas": ready, "observedGeneration": rs["metadata"]["generation"].as_i64().unwrap_or(1),
+        "replicas": count, "fullyLabeledReplicas": count, "readyReplicas": counts.ready,
+        "availableReplicas": counts.available, "observedGeneration": rs["metadata"]["generation"].as_i64().unwrap_or(1),
     });
     write_status(store, &rs_resource, key, status);
-    Some(())
+    Some(counts)
 }
 
 /// The DaemonSet controller and the kubelets, one step: a Pod per node; a new template replaces
@@ -672,6 +824,12 @@ fn settle_daemonset(
 ) -> bool {
     let nodes = settings.nodes;
     let mut updated = nodes;
+    let ready = if settings.held { 0 } else { nodes };
+    let mut counts = Counts {
+        total: nodes,
+        ready,
+        available: ready,
+    };
     if settings.pods
         && let Some(uid) = ds["metadata"]["uid"].as_str()
     {
@@ -679,15 +837,35 @@ fn settle_daemonset(
         let pods = owned(store, "/pods", &key.namespace, uid);
         let want = usize::try_from(nodes.max(0)).unwrap_or(0);
         let strategy = &ds["spec"]["updateStrategy"];
+        // New Pods not Ready use up the budget: a template whose Pods never start stalls after
+        // maxUnavailable nodes.
+        let unready_new = pods
+            .iter()
+            .filter(|p| {
+                p["metadata"]["labels"][REVISION_HASH].as_str() == Some(hash.as_str())
+                    && !is_ready(p)
+            })
+            .count();
         let per_step = match strategy["type"].as_str() {
             _ if settings.held => usize::MAX,
             Some("OnDelete") => 0,
             _ => usize::try_from(
                 resolve(&strategy["rollingUpdate"]["maxUnavailable"], nodes, false).max(1),
             )
-            .unwrap_or(1),
+            .unwrap_or(1)
+            .saturating_sub(unready_new),
         };
-        reconcile_pods(store, &ds, pods, want, Some(&hash), per_step, settings);
+        let min_ready = ds["spec"]["minReadySeconds"].as_i64().unwrap_or(0);
+        counts = reconcile_pods(
+            store,
+            &ds,
+            pods,
+            want,
+            Some(&hash),
+            per_step,
+            settings,
+            min_ready,
+        );
         let current = owned(store, "/pods", &key.namespace, uid)
             .iter()
             .filter(|p| p["metadata"]["labels"][REVISION_HASH].as_str() == Some(hash.as_str()))
@@ -695,13 +873,17 @@ fn settle_daemonset(
         updated = i64::try_from(current).unwrap_or(nodes);
     }
     let generation = ds["metadata"]["generation"].as_i64().unwrap_or(1);
-    let ready = if settings.held { 0 } else { nodes };
-    let status = json!({
+    let mut status = json!({
         "observedGeneration": generation, "desiredNumberScheduled": nodes, "currentNumberScheduled": nodes,
-        "updatedNumberScheduled": updated, "numberReady": ready, "numberAvailable": ready, "numberMisscheduled": 0,
+        "updatedNumberScheduled": updated, "numberReady": counts.ready, "numberAvailable": counts.available,
+        "numberMisscheduled": 0,
     });
+    if nodes > counts.available {
+        status["numberUnavailable"] = (nodes - counts.available).into();
+    }
     write_status(store, resource, key, status);
-    updated < nodes && ds["spec"]["updateStrategy"]["type"] != "OnDelete"
+    let unfinished = updated < nodes || (counts.available < nodes && !settings.held);
+    unfinished && ds["spec"]["updateStrategy"]["type"] != "OnDelete"
 }
 
 /// The StatefulSet controller and the kubelets: Pods `<name>-0` … `<name>-<replicas-1>`, each
@@ -717,6 +899,7 @@ fn settle_statefulset(
     let want = sts["spec"]["replicas"].as_i64().unwrap_or(1).max(0);
     let hash = template_hash(&normalized(&sts["spec"]["template"]));
     let revision = format!("{}-{hash}", key.name);
+    let mut ready = 0;
     if settings.pods
         && let (Some(uid), Some(pod_resource)) = (sts["metadata"]["uid"].as_str(), builtin("pods"))
     {
@@ -757,16 +940,15 @@ fn settle_statefulset(
                 record_event(store, &sts, "SuccessfulCreate", message);
             }
             if let Some(pod) = store.get(&pod_key).cloned() {
-                write_status(
-                    store,
-                    &pod_resource,
-                    &pod_key,
-                    pod_status(&pod, !settings.held),
-                );
+                let (status, health) = pod_status(store, &pod, settings, 0);
+                write_status(store, &pod_resource, &pod_key, status);
+                record_pull_events(store, &pod);
+                ready += i64::from(health.ready);
             }
         }
+    } else if !settings.held {
+        ready = want;
     }
-    let ready = if settings.held { 0 } else { want };
     let status = json!({
         "observedGeneration": sts["metadata"]["generation"].as_i64().unwrap_or(1),
         "replicas": want, "readyReplicas": ready, "availableReplicas": ready,
@@ -776,9 +958,19 @@ fn settle_statefulset(
     write_status(store, resource, key, status);
 }
 
+/// Whether a Pod's stored status shows it Ready.
+fn is_ready(pod: &Value) -> bool {
+    pod["status"]["conditions"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
+}
+
 /// Makes `owner` have `want` Pods of its template: Pods of another template (`revision_hash`
-/// differs, DaemonSets; at most `max_replaced` of them per call) or beyond `want` are deleted,
-/// missing ones created, readiness set.
+/// differs, DaemonSets; at most `max_replaced` of them per call, besides those not Ready, which
+/// the controller replaces at once) or beyond `want` are deleted, missing ones created, their
+/// statuses set as the kubelet reports them. Returns how the kept Pods stand.
+#[allow(clippy::too_many_arguments)]
 fn reconcile_pods(
     store: &mut Store,
     owner: &Value,
@@ -787,17 +979,19 @@ fn reconcile_pods(
     revision_hash: Option<&str>,
     max_replaced: usize,
     settings: &Settings,
-) {
+    min_ready: i64,
+) -> Counts {
+    let mut counts = Counts::default();
     let Some(pod_resource) = builtin("pods") else {
-        return;
+        return counts;
     };
     let mut keep = Vec::new();
     let mut replaced = 0;
     for pod in pods {
         let stale = revision_hash
             .is_some_and(|h| pod["metadata"]["labels"][REVISION_HASH].as_str() != Some(h));
-        let replace = stale && replaced < max_replaced;
-        replaced += usize::from(replace);
+        let replace = stale && (!is_ready(&pod) || replaced < max_replaced);
+        replaced += usize::from(replace && is_ready(&pod));
         if replace || keep.len() >= want {
             let _ = store.delete(&pod_resource, &Key::of(&pod_resource, &pod), false);
         } else {
@@ -821,7 +1015,7 @@ fn reconcile_pods(
         };
         used_nodes.push(node.clone());
         let Some(pod) = create_pod(store, &pod_resource, owner, &node, revision_hash) else {
-            return;
+            return counts;
         };
         let message = format!(
             "Created pod: {}",
@@ -832,8 +1026,12 @@ fn reconcile_pods(
     }
     for pod in keep {
         let key = Key::of(&pod_resource, &pod);
-        write_status(store, &pod_resource, &key, pod_status(&pod, !settings.held));
+        let (status, health) = pod_status(store, &pod, settings, min_ready);
+        write_status(store, &pod_resource, &key, status);
+        record_pull_events(store, &pod);
+        counts.add(health);
     }
+    counts
 }
 
 fn create_pod(
@@ -874,8 +1072,96 @@ fn create_pod(
         .ok()
 }
 
-/// A Running Pod's status: conditions, IPs and one status per container.
-fn pod_status(pod: &Value, ready: bool) -> Value {
+/// How a Pod stands after a settle.
+#[derive(Debug, Clone, Copy, Default)]
+struct Health {
+    /// Every container runs and the Pod is Ready.
+    ready: bool,
+    /// Ready for at least its owner's `minReadySeconds`.
+    available: bool,
+}
+
+/// Counts of Pods by health.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    total: i64,
+    ready: i64,
+    available: i64,
+}
+
+impl Counts {
+    fn add(&mut self, h: Health) {
+        self.total += 1;
+        self.ready += i64::from(h.ready);
+        self.available += i64::from(h.available);
+    }
+
+    fn plus(self, o: Counts) -> Counts {
+        Counts {
+            total: self.total + o.total,
+            ready: self.ready + o.ready,
+            available: self.available + o.available,
+        }
+    }
+}
+
+/// The state of one container as the kubelet reports it: running (or, for an init container,
+/// completed), or waiting with kube's reason while its image cannot be pulled.
+fn container_state(
+    store: &Store,
+    pod: &Value,
+    container: &Value,
+    before: Option<&Value>,
+    settings: &Settings,
+) -> Result<(), (String, String)> {
+    let was = before.map(|b| &b["state"]);
+    if was.is_some_and(|s| s.get("running").is_some() || s.get("terminated").is_some()) {
+        return Ok(()); // a started container is not pulled again
+    }
+    let Some(pulls) = &settings.pulls else {
+        return Ok(());
+    };
+    let image = container["image"].as_str().unwrap_or("");
+    let namespace = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+    let key = kubelet::pull_key(store, namespace, &pod["spec"], image);
+    let waiting = was.and_then(|s| s.get("waiting"));
+    let waiting_reason = waiting.and_then(|w| w["reason"].as_str()).unwrap_or("");
+    match pulls.get(&key) {
+        Some(Verdict::Pulled) => Ok(()),
+        Some(Verdict::Invalid(m)) => Err(("InvalidImageName".into(), m.clone())),
+        Some(Verdict::Failed(m)) => {
+            if matches!(waiting_reason, "ErrImagePull" | "ImagePullBackOff") {
+                Err((
+                    "ImagePullBackOff".into(),
+                    format!("Back-off pulling image \"{image}\": ErrImagePull: {m}"),
+                ))
+            } else {
+                Err(("ErrImagePull".into(), m.clone()))
+            }
+        }
+        // Not checked yet (a template newer than this settle's pulls): as it was.
+        None => match waiting {
+            Some(w) => Err((
+                w["reason"].as_str().unwrap_or("ContainerCreating").into(),
+                w["message"].as_str().unwrap_or("").into(),
+            )),
+            None => Err(("ContainerCreating".into(), String::new())),
+        },
+    }
+}
+
+fn seconds_since(time: &Value) -> i64 {
+    time.as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map_or(i64::MAX, |t| {
+            (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds()
+        })
+}
+
+/// A Pod's status as its kubelet reports it: Running and Ready once every image is pulled
+/// (Ready unless held), Pending with waiting containers otherwise; conditions, IPs and one
+/// status per container. Available once Ready for `min_ready` seconds.
+fn pod_status(store: &Store, pod: &Value, settings: &Settings, min_ready: i64) -> (Value, Health) {
     let since = pod["metadata"]["creationTimestamp"].clone();
     let node: u32 = pod["spec"]["nodeName"]
         .as_str()
@@ -884,41 +1170,144 @@ fn pod_status(pod: &Value, ready: bool) -> Value {
         .unwrap_or(1);
     let digest = sha2::Sha256::digest(pod["metadata"]["uid"].as_str().unwrap_or("").as_bytes());
     let ip = format!("10.244.{}.{}", node % 250, 2 + u32::from(digest[0]) % 250);
-    let flag = if ready { "True" } else { "False" };
-    let statuses = |field: &str, init: bool| -> Vec<Value> {
-        pod["spec"][field]
+    let before = |field: &str, name: &Value| {
+        pod["status"][field]
             .as_array()
-            .into_iter()
-            .flatten()
-            .map(|c| {
-                let state = if init {
-                    json!({"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": since, "finishedAt": since}})
-                } else {
-                    json!({"running": {"startedAt": since}})
-                };
-                json!({
-                    "name": c["name"], "image": c["image"], "imageID": "", "ready": init || ready,
-                    "started": !init, "restartCount": 0, "state": state,
-                })
-            })
-            .collect()
+            .and_then(|a| a.iter().find(|c| &c["name"] == name))
     };
+    let mut init_done = true;
+    let mut init = Vec::new();
+    for c in pod["spec"]["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let state = if init_done {
+            container_state(
+                store,
+                pod,
+                c,
+                before("initContainerStatuses", &c["name"]),
+                settings,
+            )
+        } else {
+            Err(("PodInitializing".into(), String::new()))
+        };
+        let state = match state {
+            Ok(()) => {
+                json!({"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": since, "finishedAt": since}})
+            }
+            Err((reason, message)) => {
+                init_done = false;
+                json!({"waiting": {"reason": reason, "message": message}})
+            }
+        };
+        let done = state.get("terminated").is_some();
+        init.push(
+            json!({"name": c["name"], "image": c["image"], "imageID": "", "ready": done,
+            "started": false, "restartCount": 0, "state": state}),
+        );
+    }
+    let mut running = init_done;
+    let mut main = Vec::new();
+    for c in pod["spec"]["containers"].as_array().into_iter().flatten() {
+        let state = if init_done {
+            container_state(
+                store,
+                pod,
+                c,
+                before("containerStatuses", &c["name"]),
+                settings,
+            )
+        } else {
+            Err(("PodInitializing".into(), String::new()))
+        };
+        let (state, started) = match state {
+            Ok(()) => (json!({"running": {"startedAt": since}}), true),
+            Err((reason, message)) => {
+                running = false;
+                (
+                    json!({"waiting": {"reason": reason, "message": message}}),
+                    false,
+                )
+            }
+        };
+        main.push(json!({"name": c["name"], "image": c["image"], "imageID": "",
+            "ready": started && !settings.held, "started": started, "restartCount": 0, "state": state}));
+    }
+    let ready = running && !settings.held;
+    // Ready since: kept from the status before, or now.
+    let was_ready = pod["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+        .filter(|c| c["status"] == "True")
+        .map(|c| c["lastTransitionTime"].clone());
+    let ready_since = match (&was_ready, ready) {
+        (Some(t), true) => t.clone(),
+        (None, true) => json!(now()),
+        _ => since.clone(),
+    };
+    let available = ready && seconds_since(&ready_since) >= min_ready;
+    let flag = if ready { "True" } else { "False" };
     let mut status = json!({
-        "phase": "Running", "hostIP": format!("10.0.0.{node}"), "podIP": ip, "podIPs": [{"ip": ip}],
-        "startTime": since, "qosClass": "BestEffort",
+        "phase": if running { "Running" } else { "Pending" }, "hostIP": format!("10.0.0.{node}"),
+        "podIP": ip, "podIPs": [{"ip": ip}], "startTime": since, "qosClass": "BestEffort",
         "conditions": [
-            {"type": "Initialized", "status": "True", "lastTransitionTime": since},
-            {"type": "Ready", "status": flag, "lastTransitionTime": since},
-            {"type": "ContainersReady", "status": flag, "lastTransitionTime": since},
+            {"type": "Initialized", "status": if init_done { "True" } else { "False" }, "lastTransitionTime": since},
+            {"type": "Ready", "status": flag, "lastTransitionTime": ready_since},
+            {"type": "ContainersReady", "status": flag, "lastTransitionTime": ready_since},
             {"type": "PodScheduled", "status": "True", "lastTransitionTime": since},
         ],
-        "containerStatuses": statuses("containers", false),
+        "containerStatuses": main,
     });
-    let init = statuses("initContainers", true);
     if !init.is_empty() {
         status["initContainerStatuses"] = init.into();
     }
-    status
+    (status, Health { ready, available })
+}
+
+/// The kubelet's Events for containers that began waiting on a pull (`Failed`, then
+/// `BackOff`), recorded once per reason on the Pod as `kubectl describe pod` shows them.
+fn record_pull_events(store: &mut Store, before: &Value) {
+    let Some(pods) = builtin("pods") else {
+        return;
+    };
+    let Some(after) = store.get(&Key::of(&pods, before)).cloned() else {
+        return;
+    };
+    for field in ["initContainerStatuses", "containerStatuses"] {
+        for c in after["status"][field].as_array().into_iter().flatten() {
+            let reason = c["state"]["waiting"]["reason"].as_str().unwrap_or("");
+            let was = before["status"][field]
+                .as_array()
+                .and_then(|a| a.iter().find(|b| b["name"] == c["name"]))
+                .and_then(|b| b["state"]["waiting"]["reason"].as_str())
+                .unwrap_or("");
+            if reason == was {
+                continue;
+            }
+            let image = c["image"].as_str().unwrap_or("");
+            let message = c["state"]["waiting"]["message"].as_str().unwrap_or("");
+            match reason {
+                "ErrImagePull" => record_event(
+                    store,
+                    &after,
+                    "Failed",
+                    format!("Failed to pull image \"{image}\": {message}"),
+                ),
+                "ImagePullBackOff" => record_event(
+                    store,
+                    &after,
+                    "BackOff",
+                    format!("Back-off pulling image \"{image}\""),
+                ),
+                "InvalidImageName" => {
+                    record_event(store, &after, "InspectFailed", message.to_string())
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -951,7 +1340,7 @@ mod tests {
             let (mut new, mut old) = (0, vec![want]);
             let mut steps = 0;
             while !(new == want && old.iter().all(|o| *o == 0)) {
-                let (n, o) = rollout_step(&d, want, new, &old, false);
+                let (n, o) = rollout_step(&d, want, new, new, &old, false);
                 assert!(
                     n + o.iter().sum::<i64>() <= want + max_surge,
                     "{want} {surge}: surge exceeded"
@@ -973,9 +1362,13 @@ mod tests {
         }
         // Recreate and a held workload: one step.
         let recreate = json!({"spec": {"strategy": {"type": "Recreate"}}});
-        assert_eq!(rollout_step(&recreate, 3, 0, &[3], false), (3, vec![0]));
+        assert_eq!(rollout_step(&recreate, 3, 0, 0, &[3], false), (3, vec![0]));
         let rolling = json!({"spec": {"strategy": {"type": "RollingUpdate"}}});
-        assert_eq!(rollout_step(&rolling, 3, 0, &[3], true), (3, vec![0]));
+        assert_eq!(rollout_step(&rolling, 3, 0, 0, &[3], true), (3, vec![0]));
+        // New Pods that never become available: the old ones stay.
+        let one = json!({"spec": {"strategy": {"type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}}});
+        assert_eq!(rollout_step(&one, 1, 1, 0, &[1], false), (1, vec![1]));
     }
 
     #[test]
@@ -1003,6 +1396,7 @@ mod tests {
             held: false,
             nodes: 3,
             pods: true,
+            pulls: None,
         };
         assert!(!settle_daemonset(
             &mut store,

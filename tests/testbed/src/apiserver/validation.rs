@@ -437,22 +437,43 @@ fn builtin_rules(
             if containers.is_none_or(|c| c.is_empty()) {
                 required("spec.template.spec.containers");
             }
+            // Container names are unique across init and regular containers.
+            let mut names = std::collections::HashSet::new();
+            let mut duplicates = Vec::new();
             for (field, list) in [
-                ("containers", containers),
                 (
                     "initContainers",
                     template["spec"]["initContainers"].as_array(),
                 ),
+                ("containers", containers),
             ] {
                 for (i, c) in list.into_iter().flatten().enumerate() {
                     if missing(&c["name"]) {
                         required(&format!("spec.template.spec.{field}[{i}].name"));
+                    } else if let Some(name) = c["name"].as_str()
+                        && !names.insert(name)
+                    {
+                        duplicates.push(Cause {
+                            reason: "FieldValueDuplicate",
+                            field: format!("spec.template.spec.{field}[{i}].name"),
+                            message: format!("Duplicate value: \"{name}\""),
+                        });
                     }
                     if missing(&c["image"]) {
                         required(&format!("spec.template.spec.{field}[{i}].image"));
                     }
                 }
             }
+            if let Some(n) = spec["replicas"].as_i64()
+                && n < 0
+            {
+                causes.push(Cause {
+                    reason: "FieldValueInvalid",
+                    field: "spec.replicas".into(),
+                    message: format!("Invalid value: {n}: must be greater than or equal to 0"),
+                });
+            }
+            causes.extend(duplicates);
             let labels = template["metadata"]["labels"].as_object();
             if let Some(wanted) = spec["selector"]["matchLabels"].as_object() {
                 let matches = wanted
@@ -677,5 +698,39 @@ mod tests {
             "status writes prune silently"
         );
         assert!(o["status"].get("junk").is_none());
+    }
+
+    #[test]
+    fn negative_replicas_and_two_containers_of_one_name_are_refused() {
+        let r = super::super::resources::find_builtin("apps", "deployments").expect("deployments");
+        let deployment = |replicas: i64, init: &str| {
+            json!({"metadata": {"name": "a", "namespace": "b"},
+                   "spec": {"replicas": replicas, "selector": {"matchLabels": {"a": "b"}},
+                            "template": {"metadata": {"labels": {"a": "b"}},
+                                         "spec": {"initContainers": [{"name": init, "image": "x"}],
+                                                  "containers": [{"name": "web", "image": "x"}, {"name": "side", "image": "y"}]}}}})
+        };
+        let mut causes = Vec::new();
+        builtin_rules(&r, &deployment(1, "init"), None, &mut causes);
+        assert!(causes.is_empty(), "{causes:?}");
+        builtin_rules(&r, &deployment(-1, "web"), None, &mut causes);
+        let found: Vec<(&str, &str)> = causes
+            .iter()
+            .map(|c| (c.reason, c.field.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("FieldValueInvalid", "spec.replicas"),
+                (
+                    "FieldValueDuplicate",
+                    "spec.template.spec.containers[0].name"
+                ),
+            ]
+        );
+        assert_eq!(
+            causes[0].message,
+            "Invalid value: -1: must be greater than or equal to 0"
+        );
     }
 }
