@@ -35,6 +35,7 @@ fn payload_data(p: &Payload) -> serde_json::Value {
         Payload::ImageFailed(f) => serde_json::to_value(f),
         Payload::WorkloadRolledOut(r) => serde_json::to_value(r),
         Payload::WorkloadChanged(w) => serde_json::to_value(w),
+        Payload::WorkloadReverted(r) => serde_json::to_value(r),
     }
     .unwrap_or_default()
 }

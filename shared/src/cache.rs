@@ -67,8 +67,8 @@ impl Trim for Deployment {
     fn trim(&mut self) {
         trim_workload_meta(&mut self.metadata);
         if let Some(spec) = self.spec.as_mut() {
+            // The selector stays: the rollout's health gate finds the Pods by it.
             spec.strategy = None;
-            spec.selector = Default::default();
             trim_template(&mut spec.template);
         }
         if let Some(status) = self.status.as_mut() {
@@ -87,8 +87,10 @@ impl Trim for DaemonSet {
     fn trim(&mut self) {
         trim_workload_meta(&mut self.metadata);
         if let Some(spec) = self.spec.as_mut() {
-            spec.update_strategy = None;
-            spec.selector = Default::default();
+            // The strategy's type (`OnDelete` holds a rollout) and the selector (the Pods) stay.
+            if let Some(u) = spec.update_strategy.as_mut() {
+                u.rolling_update = None;
+            }
             trim_template(&mut spec.template);
         }
         if let Some(status) = self.status.as_mut() {
@@ -195,6 +197,21 @@ impl WorkloadCache {
         let s = self.daemonsets.state().into_iter().filter_map(|d| {
             let spec = d.spec.as_ref()?.template.spec.as_ref()?;
             keep(spec).then(|| Workload::DaemonSet(Box::new(d.as_ref().clone())))
+        });
+        d.chain(s).collect()
+    }
+
+    /// The cached workloads that carry annotation `key`, cloning only those (the rollout's
+    /// in-flight workloads among thousands).
+    pub fn annotated(&self, key: &str) -> Vec<Workload> {
+        let has = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+            m.annotations.as_ref().is_some_and(|a| a.contains_key(key))
+        };
+        let d = self.deployments.state().into_iter().filter_map(|d| {
+            has(&d.metadata).then(|| Workload::Deployment(Box::new(d.as_ref().clone())))
+        });
+        let s = self.daemonsets.state().into_iter().filter_map(|d| {
+            has(&d.metadata).then(|| Workload::DaemonSet(Box::new(d.as_ref().clone())))
         });
         d.chain(s).collect()
     }

@@ -43,6 +43,7 @@ pub mod metrics_auth;
 pub mod naming;
 pub mod nats;
 pub mod publish;
+pub mod pull_secrets;
 pub mod reference;
 pub mod registry;
 pub mod runtime;

@@ -180,7 +180,10 @@ impl Workload {
                     .iter()
                     .flatten()
                     .any(|c| c.type_ == "Available" && c.status == "True");
+                // `replicas` counts the Pods of old templates too: a rolling update whose new
+                // Pods never start keeps the old ones Ready, and is not done.
                 st.observed_generation.unwrap_or(0) >= generation
+                    && st.replicas.unwrap_or(0) == want
                     && st.updated_replicas.unwrap_or(0) == want
                     && st.ready_replicas.unwrap_or(0) == want
                     && st.available_replicas.unwrap_or(0) == want
@@ -192,6 +195,7 @@ impl Workload {
                 st.observed_generation.unwrap_or(0) >= generation
                     && st.updated_number_scheduled.unwrap_or(0) == st.desired_number_scheduled
                     && st.number_ready == st.desired_number_scheduled
+                    && st.number_available.unwrap_or(0) == st.desired_number_scheduled
             }
         }
     }

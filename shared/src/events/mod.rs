@@ -8,7 +8,7 @@ mod payloads;
 pub use nats_binding::{from_nats_message, to_nats_message};
 pub use payloads::{
     ContainerChange, ImageCompleted, ImageFailed, WorkloadChanged, WorkloadImage, WorkloadKind,
-    WorkloadRef, WorkloadRolledOut,
+    WorkloadRef, WorkloadReverted, WorkloadRolledOut,
 };
 
 use bytes::Bytes;
@@ -26,6 +26,8 @@ pub const IMAGE_COMPLETED: &str = "io.k8slab.imagebackup.image.completed";
 pub const IMAGE_FAILED: &str = "io.k8slab.imagebackup.image.failed";
 /// `type` of [`WorkloadRolledOut`].
 pub const WORKLOAD_ROLLED_OUT: &str = "io.k8slab.imagebackup.workload.rolledout";
+/// `type` of [`WorkloadReverted`].
+pub const WORKLOAD_REVERTED: &str = "io.k8slab.imagebackup.workload.reverted";
 /// Subject prefix of events that could not be parsed (followed by the original subject).
 pub const DEADLETTER_PREFIX: &str = "imagebackup.deadletter.";
 
@@ -154,6 +156,8 @@ pub enum Payload {
     ImageFailed(ImageFailed),
     /// A workload was moved to its backups.
     WorkloadRolledOut(WorkloadRolledOut),
+    /// A workload was moved back to its original images.
+    WorkloadReverted(WorkloadReverted),
 }
 
 fn workload_tokens(w: &WorkloadRef) -> String {
@@ -175,6 +179,7 @@ impl Payload {
             Payload::ImageCompleted(_) => IMAGE_COMPLETED,
             Payload::ImageFailed(_) => IMAGE_FAILED,
             Payload::WorkloadRolledOut(_) => WORKLOAD_ROLLED_OUT,
+            Payload::WorkloadReverted(_) => WORKLOAD_REVERTED,
         }
     }
 
@@ -193,6 +198,12 @@ impl Payload {
             Payload::WorkloadRolledOut(p) => {
                 format!(
                     "imagebackup.workload.rolledout.{}",
+                    workload_tokens(&p.workload)
+                )
+            }
+            Payload::WorkloadReverted(p) => {
+                format!(
+                    "imagebackup.workload.reverted.{}",
                     workload_tokens(&p.workload)
                 )
             }
@@ -216,6 +227,9 @@ impl Payload {
             Payload::WorkloadRolledOut(p) => {
                 format!("workload.rolledout/{}/{}", p.uid, p.generation)
             }
+            Payload::WorkloadReverted(p) => {
+                format!("workload.reverted/{}/{}", p.uid, p.generation)
+            }
         }
     }
 
@@ -225,6 +239,7 @@ impl Payload {
             Payload::ImageCompleted(p) => serde_json::to_value(p),
             Payload::ImageFailed(p) => serde_json::to_value(p),
             Payload::WorkloadRolledOut(p) => serde_json::to_value(p),
+            Payload::WorkloadReverted(p) => serde_json::to_value(p),
         }
     }
 
@@ -267,6 +282,9 @@ impl Payload {
             IMAGE_FAILED => Payload::ImageFailed(serde_json::from_value(value).map_err(wrap)?),
             WORKLOAD_ROLLED_OUT => {
                 Payload::WorkloadRolledOut(serde_json::from_value(value).map_err(wrap)?)
+            }
+            WORKLOAD_REVERTED => {
+                Payload::WorkloadReverted(serde_json::from_value(value).map_err(wrap)?)
             }
             _ => return Err(EventError::UnknownType(ty)),
         })

@@ -158,3 +158,24 @@ pub struct WorkloadRolledOut {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
 }
+
+/// `io.k8slab.imagebackup.workload.reverted`: a rolled-out workload did not become healthy on
+/// its backups (Pods could not pull them, or it was not Ready in time), so its original images
+/// were put back. It is not rolled out again until its images or its backups change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadReverted {
+    /// The workload.
+    pub workload: WorkloadRef,
+    /// Its `metadata.uid`.
+    pub uid: String,
+    /// The generation the revert produced.
+    pub generation: i64,
+    /// Why: a Pod's waiting reason (`ErrImagePull`, `ImagePullBackOff`, `InvalidImageName`) or
+    /// `Timeout`.
+    pub reason: String,
+    /// What was seen, for people (a Pod's message, or how long it waited).
+    pub message: String,
+    /// What was put back: `from` the backup `to` the original image.
+    pub changes: Vec<ContainerChange>,
+}

@@ -3,7 +3,7 @@
 
 use shared::events::{
     ContainerChange, ImageCompleted, ImageFailed, Payload, WorkloadChanged, WorkloadKind,
-    WorkloadRef, WorkloadRolledOut,
+    WorkloadRef, WorkloadReverted, WorkloadRolledOut,
 };
 
 fn root() -> std::path::PathBuf {
@@ -42,6 +42,14 @@ fn samples() -> Vec<Payload> {
             message: "m".into(),
             attempts: 1,
         }),
+        Payload::WorkloadReverted(WorkloadReverted {
+            workload: workload.clone(),
+            uid: "u".into(),
+            generation: 2,
+            reason: "ErrImagePull".into(),
+            message: "m".into(),
+            changes: Vec::new(),
+        }),
         Payload::WorkloadRolledOut(WorkloadRolledOut {
             workload,
             uid: "u".into(),
@@ -65,6 +73,7 @@ fn data_fields(p: &Payload) -> Vec<String> {
         Payload::ImageCompleted(x) => serde_json::to_value(x),
         Payload::ImageFailed(x) => serde_json::to_value(x),
         Payload::WorkloadRolledOut(x) => serde_json::to_value(x),
+        Payload::WorkloadReverted(x) => serde_json::to_value(x),
     }
     .unwrap();
     let mut fields: Vec<String> = value.as_object().unwrap().keys().cloned().collect();
