@@ -446,7 +446,7 @@ impl Context {
         let namespace = secrets[0].namespace.clone();
         let names: Vec<String> = secrets.iter().map(|s| s.name.clone()).collect();
         let mut credentials =
-            crate::credentials::pull_secrets(&inner.client, &namespace, &names).await;
+            shared::pull_secrets::pull_secrets(&inner.client, &namespace, &names).await;
         let base = inner.copier.client().options().clone();
         credentials.merge(base.credentials.clone());
         match RegistryClient::new(ClientOptions {

@@ -20,7 +20,6 @@
 pub mod admit;
 pub mod claim;
 pub mod copy;
-pub mod credentials;
 pub mod expiry;
 pub mod handler;
 pub mod metrics;

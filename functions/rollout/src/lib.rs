@@ -3,11 +3,18 @@
 //! in one guarded patch, which rolls it out once.
 //!
 //! # Layout
-//! - [`decide`]: the pure decision and the guarded JSON patch.
-//! - [`run`]: the caches, the handler (`image.completed`, `workload.changed`), the resync.
+//! - [`decide`]: the pure decision and the guarded JSON patches (rollout, end, revert).
+//! - [`run`]: the caches, the handler (`image.completed`, `workload.changed`), the pacer, the
+//!   resync.
+//! - [`pull_access`]: the backups pullable by the workload's Pods (`--backup-pull-secret`).
+//! - [`pacing`]: cluster-wide slots (`--max-concurrent-rollouts`).
+//! - [`gate`]: the health gate and the automatic revert.
 //! - [`metrics`]: the `imagebackup_rollout_*` metrics.
 #![deny(missing_docs)]
 
 pub mod decide;
+pub mod gate;
 pub mod metrics;
+pub mod pacing;
+pub mod pull_access;
 pub mod run;

@@ -12,7 +12,9 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use kube::runtime::reflector;
 use rollout::decide::Pin;
 use rollout::metrics::Metrics;
-use rollout::run::Context;
+use rollout::pacing::Slots;
+use rollout::pull_access::{PullAccess, SecretName};
+use rollout::run::{Context, Safety};
 use shared::config::{AdminArgs, BackupArgs, NatsArgs, RegistryArgs, ServeArgs, SinkArgs};
 use shared::crd::ImageBackup;
 use shared::publish::{EventPublisher as _, HttpSink, JetStreamPublisher, PublishRetry, Publisher};
@@ -86,6 +88,25 @@ struct FunctionArgs {
     /// This pod's name (downward API), for the Events it records.
     #[arg(long, env = "POD_NAME")]
     pod_name: Option<String>,
+    /// The rollout's own namespace (downward API; default: the kubeconfig's or the service
+    /// account's): where the pacing Lease lives and `--backup-pull-secret` defaults to.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pod_namespace: Option<String>,
+    /// `[NAMESPACE/]NAME` of a `kubernetes.io/dockerconfigjson` Secret with pull credentials
+    /// for the backup registry: copied into each workload's namespace and added to its
+    /// `imagePullSecrets` with the rollout (unless it can pull from the backup registry
+    /// already). Without it, a workload is only patched if the backup registry serves its
+    /// backups to anonymous pulls.
+    #[arg(long, env = "BACKUP_PULL_SECRET")]
+    backup_pull_secret: Option<String>,
+    /// At most this many workloads rolling out at once, cluster-wide across replicas (from the
+    /// patch until Ready at the new generation); 0: no limit.
+    #[arg(long, env = "MAX_CONCURRENT_ROLLOUTS", default_value_t = 10)]
+    max_concurrent_rollouts: usize,
+    /// A patched workload not Ready within this many seconds is reverted to its original
+    /// images (default: the Deployment's progressDeadlineSeconds, 600 for a DaemonSet).
+    #[arg(long, env = "ROLLOUT_TIMEOUT_SECONDS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    rollout_timeout_seconds: Option<u64>,
 }
 
 /// Where a cache sends the workloads it sees change, and how it makes one of its object.
@@ -170,6 +191,30 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
     args.registries
         .check_backup_host(args.backup.backup_registry.host())?;
     let registry = RegistryClient::new(args.registries.client_options(credentials, None))?;
+    let anonymous = RegistryClient::new(
+        args.registries
+            .client_options(DockerConfig::default(), None),
+    )?;
+    let namespace = args
+        .pod_namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    let source_secret = args
+        .backup_pull_secret
+        .as_deref()
+        .map(|s| SecretName::parse(s, &namespace))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let safety = Safety {
+        pull: PullAccess::new(
+            client.clone(),
+            source_secret,
+            args.backup.backup_registry.host(),
+            anonymous,
+        ),
+        slots: Slots::new(client.clone(), &namespace, args.max_concurrent_rollouts),
+        timeout: args.rollout_timeout_seconds.map(Duration::from_secs),
+    };
     let reporter = kube::runtime::events::Reporter {
         controller: "image-backup-rollout".into(),
         instance: args.pod_name.clone(),
@@ -187,6 +232,7 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
         registry,
         kube::runtime::events::Recorder::new(client, reporter),
         metrics,
+        safety,
     );
     let sink = args
         .sink
@@ -254,6 +300,35 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
             }
         })
     };
+    // The pacer: queued workloads take free slots, oldest completion first.
+    let pacer = {
+        let (ctx, publisher, mut stop) = (ctx.clone(), publisher.clone(), shutdown.clone());
+        let wake = ctx.waker();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.wait() => break,
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                ctx.pace(&publisher).await;
+            }
+        })
+    };
+    // The health gate: in-flight workloads become Ready, or are reverted.
+    let gate = {
+        let (ctx, publisher, mut stop) = (ctx.clone(), publisher.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.wait() => break,
+                    _ = tick.tick() => ctx.gate(&publisher).await,
+                }
+            }
+        })
+    };
     runtime.readiness.set(true);
     match mode {
         Mode::Run => {
@@ -297,6 +372,8 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
     }
     resync.abort();
     on_change.abort();
+    pacer.abort();
+    gate.abort();
     runtime.finish().await;
     Ok(())
 }

@@ -19,6 +19,42 @@ pub enum PatchOutcome {
     Unverified,
     /// The API refused or failed.
     Failed,
+    /// The backup registry refuses anonymous pulls and no pull secret is configured.
+    NotPullable,
+    /// A Secret named like `--backup-pull-secret` exists in the namespace and is not ours.
+    PullSecretConflict,
+}
+
+/// Why a rollout was reverted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+pub enum RevertReason {
+    /// A Pod could not pull a backup.
+    ErrImagePull,
+    /// A Pod backs off pulling a backup.
+    ImagePullBackOff,
+    /// A backup reference the kubelet cannot parse.
+    InvalidImageName,
+    /// Not Ready within the timeout.
+    Timeout,
+}
+
+impl RevertReason {
+    /// The label for a reason string (the gate's reasons; anything else is `Timeout`).
+    pub fn of(reason: &str) -> Self {
+        match reason {
+            "ErrImagePull" => Self::ErrImagePull,
+            "ImagePullBackOff" => Self::ImagePullBackOff,
+            "InvalidImageName" => Self::InvalidImageName,
+            _ => Self::Timeout,
+        }
+    }
+}
+
+/// `reason` label.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RevertLabels {
+    /// Why.
+    pub reason: RevertReason,
 }
 
 /// `outcome` label.
@@ -41,6 +77,12 @@ pub struct Metrics {
     pub guard_conflicts: Counter,
     /// `resyncs_total`.
     pub resyncs: Counter,
+    /// `reverts_total{reason}`: rollouts put back to their original images.
+    pub reverts: Family<RevertLabels, Counter>,
+    /// `rollouts_in_flight`: patched workloads not yet Ready (counted for pacing).
+    pub in_flight: Gauge,
+    /// `rollouts_queued`: workloads ready to patch, waiting for a pacing slot.
+    pub queued: Gauge,
 }
 
 impl Metrics {
@@ -72,7 +114,27 @@ impl Metrics {
             "periodic re-evaluations of every workload",
             self.resyncs.clone(),
         );
+        registry.register(
+            "reverts",
+            "rollouts reverted to the original images, by reason",
+            self.reverts.clone(),
+        );
+        registry.register(
+            "rollouts_in_flight",
+            "patched workloads not yet Ready on their backups",
+            self.in_flight.clone(),
+        );
+        registry.register(
+            "rollouts_queued",
+            "workloads waiting for a pacing slot",
+            self.queued.clone(),
+        );
         self
+    }
+
+    /// Counts a revert.
+    pub fn revert(&self, reason: RevertReason) {
+        self.reverts.get_or_create(&RevertLabels { reason }).inc();
     }
 
     /// Counts a patch outcome.

@@ -6,30 +6,58 @@
 //! evaluated) and `workload.changed` (that workload). A periodic resync evaluates every workload,
 //! so a lost `image.completed` delays a rollout, never loses it. Duplicate or reordered events
 //! cause no second patch: a rolled-out workload runs only backups, so there is nothing to do.
+//!
+//! Before a patch: pull access to the backups ([`crate::pull_access`]); with pacing, a slot
+//! ([`crate::pacing`]) taken by the pacer in order of completion. After it: the health gate
+//! ([`crate::gate`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use kube::api::{Patch, PatchParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::Resource as _;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Api, Resource as _};
 use shared::NamingPolicy;
 use shared::cache::WorkloadCache;
 use shared::consumer::{Classified, Handler, Outcome};
 use shared::crd::ImageBackup;
 use shared::error::ErrorClass;
-use shared::events::{Payload, WorkloadKind, WorkloadRolledOut};
+use shared::events::{Payload, WorkloadRef, WorkloadRolledOut};
 use shared::naming::image_backup_name;
 use shared::publish::{EventPublisher, Publisher};
 use shared::reference::Reference;
 use shared::registry::{Access, RegistryClient, Repo};
 use shared::workload::Workload;
 
-use crate::decide::{self, Change, Decision, Pin};
+use crate::decide::{self, Change, Decision, InFlight, Pin};
 use crate::metrics::{Metrics, PatchOutcome};
+use crate::pacing::{Slot, Slots};
+use crate::pull_access::{Need, PullAccess};
+
+/// What makes a rollout safe: pull access, pacing and the health gate's timeout.
+#[derive(Clone)]
+pub struct Safety {
+    /// Pull access to the backups (`--backup-pull-secret`).
+    pub pull: PullAccess,
+    /// Cluster-wide slots (`--max-concurrent-rollouts`).
+    pub slots: Slots,
+    /// `--rollout-timeout-seconds` (default: per workload, see [`crate::gate`]).
+    pub timeout: Option<Duration>,
+}
+
+/// Workloads waiting for a pacing slot: key → (latest completion of their backups, workload).
+type Queue = BTreeMap<String, (Option<Time>, WorkloadRef)>;
+
+/// How a paced rollout attempt ended.
+#[derive(Debug, PartialEq)]
+pub enum Attempt {
+    /// Done (patched, or not, for a reason recorded): the event to publish, if any.
+    Done(Option<Payload>),
+    /// Every slot is taken: try again when one frees.
+    NoSlot,
+}
 
 /// Everything the rollout needs. Cheap to clone.
 #[derive(Clone)]
@@ -52,9 +80,22 @@ pub struct Context {
     pub recorder: Recorder,
     /// The rollout's metrics.
     pub metrics: Metrics,
+    /// Pull access, pacing, timeout.
+    pub safety: Safety,
     /// Blocked workloads already reported (to record one Event per blocking set).
     reported: Arc<Mutex<HashMap<String, Vec<String>>>>,
+    /// Workloads waiting for a slot.
+    queue: Arc<Mutex<Queue>>,
+    /// Wakes the pacer (a workload queued, a slot freed).
+    pub(crate) wake: Arc<tokio::sync::Notify>,
+    /// When each in-flight workload's Pods were last looked at.
+    pub(crate) pod_checks: Arc<Mutex<HashMap<String, Instant>>>,
+    /// When the pacer last looked for workloads ready to patch that no queue holds.
+    refilled: Arc<Mutex<Instant>>,
 }
+
+/// How often a pacer with an empty queue looks for workloads ready to patch.
+const REFILL_EVERY: Duration = Duration::from_secs(5);
 
 /// Why an event could not be handled (never: every failure is recorded and healed by the next
 /// event or resync); kept for the adapter's contract.
@@ -83,6 +124,7 @@ impl Context {
         registry: RegistryClient,
         recorder: Recorder,
         metrics: Metrics,
+        safety: Safety,
     ) -> Self {
         Self {
             client,
@@ -94,8 +136,69 @@ impl Context {
             registry,
             recorder,
             metrics,
+            safety,
             reported: Arc::default(),
+            queue: Arc::default(),
+            wake: Arc::default(),
+            pod_checks: Arc::default(),
+            refilled: Arc::new(Mutex::new(Instant::now())),
         }
+    }
+
+    /// What wakes the pacer (a workload queued, a slot freed).
+    pub fn waker(&self) -> Arc<tokio::sync::Notify> {
+        self.wake.clone()
+    }
+
+    /// `deployment/ns/name`: a workload's key in the queue, the slots and the reports.
+    pub(crate) fn key(w: &Workload) -> String {
+        let r = w.reference();
+        format!("{}/{}/{}", r.kind.token(), r.namespace, r.name)
+    }
+
+    /// Whether the cache shows the workload of `key` in flight and counted (its marker set,
+    /// its owner not holding it).
+    fn counted_in_flight(&self, key: &str) -> bool {
+        let mut parts = key.splitn(3, '/');
+        let (Some(kind), Some(namespace), Some(name)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return false;
+        };
+        let kind = match kind {
+            "deployment" => shared::events::WorkloadKind::Deployment,
+            "daemonset" => shared::events::WorkloadKind::DaemonSet,
+            _ => return false,
+        };
+        let r = WorkloadRef {
+            kind,
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        self.workloads.get(&r).is_some_and(|w| {
+            decide::annotation(&w, decide::ROLLOUT_ANNOTATION)
+                .and_then(|a| serde_json::from_str::<InFlight>(a).ok())
+                .is_some_and(|m| m.held.is_none())
+        })
+    }
+
+    /// The latest completion time of the backups `w` waits on (the pacer's order).
+    fn completed_at(&self, w: &Workload) -> Option<Time> {
+        w.images()
+            .iter()
+            .filter_map(|c| {
+                shared::workload::needs_backup(&c.image, &self.naming)
+                    .ok()
+                    .flatten()
+            })
+            .filter_map(|source| {
+                self.backups
+                    .get(&ObjectRef::new(&image_backup_name(&source)))?
+                    .status
+                    .as_ref()?
+                    .completed_at
+                    .clone()
+            })
+            .max_by_key(|t| t.0)
     }
 
     fn decide(&self, w: &Workload) -> Decision {
@@ -123,15 +226,124 @@ impl Context {
         })
     }
 
-    /// Evaluates one workload and acts: the patch (and its event), or a report.
+    /// Evaluates one workload and acts: the patch (and its event), or a report. With pacing,
+    /// a workload ready to patch joins the queue and the pacer patches it when a slot frees.
     pub async fn evaluate(&self, w: &Workload) -> Option<Payload> {
         match self.decide(w) {
-            Decision::Patch(changes) => self.roll_out(w, changes).await,
+            Decision::Patch(changes) => {
+                if self.safety.slots.limited() && !self.dry_run && decide::holder(w).is_none() {
+                    self.enqueue(w);
+                    return None;
+                }
+                match self.roll_out(w, changes, false).await {
+                    Attempt::Done(event) => event,
+                    Attempt::NoSlot => None,
+                }
+            }
             Decision::Blocked(failed) => {
-                self.report_blocked(w, &failed).await;
+                let note: Vec<String> = failed.iter().map(|(s, e)| format!("{s}: {e}")).collect();
+                let sources = failed.iter().map(|(s, _)| s.clone()).collect();
+                self.report_once(
+                    w,
+                    sources,
+                    "BackupFailed",
+                    &format!("not rolled out: {}", note.join("; ")),
+                )
+                .await;
                 None
             }
-            Decision::NothingToDo | Decision::NotReady | Decision::Waiting(_) => None,
+            Decision::NothingToDo
+            | Decision::NotReady
+            | Decision::Waiting(_)
+            | Decision::Reverted(_) => None,
+        }
+    }
+
+    fn enqueue(&self, w: &Workload) {
+        let order = self.completed_at(w);
+        if let Ok(mut q) = self.queue.lock() {
+            q.insert(Self::key(w), (order, w.reference()));
+            self.metrics
+                .queued
+                .set(i64::try_from(q.len()).unwrap_or(i64::MAX));
+        }
+        self.wake.notify_one();
+    }
+
+    /// Queues every cached workload ready to patch. The queue lives in memory: what a replica
+    /// that died had queued (its events were acked) is found again here, by any replica whose
+    /// queue ran empty, within [`REFILL_EVERY`].
+    fn refill(&self) {
+        let due = self
+            .refilled
+            .lock()
+            .map(|mut at| {
+                let due = at.elapsed() >= REFILL_EVERY;
+                if due {
+                    *at = Instant::now();
+                }
+                due
+            })
+            .unwrap_or(false);
+        let empty = self.queue.lock().map(|q| q.is_empty()).unwrap_or(false);
+        if !due || !empty {
+            return;
+        }
+        let candidates = self
+            .workloads
+            .filter(|spec| self.external_sources(spec).next().is_some());
+        for w in candidates {
+            if decide::holder(&w).is_none() && matches!(self.decide(&w), Decision::Patch(_)) {
+                let order = self.completed_at(&w);
+                if let Ok(mut q) = self.queue.lock() {
+                    q.insert(Self::key(&w), (order, w.reference()));
+                }
+            }
+        }
+    }
+
+    /// The pacer's pass: queued workloads, oldest completion first, patched while slots last.
+    pub async fn pace(&self, publisher: &Publisher) {
+        if !self.safety.slots.limited() {
+            return;
+        }
+        self.refill();
+        let mut order: Vec<(Option<Time>, String, WorkloadRef)> = match self.queue.lock() {
+            Ok(q) => q
+                .iter()
+                .map(|(k, (t, r))| (t.clone(), k.clone(), r.clone()))
+                .collect(),
+            Err(_) => return,
+        };
+        order.sort_by(|a, b| {
+            (a.0.as_ref().map(|t| t.0), &a.1).cmp(&(b.0.as_ref().map(|t| t.0), &b.1))
+        });
+        for (_, key, r) in order {
+            let attempt = match self.workloads.get(&r) {
+                Some(w) => match self.decide(&w) {
+                    Decision::Patch(changes) => self.roll_out(&w, changes, true).await,
+                    _ => Attempt::Done(None),
+                },
+                None => Attempt::Done(None),
+            };
+            match attempt {
+                Attempt::NoSlot => break,
+                Attempt::Done(event) => {
+                    if let Ok(mut q) = self.queue.lock() {
+                        q.remove(&key);
+                    }
+                    if let Some(event) = event
+                        && let Err(e) = publisher.publish(&event).await
+                    {
+                        tracing::warn!(error = %e, "rolledout event not published");
+                    }
+                }
+            }
+        }
+        if let Ok(q) = self.queue.lock() {
+            self.metrics
+                .queued
+                .set(i64::try_from(q.len()).unwrap_or(i64::MAX));
         }
     }
 
@@ -161,11 +373,13 @@ impl Context {
         true
     }
 
-    async fn roll_out(&self, w: &Workload, changes: Vec<Change>) -> Option<Payload> {
+    /// Patches `w` onto its backups: verified at the registry, pullable by its Pods, within a
+    /// slot when `paced`, in one guarded patch that also marks it in flight.
+    async fn roll_out(&self, w: &Workload, changes: Vec<Change>, paced: bool) -> Attempt {
         let r = w.reference();
         if !self.verified(&changes).await {
             self.metrics.patch(PatchOutcome::Unverified);
-            return None;
+            return Attempt::Done(None);
         }
         let event = |generation| {
             Payload::WorkloadRolledOut(WorkloadRolledOut {
@@ -179,36 +393,64 @@ impl Context {
         if self.dry_run {
             self.metrics.patch(PatchOutcome::DryRun);
             tracing::info!(namespace = %r.namespace, workload = %r.name, "dry run: would roll out");
-            return Some(event(w.generation()));
+            return Attempt::Done(Some(event(w.generation())));
         }
-        let patch: json_patch::Patch = match serde_json::from_value(decide::json_patch(w, &changes))
-        {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot build the patch");
+        let images: Vec<String> = changes.iter().map(|c| c.change.to.clone()).collect();
+        let pull_secret = match self.safety.pull.prepare(w, &images).await {
+            Need::Ready => None,
+            Need::AddSecret(name) => Some(name),
+            need @ (Need::NotPullable(_) | Need::Conflict(_)) => {
+                let (outcome, reason, why) = match need {
+                    Need::NotPullable(why) => (PatchOutcome::NotPullable, "BackupNotPullable", why),
+                    Need::Conflict(why) => {
+                        (PatchOutcome::PullSecretConflict, "PullSecretConflict", why)
+                    }
+                    _ => return Attempt::Done(None),
+                };
+                self.metrics.patch(outcome);
+                self.report_once(w, images, reason, &format!("not rolled out: {why}"))
+                    .await;
+                return Attempt::Done(None);
+            }
+            Need::Unknown(why) => {
                 self.metrics.patch(PatchOutcome::Failed);
-                return None;
+                tracing::warn!(namespace = %r.namespace, workload = %r.name, error = %why, "pull access unknown; the next event or resync retries");
+                return Attempt::Done(None);
             }
         };
-        let params = PatchParams::default();
-        let result = match r.kind {
-            WorkloadKind::Deployment => {
-                Api::<Deployment>::namespaced(self.client.clone(), &r.namespace)
-                    .patch(&r.name, &params, &Patch::Json::<()>(patch))
-                    .await
-                    .map(|d| d.metadata.generation)
+        let held = decide::holder(w);
+        let key = Self::key(w);
+        let slotted = paced && held.is_none() && self.safety.slots.limited();
+        if slotted {
+            match self
+                .safety
+                .slots
+                .acquire(&key, |k| self.counted_in_flight(k))
+                .await
+            {
+                Ok(Slot::Taken) => {}
+                Ok(Slot::Full) => return Attempt::NoSlot,
+                // Another replica is rolling it out: its cache is ahead of ours.
+                Ok(Slot::Held) => return Attempt::Done(None),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no pacing slot; retrying shortly");
+                    return Attempt::NoSlot;
+                }
             }
-            WorkloadKind::DaemonSet => {
-                Api::<DaemonSet>::namespaced(self.client.clone(), &r.namespace)
-                    .patch(&r.name, &params, &Patch::Json::<()>(patch))
-                    .await
-                    .map(|d| d.metadata.generation)
-            }
+        }
+        let marker = InFlight {
+            started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            images: changes
+                .iter()
+                .map(|c| (c.change.container.clone(), c.change.to.clone()))
+                .collect(),
+            held: held.map(str::to_string),
         };
-        match result {
+        let patch = decide::json_patch(w, &changes, &marker, pull_secret.as_deref());
+        match self.json_patch(w, patch).await {
             Ok(generation) => {
                 self.metrics.patch(PatchOutcome::Patched);
-                let summary: Vec<String> = changes
+                let mut summary: Vec<String> = changes
                     .iter()
                     .map(|c| {
                         format!(
@@ -217,48 +459,90 @@ impl Context {
                         )
                     })
                     .collect();
+                if let Some(name) = &pull_secret {
+                    summary.push(format!("imagePullSecrets += {name}"));
+                }
                 tracing::info!(namespace = %r.namespace, workload = %r.name, changes = %summary.join("; "), "rolled out to backups");
-                self.record(w, EventType::Normal, "RolledOut", &summary.join("; "))
-                    .await;
-                Some(event(generation.unwrap_or_default()))
-            }
-            Err(kube::Error::Api(e)) if e.code == 422 || e.code == 409 => {
-                // The guard: the workload changed since the cache saw it. Its new state comes
-                // back as a watch event (and from the watcher) and is evaluated then.
-                self.metrics.patch(PatchOutcome::Conflict);
-                tracing::info!(namespace = %r.namespace, workload = %r.name, "workload changed in between; not overwritten");
-                None
+                let mut note = summary.join("; ");
+                if let Some(h) = held {
+                    note.push_str(&format!(
+                        " ({h}: its owner holds the rollout; not waited on or paced, reverted only for Pod pull errors)"
+                    ));
+                }
+                self.record(w, EventType::Normal, "RolledOut", &note).await;
+                Attempt::Done(Some(event(generation)))
             }
             Err(e) => {
-                self.metrics.patch(PatchOutcome::Failed);
-                tracing::warn!(namespace = %r.namespace, workload = %r.name, error = %e, "patch failed; the next event or resync retries");
-                None
+                if slotted && let Err(e) = self.safety.slots.release(&key).await {
+                    tracing::warn!(error = %e, "slot not given back; it frees after its grace");
+                }
+                match e {
+                    kube::Error::Api(e) if e.code == 422 || e.code == 409 => {
+                        // The guard: the workload changed since the cache saw it. Its new state
+                        // comes back as a watch event (and from the watcher) and is evaluated then.
+                        self.metrics.patch(PatchOutcome::Conflict);
+                        tracing::info!(namespace = %r.namespace, workload = %r.name, "workload changed in between; not overwritten");
+                    }
+                    e => {
+                        self.metrics.patch(PatchOutcome::Failed);
+                        tracing::warn!(namespace = %r.namespace, workload = %r.name, error = %e, "patch failed; the next event or resync retries");
+                    }
+                }
+                Attempt::Done(None)
             }
         }
     }
 
-    async fn report_blocked(&self, w: &Workload, failed: &[(String, String)]) {
+    /// Applies a JSON patch to `w`; returns the generation it produced.
+    pub(crate) async fn json_patch(
+        &self,
+        w: &Workload,
+        patch: serde_json::Value,
+    ) -> Result<i64, kube::Error> {
+        let patch: json_patch::Patch =
+            serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
         let r = w.reference();
-        let key = format!("{}/{}/{}", r.kind.token(), r.namespace, r.name);
-        let sources: Vec<String> = failed.iter().map(|(s, _)| s.clone()).collect();
+        let params = kube::api::PatchParams::default();
+        let generation = match r.kind {
+            shared::events::WorkloadKind::Deployment => {
+                kube::Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(
+                    self.client.clone(),
+                    &r.namespace,
+                )
+                .patch(&r.name, &params, &kube::api::Patch::Json::<()>(patch))
+                .await?
+                .metadata
+                .generation
+            }
+            shared::events::WorkloadKind::DaemonSet => {
+                kube::Api::<k8s_openapi::api::apps::v1::DaemonSet>::namespaced(
+                    self.client.clone(),
+                    &r.namespace,
+                )
+                .patch(&r.name, &params, &kube::api::Patch::Json::<()>(patch))
+                .await?
+                .metadata
+                .generation
+            }
+        };
+        Ok(generation.unwrap_or_default())
+    }
+
+    /// Records a Warning Event once per (workload, reason, set of images or sources).
+    async fn report_once(&self, w: &Workload, what: Vec<String>, reason: &str, note: &str) {
+        let r = w.reference();
+        let key = format!("{}/{reason}", Self::key(w));
         if let Ok(mut reported) = self.reported.lock() {
-            if reported.get(&key) == Some(&sources) {
+            if reported.get(&key) == Some(&what) {
                 return;
             }
-            reported.insert(key, sources);
+            reported.insert(key, what);
         }
-        let note: Vec<String> = failed.iter().map(|(s, e)| format!("{s}: {e}")).collect();
-        tracing::warn!(namespace = %r.namespace, workload = %r.name, failed = %note.join("; "), "rollout blocked by failed backups");
-        self.record(
-            w,
-            EventType::Warning,
-            "BackupFailed",
-            &format!("not rolled out: {}", note.join("; ")),
-        )
-        .await;
+        tracing::warn!(namespace = %r.namespace, workload = %r.name, reason, note, "rollout blocked");
+        self.record(w, EventType::Warning, reason, note).await;
     }
 
-    async fn record(&self, w: &Workload, type_: EventType, reason: &str, note: &str) {
+    pub(crate) async fn record(&self, w: &Workload, type_: EventType, reason: &str, note: &str) {
         let reference = match w {
             Workload::Deployment(d) => d.object_ref(&()),
             Workload::DaemonSet(d) => d.object_ref(&()),
@@ -294,6 +578,21 @@ impl Context {
         }
         self.metrics.waiting.set(waiting);
         self.metrics.blocked.set(blocked);
+        // Pull secret copies follow their source.
+        if let Some(name) = self.safety.pull.secret_name() {
+            let namespaces: std::collections::BTreeSet<String> = self
+                .workloads
+                .annotated(decide::ORIGINAL_IMAGES_ANNOTATION)
+                .iter()
+                .filter(|w| {
+                    w.pod_spec()
+                        .and_then(|s| s.image_pull_secrets.as_ref())
+                        .is_some_and(|l| l.iter().any(|r| r.name == name))
+                })
+                .map(|w| w.reference().namespace)
+                .collect();
+            self.safety.pull.sync(namespaces).await;
+        }
     }
 }
 
@@ -338,21 +637,27 @@ impl Context {
         })
     }
 
+    /// The external sources (normalized) a pod spec runs, by the shared needs-backup rule.
+    fn external_sources<'s>(
+        &'s self,
+        spec: &'s k8s_openapi::api::core::v1::PodSpec,
+    ) -> impl Iterator<Item = Reference> + 's {
+        spec.init_containers
+            .iter()
+            .flatten()
+            .chain(spec.containers.iter())
+            .filter_map(|c| c.image.as_deref())
+            .filter_map(|image| {
+                shared::workload::needs_backup(image, &self.naming)
+                    .ok()
+                    .flatten()
+            })
+    }
+
     /// The cached workloads that run `source` (normalized), cloning only those.
     fn users_of(&self, source: &str) -> Vec<Workload> {
-        self.workloads.filter(|spec| {
-            spec.init_containers
-                .iter()
-                .flatten()
-                .chain(spec.containers.iter())
-                .filter_map(|c| c.image.as_deref())
-                .any(|image| {
-                    shared::workload::needs_backup(image, &self.naming)
-                        .ok()
-                        .flatten()
-                        .is_some_and(|s| s.to_string() == source)
-                })
-        })
+        self.workloads
+            .filter(|spec| self.external_sources(spec).any(|s| s.to_string() == source))
     }
 }
 

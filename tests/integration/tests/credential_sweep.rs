@@ -55,6 +55,7 @@ async fn an_authenticated_run_at_debug_level_leaves_no_credential_anywhere() {
         backup: Registry::start_with(private("pusher", TARGET_PASSWORD))
             .await
             .expect("backup"),
+        docker_config: None,
     };
     let pushed = Pusher::new(&c.source.host(), c.source.credentials())
         .push_image(
@@ -168,6 +169,19 @@ async fn an_authenticated_run_at_debug_level_leaves_no_credential_anywhere() {
         "DOCKER_CONFIG_FILE",
         docker_config.path().display().to_string(),
     ));
+    // The Pods pull the backup with a pull secret the rollout copies into their namespace.
+    c.namespace("image-backup").await.expect("namespace");
+    c.pull_secret(
+        "image-backup",
+        "backup-pull",
+        &c.backup.host(),
+        "pusher",
+        TARGET_PASSWORD,
+    )
+    .await
+    .expect("pull secret");
+    rollout_env.push(("BACKUP_PULL_SECRET", "backup-pull".into()));
+    rollout_env.push(("POD_NAMESPACE", "image-backup".into()));
     let rollout = c
         .spawn("rollout", &["run"], &rollout_env)
         .await

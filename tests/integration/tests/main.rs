@@ -24,6 +24,7 @@ mod referrers;
 mod registry_images;
 mod rollout;
 mod rollout_changes;
+mod safe_rollout;
 mod testbed_up;
 mod trust;
 mod validation;

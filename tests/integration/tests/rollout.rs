@@ -434,8 +434,17 @@ async fn the_guard_keeps_a_change_a_user_made_in_between() {
     api.patch("racy", &PatchParams::default(), &Patch::Strategic(&user))
         .await
         .unwrap();
-    let ours: json_patch::Patch =
-        serde_json::from_value(decide::json_patch(&seen, &changes)).unwrap();
+    let ours: json_patch::Patch = serde_json::from_value(decide::json_patch(
+        &seen,
+        &changes,
+        &decide::InFlight {
+            started_at: "2026-01-01T00:00:00Z".into(),
+            images: Default::default(),
+            held: None,
+        },
+        None,
+    ))
+    .unwrap();
     let err = api
         .patch("racy", &PatchParams::default(), &Patch::Json::<()>(ours))
         .await

@@ -32,6 +32,9 @@ pub struct Cluster {
     pub source: Registry,
     /// The backup registry.
     pub backup: Registry,
+    /// The docker config the functions get (`DOCKER_CONFIG_FILE`) with the backup registry's
+    /// credentials, when it has any.
+    pub docker_config: Option<tempfile::NamedTempFile>,
 }
 
 impl Cluster {
@@ -46,21 +49,71 @@ impl Cluster {
     /// test bed reaches at `url` (credentials in it); the functions get `nats.url()` and their
     /// own credentials from the caller.
     pub async fn start_with_nats(nats: NatsServer, url: &str) -> anyhow::Result<Self> {
+        Self::start_with(nats, url, crate::RegistryOptions::default()).await
+    }
+
+    /// Starts everything with the backup registry private (htpasswd, user `backup`): the
+    /// functions get its credentials in a docker config (`DOCKER_CONFIG_FILE`), as the deploy
+    /// manifests mount them, and anonymous pulls of backups are refused.
+    pub async fn start_private_backup() -> anyhow::Result<Self> {
+        let nats = NatsServer::start().await?;
+        let url = nats.url();
+        let password = format!("pw-{:016x}", rand::random::<u64>());
+        let options = crate::RegistryOptions {
+            htpasswd: Some(crate::registry::Credentials {
+                username: "backup".into(),
+                password,
+            }),
+            ..Default::default()
+        };
+        Self::start_with(nats, &url, options).await
+    }
+
+    async fn start_with(
+        nats: NatsServer,
+        url: &str,
+        backup: crate::RegistryOptions,
+    ) -> anyhow::Result<Self> {
         let api = ApiServer::start().await?;
         api.install_imagebackup_crd().await?;
         let js = jetstream::new(shared::nats::connect(url, "cluster").await?);
         shared::nats::ensure_stream(&js).await?;
         let kubeconfig = tempfile::NamedTempFile::new()?;
         api.write_kubeconfig(kubeconfig.path())?;
-        Ok(Self {
+        Self {
             client: api.client()?,
             api,
             nats,
             js,
             kubeconfig,
             source: Registry::start().await?,
-            backup: Registry::start().await?,
-        })
+            backup: Registry::start_with(backup).await?,
+            docker_config: None,
+        }
+        .with_docker_config()
+    }
+
+    fn with_docker_config(mut self) -> anyhow::Result<Self> {
+        use base64::Engine as _;
+        if let Some(c) = self.backup.credentials() {
+            let auth = base64::engine::general_purpose::STANDARD
+                .encode(format!("{}:{}", c.username, c.password));
+            let config = serde_json::json!({"auths": {self.backup.host(): {"auth": auth}}});
+            let file = tempfile::NamedTempFile::new()?;
+            std::fs::write(file.path(), config.to_string())?;
+            self.docker_config = Some(file);
+        }
+        Ok(self)
+    }
+
+    /// The simulated kubelet pulls from now on (see [`crate::apiserver::PullSettings`]), with
+    /// `docker.io` mirrored by the source registry as the functions' `REGISTRY_MIRRORS` do.
+    pub fn kubelet_pulls(&self) {
+        self.api.simulate_pulls(crate::apiserver::PullSettings {
+            enabled: true,
+            mirrors: [("docker.io".to_string(), self.source.url())].into(),
+            ..Default::default()
+        });
     }
 
     /// `host:port/backup`: the `--backup-registry` of the functions.
@@ -92,7 +145,7 @@ impl Cluster {
 
     /// The environment every function gets.
     pub fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut env = vec![
             ("KUBECONFIG", self.kubeconfig.path().display().to_string()),
             ("NATS_URL", self.nats.url()),
             ("BACKUP_REGISTRY", self.backup_registry()),
@@ -101,7 +154,11 @@ impl Cluster {
                 format!("{},{}", self.source.host(), self.backup.host()),
             ),
             ("LOG_LEVEL", "info,kube=warn,async_nats=warn".to_string()),
-        ]
+        ];
+        if let Some(file) = &self.docker_config {
+            env.push(("DOCKER_CONFIG_FILE", file.path().display().to_string()));
+        }
+        env
     }
 
     /// Starts `function` (`watcher`, `backup`, `rollout`) with `args` and the cluster's
