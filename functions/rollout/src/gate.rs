@@ -43,6 +43,22 @@ pub fn age(time: &str) -> Option<Duration> {
         .or(Some(Duration::ZERO))
 }
 
+/// Whether the workload's controller has acted on its current spec (until then no Pod of the
+/// new template exists to look at).
+fn observed(w: &Workload) -> bool {
+    let (generation, observed) = match w {
+        Workload::Deployment(d) => (
+            d.metadata.generation,
+            d.status.as_ref().and_then(|s| s.observed_generation),
+        ),
+        Workload::DaemonSet(d) => (
+            d.metadata.generation,
+            d.status.as_ref().and_then(|s| s.observed_generation),
+        ),
+    };
+    observed.unwrap_or(0) >= generation.unwrap_or(0)
+}
+
 /// `matchLabels` of a workload's selector as a label selector string.
 fn selector(w: &Workload) -> Option<String> {
     let labels = match w {
@@ -58,39 +74,47 @@ impl Context {
     pub async fn gate(&self, publisher: &Publisher) {
         let mut in_flight = 0;
         for w in self.workloads.annotated(ROLLOUT_ANNOTATION) {
-            let Some(raw) = annotation(&w, ROLLOUT_ANNOTATION).map(str::to_string) else {
-                continue;
-            };
-            let Ok(marker) = serde_json::from_str::<InFlight>(&raw) else {
-                self.end_flight(&w, &raw, "unreadable marker").await;
-                continue;
-            };
-            if !decide::still_ours(&w, &marker) {
-                self.end_flight(&w, &raw, "its images changed since").await;
-                continue;
-            }
-            if w.is_ready() {
-                self.end_flight(&w, &raw, "Ready on its backups").await;
-                continue;
-            }
-            in_flight += i64::from(marker.held.is_none());
-            let age = age(&marker.started_at).unwrap_or(Duration::MAX);
-            if age >= POD_CHECK_EVERY
-                && self.pod_check_due(&w)
-                && let Some((reason, message)) = self.pull_failure(&w, &marker).await
-            {
-                self.revert(&w, &raw, &marker, &reason, &message, publisher)
-                    .await;
-                continue;
-            }
-            let timeout = self.timeout_for(&w);
-            if marker.held.is_none() && age > timeout {
-                let message = format!("not Ready within {}s of the rollout", timeout.as_secs());
-                self.revert(&w, &raw, &marker, "Timeout", &message, publisher)
-                    .await;
-            }
+            in_flight += i64::from(self.gate_one(&w, publisher).await);
         }
         self.metrics.in_flight.set(in_flight);
+    }
+
+    /// The gate for one workload (also run on every change the cache sees, so a slot frees as
+    /// soon as the workload is Ready); `true` while it is in flight and counted.
+    pub async fn gate_one(&self, w: &Workload, publisher: &Publisher) -> bool {
+        let Some(raw) = annotation(w, ROLLOUT_ANNOTATION).map(str::to_string) else {
+            return false;
+        };
+        let Ok(marker) = serde_json::from_str::<InFlight>(&raw) else {
+            self.end_flight(w, &raw, "unreadable marker").await;
+            return false;
+        };
+        if !decide::still_ours(w, &marker) {
+            self.end_flight(w, &raw, "its images changed since").await;
+            return false;
+        }
+        if w.is_ready() {
+            self.end_flight(w, &raw, "Ready on its backups").await;
+            return false;
+        }
+        let age = age(&marker.started_at).unwrap_or(Duration::MAX);
+        if age >= POD_CHECK_EVERY
+            && observed(w)
+            && self.pod_check_due(w)
+            && let Some((reason, message)) = self.pull_failure(w, &marker).await
+        {
+            self.revert(w, &raw, &marker, &reason, &message, publisher)
+                .await;
+            return false;
+        }
+        let timeout = self.timeout_for(w);
+        if marker.held.is_none() && age > timeout {
+            let message = format!("not Ready within {}s of the rollout", timeout.as_secs());
+            self.revert(w, &raw, &marker, "Timeout", &message, publisher)
+                .await;
+            return false;
+        }
+        marker.held.is_none()
     }
 
     /// `--rollout-timeout-seconds`, else the Deployment's `progressDeadlineSeconds` (600 when

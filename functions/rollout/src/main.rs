@@ -289,6 +289,10 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
                         None => break,
                     },
                 };
+                // A workload in flight: Ready now (its slot frees at once), or not yet.
+                if rollout::decide::annotation(&w, rollout::decide::ROLLOUT_ANNOTATION).is_some() {
+                    ctx.gate_one(&w, &publisher).await;
+                }
                 if !ctx.runs_external_images(&w) {
                     continue;
                 }

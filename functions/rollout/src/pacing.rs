@@ -147,14 +147,16 @@ impl Slots {
                 }
             };
             let before = parse(&lease);
-            if before.contains_key(key) {
-                return Ok(Slot::Held);
-            }
+            // Pruned first: a slot its taker never used (it died before the patch) is free
+            // after the grace, for this workload too.
             let mut slots: BTreeMap<String, String> = before
                 .iter()
                 .filter(|(k, taken)| age(taken) < GRACE || in_flight(k))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
+            if slots.contains_key(key) {
+                return Ok(Slot::Held);
+            }
             let full = slots.len() >= self.limit;
             if full && slots.len() == before.len() {
                 return Ok(Slot::Full);

@@ -92,6 +92,34 @@ pub struct Context {
     pub(crate) pod_checks: Arc<Mutex<HashMap<String, Instant>>>,
     /// When the pacer last looked for workloads ready to patch that no queue holds.
     refilled: Arc<Mutex<Instant>>,
+    /// Workloads this process is rolling out right now.
+    busy: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// When a failure to reach the pacing Lease was last logged.
+    slot_warned: Arc<Mutex<Option<Instant>>>,
+}
+
+/// A workload marked busy in [`Context::busy`] until dropped.
+struct Busy {
+    set: Arc<Mutex<std::collections::HashSet<String>>>,
+    key: String,
+}
+
+impl Busy {
+    fn take(set: &Arc<Mutex<std::collections::HashSet<String>>>, key: &str) -> Option<Self> {
+        let mut s = set.lock().ok()?;
+        s.insert(key.to_string()).then(|| Self {
+            set: set.clone(),
+            key: key.to_string(),
+        })
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.set.lock() {
+            s.remove(&self.key);
+        }
+    }
 }
 
 /// How often a pacer with an empty queue looks for workloads ready to patch.
@@ -142,6 +170,8 @@ impl Context {
             wake: Arc::default(),
             pod_checks: Arc::default(),
             refilled: Arc::new(Mutex::new(Instant::now())),
+            busy: Arc::default(),
+            slot_warned: Arc::default(),
         }
     }
 
@@ -373,9 +403,64 @@ impl Context {
         true
     }
 
-    /// Patches `w` onto its backups: verified at the registry, pullable by its Pods, within a
-    /// slot when `paced`, in one guarded patch that also marks it in flight.
+    /// Patches `w` onto its backups: within a slot when `paced` (taken first, so a workload
+    /// waiting for one costs one Lease read per pass and nothing else), verified at the
+    /// registry, pullable by its Pods, in one guarded patch that also marks it in flight.
     async fn roll_out(&self, w: &Workload, changes: Vec<Change>, paced: bool) -> Attempt {
+        let held = decide::holder(w);
+        let key = Self::key(w);
+        // One attempt per workload at a time in this process (an event, a cache change, the
+        // pacer and the resync can all reach it at once; the later ones would only meet the
+        // guard).
+        let Some(_busy) = Busy::take(&self.busy, &key) else {
+            return Attempt::Done(None);
+        };
+        let slotted = paced && held.is_none() && !self.dry_run && self.safety.slots.limited();
+        if slotted {
+            match self
+                .safety
+                .slots
+                .acquire(&key, |k| self.counted_in_flight(k))
+                .await
+            {
+                Ok(Slot::Taken) => {}
+                Ok(Slot::Full) => return Attempt::NoSlot,
+                // Another replica is rolling it out: its cache is ahead of ours.
+                Ok(Slot::Held) => return Attempt::Done(None),
+                Err(e) => {
+                    // Retried every pass; said once a minute (a missing namespace or Lease
+                    // RBAC holds every rollout until fixed).
+                    let due = self.slot_warned.lock().is_ok_and(|mut at| {
+                        let due = at.is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+                        if due {
+                            *at = Some(Instant::now());
+                        }
+                        due
+                    });
+                    if due {
+                        tracing::warn!(error = %e, "no pacing slot: rollouts wait until the Lease can be written");
+                    }
+                    return Attempt::NoSlot;
+                }
+            }
+        }
+        let attempt = self.checked_patch(w, changes, held).await;
+        if slotted
+            && !matches!(&attempt, Attempt::Done(Some(_)))
+            && let Err(e) = self.safety.slots.release(&key).await
+        {
+            tracing::warn!(error = %e, "slot not given back; it frees after its grace");
+        }
+        attempt
+    }
+
+    /// The checks and the patch of [`Self::roll_out`].
+    async fn checked_patch(
+        &self,
+        w: &Workload,
+        changes: Vec<Change>,
+        held: Option<&'static str>,
+    ) -> Attempt {
         let r = w.reference();
         if !self.verified(&changes).await {
             self.metrics.patch(PatchOutcome::Unverified);
@@ -418,26 +503,6 @@ impl Context {
                 return Attempt::Done(None);
             }
         };
-        let held = decide::holder(w);
-        let key = Self::key(w);
-        let slotted = paced && held.is_none() && self.safety.slots.limited();
-        if slotted {
-            match self
-                .safety
-                .slots
-                .acquire(&key, |k| self.counted_in_flight(k))
-                .await
-            {
-                Ok(Slot::Taken) => {}
-                Ok(Slot::Full) => return Attempt::NoSlot,
-                // Another replica is rolling it out: its cache is ahead of ours.
-                Ok(Slot::Held) => return Attempt::Done(None),
-                Err(e) => {
-                    tracing::warn!(error = %e, "no pacing slot; retrying shortly");
-                    return Attempt::NoSlot;
-                }
-            }
-        }
         let marker = InFlight {
             started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             images: changes
@@ -473,9 +538,6 @@ impl Context {
                 Attempt::Done(Some(event(generation)))
             }
             Err(e) => {
-                if slotted && let Err(e) = self.safety.slots.release(&key).await {
-                    tracing::warn!(error = %e, "slot not given back; it frees after its grace");
-                }
                 match e {
                     kube::Error::Api(e) if e.code == 422 || e.code == 409 => {
                         // The guard: the workload changed since the cache saw it. Its new state

@@ -82,6 +82,8 @@ async fn functions(
     c: &Cluster,
     rollout_env: &[(&'static str, String)],
 ) -> (FunctionProcess, FunctionProcess, FunctionProcess) {
+    // The rollout's own namespace (its pacing Lease lives there).
+    c.namespace("image-backup").await.expect("namespace");
     let m = mirror(c);
     let watcher = c.spawn("watcher", &["run"], &[]).await.expect("watcher");
     let backup = c

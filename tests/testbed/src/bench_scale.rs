@@ -2,7 +2,8 @@
 //! over 50 namespaces referencing 100 distinct small images, with watcher, backup and rollout
 //! running as processes; measures the seconds until every workload runs its backup, the copies
 //! made (must equal the distinct images), Kubernetes API requests and NATS messages per workload,
-//! and the peak RSS of each function.
+//! the peak RSS of each function, and the most workloads seen rolling out at once (patched, not
+//! yet Ready; sampled every 250 ms) under the rollout's `MAX_CONCURRENT_ROLLOUTS`.
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,45 @@ pub struct Shape {
     pub namespaces: usize,
     /// Distinct images.
     pub images: usize,
+    /// The rollout's `MAX_CONCURRENT_ROLLOUTS` (0: no limit).
+    pub max_concurrent_rollouts: usize,
+}
+
+/// The most intervals (closed) that hold at one instant.
+fn peak_overlap(intervals: impl Iterator<Item = (Instant, Instant)>) -> usize {
+    let mut edges: Vec<(Instant, i64)> = intervals
+        .flat_map(|(start, end)| [(start, 1), (end, -1)])
+        .collect();
+    // At one instant, starts before ends: closed intervals that touch overlap.
+    edges.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+    let (mut now, mut peak) = (0i64, 0i64);
+    for (_, delta) in edges {
+        now += delta;
+        peak = peak.max(now);
+    }
+    usize::try_from(peak).unwrap_or(0)
+}
+
+/// Whether a workload (JSON) is patched to a digest and not yet Ready at its generation.
+fn in_flight(o: &serde_json::Value) -> bool {
+    let patched = o["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .is_some_and(|i| i.contains("@sha256:"));
+    let st = &o["status"];
+    let generation = o["metadata"]["generation"].as_i64().unwrap_or(0);
+    let observed = st["observedGeneration"].as_i64().unwrap_or(0) >= generation;
+    let ready =
+        if o["spec"]["updateStrategy"].is_object() || st.get("desiredNumberScheduled").is_some() {
+            let want = st["desiredNumberScheduled"].as_i64().unwrap_or(0);
+            st["updatedNumberScheduled"].as_i64() == Some(want)
+                && st["numberAvailable"].as_i64() == Some(want)
+        } else {
+            let want = o["spec"]["replicas"].as_i64().unwrap_or(1);
+            st["updatedReplicas"].as_i64() == Some(want)
+                && st["availableReplicas"].as_i64() == Some(want)
+                && st["replicas"].as_i64() == Some(want)
+        };
+    patched && !(observed && ready)
 }
 
 fn workload_images(list: Vec<serde_json::Value>) -> Vec<String> {
@@ -84,16 +124,30 @@ pub async fn run(shape: Shape) -> anyhow::Result<String> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     c.api.reset_requests();
     let started = Instant::now();
+    c.namespace("image-backup").await?;
     let quiet = [("LOG_LEVEL", "warn".to_string())];
     let watcher = c.spawn("watcher", &["run"], &quiet).await?;
     let backup = c.spawn("backup", &["run"], &quiet).await?;
-    let rollout = c.spawn("rollout", &["run"], &quiet).await?;
+    let rollout_env = [
+        ("LOG_LEVEL", "warn".to_string()),
+        ("POD_NAMESPACE", "image-backup".to_string()),
+        (
+            "MAX_CONCURRENT_ROLLOUTS",
+            shape.max_concurrent_rollouts.to_string(),
+        ),
+    ];
+    let rollout = c.spawn("rollout", &["run"], &rollout_env).await?;
+    // Each workload's first and last sighting in flight (Deployments and DaemonSets are two
+    // lists, taken one after the other): the peak counts only sightings that overlap in time, so
+    // it never counts two workloads together that were not in flight together.
+    let mut seen: std::collections::HashMap<String, (Instant, Instant)> = Default::default();
     let deadline = Instant::now() + Duration::from_secs(900);
     let mut rss = [0u64; 3];
     loop {
         for (slot, p) in rss.iter_mut().zip([&watcher, &backup, &rollout]) {
             *slot = (*slot).max(p.peak_rss_kib().unwrap_or(0));
         }
+        let listed_d = Instant::now();
         let d: Vec<serde_json::Value> = Api::<Deployment>::all(c.client.clone())
             .list(&Default::default())
             .await?
@@ -101,6 +155,7 @@ pub async fn run(shape: Shape) -> anyhow::Result<String> {
             .into_iter()
             .map(|d| serde_json::to_value(d).unwrap_or_default())
             .collect();
+        let listed_s = Instant::now();
         let s: Vec<serde_json::Value> = Api::<DaemonSet>::all(c.client.clone())
             .list(&Default::default())
             .await?
@@ -108,6 +163,16 @@ pub async fn run(shape: Shape) -> anyhow::Result<String> {
             .into_iter()
             .map(|d| serde_json::to_value(d).unwrap_or_default())
             .collect();
+        for (list, at, kind) in [(&d, listed_d, "d"), (&s, listed_s, "s")] {
+            for o in list.iter().filter(|o| in_flight(o)) {
+                let key = format!(
+                    "{kind}/{}/{}",
+                    o["metadata"]["namespace"].as_str().unwrap_or(""),
+                    o["metadata"]["name"].as_str().unwrap_or("")
+                );
+                seen.entry(key).or_insert((at, at)).1 = at;
+            }
+        }
         let mut images = workload_images(d);
         images.extend(workload_images(s));
         let done = images.iter().filter(|i| i.contains("@sha256:")).count();
@@ -120,6 +185,7 @@ pub async fn run(shape: Shape) -> anyhow::Result<String> {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let peak_in_flight = peak_overlap(seen.values().copied());
     for (slot, p) in rss.iter_mut().zip([&watcher, &backup, &rollout]) {
         *slot = (*slot).max(p.peak_rss_kib().unwrap_or(0));
     }
@@ -139,12 +205,33 @@ pub async fn run(shape: Shape) -> anyhow::Result<String> {
                 || r.contains("watch=")
         })
         .count();
+    // Where the requests go (stderr): method and resource, names and queries left out.
+    let mut by_kind: std::collections::BTreeMap<String, usize> = Default::default();
+    for r in c.api.requests() {
+        let (method, path) = r.split_once(' ').unwrap_or(("?", &r));
+        let path = path.split('?').next().unwrap_or("");
+        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        let resource = match parts.iter().position(|p| *p == "namespaces") {
+            Some(i) if parts.len() > i + 2 => parts[i + 2],
+            _ => parts.last().copied().unwrap_or(""),
+        };
+        *by_kind.entry(format!("{method} {resource}")).or_default() += 1;
+    }
+    let mut by_kind: Vec<_> = by_kind.into_iter().collect();
+    by_kind.sort_by_key(|k| std::cmp::Reverse(k.1));
+    for (kind, n) in by_kind.iter().take(10) {
+        eprintln!("bench-scale: {n:>7} {kind}");
+    }
     let mut stream = c.js.get_stream(shared::nats::STREAM_NAME).await?;
     let messages = stream.info().await?.state.messages;
     let per = |n: f64| n / shape.workloads as f64;
     let mib = |k: u64| k as f64 / 1024.0;
+    let limit = match shape.max_concurrent_rollouts {
+        0 => "none".to_string(),
+        n => n.to_string(),
+    };
     Ok(format!(
-        "| {} | {} | {seconds:.1} | {copies} | {:.2} | {:.2} | {:.1} / {:.1} / {:.1} |\n",
+        "| {} | {} | {limit} | {seconds:.1} | {peak_in_flight} | {copies} | {:.2} | {:.2} | {:.1} / {:.1} / {:.1} |\n",
         shape.workloads,
         shape.images,
         per(requests as f64),

@@ -65,6 +65,9 @@ enum Command {
         /// Distinct images.
         #[arg(long, default_value_t = 100)]
         images: usize,
+        /// The rollout's MAX_CONCURRENT_ROLLOUTS values to run each size with (0: no limit).
+        #[arg(long, value_delimiter = ',', default_value = "0")]
+        max_concurrent_rollouts: Vec<usize>,
     },
     /// The backup function: events for distinct images handled by 2 `backup run` processes,
     /// against the sum of one-shot `backup copy` times; prints a Markdown table.
@@ -222,17 +225,24 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", testbed::bench_watcher::run(shape).await?);
             Ok(())
         }
-        Command::BenchScale { workloads, images } => {
+        Command::BenchScale {
+            workloads,
+            images,
+            max_concurrent_rollouts,
+        } => {
             println!(
-                "| workloads | images | seconds until all rolled out | copies | API requests per workload | NATS messages per workload | peak RSS watcher / backup / rollout (MiB) |\n|---|---|---|---|---|---|---|"
+                "| workloads | images | rollout limit | seconds until all rolled out | peak rolling out at once | copies | API requests per workload | NATS messages per workload | peak RSS watcher / backup / rollout (MiB) |\n|---|---|---|---|---|---|---|---|---|"
             );
             for n in workloads {
-                let shape = testbed::bench_scale::Shape {
-                    workloads: n.max(1),
-                    namespaces: 50,
-                    images: images.max(1),
-                };
-                print!("{}", testbed::bench_scale::run(shape).await?);
+                for &limit in &max_concurrent_rollouts {
+                    let shape = testbed::bench_scale::Shape {
+                        workloads: n.max(1),
+                        namespaces: 50,
+                        images: images.max(1),
+                        max_concurrent_rollouts: limit,
+                    };
+                    print!("{}", testbed::bench_scale::run(shape).await?);
+                }
             }
             Ok(())
         }
