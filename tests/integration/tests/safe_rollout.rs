@@ -183,7 +183,10 @@ async fn with_a_backup_pull_secret_the_design_scenario_ends_on_backups_with_ever
     kubectl(&c, &["apply", "-f", &samples()]).await;
     let (watcher, backup, rollout) = functions(
         &c,
-        &[("BACKUP_PULL_SECRET", "image-backup/backup-pull".into())],
+        &[
+            ("BACKUP_PULL_SECRET", "image-backup/backup-pull".into()),
+            ("RESYNC_SECONDS", "2".into()),
+        ],
     )
     .await;
     let procs = [&watcher, &backup, &rollout];
@@ -240,6 +243,35 @@ async fn with_a_backup_pull_secret_the_design_scenario_ends_on_backups_with_ever
         .await;
         assert_eq!(listed.trim(), "backup-pull", "{namespace}");
     }
+    // The source Secret changes (rotated credentials): the copies follow.
+    let secrets = Api::<Secret>::namespaced(c.client.clone(), "image-backup");
+    let mut source = secrets.get("backup-pull").await.expect("source");
+    let rotated = k8s_openapi::ByteString(
+        json!({"auths": {c.backup.host(): {"auth": "cm90YXRlZDpwdw=="}}})
+            .to_string()
+            .into_bytes(),
+    );
+    source
+        .data
+        .get_or_insert_default()
+        .insert(".dockerconfigjson".into(), rotated.clone());
+    secrets
+        .replace("backup-pull", &PostParams::default(), &source)
+        .await
+        .expect("rotate");
+    wait_until("the copies follow their source", &procs, || async {
+        let mut synced = true;
+        for namespace in ["nginx", "fluentd"] {
+            let copy = Api::<Secret>::namespaced(c.client.clone(), namespace)
+                .get("backup-pull")
+                .await
+                .expect("copy");
+            synced &= copy.data.and_then(|d| d.get(".dockerconfigjson").cloned())
+                == Some(rotated.clone());
+        }
+        synced
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -525,6 +557,23 @@ async fn a_users_change_during_a_paced_wait_wins() {
     let b = c.push_small("team/app", "b", 52).await.expect("push");
     let src = c.source.host();
     fleet(&c, "queue", 4, &format!("{src}/team/app:a"), 4).await;
+    // One more with history, last in the queue's order: created on B, then moved to A (so
+    // `kubectl rollout undo` has a revision to go back to).
+    c.deployment("queue", "z-undo", &format!("{src}/team/app:b"))
+        .await
+        .expect("deployment");
+    kubectl(
+        &c,
+        &[
+            "-n",
+            "queue",
+            "set",
+            "image",
+            "deployment/z-undo",
+            &format!("main={src}/team/app:a"),
+        ],
+    )
+    .await;
     c.namespace("image-backup").await.expect("namespace");
     let watcher = c.spawn("watcher", &["run"], &[]).await.expect("watcher");
     let backup = c.spawn("backup", &["run"], &[]).await.expect("backup");
@@ -559,7 +608,7 @@ async fn a_users_change_during_a_paced_wait_wins() {
     })
     .await;
     // Their user moves the waiting ones to another image meanwhile.
-    let mut changed = Vec::new();
+    let mut changed: Vec<String> = Vec::new();
     for i in 0..4 {
         let name = format!("w-{i}");
         if c.image_of::<Deployment>("queue", &name).await.as_deref()
@@ -581,6 +630,14 @@ async fn a_users_change_during_a_paced_wait_wins() {
         }
     }
     assert!(!changed.is_empty(), "some workloads were waiting");
+    // And one is taken back with `kubectl rollout undo` while it waits.
+    assert_eq!(
+        c.image_of::<Deployment>("queue", "z-undo").await,
+        Some(format!("{src}/team/app:a")),
+        "still waiting for its slot"
+    );
+    kubectl(&c, &["-n", "queue", "rollout", "undo", "deployment/z-undo"]).await;
+    changed.push("z-undo".into());
     for name in &changed {
         wait_until(
             "the changed workload on its new image's backup",
