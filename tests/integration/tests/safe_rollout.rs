@@ -47,6 +47,17 @@ async fn kubectl(c: &Cluster, args: &[&str]) -> String {
     .expect("kubectl task")
 }
 
+/// `kubectl set image` of container `main` of Deployment `namespace/name`, as a user does.
+async fn set_image(c: &Cluster, namespace: &str, name: &str, image: &str) {
+    let deployment = format!("deployment/{name}");
+    let container = format!("main={image}");
+    kubectl(
+        c,
+        &["-n", namespace, "set", "image", &deployment, &container],
+    )
+    .await;
+}
+
 /// Docker Hub's `library/nginx:1.14.0` and `library/fluentd:latest` in the source registry
 /// (which mirrors docker.io for the functions and the kubelet).
 async fn design_images(c: &Cluster) -> (PushedImage, PushedImage) {
@@ -562,18 +573,7 @@ async fn a_users_change_during_a_paced_wait_wins() {
     c.deployment("queue", "z-undo", &format!("{src}/team/app:b"))
         .await
         .expect("deployment");
-    kubectl(
-        &c,
-        &[
-            "-n",
-            "queue",
-            "set",
-            "image",
-            "deployment/z-undo",
-            &format!("main={src}/team/app:a"),
-        ],
-    )
-    .await;
+    set_image(&c, "queue", "z-undo", &format!("{src}/team/app:a")).await;
     c.namespace("image-backup").await.expect("namespace");
     let watcher = c.spawn("watcher", &["run"], &[]).await.expect("watcher");
     let backup = c.spawn("backup", &["run"], &[]).await.expect("backup");
@@ -614,18 +614,7 @@ async fn a_users_change_during_a_paced_wait_wins() {
         if c.image_of::<Deployment>("queue", &name).await.as_deref()
             == Some(format!("{src}/team/app:a").as_str())
         {
-            kubectl(
-                &c,
-                &[
-                    "-n",
-                    "queue",
-                    "set",
-                    "image",
-                    &format!("deployment/{name}"),
-                    &format!("main={src}/team/app:b"),
-                ],
-            )
-            .await;
+            set_image(&c, "queue", &name, &format!("{src}/team/app:b")).await;
             changed.push(name);
         }
     }
