@@ -97,7 +97,7 @@ struct FunctionArgs {
     /// `imagePullSecrets` with the rollout (unless it can pull from the backup registry
     /// already). Without it, a workload is only patched if the backup registry serves its
     /// backups to anonymous pulls.
-    #[arg(long, env = "BACKUP_PULL_SECRET")]
+    #[arg(long, env = "BACKUP_PULL_SECRET", value_parser = secret_name)]
     backup_pull_secret: Option<String>,
     /// At most this many workloads rolling out at once, cluster-wide across replicas (from the
     /// patch until Ready at the new generation); 0: no limit.
@@ -107,6 +107,12 @@ struct FunctionArgs {
     /// images (default: the Deployment's progressDeadlineSeconds, 600 for a DaemonSet).
     #[arg(long, env = "ROLLOUT_TIMEOUT_SECONDS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     rollout_timeout_seconds: Option<u64>,
+}
+
+/// `--backup-pull-secret` checked at the command line (a usage error, before anything
+/// connects); the namespace defaults later, once the rollout's own is known.
+fn secret_name(value: &str) -> Result<String, String> {
+    SecretName::parse(value, "default").map(|_| value.to_string())
 }
 
 /// Where a cache sends the workloads it sees change, and how it makes one of its object.

@@ -145,3 +145,23 @@ fn completions_generate_for_three_shells_and_help_shows_examples_and_exit_codes(
         );
     }
 }
+
+#[test]
+fn the_rollouts_safety_settings_are_checked_before_anything_connects() {
+    for bad in [
+        ["--backup-pull-secret", "a/b/c"],
+        ["--backup-pull-secret", "Not_A_Name"],
+        ["--max-concurrent-rollouts", "many"],
+        ["--rollout-timeout-seconds", "0"],
+    ] {
+        let out = Command::new(bin("rollout"))
+            .args(["run", "--backup-registry", "registry.local/backup"])
+            .args(bad)
+            .env("KUBECONFIG", "/nonexistent")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {err}");
+        assert!(err.contains(bad[0]), "{bad:?} named in: {err}");
+    }
+}
