@@ -269,7 +269,7 @@ impl PullAccess {
                 updated.type_ = secret.type_.clone();
                 api.replace(&source.name, &PostParams::default(), &updated)
                     .await?;
-                tracing::info!(namespace, secret = %source.name, "pull secret copy updated from its source");
+                tracing::info!(namespace, name = %source.name, "copy of the pull Secret updated from its source");
                 Ok(true)
             }
         }
@@ -284,7 +284,7 @@ impl PullAccess {
         let secret = match self.source_secret(source).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(error = %e, "pull secret copies not synced");
+                tracing::warn!(error = %e, "copies of the pull Secret not synced");
                 return;
             }
         };
@@ -293,7 +293,7 @@ impl PullAccess {
                 continue;
             }
             if let Err(e) = self.sync_copy(&namespace, source, &secret, false).await {
-                tracing::warn!(namespace, error = %e, "pull secret copy not synced");
+                tracing::warn!(namespace, error = %e, "copy of the pull Secret not synced");
             }
         }
     }

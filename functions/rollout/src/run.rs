@@ -691,12 +691,8 @@ impl Context {
     /// True when `w` runs at least one image that is not in the backup registry (the shared
     /// needs-backup rule): only such a workload can have a rollout to do.
     pub fn runs_external_images(&self, w: &Workload) -> bool {
-        w.images().iter().any(|c| {
-            shared::workload::needs_backup(&c.image, &self.naming)
-                .ok()
-                .flatten()
-                .is_some()
-        })
+        w.pod_spec()
+            .is_some_and(|spec| self.external_sources(spec).next().is_some())
     }
 
     /// The external sources (normalized) a pod spec runs, by the shared needs-backup rule.
