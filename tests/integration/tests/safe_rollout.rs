@@ -544,7 +544,10 @@ async fn paced(replicas: usize) {
             *m.entry(n).or_default() += 1;
             m
         });
-    assert_eq!(rolled.len(), 40, "{rolled:?}");
+    // A replica SIGKILLed between its patch and its publish takes that one event with it (the
+    // workload is rolled out all the same: sampled above).
+    let lost = if replicas > 1 { 1 } else { 0 };
+    assert!(rolled.len() + lost >= 40, "{rolled:?}");
     assert!(
         rolled.values().all(|n| *n == 1),
         "each patched once: {rolled:?}"
@@ -567,13 +570,11 @@ async fn a_users_change_during_a_paced_wait_wins() {
     let a = c.push_small("team/app", "a", 51).await.expect("push");
     let b = c.push_small("team/app", "b", 52).await.expect("push");
     let src = c.source.host();
-    fleet(&c, "queue", 4, &format!("{src}/team/app:a"), 4).await;
-    // One more with history, last in the queue's order: created on B, then moved to A (so
-    // `kubectl rollout undo` has a revision to go back to).
-    c.deployment("queue", "z-undo", &format!("{src}/team/app:b"))
-        .await
-        .expect("deployment");
-    set_image(&c, "queue", "z-undo", &format!("{src}/team/app:a")).await;
+    // Created on B, then moved to A, so `kubectl rollout undo` has a revision to go back to.
+    fleet(&c, "queue", 4, &format!("{src}/team/app:b"), 4).await;
+    for i in 0..4 {
+        set_image(&c, "queue", &format!("w-{i}"), &format!("{src}/team/app:a")).await;
+    }
     c.namespace("image-backup").await.expect("namespace");
     let watcher = c.spawn("watcher", &["run"], &[]).await.expect("watcher");
     let backup = c.spawn("backup", &["run"], &[]).await.expect("backup");
@@ -607,26 +608,24 @@ async fn a_users_change_during_a_paced_wait_wins() {
         })
     })
     .await;
-    // Their user moves the waiting ones to another image meanwhile.
+    // Their user takes the waiting ones back to B meanwhile: the first with `kubectl rollout
+    // undo`, the others with `kubectl set image`.
     let mut changed: Vec<String> = Vec::new();
     for i in 0..4 {
         let name = format!("w-{i}");
         if c.image_of::<Deployment>("queue", &name).await.as_deref()
             == Some(format!("{src}/team/app:a").as_str())
         {
-            set_image(&c, "queue", &name, &format!("{src}/team/app:b")).await;
+            if changed.is_empty() {
+                let deployment = format!("deployment/{name}");
+                kubectl(&c, &["-n", "queue", "rollout", "undo", &deployment]).await;
+            } else {
+                set_image(&c, "queue", &name, &format!("{src}/team/app:b")).await;
+            }
             changed.push(name);
         }
     }
-    assert!(!changed.is_empty(), "some workloads were waiting");
-    // And one is taken back with `kubectl rollout undo` while it waits.
-    assert_eq!(
-        c.image_of::<Deployment>("queue", "z-undo").await,
-        Some(format!("{src}/team/app:a")),
-        "still waiting for its slot"
-    );
-    kubectl(&c, &["-n", "queue", "rollout", "undo", "deployment/z-undo"]).await;
-    changed.push("z-undo".into());
+    assert!(changed.len() >= 2, "workloads were waiting: {changed:?}");
     for name in &changed {
         wait_until(
             "the changed workload on its new image's backup",
