@@ -125,12 +125,7 @@ impl Slots {
             return Ok(Slot::Taken);
         }
         for _ in 0..ATTEMPTS {
-            let Some(lease) = self
-                .api
-                .get_opt(LEASE_NAME)
-                .await
-                .map_err(|e| self.api_error(e))?
-            else {
+            let Some(lease) = self.read().await? else {
                 let lease: Lease = match serde_json::from_value(serde_json::json!({
                     "metadata": {"name": LEASE_NAME, "annotations": {
                         SLOTS_ANNOTATION: serde_json::to_string(&BTreeMap::from([(key, now())])).unwrap_or_default()
@@ -171,6 +166,14 @@ impl Slots {
         Err(SlotError::Contended(self.namespace.clone()))
     }
 
+    /// The Lease, if it exists yet.
+    async fn read(&self) -> Result<Option<Lease>, SlotError> {
+        self.api
+            .get_opt(LEASE_NAME)
+            .await
+            .map_err(|e| self.api_error(e))
+    }
+
     /// Writes `slots` onto `lease` as read (its resourceVersion the precondition); `false`
     /// when another replica wrote it in between (read again and retry).
     async fn write(
@@ -199,12 +202,7 @@ impl Slots {
             return Ok(());
         }
         for _ in 0..ATTEMPTS {
-            let Some(lease) = self
-                .api
-                .get_opt(LEASE_NAME)
-                .await
-                .map_err(|e| self.api_error(e))?
-            else {
+            let Some(lease) = self.read().await? else {
                 return Ok(());
             };
             let mut slots = parse(&lease);

@@ -122,6 +122,28 @@ impl Drop for Busy {
     }
 }
 
+/// JSON-patches the `K` that `r` names; the generation it produced.
+async fn patch_object<K>(
+    client: &kube::Client,
+    r: &WorkloadRef,
+    patch: json_patch::Patch,
+) -> Result<Option<i64>, kube::Error>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let object = kube::Api::<K>::namespaced(client.clone(), &r.namespace)
+        .patch(
+            &r.name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Json::<()>(patch),
+        )
+        .await?;
+    Ok(object.meta().generation)
+}
+
 /// How often a pacer with an empty queue looks for workloads ready to patch.
 const REFILL_EVERY: Duration = Duration::from_secs(5);
 
@@ -564,27 +586,14 @@ impl Context {
         let patch: json_patch::Patch =
             serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
         let r = w.reference();
-        let params = kube::api::PatchParams::default();
         let generation = match r.kind {
             shared::events::WorkloadKind::Deployment => {
-                kube::Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(
-                    self.client.clone(),
-                    &r.namespace,
-                )
-                .patch(&r.name, &params, &kube::api::Patch::Json::<()>(patch))
-                .await?
-                .metadata
-                .generation
+                patch_object::<k8s_openapi::api::apps::v1::Deployment>(&self.client, &r, patch)
+                    .await?
             }
             shared::events::WorkloadKind::DaemonSet => {
-                kube::Api::<k8s_openapi::api::apps::v1::DaemonSet>::namespaced(
-                    self.client.clone(),
-                    &r.namespace,
-                )
-                .patch(&r.name, &params, &kube::api::Patch::Json::<()>(patch))
-                .await?
-                .metadata
-                .generation
+                patch_object::<k8s_openapi::api::apps::v1::DaemonSet>(&self.client, &r, patch)
+                    .await?
             }
         };
         Ok(generation.unwrap_or_default())
