@@ -23,6 +23,13 @@ pub struct NatsArgs {
     /// A file holding the NATS user's password (a mounted Secret key).
     #[arg(long, env = "NATS_PASSWORD_FILE", requires = "nats_user")]
     pub nats_password_file: Option<PathBuf>,
+    /// Copies of the stream and the consumers kept by a NATS cluster (1 on a single server; 3
+    /// on a 3-node cluster survives the loss of one node). An existing stream or consumer with
+    /// another count is updated in place, never recreated. Every function must use the same
+    /// value.
+    #[arg(long, env = "STREAM_REPLICAS", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub stream_replicas: u8,
 }
 
 /// Why the NATS settings cannot be used.
@@ -285,7 +292,20 @@ mod tests {
         assert!(!format!("{url:?} {url} {cli:?}").contains("p@ss"));
         let plain = Cli::parse_from(["x", "--nats-url", "nats://nats:4222"]);
         assert_eq!(plain.nats.url().unwrap().expose(), "nats://nats:4222");
+        assert_eq!(plain.nats.stream_replicas, 1);
         assert!(Cli::try_parse_from(["x", "--nats-password-file", "/f"]).is_err());
+    }
+
+    #[test]
+    fn stream_replicas_are_one_to_five() {
+        let three = Cli::parse_from(["x", "--stream-replicas", "3"]);
+        assert_eq!(three.nats.stream_replicas, 3);
+        for bad in ["0", "6", "-1", "three"] {
+            assert!(
+                Cli::try_parse_from(["x", "--stream-replicas", bad]).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //!
 //! It knows nothing of what the events mean: that is the handlers' job.
 
+use std::future::Future;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, context::PublishAckFuture, stream};
@@ -240,39 +241,109 @@ impl Servers {
     }
 }
 
-/// Connects and makes sure the stream exists, retrying with a growing pause (up to 30 s) until
-/// it works or `shutdown` drains (`None`): a function started before NATS waits for it instead
-/// of crash-looping. Each failure is logged with its cause.
-pub async fn connect_until_ready(
-    url: &str,
-    name: &str,
+/// Retries `attempt` with a growing pause (500 ms doubling up to `max_pause`) until it works or
+/// `shutdown` drains (`None`); each failure is logged with its cause under `what`.
+async fn until_ready<T, F, Fut>(
+    what: &'static str,
+    max_pause: Duration,
     shutdown: &mut crate::shutdown::Shutdown,
-) -> Option<(async_nats::Client, jetstream::Context, stream::Stream)> {
+    mut attempt: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, NatsError>>,
+{
     let mut pause = Duration::from_millis(500);
     loop {
-        let attempt = async {
-            let client = connect(url, name).await?;
-            let js = jetstream::new(client.clone());
-            let stream = tokio::time::timeout(REQUEST_TIMEOUT, ensure_stream(&js))
-                .await
-                .map_err(|_| NatsError::Timeout(REQUEST_TIMEOUT, "ensure stream"))??;
-            Ok::<_, NatsError>((client, js, stream))
-        };
-        match attempt.await {
+        match attempt().await {
             Ok(ready) => return Some(ready),
-            Err(e) => tracing::warn!(error = %e, retry_in = ?pause, "NATS not ready"),
+            Err(e) => tracing::warn!(error = %e, retry_in = ?pause, "{what}"),
         }
         tokio::select! {
             _ = shutdown.wait() => return None,
             _ = tokio::time::sleep(pause) => {}
         }
-        pause = (pause * 2).min(Duration::from_secs(30));
+        pause = (pause * 2).min(max_pause);
     }
 }
 
-/// Creates the stream, or updates it to the definition if it exists with another configuration.
+/// Connects and makes sure the stream exists with `replicas` copies, retrying with a growing
+/// pause (up to 30 s) until it works or `shutdown` drains (`None`): a function started before
+/// NATS, or while a cluster elects a leader, waits instead of crash-looping. Each failure is
+/// logged with its cause.
+pub async fn connect_until_ready(
+    url: &str,
+    name: &str,
+    replicas: usize,
+    shutdown: &mut crate::shutdown::Shutdown,
+) -> Option<(async_nats::Client, jetstream::Context, stream::Stream)> {
+    until_ready(
+        "NATS not ready",
+        Duration::from_secs(30),
+        shutdown,
+        || async {
+            let client = connect(url, name).await?;
+            let js = jetstream::new(client.clone());
+            let stream = tokio::time::timeout(REQUEST_TIMEOUT, ensure_stream_with(&js, replicas))
+                .await
+                .map_err(|_| NatsError::Timeout(REQUEST_TIMEOUT, "ensure stream"))??;
+            Ok((client, js, stream))
+        },
+    )
+    .await
+}
+
+/// Creates or updates the durable consumer (see [`ensure_consumer_with`]), retrying as
+/// [`connect_until_ready`] does (up to 10 s between attempts): right after a stream is
+/// scaled, or while a cluster elects the consumer's leader, the first attempts fail.
+pub async fn bind_until_ready(
+    stream: &stream::Stream,
+    name: ConsumerName,
+    ack_wait: Option<Duration>,
+    replicas: usize,
+    shutdown: &mut crate::shutdown::Shutdown,
+) -> Option<jetstream::consumer::Consumer<pull::Config>> {
+    until_ready(
+        "consumer not ready",
+        Duration::from_secs(10),
+        shutdown,
+        || async {
+            tokio::time::timeout(
+                REQUEST_TIMEOUT,
+                ensure_consumer_with(stream, name, ack_wait, replicas),
+            )
+            .await
+            .map_err(|_| NatsError::Timeout(REQUEST_TIMEOUT, "ensure consumer"))?
+        },
+    )
+    .await
+}
+
+/// Creates the stream with one copy, or updates it to the definition (see
+/// [`ensure_stream_with`]).
 pub async fn ensure_stream(js: &jetstream::Context) -> Result<stream::Stream, NatsError> {
-    let config = stream_config()?;
+    ensure_stream_with(js, 1).await
+}
+
+/// Creates the stream with `replicas` copies, or updates an existing one to the definition and
+/// that count in place (JetStream moves the data; the messages stay). A change of the count is
+/// logged: every function should be given the same `--stream-replicas`.
+pub async fn ensure_stream_with(
+    js: &jetstream::Context,
+    replicas: usize,
+) -> Result<stream::Stream, NatsError> {
+    let mut config = stream_config()?;
+    config.num_replicas = replicas.max(1);
+    if let Ok(existing) = js.get_stream(STREAM_NAME).await {
+        let before = existing.cached_info().config.num_replicas;
+        if before != config.num_replicas {
+            tracing::warn!(
+                from = before,
+                to = config.num_replicas,
+                "changing the stream's replicas (every function should run with the same --stream-replicas)"
+            );
+        }
+    }
     js.create_or_update_stream(config)
         .await
         .map_err(|e| NatsError::Stream(e.to_string()))?;
@@ -281,25 +352,29 @@ pub async fn ensure_stream(js: &jetstream::Context) -> Result<stream::Stream, Na
         .map_err(|e| NatsError::Stream(e.to_string()))
 }
 
-/// Creates the durable consumer, or updates it to the definition (create-or-update on 2.10+).
+/// Creates the durable consumer with one copy, or updates it to the definition
+/// (create-or-update on 2.10+).
 pub async fn ensure_consumer(
     stream: &stream::Stream,
     name: ConsumerName,
 ) -> Result<jetstream::consumer::Consumer<pull::Config>, NatsError> {
-    ensure_consumer_with(stream, name, None).await
+    ensure_consumer_with(stream, name, None, 1).await
 }
 
-/// As [`ensure_consumer`], with the ack wait overridden (`--ack-wait-seconds`). Every replica
-/// must use the same value: the last one to start sets it.
+/// As [`ensure_consumer`], with the ack wait overridden (`--ack-wait-seconds`) and `replicas`
+/// copies (updated in place on an existing consumer). Every replica of a function must use the
+/// same values: the last one to start sets them.
 pub async fn ensure_consumer_with(
     stream: &stream::Stream,
     name: ConsumerName,
     ack_wait: Option<Duration>,
+    replicas: usize,
 ) -> Result<jetstream::consumer::Consumer<pull::Config>, NatsError> {
     let mut config = consumer_config(name)?;
     if let Some(wait) = ack_wait {
         config.ack_wait = wait;
     }
+    config.num_replicas = replicas.max(1);
     stream
         .create_consumer(config)
         .await

@@ -92,6 +92,17 @@ impl Default for PublishRetry {
 }
 
 impl PublishRetry {
+    /// For JetStream: long enough to ride out a stream leader election in a NATS cluster (a
+    /// few seconds without a leader) — 8 attempts, 250 ms doubling to 4 s, about 8–16 s in
+    /// all. Retried publishes carry the same `Nats-Msg-Id`, so none is stored twice.
+    pub fn jetstream() -> Self {
+        Self {
+            attempts: 8,
+            base_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(4),
+        }
+    }
+
     fn delay(&self, attempt: u32) -> Duration {
         let exp = self.base_delay.saturating_mul(1u32 << attempt.min(16));
         exp.min(self.max_delay)

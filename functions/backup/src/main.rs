@@ -277,27 +277,34 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
     tracing::info!(%holder, "backup starting");
     match mode {
         Mode::Run => {
+            let replicas = usize::from(args.nats.stream_replicas);
             let Some((_, js, stream)) = shared::nats::connect_until_ready(
                 args.nats.url()?.expose(),
                 "image-backup-backup",
+                replicas,
                 &mut shutdown,
             )
             .await
             else {
                 return Ok(());
             };
-            let consumer = shared::nats::ensure_consumer_with(
+            let Some(consumer) = shared::nats::bind_until_ready(
                 &stream,
                 shared::nats::ConsumerName::Backup,
                 args.ack_wait_seconds.map(|s| Duration::from_secs(s.max(1))),
+                replicas,
+                &mut shutdown,
             )
-            .await?;
+            .await
+            else {
+                return Ok(());
+            };
             let ack_wait = consumer.cached_info().config.ack_wait;
             let publisher = match sink {
                 Some(p) => p,
                 None => Publisher::JetStream(JetStreamPublisher::new(
                     shared::nats::Publisher::new(js.clone(), SOURCE),
-                    PublishRetry::default(),
+                    PublishRetry::jetstream(),
                 )),
             };
             let requests = tokio::spawn(backup::requests::run(

@@ -250,6 +250,7 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
             let Some(ready) = shared::nats::connect_until_ready(
                 args.nats.url()?.expose(),
                 "image-backup-rollout",
+                usize::from(args.nats.stream_replicas),
                 &mut shutdown,
             )
             .await
@@ -264,7 +265,7 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
         (Some(p), _) => p.clone(),
         (None, Some((_, js, _))) => Publisher::JetStream(JetStreamPublisher::new(
             shared::nats::Publisher::new(js.clone(), SOURCE),
-            PublishRetry::default(),
+            PublishRetry::jetstream(),
         )),
         (None, None) => return Ok(()),
     };
@@ -339,14 +340,24 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
             }
         })
     };
-    runtime.readiness.set(true);
     match mode {
         Mode::Run => {
             let Some((_, js, stream)) = nats else {
                 return Ok(());
             };
-            let consumer =
-                shared::nats::ensure_consumer(&stream, shared::nats::ConsumerName::Rollout).await?;
+            let Some(consumer) = shared::nats::bind_until_ready(
+                &stream,
+                shared::nats::ConsumerName::Rollout,
+                None,
+                usize::from(args.nats.stream_replicas),
+                &mut shutdown,
+            )
+            .await
+            else {
+                return Ok(());
+            };
+            // Ready once it can do work: the consumer is bound.
+            runtime.readiness.set(true);
             let ack_wait = consumer.cached_info().config.ack_wait;
             shared::consumer::run(
                 consumer,
@@ -366,6 +377,7 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
             listen,
             reply_timeout,
         } => {
+            runtime.readiness.set(true);
             shared::serve::run(
                 ctx,
                 shared::serve::ServeSettings {

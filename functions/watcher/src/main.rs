@@ -208,6 +208,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             let Some((_, js, _)) = shared::nats::connect_until_ready(
                 url.expose(),
                 "image-backup-watcher",
+                usize::from(args.nats.stream_replicas),
                 &mut shutdown,
             )
             .await
@@ -215,7 +216,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 return Ok(());
             };
             let inner = shared::nats::Publisher::new(js, SOURCE);
-            Publisher::JetStream(JetStreamPublisher::new(inner, PublishRetry::default()))
+            Publisher::JetStream(JetStreamPublisher::new(inner, PublishRetry::jetstream()))
         }
     };
     let mut excluded: BTreeSet<String> = args.exclude_namespaces.iter().cloned().collect();

@@ -55,9 +55,14 @@ async fn consumer_of(
     ack_wait: Duration,
 ) -> jetstream::consumer::PullConsumer {
     let stream = shared::nats::ensure_stream(js).await.expect("stream");
-    shared::nats::ensure_consumer_with(&stream, shared::nats::ConsumerName::Backup, Some(ack_wait))
-        .await
-        .expect("consumer")
+    shared::nats::ensure_consumer_with(
+        &stream,
+        shared::nats::ConsumerName::Backup,
+        Some(ack_wait),
+        1,
+    )
+    .await
+    .expect("consumer")
 }
 
 fn settings(ack_wait: Duration) -> ConsumerSettings {

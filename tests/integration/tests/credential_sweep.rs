@@ -46,7 +46,7 @@ async fn an_authenticated_run_at_debug_level_leaves_no_credential_anywhere() {
     let c = Cluster {
         client: api.client().expect("client"),
         api,
-        nats,
+        nats: testbed::Nats::Single(nats),
         js,
         kubeconfig,
         source: Registry::start_with(private("puller", SOURCE_PASSWORD))

@@ -17,6 +17,7 @@ mod kubectl_session;
 mod least_privilege;
 mod metrics_auth;
 mod mirrors;
+mod nats_cluster;
 mod nats_events;
 mod nats_users;
 mod readme;

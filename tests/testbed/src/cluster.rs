@@ -11,7 +11,7 @@ use kube::Api;
 use kube::api::PostParams;
 
 use crate::function::FunctionProcess;
-use crate::{ApiServer, NatsServer, Pusher, Registry};
+use crate::{ApiServer, Nats, NatsCluster, NatsServer, Pusher, Registry};
 
 /// The backup registry's path prefix in the cluster.
 pub const BACKUP_PREFIX: &str = "backup";
@@ -20,8 +20,8 @@ pub const BACKUP_PREFIX: &str = "backup";
 pub struct Cluster {
     /// The test API server.
     pub api: ApiServer,
-    /// nats-server (JetStream).
-    pub nats: NatsServer,
+    /// nats-server (JetStream): one, or a cluster.
+    pub nats: Nats,
     /// A JetStream context for reading the stream.
     pub js: jetstream::Context,
     /// A client for the API server.
@@ -49,7 +49,15 @@ impl Cluster {
     /// test bed reaches at `url` (credentials in it); the functions get `nats.url()` and their
     /// own credentials from the caller.
     pub async fn start_with_nats(nats: NatsServer, url: &str) -> anyhow::Result<Self> {
-        Self::start_with(nats, url, crate::RegistryOptions::default()).await
+        Self::start_with(Nats::Single(nats), url, crate::RegistryOptions::default()).await
+    }
+
+    /// Starts everything on a JetStream cluster of `nodes` nodes: the stream has one replica
+    /// per node and the functions get `STREAM_REPLICAS` to match and every node's URL.
+    pub async fn start_on_nats_cluster(nodes: usize) -> anyhow::Result<Self> {
+        let nats = NatsCluster::start(nodes).await?;
+        let url = nats.url();
+        Self::start_with(Nats::Cluster(nats), &url, crate::RegistryOptions::default()).await
     }
 
     /// Starts everything with the backup registry private (htpasswd, user `backup`): the
@@ -66,18 +74,25 @@ impl Cluster {
             }),
             ..Default::default()
         };
-        Self::start_with(nats, &url, options).await
+        Self::start_with(Nats::Single(nats), &url, options).await
     }
 
     async fn start_with(
-        nats: NatsServer,
+        nats: Nats,
         url: &str,
         backup: crate::RegistryOptions,
     ) -> anyhow::Result<Self> {
         let api = ApiServer::start().await?;
         api.install_imagebackup_crd().await?;
         let js = jetstream::new(shared::nats::connect(url, "cluster").await?);
-        shared::nats::ensure_stream(&js).await?;
+        // A cluster that just elected its meta leader may still refuse the first stream.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while let Err(e) = shared::nats::ensure_stream_with(&js, nats.stream_replicas()).await {
+            if tokio::time::Instant::now() > deadline {
+                return Err(e.into());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
         let kubeconfig = tempfile::NamedTempFile::new()?;
         api.write_kubeconfig(kubeconfig.path())?;
         Self {
@@ -148,6 +163,7 @@ impl Cluster {
         let mut env = vec![
             ("KUBECONFIG", self.kubeconfig.path().display().to_string()),
             ("NATS_URL", self.nats.url()),
+            ("STREAM_REPLICAS", self.nats.stream_replicas().to_string()),
             ("BACKUP_REGISTRY", self.backup_registry()),
             (
                 "INSECURE_REGISTRIES",

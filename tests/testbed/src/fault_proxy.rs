@@ -158,6 +158,35 @@ impl FaultProxy {
             .unwrap_or_default()
     }
 
+    /// The repositories written by two workers at once: per (repository, User-Agent) the span
+    /// from its first to its last write, and every pair of workers whose spans on one
+    /// repository overlap, as `repo: agent-a and agent-b`. Empty when every image was written
+    /// by one worker at a time.
+    pub fn concurrent_writers(&self) -> Vec<String> {
+        use std::collections::BTreeMap;
+        let mut spans: BTreeMap<(String, String), (std::time::Instant, std::time::Instant)> =
+            BTreeMap::new();
+        for w in self.forwarded().into_iter().filter(Forwarded::is_write) {
+            let Some(repo) = w.repository().map(str::to_string) else {
+                continue;
+            };
+            let span = spans
+                .entry((repo, w.user_agent.clone()))
+                .or_insert((w.at, w.at));
+            span.0 = span.0.min(w.at);
+            span.1 = span.1.max(w.at);
+        }
+        let mut overlaps = Vec::new();
+        for ((repo_a, agent_a), a) in &spans {
+            for ((repo_b, agent_b), b) in &spans {
+                if repo_a == repo_b && agent_a < agent_b && !(a.1 < b.0 || b.1 < a.0) {
+                    overlaps.push(format!("{repo_a}: {agent_a} and {agent_b}"));
+                }
+            }
+        }
+        overlaps
+    }
+
     /// Forgets the request log.
     pub fn reset_requests(&self) {
         if let Ok(mut r) = self.state.requests.lock() {

@@ -83,6 +83,11 @@ impl FunctionProcess {
         self.guard.wait_exit(limit).await
     }
 
+    /// Whether the process still runs (false once it exited or crashed).
+    pub fn is_running(&mut self) -> bool {
+        self.guard.check_running().is_ok()
+    }
+
     /// Peak resident memory so far (`VmHWM` from /proc), in KiB, while the process runs.
     pub fn peak_rss_kib(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.guard.id()?)).ok()?;

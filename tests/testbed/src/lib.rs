@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`process`]: child-process guards (killed on drop, also on panic), free ports.
 //! - [`nats_server`]: a real `nats-server -js` (2.10 or newer).
+//! - [`nats_cluster`]: a real JetStream cluster of N nodes (kill, wipe, restart; who leads).
 //! - [`registry`]: real `docker-registry` instances, anonymous or htpasswd-protected.
 //! - [`token_auth`]: a registry behind `auth: token` and its test token issuer.
 //! - [`image`]: generated multi-arch images pushed to a registry, and read-back helpers.
@@ -37,6 +38,7 @@ pub mod fault_proxy;
 pub mod function;
 pub mod hostile_registry;
 pub mod image;
+pub mod nats_cluster;
 pub mod nats_server;
 pub mod process;
 pub mod referrers;
@@ -50,6 +52,7 @@ pub use apiserver::ApiServer;
 pub use fault_proxy::FaultProxy;
 pub use hostile_registry::HostileRegistry;
 pub use image::{Format, ImageSpec, PushedImage, Pusher};
+pub use nats_cluster::{Nats, NatsCluster};
 pub use nats_server::NatsServer;
 pub use registry::{Credentials, Registry, RegistryOptions};
 pub use tools::workspace_binary;
