@@ -5,6 +5,8 @@
 //! every ImageBackup is Completed; no image was uploaded by two workers at once (the backup
 //! registry sits behind a proxy that logs each write with its time and the worker's User-Agent);
 //! no process panicked. The seed is printed: `CHAOS_SEED=<n>` replays a run's sequence of faults.
+//! The same runs on a 3-node JetStream cluster, where the NATS faults are the stream's leader
+//! SIGKILLed, a node back with its store wiped, and once the whole cluster restarted.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -35,13 +37,26 @@ fn deployment(ns: &str, name: &str, image: &str) -> Deployment {
 
 #[tokio::test]
 async fn the_guarantees_hold_under_faults() {
+    let c = Cluster::start().await.expect("cluster");
+    chaos(c).await;
+}
+
+/// The same on a 3-node JetStream cluster (`STREAM_REPLICAS=3`): NATS faults are the stream's
+/// leader SIGKILLed (restarted a round later, half the time with its store wiped) and, once,
+/// the whole cluster restarted.
+#[tokio::test]
+async fn the_guarantees_hold_under_faults_on_a_nats_cluster() {
+    let c = Cluster::start_on_nats_cluster(3).await.expect("cluster");
+    chaos(c).await;
+}
+
+async fn chaos(mut c: Cluster) {
     let seed: u64 = std::env::var("CHAOS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(rand::random);
     println!("chaos seed: {seed} (replay with CHAOS_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut c = Cluster::start().await.expect("cluster");
     let proxy = FaultProxy::start(&c.source.host()).await.expect("proxy");
     // Every write to the backup registry goes through a proxy that logs who wrote when.
     let writes = FaultProxy::start(&c.backup.host())
@@ -97,8 +112,24 @@ async fn the_guarantees_hold_under_faults() {
     }
     // Faults while the work goes on.
     let mut log = Vec::new();
+    // A cluster node killed and not yet restarted.
+    let mut down: Option<usize> = None;
     for round in 0..CHAOS_ROUNDS {
-        match rng.random_range(0..6) {
+        if round == CHAOS_ROUNDS / 2
+            && let Some(cluster) = c.nats.cluster()
+        {
+            log.push(format!("round {round}: the whole NATS cluster restarts"));
+            cluster.restart_all().await.expect("restart the cluster");
+            down = None;
+        }
+        // On a cluster every third round is a NATS fault, so a leader dies and a node comes
+        // back (wiped or not) twice in every run.
+        let fault = if c.nats.cluster().is_some() && round % 3 == 1 {
+            2
+        } else {
+            rng.random_range(0..6)
+        };
+        match fault {
             0 | 1 => {
                 let victim = rng.random_range(0..procs.len());
                 let (k, old) = procs.remove(victim);
@@ -109,10 +140,7 @@ async fn the_guarantees_hold_under_faults() {
                     c.spawn(kinds[k], &["run"], &extra).await.expect("respawn"),
                 ));
             }
-            2 => {
-                log.push(format!("round {round}: restart nats-server"));
-                c.nats.restart().await.expect("restart nats");
-            }
+            2 => nats_fault(&mut c, &mut down, &mut rng, round, &mut log).await,
             3 => {
                 log.push(format!(
                     "round {round}: source registry answers 503 for 2 s"
@@ -147,6 +175,10 @@ async fn the_guarantees_hold_under_faults() {
         }
     }
     c.api.cut_watches_after(None);
+    if let (Some(i), Some(cluster)) = (down, c.nats.cluster()) {
+        log.push(format!("end: node n{i} restarts"));
+        cluster.restart(i).await.expect("restart node");
+    }
     println!("{}", log.join("\n"));
 
     // Every workload ends on the backup of the image it asks for, pinned to the source digest.
@@ -232,5 +264,44 @@ async fn the_guarantees_hold_under_faults() {
             "seed {seed}: a function panicked:\n{}",
             p.log()
         );
+    }
+}
+
+/// One NATS fault: a single server restarts; in a cluster, the stream's leader is SIGKILLed,
+/// or the node killed a round before comes back (half the time with its store wiped).
+async fn nats_fault(
+    c: &mut Cluster,
+    down: &mut Option<usize>,
+    rng: &mut StdRng,
+    round: usize,
+    log: &mut Vec<String>,
+) {
+    let js = c.js.clone();
+    let Some(cluster) = c.nats.cluster() else {
+        log.push(format!("round {round}: restart nats-server"));
+        c.nats.restart().await.expect("restart nats");
+        return;
+    };
+    match down.take() {
+        Some(i) if rng.random_bool(0.5) => {
+            log.push(format!(
+                "round {round}: node n{i} back with its store wiped"
+            ));
+            cluster.restart_wiped(i).await.expect("wiped restart");
+        }
+        Some(i) => {
+            log.push(format!("round {round}: node n{i} back"));
+            cluster.restart(i).await.expect("restart node");
+        }
+        None => match cluster.stream_leader(&js, shared::nats::STREAM_NAME).await {
+            Some(leader) => {
+                log.push(format!(
+                    "round {round}: SIGKILL n{leader}, the stream's leader"
+                ));
+                cluster.kill(leader);
+                *down = Some(leader);
+            }
+            None => log.push(format!("round {round}: the stream has no leader to kill")),
+        },
     }
 }
