@@ -316,6 +316,120 @@ async fn the_original_design_scenario_in_knative_mode() {
     );
 }
 
+/// Under Knative a retry the rollout asks for (its cache behind the event) is a 503 with
+/// `Retry-After`, so the broker delivers again; it used to answer 202 and the completion was
+/// dropped until the next resync (an hour here).
+#[tokio::test]
+async fn a_completion_ahead_of_the_cache_is_redelivered_by_the_broker() {
+    let c = Cluster::start().await.expect("cluster");
+    let src = c.source.host();
+    let image = c
+        .source_pusher()
+        .push_image(
+            "early/app",
+            "1",
+            &ImageSpec::single(Format::Oci, 1, 16 * 1024, 31),
+        )
+        .await
+        .unwrap();
+    let naming = shared::NamingPolicy::flat(c.backup_registry().parse().unwrap());
+    let source = shared::Reference::parse_normalized(&format!("{src}/early/app:1")).unwrap();
+    let target = naming.target(&source).unwrap();
+    let out = tokio::process::Command::new(testbed::workspace_binary("backup"))
+        .args([
+            "copy",
+            &source.to_string(),
+            &target.to_string(),
+            "--insecure-registry",
+            &format!("{src},{}", c.backup.host()),
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.namespace("early").await.unwrap();
+    let api: Api<Deployment> = Api::namespaced(c.client.clone(), "early");
+    api.create(
+        &PostParams::default(),
+        &deployment("early", "app", &[("main", &source.to_string())]),
+    )
+    .await
+    .unwrap();
+    let broker = testbed::broker::Broker::start().await.expect("broker");
+    let port = testbed::process::free_port().unwrap();
+    let rollout = c
+        .spawn(
+            "rollout",
+            &["serve"],
+            &[
+                ("LISTEN", format!("127.0.0.1:{port}")),
+                ("K_SINK", broker.url()),
+                ("RESYNC_SECONDS", "3600".to_string()),
+            ],
+        )
+        .await
+        .expect("rollout serve");
+    let rollout_url = format!("http://127.0.0.1:{port}/");
+    broker.trigger("io.k8slab.imagebackup.image.completed", &rollout_url);
+    // The completion arrives before the ImageBackup exists.
+    let ib = ImageBackup::for_source(&source, &target);
+    let completed = Payload::ImageCompleted(shared::events::ImageCompleted {
+        name: ib.metadata.name.clone().unwrap(),
+        source: source.to_string(),
+        target: target.to_string(),
+        digest: image.digest.clone(),
+        platforms: vec!["linux/amd64".into()],
+        bytes: 16 * 1024,
+        duration_seconds: 0.1,
+    });
+    let binary = shared::events::to_http_binary(&completed, "/test").unwrap();
+    let mut post = reqwest::Client::new().post(broker.url()).body(binary.body);
+    for (k, v) in binary.headers {
+        post = post.header(k, v);
+    }
+    assert!(post.send().await.unwrap().status().is_success());
+    let first = wait_for(
+        "the first delivery answered",
+        async || broker.attempts().into_iter().next(),
+        |_| true,
+        &[&rollout],
+    )
+    .await;
+    assert_eq!(
+        (first.status, first.retry_after),
+        (503, Some(2)),
+        "a retry, with when"
+    );
+    // Now the ImageBackup is there and Completed: the redelivery moves the workload.
+    let ibs: Api<ImageBackup> = Api::all(c.client.clone());
+    let mut ib = ibs.create(&PostParams::default(), &ib).await.unwrap();
+    ib.status = Some(ImageBackupStatus {
+        phase: Some(Phase::Completed),
+        digest: Some(image.digest.clone()),
+        ..Default::default()
+    });
+    ibs.replace_status(
+        &ib.metadata.name.clone().unwrap(),
+        &PostParams::default(),
+        &ib,
+    )
+    .await
+    .unwrap();
+    let pinned = format!("{target}@{}", image.digest);
+    wait_for(
+        "rolled out by the redelivery",
+        async || api.get("app").await.ok(),
+        |d| images_of(d) == [pinned.clone()],
+        &[&rollout],
+    )
+    .await;
+    assert!(broker.attempts().len() >= 2);
+}
+
 #[tokio::test]
 async fn a_failed_image_blocks_until_it_is_backed_up_then_one_patch_moves_all_three() {
     let c = Cluster::start().await.expect("cluster");

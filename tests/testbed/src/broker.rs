@@ -1,8 +1,10 @@
 //! A minimal Knative-style Broker for testing the `serve` mode locally: it accepts CloudEvents
 //! over HTTP (binary or structured mode, as a Broker ingress does), fans each one out to the
 //! subscribers whose Trigger filter matches its `type`, retries a subscriber that answers 5xx or
-//! 429 (as a Trigger's delivery spec does), and feeds a subscriber's reply event back in, as
-//! Knative's MTChannelBasedBroker does. It keeps every event it accepted, for assertions.
+//! 429 (as a Trigger's delivery spec does: 10 attempts, exponential backoff, a `Retry-After`
+//! honoured up to 30 s as with `retryAfterMax`), and feeds a subscriber's reply event back in,
+//! as Knative's MTChannelBasedBroker does. It keeps every event it accepted and every delivery
+//! attempt's answer, for assertions.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -21,9 +23,28 @@ pub struct Trigger {
     pub subscriber: String,
 }
 
+/// One attempt to deliver an event to a subscriber.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// The subscriber.
+    pub subscriber: String,
+    /// The event's type.
+    pub event_type: String,
+    /// The HTTP status (0: no answer).
+    pub status: u16,
+    /// The `Retry-After` it asked for, in seconds.
+    pub retry_after: Option<u64>,
+}
+
+/// The longest `Retry-After` honoured (Knative's `retryAfterMax`).
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(30);
+/// Delivery attempts per event and subscriber.
+const ATTEMPTS: usize = 10;
+
 struct BrokerState {
     triggers: Mutex<Vec<Trigger>>,
     accepted: Mutex<Vec<Payload>>,
+    attempts: Mutex<Vec<Attempt>>,
     http: reqwest::Client,
 }
 
@@ -42,6 +63,7 @@ impl Broker {
         let state = Arc::new(BrokerState {
             triggers: Mutex::new(Vec::new()),
             accepted: Mutex::new(Vec::new()),
+            attempts: Mutex::new(Vec::new()),
             http: reqwest::Client::builder()
                 .no_proxy()
                 .timeout(Duration::from_secs(300))
@@ -86,6 +108,17 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// Every delivery attempt so far, in order.
+    pub fn attempts(&self) -> Vec<Attempt> {
+        self.state
+            .attempts
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default()
+    }
+}
+
 /// Accepts one event (202) and delivers it in the background.
 fn ingest(state: Arc<BrokerState>, headers: HeaderMap, body: Bytes) -> StatusCode {
     let payload = match from_http(&headers, &body).and_then(|e| Payload::from_cloudevent(&e)) {
@@ -112,18 +145,38 @@ fn ingest(state: Arc<BrokerState>, headers: HeaderMap, body: Bytes) -> StatusCod
     StatusCode::ACCEPTED
 }
 
-/// POSTs to a subscriber with retries (5 attempts, exponential backoff) and feeds a reply back.
+/// POSTs to a subscriber with retries ([`ATTEMPTS`], exponential backoff or the answer's
+/// `Retry-After`) and feeds a reply back.
 async fn deliver(state: Arc<BrokerState>, subscriber: String, payload: Payload) {
     let Ok(binary) = shared::events::to_http_binary(&payload, "/testbed/broker") else {
         return;
     };
     let mut delay = Duration::from_millis(200);
-    for _ in 0..5 {
+    for _ in 0..ATTEMPTS {
         let mut request = state.http.post(&subscriber).body(binary.body.clone());
         for (k, v) in &binary.headers {
             request = request.header(k.as_str(), v.as_str());
         }
-        match request.send().await {
+        let answer = request.send().await;
+        let (status, retry_after) = match &answer {
+            Ok(resp) => (
+                resp.status().as_u16(),
+                resp.headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok()),
+            ),
+            Err(_) => (0, None),
+        };
+        if let Ok(mut a) = state.attempts.lock() {
+            a.push(Attempt {
+                subscriber: subscriber.clone(),
+                event_type: payload.event_type().to_string(),
+                status,
+                retry_after,
+            });
+        }
+        match answer {
             Ok(resp) if resp.status().is_success() => {
                 let headers = resp.headers().clone();
                 let body = resp.bytes().await.unwrap_or_default();
@@ -135,8 +188,11 @@ async fn deliver(state: Arc<BrokerState>, subscriber: String, payload: Payload) 
             }
             Ok(resp) if resp.status().is_client_error() && resp.status().as_u16() != 429 => return,
             _ => {
-                tokio::time::sleep(delay).await;
-                delay *= 2;
+                let wait = retry_after
+                    .map(|s| Duration::from_secs(s).min(RETRY_AFTER_MAX))
+                    .unwrap_or(delay);
+                tokio::time::sleep(wait).await;
+                delay = (delay * 2).min(RETRY_AFTER_MAX);
             }
         }
     }
