@@ -31,6 +31,7 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod api_error;
 pub mod cache;
 pub mod cli;
 pub mod config;

@@ -11,6 +11,7 @@ use kube::api::{DeleteParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
+use shared::api_error::ApiFailure;
 use shared::crd::{ImageBackup, Phase};
 use shared::shutdown::Shutdown;
 
@@ -50,7 +51,7 @@ async fn reconcile(ib: Arc<ImageBackup>, ctx: Arc<Ctx>) -> Result<Action, Expiry
         Ok(_) => {
             tracing::info!(name = %ib.name_any(), "expired ImageBackup deleted (the copy stays)")
         }
-        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+        Err(e) if ApiFailure::is_not_found(&e) || ApiFailure::is_conflict(&e) => {}
         Err(e) => return Err(ExpiryError(e)),
     }
     Ok(Action::await_change())

@@ -25,12 +25,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{ObjectReference, ServiceAccount};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::{Api, Resource as _};
 use shared::NamingPolicy;
+use shared::api_error::ApiFailure;
 use shared::consumer::{Classified, Handler, Outcome};
 use shared::crd::{ImageBackup, Phase, SecretRef};
 use shared::error::{Disposition, ErrorClass};
@@ -167,7 +168,11 @@ impl Context {
         &self.inner.settings
     }
 
-    async fn backup_workload(&self, w: WorkloadChanged) -> Result<Outcome, HandlerError> {
+    async fn backup_workload(
+        &self,
+        w: WorkloadChanged,
+        delivered: u64,
+    ) -> Result<Outcome, HandlerError> {
         // A malformed reference is a malformed event: dead-lettered, as before any check.
         for i in &w.images {
             for (field, value) in [("source", &i.source), ("target", &i.target)] {
@@ -180,13 +185,26 @@ impl Context {
                 }
             }
         }
+        let about = workload_object_ref(&w.workload);
+        let retry =
+            shared::delivery::redelivery_delay(delivered, self.inner.settings.max_retry_delay);
         let (workload, account) = match self.read_workload(&w.workload).await {
             Ok(found) => found,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read the workload the event names; will retry");
+                if let ApiFailure::Refused {
+                    code,
+                    reason,
+                    message,
+                } = ApiFailure::of(&e)
+                {
+                    self.api_refused(&about, "read the workload", code, &reason, &message)
+                        .await;
+                    return Ok(Outcome::default());
+                }
+                tracing::warn!(error = %e, retry_in = ?retry, "cannot read the workload the event names; will retry");
                 return Ok(Outcome {
                     events: Vec::new(),
-                    retry_after: Some(Duration::from_secs(5)),
+                    retry_after: Some(retry),
                 });
             }
         };
@@ -208,13 +226,11 @@ impl Context {
             );
         }
         let secrets = admission.pull_secrets;
-        let results = futures::future::join_all(
-            admission
-                .images
-                .iter()
-                .map(|(source, target)| self.backup_image(source, target, &secrets)),
-        )
-        .await;
+        let results =
+            futures::future::join_all(admission.images.iter().map(|(source, target)| {
+                self.backup_image(source, target, &secrets, &about, retry)
+            }))
+            .await;
         let mut outcome = Outcome::default();
         for r in results {
             match r {
@@ -228,25 +244,72 @@ impl Context {
         Ok(outcome)
     }
 
+    /// Backs up one image; a failed API call is retried after `retry` (a conflict after 2 s),
+    /// unless the API server refused it for good: then it is recorded on `about` and dropped
+    /// (the resync brings it back once someone fixed the cause).
     async fn backup_image(
         &self,
         source: &Reference,
         target: &Reference,
         secrets: &[SecretRef],
+        about: &ObjectReference,
+        retry: Duration,
     ) -> ImageResult {
         let span =
             tracing::info_span!("image", source = %source, name = %image_backup_name(source));
         async {
             match self.try_backup_image(source, target, secrets).await {
                 Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!(error = %e, "Kubernetes API failed; will retry");
-                    ImageResult::Later(Duration::from_secs(5))
-                }
+                Err(e) => match ApiFailure::of(&e) {
+                    ApiFailure::Conflict => ImageResult::Later(Duration::from_secs(2)),
+                    ApiFailure::Transient => {
+                        tracing::warn!(error = %e, retry_in = ?retry, "Kubernetes API failed; will retry");
+                        ImageResult::Later(retry)
+                    }
+                    ApiFailure::Refused {
+                        code,
+                        reason,
+                        message,
+                    } => {
+                        let what = format!("back up {source}");
+                        self.api_refused(about, &what, code, &reason, &message)
+                            .await;
+                        ImageResult::Done(None)
+                    }
+                },
             }
         }
         .instrument(span)
         .await
+    }
+
+    /// Records an API call refused for good: the metric, a warning, and a Warning Event
+    /// `ApiRefused` on `about` naming what was being done and the API server's answer.
+    async fn api_refused(
+        &self,
+        about: &ObjectReference,
+        doing: &str,
+        code: u16,
+        reason: &str,
+        message: &str,
+    ) {
+        self.inner
+            .metrics
+            .api_refused
+            .get_or_create(&crate::metrics::CodeLabels { code })
+            .inc();
+        tracing::warn!(
+            code,
+            reason,
+            message,
+            doing,
+            "the Kubernetes API refused; not retried (fix the cause; the resync tries again)"
+        );
+        let note = format!(
+            "cannot {doing}: the API server answered {code} {reason}: {message}; not retried until the cluster changes"
+        );
+        self.record_on(about, EventType::Warning, "ApiRefused", &note)
+            .await;
     }
 
     async fn try_backup_image(
@@ -310,8 +373,12 @@ impl Context {
             .await
         {
             Ok(ib) => ib,
-            Err(kube::Error::Api(e)) if e.code == 409 => {
+            Err(e) if ApiFailure::is_conflict(&e) => {
                 inner.metrics.claim(ClaimResult::Lost);
+                return Ok(ImageResult::Later(Duration::from_secs(2)));
+            }
+            // Deleted between the read and the claim: start over (it is created again).
+            Err(e) if ApiFailure::is_not_found(&e) => {
                 return Ok(ImageResult::Later(Duration::from_secs(2)));
             }
             Err(e) => return Err(e),
@@ -331,8 +398,14 @@ impl Context {
                 ImageResult::Done(None)
             }
             Ok((source, target)) => {
-                self.backup_image(&source, &target, &ib.spec.pull_secrets)
-                    .await
+                self.backup_image(
+                    &source,
+                    &target,
+                    &ib.spec.pull_secrets,
+                    &ib.object_ref(&()),
+                    Duration::from_secs(5),
+                )
+                .await
             }
         }
     }
@@ -422,7 +495,7 @@ impl Context {
         let name = image_backup_name(source);
         match self.inner.api.create(&PostParams::default(), &ib).await {
             Ok(created) => Ok(created),
-            Err(kube::Error::Api(e)) if e.code == 409 => self.inner.api.get(&name).await,
+            Err(e) if ApiFailure::is_conflict(&e) => self.inner.api.get(&name).await,
             Err(e) => Err(e),
         }
     }
@@ -527,7 +600,7 @@ impl Context {
                             last_write = attempt;
                             last_quarter = quarter;
                         }
-                        Err(kube::Error::Api(e)) if e.code == 409 => match inner.api.get(&name).await {
+                        Err(e) if ApiFailure::is_conflict(&e) => match inner.api.get(&name).await {
                             Ok(fresh) if claim::held_by(&fresh, &me) => ib = fresh,
                             Ok(_) => {
                                 inner.metrics.claim(ClaimResult::Lost);
@@ -644,12 +717,10 @@ impl Context {
                     *ib = updated;
                     return;
                 }
-                Err(kube::Error::Api(e)) if e.code == 409 => {
-                    match self.inner.api.get(&name).await {
-                        Ok(fresh) => *ib = fresh,
-                        Err(e) => tracing::warn!(%name, error = %e, "cannot re-read"),
-                    }
-                }
+                Err(e) if ApiFailure::is_conflict(&e) => match self.inner.api.get(&name).await {
+                    Ok(fresh) => *ib = fresh,
+                    Err(e) => tracing::warn!(%name, error = %e, "cannot re-read"),
+                },
                 Err(e) => {
                     tracing::warn!(%name, error = %e, "status not written");
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -660,6 +731,11 @@ impl Context {
     }
 
     async fn record(&self, ib: &ImageBackup, type_: EventType, reason: &str, note: &str) {
+        self.record_on(&ib.object_ref(&()), type_, reason, note)
+            .await;
+    }
+
+    async fn record_on(&self, about: &ObjectReference, type_: EventType, reason: &str, note: &str) {
         let event = KubeEvent {
             type_,
             reason: reason.into(),
@@ -667,12 +743,7 @@ impl Context {
             action: "Backup".into(),
             secondary: None,
         };
-        if let Err(e) = self
-            .inner
-            .recorder
-            .publish(&event, &ib.object_ref(&()))
-            .await
-        {
+        if let Err(e) = self.inner.recorder.publish(&event, about).await {
             tracing::debug!(error = %e, "cannot record the event");
         }
     }
@@ -686,9 +757,24 @@ impl Handler for Context {
             self.inner.metrics.redeliveries.inc();
         }
         match event {
-            Payload::WorkloadChanged(w) => self.backup_workload(w).await,
+            Payload::WorkloadChanged(w) => self.backup_workload(w, delivered).await,
             // Not for us (the consumer filters these out; an HTTP sender may not).
             _ => Ok(Outcome::default()),
         }
+    }
+}
+
+/// The object reference of the workload an event names (for Events about it).
+fn workload_object_ref(w: &WorkloadRef) -> ObjectReference {
+    let kind = match w.kind {
+        WorkloadKind::Deployment => "Deployment",
+        WorkloadKind::DaemonSet => "DaemonSet",
+    };
+    ObjectReference {
+        api_version: Some("apps/v1".into()),
+        kind: Some(kind.into()),
+        namespace: Some(w.namespace.chars().take(253).collect()),
+        name: Some(w.name.chars().take(253).collect()),
+        ..Default::default()
     }
 }

@@ -60,6 +60,13 @@ pub struct RejectLabels {
     pub reason: RejectReason,
 }
 
+/// `code` label: the HTTP status of an API refusal (0: an answer that could not be decoded).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CodeLabels {
+    /// The status.
+    pub code: u16,
+}
+
 /// `phase` label.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct PhaseLabels {
@@ -94,6 +101,9 @@ pub struct Metrics {
     /// `requests_refused_total{reason}`: ImageBackups applied by hand that ask for a target
     /// outside the naming (or under another image's name).
     pub refused: Family<RejectLabels, Counter>,
+    /// `api_refused_total{code}`: Kubernetes API calls refused for a reason retrying does not
+    /// change (403, 404, 422, …): recorded, not retried; a person must act (RBAC, the CRD).
+    pub api_refused: Family<CodeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -112,6 +122,7 @@ impl Default for Metrics {
             in_flight: Gauge::default(),
             rejected: Family::default(),
             refused: Family::default(),
+            api_refused: Family::default(),
         }
     }
 }
@@ -166,6 +177,11 @@ impl Metrics {
             "requests_refused",
             "ImageBackups applied by hand that ask for a target outside the naming",
             self.refused.clone(),
+        );
+        registry.register(
+            "api_refused",
+            "Kubernetes API calls refused for a reason retrying does not change, by status",
+            self.api_refused.clone(),
         );
         self
     }

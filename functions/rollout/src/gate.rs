@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::ListParams;
 use kube::runtime::events::EventType;
+use shared::api_error::ApiFailure;
 use shared::events::{Payload, WorkloadReverted};
 use shared::publish::{EventPublisher as _, Publisher};
 use shared::workload::Workload;
@@ -202,7 +203,10 @@ impl Context {
                 tracing::info!(namespace = %r.namespace, workload = %r.name, why, "rollout finished");
                 self.free_slot(w).await;
             }
-            Err(kube::Error::Api(e)) if e.code == 422 || e.code == 409 || e.code == 404 => {}
+            Err(e)
+                if ApiFailure::is_invalid(&e)
+                    || ApiFailure::is_conflict(&e)
+                    || ApiFailure::is_not_found(&e) => {}
             Err(e) => {
                 tracing::warn!(namespace = %r.namespace, workload = %r.name, error = %e, "cannot end the rollout's flight; next pass retries")
             }
@@ -244,7 +248,11 @@ impl Context {
                     tracing::warn!(error = %e, "reverted event not published");
                 }
             }
-            Err(kube::Error::Api(e)) if e.code == 422 || e.code == 409 || e.code == 404 => {
+            Err(e)
+                if ApiFailure::is_invalid(&e)
+                    || ApiFailure::is_conflict(&e)
+                    || ApiFailure::is_not_found(&e) =>
+            {
                 tracing::info!(namespace = %r.namespace, workload = %r.name, "changed in between; not reverted by this replica");
             }
             Err(e) => {

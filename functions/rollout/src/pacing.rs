@@ -9,6 +9,7 @@
 //! kept for [`GRACE`] whatever the cache says, because the patch that sets the marker may not
 //! have reached the cache yet. At most N entries: the object stays small.
 
+use shared::api_error::ApiFailure;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -137,7 +138,7 @@ impl Slots {
                 };
                 match self.api.create(&PostParams::default(), &lease).await {
                     Ok(_) => return Ok(Slot::Taken),
-                    Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                    Err(e) if ApiFailure::is_conflict(&e) => continue,
                     Err(e) => return Err(self.api_error(e)),
                 }
             };
@@ -191,7 +192,7 @@ impl Slots {
             .await
         {
             Ok(_) => Ok(true),
-            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(e) if ApiFailure::is_conflict(&e) => Ok(false),
             Err(e) => Err(self.api_error(e)),
         }
     }

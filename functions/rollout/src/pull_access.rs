@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::Api;
 use kube::api::PostParams;
+use shared::api_error::ApiFailure;
 use shared::error::ErrorClass;
 use shared::reference::Reference;
 use shared::registry::{Access as Scope, RegistryClient, Repo};
@@ -246,7 +247,7 @@ impl PullAccess {
                 match api.create(&PostParams::default(), &copy).await {
                     Ok(_) => Ok(true),
                     // Another replica made it in between: check it next time.
-                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(true),
+                    Err(e) if ApiFailure::is_conflict(&e) => Ok(true),
                     Err(e) => Err(e),
                 }
             }

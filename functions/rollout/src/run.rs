@@ -20,6 +20,7 @@ use kube::Resource as _;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use shared::NamingPolicy;
+use shared::api_error::ApiFailure;
 use shared::cache::WorkloadCache;
 use shared::consumer::{Classified, Handler, Outcome};
 use shared::crd::ImageBackup;
@@ -561,7 +562,7 @@ impl Context {
             }
             Err(e) => {
                 match e {
-                    kube::Error::Api(e) if e.code == 422 || e.code == 409 => {
+                    e if ApiFailure::is_invalid(&e) || ApiFailure::is_conflict(&e) => {
                         // The guard: the workload changed since the cache saw it. Its new state
                         // comes back as a watch event (and from the watcher) and is evaluated then.
                         self.metrics.patch(PatchOutcome::Conflict);

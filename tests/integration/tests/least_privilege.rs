@@ -272,3 +272,93 @@ async fn each_function_uses_exactly_what_its_cluster_role_grants() {
         );
     }
 }
+
+/// A grant missing from the backup's role (here `imagebackups/status` update) is a refusal no
+/// retry heals: the backup records it once — `api_refused_total{code="403"}`, a Warning Event
+/// `ApiRefused` on the workload saying what it could not do — and acks the event instead of
+/// asking for it again every few seconds forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refusal_no_retry_heals_is_recorded_once_not_retried() {
+    let c = Cluster::start().await.expect("cluster");
+    c.namespace("image-backup").await.expect("namespace");
+    let rbac = std::fs::read_to_string(rbac_yaml()).expect("rbac.yaml");
+    let status_rule = "  - apiGroups: [\"k8slab.io\"]\n    resources: [\"imagebackups/status\"]\n    verbs: [\"update\"]\n";
+    assert!(rbac.contains(status_rule), "the backup's status grant");
+    let without = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(without.path(), rbac.replacen(status_rule, "", 1)).expect("write");
+    kubectl(
+        c.kubeconfig.path(),
+        &[
+            "-n",
+            "image-backup",
+            "apply",
+            "-f",
+            without.path().to_str().unwrap(),
+        ],
+    );
+    c.push_small("team/app", "1.0", 41).await.expect("push");
+    let src = c.source.host();
+    c.deployment("shop", "app", &format!("{src}/team/app:1.0"))
+        .await
+        .expect("deployment");
+    let (_, kubeconfig) = c
+        .service_account_kubeconfig("image-backup", "backup")
+        .expect("kubeconfig");
+    let backup = c
+        .spawn(
+            "backup",
+            &["run"],
+            &[("KUBECONFIG", kubeconfig.path().display().to_string())],
+        )
+        .await
+        .expect("backup");
+    let _watcher = c
+        .spawn("watcher", &["run"], &[("RESYNC_SECONDS", "3600".into())])
+        .await
+        .expect("watcher");
+    let metric = |text: &str, name: &str| -> Option<u64> {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|v| v as u64)
+    };
+    let refused = "imagebackup_backup_api_refused_total{code=\"403\"}";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = backup.admin_get("/metrics").await.unwrap_or_default().1;
+        if metric(&text, refused).unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no refusal recorded:\n{}",
+            backup.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let events: Vec<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(c.client.clone(), "shop")
+            .list(&Default::default())
+            .await
+            .expect("events")
+            .items;
+    let event = events
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("ApiRefused"))
+        .unwrap_or_else(|| panic!("an ApiRefused Event on the workload: {events:?}"));
+    assert_eq!(
+        event.regarding.as_ref().and_then(|r| r.name.as_deref()),
+        Some("app")
+    );
+    let note = event.note.clone().unwrap_or_default();
+    assert!(note.contains("403") && note.contains("team/app"), "{note}");
+    // Not asked for again: a retry used to come every 5 s.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let text = backup.admin_get("/metrics").await.unwrap_or_default().1;
+    assert_eq!(
+        metric(&text, "imagebackup_backup_redeliveries_total"),
+        Some(0),
+        "{text}"
+    );
+}
