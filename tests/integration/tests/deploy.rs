@@ -49,7 +49,7 @@ fn documents(manifests: &str) -> Vec<serde_json::Value> {
 
 #[test]
 fn both_overlays_render_and_validate() {
-    for overlay in ["plain", "knative"] {
+    for overlay in ["plain", "plain-single", "knative"] {
         let (ok, report) = validate(&render(overlay));
         assert!(ok, "{overlay}:\n{report}");
         assert!(!report.contains("INVALID"), "{report}");
@@ -87,7 +87,7 @@ fn the_validator_refuses_what_a_cluster_would() {
 
 #[test]
 fn every_setting_the_manifests_give_is_one_the_binaries_document() {
-    for overlay in ["plain", "knative"] {
+    for overlay in ["plain", "plain-single", "knative"] {
         let docs = documents(&render(overlay));
         let config: Vec<String> = docs
             .iter()

@@ -1,5 +1,5 @@
-//! The plain overlay's NATS configuration (`deploy/overlays/plain/nats.yaml`, rendered by
-//! kustomize) on a real nats-server: every function works under its own user with exactly its
+//! The plain overlays' NATS configuration (`deploy/overlays/plain/nats.yaml`, rendered by
+//! kustomize; the single-server variant) on a real nats-server: every function works under its own user with exactly its
 //! permissions, the watcher's user cannot publish a completion, and an anonymous client cannot
 //! connect at all.
 
@@ -12,17 +12,19 @@ use testbed::cluster::Cluster;
 /// The bound on anything the test waits for (a hang, not a timing goal).
 const LIMIT: Duration = Duration::from_secs(90);
 
-/// The `nats.conf` of the plain overlay, as kustomize renders it.
+/// The `nats.conf` of the single-server plain overlay (`deploy/overlays/plain-single`, the
+/// 3-node overlay's users and permissions in its `auth.conf`), as kustomize renders it, with
+/// `auth.conf` put where it is included.
 fn overlay_nats_conf() -> String {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/overlays/plain");
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/overlays/plain-single");
     let rendered = testbed::process::kustomize(std::path::Path::new(root)).expect("rendered");
     for doc in rendered.split("\n---\n") {
         let value: serde_yaml::Value = serde_yaml::from_str(doc).expect("yaml");
         if value["kind"] == "ConfigMap" && value["metadata"]["name"] == "nats" {
-            return value["data"]["nats.conf"]
-                .as_str()
-                .expect("nats.conf")
-                .to_string();
+            let key = |k: &str| value["data"][k].as_str().expect(k).to_string();
+            let (conf, auth) = (key("nats.conf"), key("auth.conf"));
+            assert!(conf.contains("include ./auth.conf"), "{conf}");
+            return conf.replace("include ./auth.conf", &auth);
         }
     }
     panic!("no nats ConfigMap in the plain overlay");
@@ -44,7 +46,8 @@ async fn each_function_works_under_its_own_nats_user_and_nothing_more() {
         ("BACKUP_PASSWORD", "b-3d4e5f"),
         ("ROLLOUT_PASSWORD", "r-6a7b8c"),
     ];
-    let nats = NatsServer::start_with_config(&conf, &passwords)
+    let env = [passwords.as_slice(), &[("POD_NAME", "nats-0")]].concat();
+    let nats = NatsServer::start_with_config(&conf, &env)
         .await
         .expect("nats-server with the overlay's configuration");
     let admin = format!(
