@@ -16,7 +16,10 @@ const LIMIT: Duration = Duration::from_secs(90);
 /// 3-node overlay's users and permissions in its `auth.conf`), as kustomize renders it, with
 /// `auth.conf` put where it is included.
 fn overlay_nats_conf() -> String {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/overlays/plain-single");
+    let root = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/overlays/plain-single"
+    );
     let rendered = testbed::process::kustomize(std::path::Path::new(root)).expect("rendered");
     for doc in rendered.split("\n---\n") {
         let value: serde_yaml::Value = serde_yaml::from_str(doc).expect("yaml");

@@ -1,7 +1,9 @@
 //! The backup function's benchmark (`testbed bench-backup`): 100 `workload.changed` events for
 //! 20 distinct images handled by 2 `backup run` processes, against the sum of one-shot
 //! `backup copy` times for the same images. Reports the seconds until every ImageBackup is
-//! Completed, the Kubernetes API writes per image and the peak RSS of each process.
+//! Completed, the Kubernetes API writes per image and the peak RSS of each process. With
+//! `nats_nodes` 3 the stream lives on a 3-node JetStream cluster with three replicas (every
+//! write synced on a quorum), so the cost of replication is measured against one server.
 
 use std::time::{Duration, Instant};
 
@@ -13,25 +15,59 @@ use shared::events::{Payload, WorkloadChanged, WorkloadImage, WorkloadKind, Work
 
 use crate::function::FunctionProcess;
 use crate::image::{Format, ImageSpec};
-use crate::{ApiServer, NatsServer, Pusher, Registry};
+use crate::{ApiServer, NatsCluster, NatsServer, Pusher, Registry};
 
 const MIB: usize = 1024 * 1024;
 
-/// Runs the benchmark with `images` distinct images and `events` events; returns Markdown.
-pub async fn run(images: usize, events: usize) -> anyhow::Result<String> {
+/// What to run: how many images and events, how big the layers, on how many NATS nodes.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// Distinct images.
+    pub images: usize,
+    /// Events, spread over the images.
+    pub events: usize,
+    /// The size of each image's per-platform layers, KiB (3 platforms × 3 layers).
+    pub layer_kib: usize,
+    /// 1: one nats-server; 3: a JetStream cluster, the stream with 3 replicas.
+    pub nats_nodes: usize,
+}
+
+/// Runs the benchmark; returns a Markdown table row.
+pub async fn run(shape: Shape) -> anyhow::Result<String> {
+    let Shape {
+        images,
+        events,
+        layer_kib,
+        nats_nodes,
+    } = shape;
     let api = ApiServer::start().await?;
     api.install_imagebackup_crd().await?;
-    let nats = NatsServer::start().await?;
-    let js = jetstream::new(shared::nats::connect(&nats.url(), "bench").await?);
-    shared::nats::ensure_stream(&js).await?;
+    // Kept alive to the end.
+    let (_single, _cluster, nats_url) = if nats_nodes > 1 {
+        let cluster = NatsCluster::start(nats_nodes).await?;
+        let url = cluster.url();
+        (None, Some(cluster), url)
+    } else {
+        let server = NatsServer::start().await?;
+        let url = server.url();
+        (Some(server), None, url)
+    };
+    let js = jetstream::new(shared::nats::connect(&nats_url, "bench").await?);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = shared::nats::ensure_stream_with(&js, nats_nodes).await {
+        if Instant::now() > deadline {
+            return Err(e.into());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let kubeconfig = tempfile::NamedTempFile::new()?;
     api.write_kubeconfig(kubeconfig.path())?;
     let (src, dst) = (Registry::start().await?, Registry::start().await?);
     let pusher = Pusher::new(&src.host(), None);
     let mut bytes = 0;
     for i in 0..images {
-        let mut spec = ImageSpec::multi_arch(Format::Oci, 3, 4 * MIB, 1000 + i as u64);
-        spec.shared_base = Some(2 * MIB);
+        let mut spec = ImageSpec::multi_arch(Format::Oci, 3, layer_kib * 1024, 1000 + i as u64);
+        spec.shared_base = Some(layer_kib * 512);
         bytes += pusher
             .push_image(&format!("bench/app{i}"), "1", &spec)
             .await?
@@ -64,7 +100,8 @@ pub async fn run(images: usize, events: usize) -> anyhow::Result<String> {
 
     let env = [
         ("KUBECONFIG", kubeconfig.path().display().to_string()),
-        ("NATS_URL", nats.url()),
+        ("NATS_URL", nats_url.clone()),
+        ("STREAM_REPLICAS", nats_nodes.to_string()),
         ("INSECURE_REGISTRIES", insecure.clone()),
         ("BACKUP_REGISTRY", format!("{}/backup", dst.host())),
         ("LOG_LEVEL", "warn".to_string()),
@@ -153,8 +190,12 @@ pub async fn run(images: usize, events: usize) -> anyhow::Result<String> {
         .iter()
         .map(|w| format!("{:.1}", w.peak_rss_kib().unwrap_or(0) as f64 / 1024.0))
         .collect();
+    let nats = match nats_nodes {
+        1 => "1 NATS server".to_string(),
+        n => format!("{n}-node NATS, R{n}"),
+    };
     Ok(format!(
-        "| {images} images ({:.0} MiB), {events} events, 2 workers | {baseline:.2} | {machinery:.2} | {:+.0} % | {:.1} | {} |\n",
+        "| {images} images ({:.0} MiB), {events} events, 2 workers, {nats} | {baseline:.2} | {machinery:.2} | {:+.0} % | {:.1} | {} |\n",
         bytes as f64 / MIB as f64,
         (machinery / baseline - 1.0) * 100.0,
         writes as f64 / images as f64,

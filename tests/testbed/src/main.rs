@@ -78,6 +78,13 @@ enum Command {
         /// Events (spread over the images).
         #[arg(long, default_value_t = 100)]
         events: usize,
+        /// Size of each per-platform layer, KiB (3 platforms × 3 layers, plus a shared base
+        /// of half that).
+        #[arg(long, default_value_t = 4096)]
+        layer_kib: usize,
+        /// NATS nodes: 1 (one server) or 3 (a JetStream cluster, the stream replicated 3×).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+        nats_nodes: u8,
     },
     /// Copies of an image with three referrers: cold with `--referrers all` against `none`, and
     /// the requests of a warm copy per referrer source checked (Markdown for
@@ -246,13 +253,24 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::BenchBackup { images, events } => {
+        Command::BenchBackup {
+            images,
+            events,
+            layer_kib,
+            nats_nodes,
+        } => {
             println!(
                 "| run | sum of `backup copy` (s) | until all Completed (s) | overhead | API writes per image | peak RSS per worker (MiB) |\n|---|---|---|---|---|---|"
             );
             print!(
                 "{}",
-                testbed::bench_backup::run(images.max(1), events.max(1)).await?
+                testbed::bench_backup::run(testbed::bench_backup::Shape {
+                    images: images.max(1),
+                    events: events.max(1),
+                    layer_kib: layer_kib.max(1),
+                    nats_nodes: usize::from(nats_nodes),
+                })
+                .await?
             );
             Ok(())
         }
