@@ -125,3 +125,53 @@ async fn a_handler_that_panics_stops_its_heartbeat_and_the_message_comes_back() 
     trigger.start();
     let _ = tokio::time::timeout(LIMIT, run).await;
 }
+
+/// The rollout reports ready only once its consumer is bound: while a push consumer squats on
+/// its durable name (a pull consumer cannot replace it), it stays unready and keeps trying —
+/// it used to report ready first and then exit on the error — and it becomes ready as soon as
+/// the name is free.
+#[tokio::test]
+async fn the_rollout_is_ready_only_once_its_consumer_is_bound() {
+    let c = testbed::cluster::Cluster::start().await.expect("cluster");
+    let mut stream =
+        c.js.get_stream(shared::nats::STREAM_NAME)
+            .await
+            .expect("stream");
+    stream
+        .create_consumer(jetstream::consumer::push::Config {
+            durable_name: Some("rollout".into()),
+            deliver_subject: "squatter.inbox".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("push consumer");
+    let mut env = c.env();
+    env.push(("RESYNC_SECONDS", "3600".into()));
+    let mut rollout =
+        testbed::function::FunctionProcess::spawn("rollout", &["run".into()], &env).expect("spawn");
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut answered = false;
+    while tokio::time::Instant::now() < until {
+        if let Some((status, _)) = rollout.admin_get("/readyz").await {
+            answered = true;
+            assert_ne!(status, 200, "ready without a consumer:\n{}", rollout.log());
+        }
+        assert!(rollout.is_running(), "it gave up:\n{}", rollout.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        answered,
+        "the admin server answers meanwhile:\n{}",
+        rollout.log()
+    );
+    assert!(
+        rollout.log().contains("consumer not ready"),
+        "{}",
+        rollout.log()
+    );
+    stream.delete_consumer("rollout").await.expect("delete");
+    rollout
+        .wait_ready(LIMIT)
+        .await
+        .expect("ready once the consumer is bound");
+}
