@@ -12,7 +12,6 @@
 //!
 //! Shutdown: the first signal stops pulling; in-flight work finishes; then `run` returns.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,41 +20,14 @@ use futures::StreamExt;
 use tracing::Instrument as _;
 
 use crate::delivery::{Delivery, redelivery_delay};
-use crate::error::{Disposition, ErrorClass};
+use crate::error::Disposition;
 use crate::events::{DEADLETTER_PREFIX, Payload, from_nats_message};
+use crate::handler::{Classified as _, Handler};
 use crate::publish::{EventPublisher, Publisher};
 use crate::shutdown::Shutdown;
 
 /// How long a quiet pull subscription is kept before it is renewed.
 const IDLE_RESUBSCRIBE: Duration = Duration::from_secs(20);
-
-/// What handling an event produced.
-#[derive(Debug, Default)]
-pub struct Outcome {
-    /// Events to publish before the input is acked.
-    pub events: Vec<Payload>,
-    /// Some of the work must be tried again later (e.g. one image of several is claimed by
-    /// another worker): the input is Nak'ed with this delay after the events are published.
-    pub retry_after: Option<Duration>,
-}
-
-/// An error a handler returns; its class decides the acknowledgement.
-pub trait Classified: std::fmt::Display {
-    /// The class of the failure.
-    fn class(&self) -> ErrorClass;
-}
-
-/// A function's event handler: transport-free (`CloudEvent in -> effects + events out`).
-pub trait Handler: Clone + Send + Sync + 'static {
-    /// Its error type.
-    type Error: Classified + Send;
-    /// Handles one event. `delivered` is how many times it was delivered (1 the first time).
-    fn handle(
-        &self,
-        event: Payload,
-        delivered: u64,
-    ) -> impl Future<Output = Result<Outcome, Self::Error>> + Send;
-}
 
 /// Settings of the adapter.
 #[derive(Debug, Clone)]

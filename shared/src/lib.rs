@@ -8,7 +8,7 @@
 //! - [`naming`]: backup targets, `ImageBackup` names, subject tokens.
 //! - [`workload`]: Deployments and DaemonSets: images, the Ready rule, the backup plan.
 //! - [`crd`]: the `ImageBackup` custom resource and its CRD.
-//! - [`events`]: the four CloudEvents types and their NATS binding.
+//! - [`events`]: the CloudEvents types and their NATS and HTTP bindings.
 //! - [`nats`]: stream and consumers from `nats/`, connect, publish with `Nats-Msg-Id`.
 //! - [`error`]: `ErrorClass`, the one vocabulary of failures.
 //! - [`cli`]: shell completions and the exit-code contract every binary shares.
@@ -21,10 +21,14 @@
 //! - [`runtime`]: start-up every function shares (signals, metrics, admin server, kube client).
 //! - [`shutdown`]: SIGTERM/SIGINT: drain first, abort on the second.
 //! - [`delivery`]: `Delivery<T>`, a JetStream message with explicit, idempotent acks.
+//! - [`handler`]: what a function's handler is: `Handler`, `Outcome`, `Classified` errors.
 //! - [`consumer`]: the `run` adapter: a durable pull consumer driving a transport-free handler.
 //! - [`serve`]: the `serve` adapter: the same handler behind an HTTP CloudEvents endpoint.
 //! - [`publish`]: one publisher trait, JetStream or an HTTP CloudEvents sink.
 //! - [`tls`]: the process-wide TLS crypto provider (ring).
+//! - [`api_error`]: what a failed Kubernetes API call means: retry now, back off, or record.
+//! - [`kube_events`]: Kubernetes Events recorded the same way by every function.
+//! - [`pull_secrets`]: pull secrets named by a workload or ServiceAccount.
 //!
 //! The crate never depends on the test bed and never on a function.
 #![forbid(unsafe_code)]
@@ -40,6 +44,8 @@ pub mod crd;
 pub mod delivery;
 pub mod error;
 pub mod events;
+pub mod handler;
+pub mod kube_events;
 pub mod metrics_auth;
 pub mod naming;
 pub mod nats;

@@ -24,9 +24,9 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use crate::consumer::{Classified, Handler, Outcome};
 use crate::error::Disposition;
 use crate::events::{Payload, from_http, to_http_binary};
+use crate::handler::{Classified, Handler, Outcome};
 use crate::publish::{EventPublisher, Publisher};
 use crate::shutdown::Shutdown;
 use tracing::Instrument as _;

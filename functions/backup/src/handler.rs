@@ -28,16 +28,16 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ObjectReference, ServiceAccount};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::{Api, Resource as _};
 use shared::NamingPolicy;
 use shared::api_error::ApiFailure;
-use shared::consumer::{Classified, Handler, Outcome};
 use shared::crd::{ImageBackup, Phase, SecretRef};
 use shared::error::{Disposition, ErrorClass};
 use shared::events::{
     ImageCompleted, ImageFailed, Payload, WorkloadChanged, WorkloadKind, WorkloadRef,
 };
+use shared::handler::{Classified, Handler, Outcome};
 use shared::naming::image_backup_name;
 use shared::reference::Reference;
 use shared::workload::Workload;
@@ -736,16 +736,8 @@ impl Context {
     }
 
     async fn record_on(&self, about: &ObjectReference, type_: EventType, reason: &str, note: &str) {
-        let event = KubeEvent {
-            type_,
-            reason: reason.into(),
-            note: Some(note.chars().take(1000).collect()),
-            action: "Backup".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.inner.recorder.publish(&event, about).await {
-            tracing::debug!(error = %e, "cannot record the event");
-        }
+        shared::kube_events::record(&self.inner.recorder, about, type_, reason, "Backup", note)
+            .await;
     }
 }
 

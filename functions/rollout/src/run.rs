@@ -17,15 +17,15 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Resource as _;
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use shared::NamingPolicy;
 use shared::api_error::ApiFailure;
 use shared::cache::WorkloadCache;
-use shared::consumer::{Classified, Handler, Outcome};
 use shared::crd::ImageBackup;
 use shared::error::ErrorClass;
 use shared::events::{Payload, WorkloadRef, WorkloadRolledOut};
+use shared::handler::{Classified, Handler, Outcome};
 use shared::naming::image_backup_name;
 use shared::publish::{EventPublisher, Publisher};
 use shared::reference::Reference;
@@ -619,16 +619,8 @@ impl Context {
             Workload::Deployment(d) => d.object_ref(&()),
             Workload::DaemonSet(d) => d.object_ref(&()),
         };
-        let event = KubeEvent {
-            type_,
-            reason: reason.into(),
-            note: Some(note.chars().take(1000).collect()),
-            action: "RollOut".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&event, &reference).await {
-            tracing::debug!(error = %e, "cannot record the event");
-        }
+        shared::kube_events::record(&self.recorder, &reference, type_, reason, "RollOut", note)
+            .await;
     }
 
     /// Evaluates every cached workload (the resync), publishing what it produced; updates the

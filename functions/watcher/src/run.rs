@@ -21,7 +21,7 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::Resource;
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use shared::admin::Readiness;
@@ -406,16 +406,15 @@ impl Watcher {
                 "container {:?}: image {:?} is not a valid reference ({}); it is not backed up",
                 bad.container, bad.image, bad.error
             );
-            let event = KubeEvent {
-                type_: EventType::Warning,
-                reason: "InvalidImage".into(),
-                note: Some(note.chars().take(1000).collect()),
-                action: "PlanBackup".into(),
-                secondary: None,
-            };
-            if let Err(e) = self.ctx.recorder.publish(&event, &reference).await {
-                tracing::debug!(error = %e, "cannot record the InvalidImage event");
-            }
+            shared::kube_events::record(
+                &self.ctx.recorder,
+                &reference,
+                EventType::Warning,
+                "InvalidImage",
+                "PlanBackup",
+                &note,
+            )
+            .await;
         }
         self.reported_invalid.insert(key.clone(), invalid);
     }

@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use shared::consumer::{Classified, ConsumerSettings, Handler, Outcome};
+use shared::consumer::ConsumerSettings;
 use shared::events::Payload;
+use shared::handler::{Classified, Handler, Outcome};
 use shared::publish::{JetStreamPublisher, PublishRetry, Publisher};
 use testbed::NatsServer;
 
@@ -133,7 +134,7 @@ async fn a_handler_that_panics_stops_its_heartbeat_and_the_message_comes_back() 
 #[tokio::test]
 async fn the_rollout_is_ready_only_once_its_consumer_is_bound() {
     let c = testbed::cluster::Cluster::start().await.expect("cluster");
-    let mut stream =
+    let stream =
         c.js.get_stream(shared::nats::STREAM_NAME)
             .await
             .expect("stream");

@@ -1,0 +1,31 @@
+//! Kubernetes Events, recorded the same way by every function: the note bounded (the API server
+//! refuses notes over 1 KiB), a failure to record logged at debug and otherwise ignored — an
+//! Event is a courtesy to the person running `kubectl describe`, never a reason to fail work.
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, EventType, Recorder};
+
+/// The longest note kept, in characters (kube-apiserver's limit is 1 KiB).
+pub const NOTE_CAP: usize = 1000;
+
+/// Records one Event about `about`: `reason` (a CamelCase word), `note` (cut to [`NOTE_CAP`]),
+/// `action` (what the function was doing: `Backup`, `RollOut`, `PlanBackup`).
+pub async fn record(
+    recorder: &Recorder,
+    about: &ObjectReference,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(NOTE_CAP).collect()),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, about).await {
+        tracing::debug!(error = %e, reason, "cannot record the event");
+    }
+}
