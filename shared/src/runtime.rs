@@ -43,7 +43,10 @@ impl Runtime {
         register: impl FnOnce(&mut Registry),
     ) -> Result<Self, RuntimeError> {
         let readiness = Readiness::default();
-        let shutdown = Shutdown::on_signals(readiness.clone());
+        let shutdown = Shutdown::on_signals({
+            let readiness = readiness.clone();
+            move || readiness.set(false)
+        });
         let mut registry = Registry::with_prefix("imagebackup");
         register(registry.sub_registry_with_prefix(function));
         let client = kube::Client::try_default()

@@ -7,8 +7,6 @@
 
 use tokio::sync::watch;
 
-use crate::admin::Readiness;
-
 /// A handle that says whether the process is draining. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Shutdown {
@@ -30,14 +28,15 @@ impl Shutdown {
         (Trigger { tx }, Shutdown { rx })
     }
 
-    /// Installs the signal handlers: the first SIGTERM/SIGINT marks `readiness` false and
-    /// starts the drain; the second exits with 130. Call once, from start-up.
-    pub fn on_signals(readiness: Readiness) -> Shutdown {
+    /// Installs the signal handlers: the first SIGTERM/SIGINT calls `on_drain` (start-up
+    /// passes "readiness false", so the Service stops sending work) and starts the drain; the
+    /// second exits with 130. Call once, from start-up.
+    pub fn on_signals(on_drain: impl FnOnce() + Send + 'static) -> Shutdown {
         let (trigger, shutdown) = Shutdown::new();
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("shutdown requested: draining (a second signal aborts)");
-            readiness.set(false);
+            on_drain();
             trigger.start();
             wait_for_signal().await;
             tracing::warn!("second signal: aborting");
