@@ -55,8 +55,20 @@ pub struct SecretRef {
     pub name: String,
 }
 
-/// Where a backup stands.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+/// Where a backup stands. As a metric label it is the variant's name.
+#[derive(
+    Deserialize,
+    Serialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    JsonSchema,
+    prometheus_client::encoding::EncodeLabelValue,
+)]
 pub enum Phase {
     /// Created, not yet claimed by a worker.
     #[default]

@@ -5,8 +5,20 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// What kind of failure happened, in terms a user can act on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+/// What kind of failure happened, in terms a user can act on. As a metric label it is the
+/// variant's name, as in the CR status.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+    prometheus_client::encoding::EncodeLabelValue,
+)]
 pub enum ErrorClass {
     /// The image, tag, manifest or blob does not exist at the source (404).
     NotFound,

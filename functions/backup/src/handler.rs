@@ -675,7 +675,9 @@ impl Context {
         let attempts = prev.attempts;
         let transient = class.disposition() == Disposition::Transient;
         if transient && attempts < inner.settings.max_attempts {
-            inner.metrics.copy(CopyOutcome::Retried, Some(class));
+            inner
+                .metrics
+                .copy(CopyOutcome::Retried, Some((class, e.label())));
             let delay = shared::delivery::redelivery_delay(
                 u64::from(attempts).saturating_mul(2),
                 inner.settings.max_retry_delay,
@@ -685,7 +687,9 @@ impl Context {
                 .await;
             return ImageResult::Later(delay);
         }
-        inner.metrics.copy(CopyOutcome::Failed, Some(class));
+        inner
+            .metrics
+            .copy(CopyOutcome::Failed, Some((class, e.label())));
         tracing::warn!(%name, error = %e, %class, attempts, "backup failed");
         self.write_final(&mut ib, status::failed(&prev, &e, now, generation))
             .await;

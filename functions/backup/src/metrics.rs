@@ -23,13 +23,16 @@ pub enum CopyOutcome {
     Retried,
 }
 
-/// `outcome` and `class` labels.
+/// `outcome`, `class` and `reason` labels.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct CopyLabels {
     /// How it ended.
     pub outcome: CopyOutcome,
-    /// The error class (`None` for successes).
-    pub class: String,
+    /// The error class (empty for successes).
+    pub class: Option<shared::ErrorClass>,
+    /// The cause within the class ([`crate::copy::CopyError::label`], e.g. `stalled` within
+    /// `Unavailable`; empty for successes).
+    pub reason: Option<&'static str>,
 }
 
 /// What happened to a claim.
@@ -71,13 +74,13 @@ pub struct CodeLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct PhaseLabels {
     /// The phase.
-    pub phase: String,
+    pub phase: Phase,
 }
 
 /// Every metric of the backup function. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Metrics {
-    /// `copies_total{outcome,class}`.
+    /// `copies_total{outcome,class,reason}`.
     pub copies: Family<CopyLabels, Counter>,
     /// `copy_duration_seconds`.
     pub duration: Histogram,
@@ -196,11 +199,16 @@ impl Metrics {
         self.refused.get_or_create(&RejectLabels { reason }).inc();
     }
 
-    /// Counts one image's outcome.
-    pub fn copy(&self, outcome: CopyOutcome, class: Option<shared::ErrorClass>) {
-        let class = class.map(|c| c.as_str().to_string()).unwrap_or_default();
+    /// Counts one image's outcome; `failure` is the error's class and cause for the failed and
+    /// retried ones.
+    pub fn copy(&self, outcome: CopyOutcome, failure: Option<(shared::ErrorClass, &'static str)>) {
+        let (class, reason) = failure.unzip();
         self.copies
-            .get_or_create(&CopyLabels { outcome, class })
+            .get_or_create(&CopyLabels {
+                outcome,
+                class,
+                reason,
+            })
             .inc();
     }
 
@@ -213,10 +221,35 @@ impl Metrics {
     pub fn set_phases(&self, counts: &[(Phase, i64)]) {
         for (phase, n) in counts {
             self.phases
-                .get_or_create(&PhaseLabels {
-                    phase: format!("{phase:?}"),
-                })
+                .get_or_create(&PhaseLabels { phase: *phase })
                 .set(*n);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_the_words_of_the_status_and_the_cause() {
+        let metrics = Metrics::default();
+        let mut registry = Registry::default();
+        let metrics = metrics.register(registry.sub_registry_with_prefix("backup"));
+        metrics.copy(CopyOutcome::Completed, None);
+        metrics.copy(
+            CopyOutcome::Failed,
+            Some((shared::ErrorClass::Unavailable, "stalled")),
+        );
+        metrics.set_phases(&[(Phase::Completed, 3)]);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "backup_copies_total{outcome=\"Completed\",class=\"\",reason=\"\"} 1",
+            "backup_copies_total{outcome=\"Failed\",class=\"Unavailable\",reason=\"stalled\"} 1",
+            "backup_imagebackups{phase=\"Completed\"} 3",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
         }
     }
 }

@@ -361,7 +361,9 @@ async fn one_event_makes_one_completed_backup_byte_identical_and_visible() {
     );
     let (_, metrics) = backup.admin_get("/metrics").await.expect("metrics");
     assert!(
-        metrics.contains("imagebackup_backup_copies_total{outcome=\"Completed\",class=\"\"} 1"),
+        metrics.contains(
+            "imagebackup_backup_copies_total{outcome=\"Completed\",class=\"\",reason=\"\"} 1"
+        ),
         "{metrics}"
     );
     assert!(backup.terminate(LIMIT).await.is_some_and(|s| s.success()));
