@@ -55,7 +55,8 @@ pub struct SecretRef {
     pub name: String,
 }
 
-/// Where a backup stands. As a metric label it is the variant's name.
+/// Where a backup stands.
+// As a metric label it is the variant's name.
 #[derive(
     Deserialize,
     Serialize,

@@ -5,8 +5,8 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// What kind of failure happened, in terms a user can act on. As a metric label it is the
-/// variant's name, as in the CR status.
+/// What kind of failure happened, in terms a user can act on.
+// As a metric label it is the variant's name, as in the CR status.
 #[derive(
     Debug,
     Clone,
