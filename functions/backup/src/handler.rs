@@ -185,7 +185,7 @@ impl Context {
                 }
             }
         }
-        let about = workload_object_ref(&w.workload);
+        let about = w.workload.object_reference();
         let retry =
             shared::delivery::redelivery_delay(delivered, self.inner.settings.max_retry_delay);
         let (workload, account) = match self.read_workload(&w.workload).await {
@@ -757,20 +757,5 @@ impl Handler for Context {
             // Not for us (the consumer filters these out; an HTTP sender may not).
             _ => Ok(Outcome::default()),
         }
-    }
-}
-
-/// The object reference of the workload an event names (for Events about it).
-fn workload_object_ref(w: &WorkloadRef) -> ObjectReference {
-    let kind = match w.kind {
-        WorkloadKind::Deployment => "Deployment",
-        WorkloadKind::DaemonSet => "DaemonSet",
-    };
-    ObjectReference {
-        api_version: Some("apps/v1".into()),
-        kind: Some(kind.into()),
-        namespace: Some(w.namespace.chars().take(253).collect()),
-        name: Some(w.name.chars().take(253).collect()),
-        ..Default::default()
     }
 }

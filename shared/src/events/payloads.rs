@@ -36,6 +36,24 @@ pub struct WorkloadRef {
     pub name: String,
 }
 
+impl WorkloadRef {
+    /// The object reference Kubernetes Events about this workload name (`apps/v1`, its kind,
+    /// namespace and name, each cut to 253 characters: the names may come from a message).
+    pub fn object_reference(&self) -> k8s_openapi::api::core::v1::ObjectReference {
+        let kind = match self.kind {
+            WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::DaemonSet => "DaemonSet",
+        };
+        k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("apps/v1".into()),
+            kind: Some(kind.into()),
+            namespace: Some(self.namespace.chars().take(253).collect()),
+            name: Some(self.name.chars().take(253).collect()),
+            ..Default::default()
+        }
+    }
+}
+
 /// One image of a workload that needs a backup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

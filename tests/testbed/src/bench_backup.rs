@@ -53,13 +53,7 @@ pub async fn run(shape: Shape) -> anyhow::Result<String> {
         (Some(server), None, url)
     };
     let js = jetstream::new(shared::nats::connect(&nats_url, "bench").await?);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while let Err(e) = shared::nats::ensure_stream_with(&js, nats_nodes).await {
-        if Instant::now() > deadline {
-            return Err(e.into());
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    crate::nats_cluster::ensure_stream(&js, nats_nodes).await?;
     let kubeconfig = tempfile::NamedTempFile::new()?;
     api.write_kubeconfig(kubeconfig.path())?;
     let (src, dst) = (Registry::start().await?, Registry::start().await?);

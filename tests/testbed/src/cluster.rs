@@ -85,14 +85,7 @@ impl Cluster {
         let api = ApiServer::start().await?;
         api.install_imagebackup_crd().await?;
         let js = jetstream::new(shared::nats::connect(url, "cluster").await?);
-        // A cluster that just elected its meta leader may still refuse the first stream.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while let Err(e) = shared::nats::ensure_stream_with(&js, nats.stream_replicas()).await {
-            if tokio::time::Instant::now() > deadline {
-                return Err(e.into());
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        crate::nats_cluster::ensure_stream(&js, nats.stream_replicas()).await?;
         let kubeconfig = tempfile::NamedTempFile::new()?;
         api.write_kubeconfig(kubeconfig.path())?;
         Self {

@@ -201,6 +201,19 @@ impl NatsCluster {
     }
 }
 
+/// Creates or updates the stream with `replicas` copies, retrying for up to 30 s: a cluster that
+/// just elected its JetStream leader may still refuse the first attempts.
+pub async fn ensure_stream(js: &jetstream::Context, replicas: usize) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match shared::nats::ensure_stream_with(js, replicas).await {
+            Ok(_) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() > deadline => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
 fn remove_dir(path: &Path) -> anyhow::Result<()> {
     match std::fs::remove_dir_all(path) {
         Ok(()) => Ok(()),
