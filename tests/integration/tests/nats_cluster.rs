@@ -86,14 +86,7 @@ async fn the_stream_is_replicated_scaled_in_place_and_survives_its_leader() {
     let info = stream.info().await.expect("info");
     assert_eq!(info.config.num_replicas, 3);
     assert_eq!(info.state.messages, 10, "scaling kept the messages");
-    // The stream's new count reaches its consumers' checks a moment later (the functions
-    // bind with retries for this).
-    let consumer = until("the consumer scaled", || async {
-        shared::nats::ensure_consumer_with(&stream, ConsumerName::Backup, None, 3)
-            .await
-            .ok()
-    })
-    .await;
+    let consumer = backup_consumer(&stream, 3).await;
     assert_eq!(consumer.cached_info().config.num_replicas, 3);
     until("both followers current", || followers_current(&js)).await;
     // The leader dies; publishing goes on through the election with no duplicate stored.
@@ -131,13 +124,22 @@ async fn the_stream_is_replicated_scaled_in_place_and_survives_its_leader() {
     .await;
     let info = stream.info().await.expect("info").clone();
     assert_eq!((info.config.num_replicas, info.state.messages), (1, 20));
-    let consumer = until("the consumer scaled down", || async {
-        shared::nats::ensure_consumer_with(&stream, ConsumerName::Backup, None, 1)
+    let consumer = backup_consumer(&stream, 1).await;
+    assert_eq!(consumer.cached_info().config.num_replicas, 1);
+}
+
+/// The backup consumer with `replicas` copies, retried: the stream's new count reaches the
+/// consumers' checks a moment after it changes (the functions bind with retries for this).
+async fn backup_consumer(
+    stream: &jetstream::stream::Stream,
+    replicas: usize,
+) -> jetstream::consumer::Consumer<jetstream::consumer::pull::Config> {
+    until("the consumer created or scaled", || async {
+        shared::nats::ensure_consumer_with(stream, ConsumerName::Backup, None, replicas)
             .await
             .ok()
     })
-    .await;
-    assert_eq!(consumer.cached_info().config.num_replicas, 1);
+    .await
 }
 
 /// `Some` once the stream has two followers, both current and not lagging.

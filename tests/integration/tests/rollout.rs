@@ -316,24 +316,26 @@ async fn the_original_design_scenario_in_knative_mode() {
     );
 }
 
-/// Under Knative a retry the rollout asks for (its cache behind the event) is a 503 with
-/// `Retry-After`, so the broker delivers again; it used to answer 202 and the completion was
-/// dropped until the next resync (an hour here).
-#[tokio::test]
-async fn a_completion_ahead_of_the_cache_is_redelivered_by_the_broker() {
-    let c = Cluster::start().await.expect("cluster");
+/// Pushes a small image to the source as `repo:tag` and copies it to its backup with `backup
+/// copy` (no function involved); returns the source, the backup target and the digest.
+async fn backed_up_by_hand(
+    c: &Cluster,
+    repo: &str,
+    tag: &str,
+    seed: u64,
+) -> (shared::Reference, shared::Reference, String) {
     let src = c.source.host();
     let image = c
         .source_pusher()
         .push_image(
-            "early/app",
-            "1",
-            &ImageSpec::single(Format::Oci, 1, 16 * 1024, 31),
+            repo,
+            tag,
+            &ImageSpec::single(Format::Oci, 1, 16 * 1024, seed),
         )
         .await
         .unwrap();
     let naming = shared::NamingPolicy::flat(c.backup_registry().parse().unwrap());
-    let source = shared::Reference::parse_normalized(&format!("{src}/early/app:1")).unwrap();
+    let source = shared::Reference::parse_normalized(&format!("{src}/{repo}:{tag}")).unwrap();
     let target = naming.target(&source).unwrap();
     let out = tokio::process::Command::new(testbed::workspace_binary("backup"))
         .args([
@@ -351,6 +353,45 @@ async fn a_completion_ahead_of_the_cache_is_redelivered_by_the_broker() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    (source, target, image.digest)
+}
+
+/// Creates the ImageBackup of `source` and marks it Completed at `digest`, as a backup would.
+async fn completed_by_hand(
+    c: &Cluster,
+    source: &shared::Reference,
+    target: &shared::Reference,
+    digest: &str,
+) {
+    let ibs: Api<ImageBackup> = Api::all(c.client.clone());
+    let mut ib = ibs
+        .create(
+            &PostParams::default(),
+            &ImageBackup::for_source(source, target),
+        )
+        .await
+        .unwrap();
+    ib.status = Some(ImageBackupStatus {
+        phase: Some(Phase::Completed),
+        digest: Some(digest.to_string()),
+        ..Default::default()
+    });
+    ibs.replace_status(
+        &ib.metadata.name.clone().unwrap(),
+        &PostParams::default(),
+        &ib,
+    )
+    .await
+    .unwrap();
+}
+
+/// Under Knative a retry the rollout asks for (its cache behind the event) is a 503 with
+/// `Retry-After`, so the broker delivers again; it used to answer 202 and the completion was
+/// dropped until the next resync (an hour here).
+#[tokio::test]
+async fn a_completion_ahead_of_the_cache_is_redelivered_by_the_broker() {
+    let c = Cluster::start().await.expect("cluster");
+    let (source, target, digest) = backed_up_by_hand(&c, "early/app", "1", 31).await;
     c.namespace("early").await.unwrap();
     let api: Api<Deployment> = Api::namespaced(c.client.clone(), "early");
     api.create(
@@ -376,12 +417,11 @@ async fn a_completion_ahead_of_the_cache_is_redelivered_by_the_broker() {
     let rollout_url = format!("http://127.0.0.1:{port}/");
     broker.trigger("io.k8slab.imagebackup.image.completed", &rollout_url);
     // The completion arrives before the ImageBackup exists.
-    let ib = ImageBackup::for_source(&source, &target);
     let completed = Payload::ImageCompleted(shared::events::ImageCompleted {
-        name: ib.metadata.name.clone().unwrap(),
+        name: shared::naming::image_backup_name(&source),
         source: source.to_string(),
         target: target.to_string(),
-        digest: image.digest.clone(),
+        digest: digest.clone(),
         platforms: vec!["linux/amd64".into()],
         bytes: 16 * 1024,
         duration_seconds: 0.1,
@@ -405,21 +445,8 @@ async fn a_completion_ahead_of_the_cache_is_redelivered_by_the_broker() {
         "a retry, with when"
     );
     // Now the ImageBackup is there and Completed: the redelivery moves the workload.
-    let ibs: Api<ImageBackup> = Api::all(c.client.clone());
-    let mut ib = ibs.create(&PostParams::default(), &ib).await.unwrap();
-    ib.status = Some(ImageBackupStatus {
-        phase: Some(Phase::Completed),
-        digest: Some(image.digest.clone()),
-        ..Default::default()
-    });
-    ibs.replace_status(
-        &ib.metadata.name.clone().unwrap(),
-        &PostParams::default(),
-        &ib,
-    )
-    .await
-    .unwrap();
-    let pinned = format!("{target}@{}", image.digest);
+    completed_by_hand(&c, &source, &target, &digest).await;
+    let pinned = format!("{target}@{digest}");
     wait_for(
         "rolled out by the redelivery",
         async || api.get("app").await.ok(),
@@ -573,56 +600,9 @@ async fn the_guard_keeps_a_change_a_user_made_in_between() {
 #[tokio::test]
 async fn a_lost_completion_is_healed_by_the_resync_and_duplicates_patch_nothing() {
     let c = Cluster::start().await.expect("cluster");
-    let src = c.source.host();
-    let image = c
-        .source_pusher()
-        .push_image(
-            "solo/app",
-            "2",
-            &ImageSpec::single(Format::Oci, 1, 16 * 1024, 30),
-        )
-        .await
-        .unwrap();
     // The backup exists and is Completed, but no image.completed was ever published.
-    let naming = shared::NamingPolicy::flat(c.backup_registry().parse().unwrap());
-    let source = shared::Reference::parse_normalized(&format!("{src}/solo/app:2")).unwrap();
-    let target = naming.target(&source).unwrap();
-    let out = tokio::process::Command::new(testbed::workspace_binary("backup"))
-        .args([
-            "copy",
-            &source.to_string(),
-            &target.to_string(),
-            "--insecure-registry",
-            &format!("{src},{}", c.backup.host()),
-        ])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ibs: Api<ImageBackup> = Api::all(c.client.clone());
-    let mut ib = ibs
-        .create(
-            &PostParams::default(),
-            &ImageBackup::for_source(&source, &target),
-        )
-        .await
-        .unwrap();
-    ib.status = Some(ImageBackupStatus {
-        phase: Some(Phase::Completed),
-        digest: Some(image.digest.clone()),
-        ..Default::default()
-    });
-    ibs.replace_status(
-        &ib.metadata.name.clone().unwrap(),
-        &PostParams::default(),
-        &ib,
-    )
-    .await
-    .unwrap();
+    let (source, target, digest) = backed_up_by_hand(&c, "solo/app", "2", 30).await;
+    completed_by_hand(&c, &source, &target, &digest).await;
     c.namespace("web").await.unwrap();
     let api: Api<Deployment> = Api::namespaced(c.client.clone(), "web");
     api.create(
@@ -668,7 +648,7 @@ async fn a_lost_completion_is_healed_by_the_resync_and_duplicates_patch_nothing(
         .spawn("rollout", &["run", "--resync-seconds", "1"], &[])
         .await
         .unwrap();
-    let want = format!("{}@{}", target, image.digest);
+    let want = format!("{target}@{digest}");
     let after = wait_for(
         "solo rolled out",
         async || api.get("solo").await.ok(),
@@ -678,10 +658,10 @@ async fn a_lost_completion_is_healed_by_the_resync_and_duplicates_patch_nothing(
     .await;
     // Duplicate completions afterwards patch nothing.
     let completed = Payload::ImageCompleted(shared::events::ImageCompleted {
-        name: ib.metadata.name.clone().unwrap(),
+        name: shared::naming::image_backup_name(&source),
         source: source.to_string(),
         target: target.to_string(),
-        digest: image.digest.clone(),
+        digest: digest.clone(),
         platforms: vec![],
         bytes: 0,
         duration_seconds: 0.0,
