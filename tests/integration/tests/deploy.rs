@@ -1,7 +1,8 @@
 //! The deploy manifests: both overlays render with `kubectl kustomize`, every object passes
 //! `deploy/validate.py` (Kubernetes schemas, strict; Knative's API models), the validator does
-//! refuse a broken object, and every command, subcommand and environment variable the manifests
-//! give a function is one its `--help` documents.
+//! refuse a broken object, every command, subcommand and environment variable the manifests
+//! give a function is one its `--help` documents, and the NATS configurations (the 3-node
+//! cluster's and the single server's) are ones nats-server accepts.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -83,6 +84,52 @@ fn the_validator_refuses_what_a_cluster_would() {
         !ok && report.contains("INVALID eventing.knative.dev/v1"),
         "{report}"
     );
+}
+
+/// `nats-server -t` (parse and check the configuration, then exit) on each plain overlay's
+/// `nats.conf` with the `auth.conf` it includes and the environment the StatefulSet gives it;
+/// and on a broken copy, so the check is known to look.
+#[test]
+fn the_nats_configurations_are_ones_nats_server_accepts() {
+    let check = |conf: &str, auth: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("nats.conf"), conf).unwrap();
+        std::fs::write(dir.path().join("auth.conf"), auth).unwrap();
+        let out = Command::new(testbed::nats_server::binary())
+            .current_dir(dir.path())
+            .args(["-c", "nats.conf", "-t"])
+            .envs([
+                ("POD_NAME", "nats-0"),
+                ("WATCHER_PASSWORD", "w"),
+                ("BACKUP_PASSWORD", "b"),
+                ("ROLLOUT_PASSWORD", "r"),
+            ])
+            .output()
+            .expect("nats-server (`./dev setup` installs it)");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    for (overlay, clustered) in [("plain", true), ("plain-single", false)] {
+        let docs = documents(&render(overlay));
+        let config = docs
+            .iter()
+            .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "nats")
+            .expect("the nats ConfigMap");
+        let conf = config["data"]["nats.conf"].as_str().expect("nats.conf");
+        let auth = config["data"]["auth.conf"].as_str().expect("auth.conf");
+        assert_eq!(conf.contains("cluster {"), clustered, "{overlay}:\n{conf}");
+        assert!(conf.contains("sync_interval: always"), "{overlay}:\n{conf}");
+        let (ok, report) = check(conf, auth);
+        assert!(ok, "{overlay}: {report}");
+        let (ok, report) = check(conf, &auth.replacen("users: [", "users: [[", 1));
+        assert!(!ok, "{overlay}: a broken auth.conf passed: {report}");
+    }
 }
 
 #[test]
