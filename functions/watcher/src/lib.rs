@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`decide`]: the pure decision for one workload (shared by `plan` and `run`).
+//! - [`plan`]: `watcher plan`, the offline dry run (YAML in, what `run` would publish out).
 //! - [`run`]: the long-running loop of `watcher run` (reflectors in, events out).
 //! - [`table`]: `watcher plan -o table`.
 //! - [`metrics`]: the `imagebackup_watcher_*` metrics.
@@ -10,5 +11,6 @@
 
 pub mod decide;
 pub mod metrics;
+pub mod plan;
 pub mod run;
 pub mod table;

@@ -5,10 +5,10 @@
 //! - `watcher plan`: the offline dry run: it reads workload YAML and prints, as JSON lines, what
 //!   `watcher run` would publish, contacting nothing. Users put it in CI.
 //!
-//! This file is wiring only: the decisions live in `decide`, the loop in `run`.
+//! This file is wiring only: the decisions live in `decide`, the loop in `run`, the dry run in
+//! `plan`.
 
 use std::collections::BTreeSet;
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -16,11 +16,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use shared::config::{AdminArgs, BackupArgs, NatsArgs, SinkArgs};
-use shared::events::Payload;
 use shared::publish::{HttpSink, JetStreamPublisher, PublishRetry, Publisher};
-use shared::workload::Workload;
 use watcher::decide::{DEFAULT_EXCLUDED, Policy};
 use watcher::metrics::Metrics;
+use watcher::plan::Output;
 
 /// The CloudEvents `source` of the watcher's events.
 const SOURCE: &str = "/image-backup/watcher";
@@ -69,15 +68,6 @@ enum Command {
     },
 }
 
-/// `watcher plan`'s output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Output {
-    /// JSON lines (the contract).
-    Json,
-    /// An aligned table.
-    Table,
-}
-
 #[derive(Debug, clap::Args)]
 struct RunArgs {
     #[command(flatten)]
@@ -108,89 +98,6 @@ struct RunArgs {
     /// This pod's name (downward API), for the Events it records.
     #[arg(long, env = "POD_NAME")]
     pod_name: Option<String>,
-}
-
-fn read(path: &PathBuf) -> std::io::Result<String> {
-    if path.as_os_str() == "-" {
-        let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s)?;
-        Ok(s)
-    } else {
-        std::fs::read_to_string(path)
-    }
-}
-
-fn plan(files: &[PathBuf], backup: &BackupArgs, output: Output) -> ExitCode {
-    let naming = backup.naming();
-    let mut failed = false;
-    let mut rows = Vec::new();
-    for path in files {
-        let text = match read(path) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("watcher plan: cannot read {}: {e}", path.display());
-                failed = true;
-                continue;
-            }
-        };
-        let (workloads, skipped) = Workload::from_yaml(&text);
-        for s in skipped {
-            eprintln!(
-                "watcher plan: {}: skipping {s} (not a Deployment or DaemonSet)",
-                path.display()
-            );
-        }
-        for w in workloads {
-            let w = match w {
-                Ok(w) => w,
-                Err(e) => {
-                    eprintln!("watcher plan: {}: {e}", path.display());
-                    failed = true;
-                    continue;
-                }
-            };
-            if output == Output::Table {
-                rows.extend(watcher::table::rows(&w, &naming));
-            }
-            // The same planning `watcher run` does (no ServiceAccount is known offline).
-            let plan = w.plan_with_secrets(None, &naming);
-            let r = &plan.event.workload;
-            for bad in &plan.invalid {
-                eprintln!(
-                    "watcher plan: {}: {:?} {}/{} container {:?}: invalid image {:?}: {}",
-                    path.display(),
-                    r.kind,
-                    r.namespace,
-                    r.name,
-                    bad.container,
-                    bad.image,
-                    bad.error
-                );
-                failed = true;
-            }
-            if output == Output::Table {
-                continue;
-            }
-            let data = serde_json::to_value(&plan.event).unwrap_or_default();
-            let payload = Payload::WorkloadChanged(plan.event);
-            let line = serde_json::json!({
-                "type": payload.event_type(),
-                "subject": payload.subject(),
-                "id": payload.id(),
-                "data": data,
-                "invalid": plan.invalid,
-            });
-            println!("{line}");
-        }
-    }
-    if output == Output::Table {
-        print!("{}", watcher::table::render(&rows));
-    }
-    if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    }
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -253,7 +160,7 @@ async fn main() -> ExitCode {
             files,
             backup,
             output,
-        } => plan(&files, &backup, output),
+        } => watcher::plan::plan(&files, &backup.naming(), output),
         Command::Completions { shell } => {
             shared::cli::completions::<Cli>(shell, &mut std::io::stdout());
             ExitCode::SUCCESS
