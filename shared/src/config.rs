@@ -175,6 +175,24 @@ impl RegistryArgs {
         }
     }
 
+    /// The credentials in `--docker-config` (none without it), read without blocking the
+    /// runtime; errors name the file.
+    pub async fn load_docker_config(
+        &self,
+    ) -> Result<DockerConfig, crate::registry::auth::ConfigError> {
+        let Some(path) = &self.docker_config else {
+            return Ok(DockerConfig::default());
+        };
+        let shown = path.display().to_string();
+        let bytes = tokio::fs::read(path).await.map_err(|source| {
+            crate::registry::auth::ConfigError::Read {
+                path: shown.clone(),
+                source,
+            }
+        })?;
+        DockerConfig::from_json(&bytes, &shown)
+    }
+
     /// Refuses a mirror of `backup_host`, the registry backups are written to and checked at.
     pub fn check_backup_host(&self, backup_host: &str) -> Result<(), RegistryConfigError> {
         if Mirrors::new(&self.registry_mirrors, false).mirrors(backup_host) {

@@ -4,11 +4,11 @@
 //! # Layout
 //! - [`copy`]: the copy engine (registry client, auth, verification, the `Copier`), also behind
 //!   the one-shot `backup copy` command.
+//! - [`copy_cmd`]: `backup copy`, one copy from the command line.
 //! - [`handler`]: `workload.changed` in, copies and `image.completed`/`image.failed` out.
 //! - [`admit`]: what an event may ask for, decided against the workload in the cluster.
 //! - [`claim`]: the lease that stops two workers copying one image.
 //! - [`status`]: the ImageBackup status at each step.
-//! - [`credentials`]: source credentials from the workload's pull secrets.
 //! - [`expiry`]: deletes Completed ImageBackups at `expiresAt`.
 //! - [`requests`]: takes up ImageBackups no event carries (applied with kubectl, or left behind
 //!   by a lost message or a dead worker).
@@ -20,6 +20,7 @@
 pub mod admit;
 pub mod claim;
 pub mod copy;
+pub mod copy_cmd;
 pub mod expiry;
 pub mod handler;
 pub mod metrics;

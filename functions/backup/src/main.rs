@@ -9,12 +9,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use backup::copy::auth::DockerConfig;
 use backup::copy::{Copier, DEFAULT_CONCURRENCY, ReferrersMode, RegistryClient};
 use backup::handler::{Context, Settings};
 use backup::metrics::Metrics;
 use clap::{Parser, Subcommand};
-use shared::Reference;
 use shared::config::{AdminArgs, BackupArgs, NatsArgs, RegistryArgs, ServeArgs, SinkArgs};
 use shared::publish::{HttpSink, JetStreamPublisher, PublishRetry, Publisher};
 
@@ -140,62 +138,6 @@ struct FunctionArgs {
     pod_name: Option<String>,
 }
 
-/// Reads the docker config without blocking the runtime.
-async fn load_credentials(path: Option<&PathBuf>) -> anyhow::Result<DockerConfig> {
-    let Some(path) = path else {
-        return Ok(DockerConfig::default());
-    };
-    let bytes =
-        tokio::fs::read(path)
-            .await
-            .map_err(|source| backup::copy::auth::ConfigError::Read {
-                path: path.display().to_string(),
-                source,
-            })?;
-    Ok(DockerConfig::from_json(
-        &bytes,
-        &path.display().to_string(),
-    )?)
-}
-
-async fn copy(
-    source: &str,
-    target: &str,
-    registries: &RegistryArgs,
-    concurrency: usize,
-    referrers: ReferrersMode,
-    show_progress: bool,
-) -> Result<String, String> {
-    let source = Reference::parse_normalized(source)
-        .map_err(|e| format!("Invalid: source {source:?}: {e}"))?
-        .with_default_tag();
-    let target = Reference::parse_normalized(target)
-        .map_err(|e| format!("Invalid: target {target:?}: {e}"))?
-        .with_default_tag();
-    registries
-        .check_backup_host(target.domain())
-        .map_err(|e| format!("Invalid: {e}"))?;
-    let credentials = load_credentials(registries.docker_config.as_ref())
-        .await
-        .map_err(|e| format!("Invalid: {e}"))?;
-    let client = RegistryClient::new(registries.client_options(credentials, None))
-        .map_err(|e| format!("{}: {e}", e.class()))?;
-    let copier = Copier::new(client, concurrency).with_referrers(referrers);
-    let (progress, display) = if show_progress {
-        let (tx, rx) = tokio::sync::watch::channel(backup::copy::Progress::default());
-        (Some(tx), Some(tokio::spawn(backup::progress::display(rx))))
-    } else {
-        (None, None)
-    };
-    let result = copier.copy(&source, &target, progress).await;
-    // The sender is gone with the copy: the display draws its last state and ends.
-    if let Some(display) = display {
-        let _ = display.await;
-    }
-    let summary = result.map_err(|e| format!("{}: {e}", e.class()))?;
-    serde_json::to_string(&summary).map_err(|e| format!("Internal: {e}"))
-}
-
 /// The mode a long-running process runs in.
 enum Mode {
     Run,
@@ -224,7 +166,7 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
             "cannot list imagebackups.k8slab.io: is the CRD installed (kubectl apply -f crds/)?",
         )?;
 
-    let mut credentials = load_credentials(args.registries.docker_config.as_ref()).await?;
+    let mut credentials = args.registries.load_docker_config().await?;
     let registry = &args.backup.backup_registry;
     if let (Some(user), Some(file)) = (&args.target_username, &args.target_password_file) {
         let password = tokio::fs::read_to_string(file)
@@ -402,7 +344,9 @@ async fn main() -> ExitCode {
         } => {
             use std::io::IsTerminal as _;
             let show = !quiet && std::io::stderr().is_terminal();
-            match copy(&source, &target, &registries, concurrency, referrers, show).await {
+            match backup::copy_cmd::run(&source, &target, &registries, concurrency, referrers, show)
+                .await
+            {
                 Ok(line) => {
                     println!("{line}");
                     ExitCode::SUCCESS

@@ -188,12 +188,7 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
         _ = shutdown.wait() => return Ok(()),
         r = synced => r?,
     }
-    let credentials = match &args.registries.docker_config {
-        Some(path) => {
-            DockerConfig::from_json(&tokio::fs::read(path).await?, &path.display().to_string())?
-        }
-        None => DockerConfig::default(),
-    };
+    let credentials = args.registries.load_docker_config().await?;
     args.registries
         .check_backup_host(args.backup.backup_registry.host())?;
     let registry = RegistryClient::new(args.registries.client_options(credentials, None))?;
