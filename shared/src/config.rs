@@ -175,22 +175,13 @@ impl RegistryArgs {
         }
     }
 
-    /// The credentials in `--docker-config` (none without it), read without blocking the
-    /// runtime; errors name the file.
-    pub async fn load_docker_config(
-        &self,
-    ) -> Result<DockerConfig, crate::registry::auth::ConfigError> {
-        let Some(path) = &self.docker_config else {
-            return Ok(DockerConfig::default());
-        };
-        let shown = path.display().to_string();
-        let bytes = tokio::fs::read(path).await.map_err(|source| {
-            crate::registry::auth::ConfigError::Read {
-                path: shown.clone(),
-                source,
-            }
-        })?;
-        DockerConfig::from_json(&bytes, &shown)
+    /// The credentials in `--docker-config` (none without it): [`DockerConfig::from_file`],
+    /// read once at start-up (a small file); errors name the file.
+    pub fn load_docker_config(&self) -> Result<DockerConfig, crate::registry::auth::ConfigError> {
+        match &self.docker_config {
+            Some(path) => DockerConfig::from_file(path),
+            None => Ok(DockerConfig::default()),
+        }
     }
 
     /// Refuses a mirror of `backup_host`, the registry backups are written to and checked at.

@@ -29,7 +29,6 @@ pub async fn run(
         .map_err(|e| format!("Invalid: {e}"))?;
     let credentials = registries
         .load_docker_config()
-        .await
         .map_err(|e| format!("Invalid: {e}"))?;
     let client = RegistryClient::new(registries.client_options(credentials, None))
         .map_err(|e| format!("{}: {e}", e.class()))?;

@@ -166,7 +166,7 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
             "cannot list imagebackups.k8slab.io: is the CRD installed (kubectl apply -f crds/)?",
         )?;
 
-    let mut credentials = args.registries.load_docker_config().await?;
+    let mut credentials = args.registries.load_docker_config()?;
     let registry = &args.backup.backup_registry;
     if let (Some(user), Some(file)) = (&args.target_username, &args.target_password_file) {
         let password = tokio::fs::read_to_string(file)

@@ -188,7 +188,7 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
         _ = shutdown.wait() => return Ok(()),
         r = synced => r?,
     }
-    let credentials = args.registries.load_docker_config().await?;
+    let credentials = args.registries.load_docker_config()?;
     args.registries
         .check_backup_host(args.backup.backup_registry.host())?;
     let registry = RegistryClient::new(args.registries.client_options(credentials, None))?;

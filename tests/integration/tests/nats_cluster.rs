@@ -90,8 +90,8 @@ async fn the_stream_is_replicated_scaled_in_place_and_survives_its_leader() {
     assert_eq!(consumer.cached_info().config.num_replicas, 3);
     until("both followers current", || followers_current(&js)).await;
     // The leader dies; publishing goes on through the election with no duplicate stored.
-    let leader = until("a stream leader", || nats.stream_leader(&js, STREAM_NAME)).await;
-    nats.kill(leader);
+    let first = leader(&nats, &js).await;
+    nats.kill(first);
     for i in 10..20 {
         publisher
             .publish(&event(i))
@@ -102,11 +102,8 @@ async fn the_stream_is_replicated_scaled_in_place_and_survives_its_leader() {
         .publish(&event(5))
         .await
         .expect("a retried publish");
-    let new_leader = until("a new stream leader", || {
-        nats.stream_leader(&js, STREAM_NAME)
-    })
-    .await;
-    assert_ne!(new_leader, leader);
+    let new_leader = leader(&nats, &js).await;
+    assert_ne!(new_leader, first);
     let info = js
         .get_stream(STREAM_NAME)
         .await
@@ -117,7 +114,7 @@ async fn the_stream_is_replicated_scaled_in_place_and_survives_its_leader() {
         .clone();
     assert_eq!(info.state.messages, 20, "every event stored once");
     // Scaling back down (the node back) is in place too, and its consumer follows.
-    nats.restart(leader).await.expect("restart");
+    nats.restart(first).await.expect("restart");
     let mut stream = until("scaled down", || async {
         shared::nats::ensure_stream_with(&js, 1).await.ok()
     })
@@ -158,6 +155,25 @@ fn deployment(name: &str, image: &str) -> Deployment {
                               "spec": {"containers": [{"name": "main", "image": image}]}}}
     }))
     .expect("deployment")
+}
+
+/// Creates workload `w{n}` on `image.0` (its source) and expects it on `image.1` (its backup).
+async fn create(
+    api: &Api<Deployment>,
+    wanted: &mut HashMap<String, String>,
+    n: usize,
+    image: &(String, String),
+) {
+    let name = format!("w{n}");
+    api.create(&PostParams::default(), &deployment(&name, &image.0))
+        .await
+        .expect("create");
+    wanted.insert(name, image.1.clone());
+}
+
+/// The node leading the stream, once there is one.
+async fn leader(cluster: &NatsCluster, js: &jetstream::Context) -> usize {
+    until("a stream leader", || cluster.stream_leader(js, STREAM_NAME)).await
 }
 
 /// Waits until every workload of `wanted` runs the backup of its image, pinned; fails with the
@@ -246,14 +262,7 @@ async fn fifty_workloads_roll_out_through_a_leader_killed_and_a_node_wiped() {
     let api: Api<Deployment> = Api::namespaced(c.client.clone(), "flow");
     let mut wanted = HashMap::new();
     for w in 0..50 {
-        let (source, backup) = &images[w % 10];
-        api.create(
-            &PostParams::default(),
-            &deployment(&format!("w{w}"), source),
-        )
-        .await
-        .expect("create");
-        wanted.insert(format!("w{w}"), backup.clone());
+        create(&api, &mut wanted, w, &images[w % 10]).await;
     }
     // Mid-flow: the first uploads have started; the stream's leader dies.
     until("the first upload", || async {
@@ -266,10 +275,7 @@ async fn fifty_workloads_roll_out_through_a_leader_killed_and_a_node_wiped() {
     .await;
     let js = c.js.clone();
     let cluster = c.nats.cluster().expect("a NATS cluster");
-    let first = until("a stream leader", || {
-        cluster.stream_leader(&js, STREAM_NAME)
-    })
-    .await;
+    let first = leader(cluster, &js).await;
     cluster.kill(first);
     all_rolled_out(&c, &wanted, &procs, "after the leader was killed").await;
 
@@ -279,19 +285,9 @@ async fn fifty_workloads_roll_out_through_a_leader_killed_and_a_node_wiped() {
     cluster.restart_wiped(first).await.expect("wiped restart");
     until("the emptied node current again", || followers_current(&js)).await;
     let cluster = c.nats.cluster().expect("a NATS cluster");
-    let second = until("a stream leader", || {
-        cluster.stream_leader(&js, STREAM_NAME)
-    })
-    .await;
+    let second = leader(cluster, &js).await;
     for w in 50..70 {
-        let (source, backup) = &images[10 + w % 5];
-        api.create(
-            &PostParams::default(),
-            &deployment(&format!("w{w}"), source),
-        )
-        .await
-        .expect("create");
-        wanted.insert(format!("w{w}"), backup.clone());
+        create(&api, &mut wanted, w, &images[10 + w % 5]).await;
     }
     cluster.kill(second);
     all_rolled_out(&c, &wanted, &procs, "after the emptied node had to serve").await;
