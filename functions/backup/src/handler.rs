@@ -24,29 +24,27 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ObjectReference, ServiceAccount};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::PostParams;
+use kube::Resource as _;
 use kube::runtime::events::{EventType, Recorder};
-use kube::{Api, Resource as _};
 use shared::NamingPolicy;
 use shared::api_error::ApiFailure;
 use shared::crd::{ImageBackup, Phase, SecretRef};
 use shared::error::{Disposition, ErrorClass};
-use shared::events::{
-    ImageCompleted, ImageFailed, Payload, WorkloadChanged, WorkloadKind, WorkloadRef,
-};
+use shared::events::{ImageCompleted, ImageFailed, Payload, WorkloadChanged, WorkloadRef};
 use shared::handler::{Classified, Handler, Outcome};
 use shared::naming::image_backup_name;
 use shared::reference::Reference;
+use shared::registry::auth::DockerConfig;
 use shared::workload::Workload;
 use tokio::sync::{Semaphore, watch};
 use tracing::Instrument as _;
 
 use crate::claim;
-use crate::copy::{ClientOptions, Copier, CopyError, Progress, RegistryClient};
+use crate::copy::{Copier, CopyError, Progress};
 use crate::metrics::{ClaimResult, CopyOutcome, Metrics};
+use crate::ports::{Cluster, KubeCluster, Registry};
 use crate::status;
 
 /// How the handler behaves.
@@ -91,23 +89,27 @@ impl Classified for HandlerError {
     }
 }
 
-/// Everything the handler needs. Cheap to clone (one `Arc`).
-#[derive(Clone)]
-pub struct Context {
-    inner: Arc<Inner>,
+/// Everything the handler needs. Cheap to clone (one `Arc`). `C` and `R` are its ports
+/// ([`crate::ports`]): the cluster and the copy engine, real ones by default.
+pub struct Context<C = KubeCluster, R = Copier> {
+    inner: Arc<Inner<C, R>>,
 }
 
-struct Inner {
-    /// For Secrets (pull secrets) and Events.
-    client: kube::Client,
-    /// The ImageBackups.
-    api: Api<ImageBackup>,
-    /// The copy engine with the target's credentials; per-copy clients add pull secrets.
-    copier: Copier,
+impl<C, R> Clone for Context<C, R> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<C, R> {
+    /// The workloads, ImageBackups, pull secrets and Events.
+    cluster: C,
+    /// The copy engine with the target's credentials.
+    registry: R,
     settings: Settings,
     metrics: Metrics,
-    /// Kubernetes Events on ImageBackups.
-    recorder: Recorder,
     /// One semaphore per source registry (the per-registry bound).
     registries: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// ImageBackups this process is working on: the claim tells workers apart, not two
@@ -141,7 +143,7 @@ pub enum ImageResult {
 // === impl Context ===
 
 impl Context {
-    /// A handler context.
+    /// A handler context over a real cluster and the copy engine.
     pub fn new(
         client: kube::Client,
         copier: Copier,
@@ -149,14 +151,24 @@ impl Context {
         metrics: Metrics,
         recorder: Recorder,
     ) -> Self {
+        Self::with_ports(
+            KubeCluster::new(client, recorder),
+            copier,
+            settings,
+            metrics,
+        )
+    }
+}
+
+impl<C: Cluster, R: Registry> Context<C, R> {
+    /// A handler context over any ports (the unit tests' fakes).
+    pub fn with_ports(cluster: C, registry: R, settings: Settings, metrics: Metrics) -> Self {
         Self {
             inner: Arc::new(Inner {
-                api: Api::all(client.clone()),
-                client,
-                copier,
+                cluster,
+                registry,
                 settings,
                 metrics,
-                recorder,
                 registries: Mutex::new(HashMap::new()),
                 local: Arc::default(),
             }),
@@ -334,7 +346,7 @@ impl Context {
         if ib.phase() == Phase::Completed
             && let Some(digest) = ib.status.as_ref().and_then(|s| s.digest.clone())
         {
-            match inner.copier.target_digest(target).await {
+            match inner.registry.target_digest(target).await {
                 Ok(Some(d)) if d == digest => {
                     inner.metrics.copy(CopyOutcome::AlreadyCompleted, None);
                     return Ok(ImageResult::Done(None));
@@ -367,11 +379,7 @@ impl Context {
             now,
             generation,
         ));
-        let ib = match inner
-            .api
-            .replace_status(&name, &PostParams::default(), &ib)
-            .await
-        {
+        let ib = match inner.cluster.replace_status(&ib).await {
             Ok(ib) => ib,
             Err(e) if ApiFailure::is_conflict(&e) => {
                 inner.metrics.claim(ClaimResult::Lost);
@@ -428,12 +436,7 @@ impl Context {
         tracing::warn!(%name, reason = ?reason, message, "ImageBackup refused");
         let mut ib = ib.clone();
         ib.status = Some(refused);
-        match self
-            .inner
-            .api
-            .replace_status(&name, &PostParams::default(), &ib)
-            .await
-        {
+        match self.inner.cluster.replace_status(&ib).await {
             Ok(updated) => {
                 self.record(&updated, EventType::Warning, "Refused", message)
                     .await;
@@ -453,26 +456,7 @@ impl Context {
         if !shared::workload::is_valid_reference(r) {
             return Ok((None, None));
         }
-        let client = self.inner.client.clone();
-        let workload = match r.kind {
-            WorkloadKind::Deployment => Api::<Deployment>::namespaced(client.clone(), &r.namespace)
-                .get_opt(&r.name)
-                .await?
-                .map(|d| Workload::Deployment(Box::new(d))),
-            WorkloadKind::DaemonSet => Api::<DaemonSet>::namespaced(client.clone(), &r.namespace)
-                .get_opt(&r.name)
-                .await?
-                .map(|d| Workload::DaemonSet(Box::new(d))),
-        };
-        let account = match &workload {
-            Some(w) => {
-                Api::<ServiceAccount>::namespaced(client, &r.namespace)
-                    .get_opt(&w.service_account_name())
-                    .await?
-            }
-            None => None,
-        };
-        Ok((workload, account))
+        self.inner.cluster.workload(r).await
     }
 
     fn local_claim(&self, name: &str) -> Option<LocalClaim> {
@@ -493,9 +477,9 @@ impl Context {
         let mut ib = ImageBackup::for_source(source, target);
         ib.spec.pull_secrets = secrets.to_vec();
         let name = image_backup_name(source);
-        match self.inner.api.create(&PostParams::default(), &ib).await {
+        match self.inner.cluster.create(&ib).await {
             Ok(created) => Ok(created),
-            Err(e) if ApiFailure::is_conflict(&e) => self.inner.api.get(&name).await,
+            Err(e) if ApiFailure::is_conflict(&e) => self.inner.cluster.get(&name).await,
             Err(e) => Err(e),
         }
     }
@@ -510,28 +494,16 @@ impl Context {
             .clone()
     }
 
-    /// The copier for this image: the shared one, or one that also carries the pull secrets.
-    async fn copier_for(&self, secrets: &[SecretRef]) -> Copier {
-        let inner = &self.inner;
-        if secrets.is_empty() {
-            return inner.copier.clone();
-        }
-        let namespace = secrets[0].namespace.clone();
+    /// The credentials in the image's pull secrets (all in the workload's namespace).
+    async fn pull_credentials(&self, secrets: &[SecretRef]) -> DockerConfig {
+        let Some(first) = secrets.first() else {
+            return DockerConfig::default();
+        };
         let names: Vec<String> = secrets.iter().map(|s| s.name.clone()).collect();
-        let mut credentials =
-            shared::pull_secrets::pull_secrets(&inner.client, &namespace, &names).await;
-        let base = inner.copier.client().options().clone();
-        credentials.merge(base.credentials.clone());
-        match RegistryClient::new(ClientOptions {
-            credentials,
-            ..base
-        }) {
-            Ok(client) => inner.copier.with_client(client),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot build a client with the imagePullSecrets; copying without them");
-                inner.copier.clone()
-            }
-        }
+        self.inner
+            .cluster
+            .pull_secrets(&first.namespace, &names)
+            .await
     }
 
     /// Copies under the claim held in `ib`, renewing it and writing progress; records the end.
@@ -547,11 +519,11 @@ impl Context {
         let name = ib.metadata.name.clone().unwrap_or_default();
         let permits = self.registry_permits(source.domain());
         let _permit = permits.acquire_owned().await;
-        let copier = self.copier_for(secrets).await;
+        let extra = self.pull_credentials(secrets).await;
         let (tx, rx) = watch::channel(Progress::default());
         inner.metrics.in_flight.inc();
         let started = Instant::now();
-        let copy = copier.copy(source, target, Some(tx));
+        let copy = inner.registry.copy(source, target, extra, tx);
         tokio::pin!(copy);
         let renew_every = (inner.settings.lease / 3).max(Duration::from_millis(200));
         // Other workers see the claim expire `lease` after the renewal time it carries, which is
@@ -594,13 +566,13 @@ impl Context {
                     // The renewal time written is now, not when the write returns.
                     let attempt = Instant::now();
                     ib.status = Some(status::progressed(&prev, &p, Timestamp::now()));
-                    match inner.api.replace_status(&name, &PostParams::default(), &ib).await {
+                    match inner.cluster.replace_status(&ib).await {
                         Ok(updated) => {
                             ib = updated;
                             last_write = attempt;
                             last_quarter = quarter;
                         }
-                        Err(e) if ApiFailure::is_conflict(&e) => match inner.api.get(&name).await {
+                        Err(e) if ApiFailure::is_conflict(&e) => match inner.cluster.get(&name).await {
                             Ok(fresh) if claim::held_by(&fresh, &me) => ib = fresh,
                             Ok(_) => {
                                 inner.metrics.claim(ClaimResult::Lost);
@@ -711,20 +683,17 @@ impl Context {
         let name = ib.metadata.name.clone().unwrap_or_default();
         for _ in 0..3 {
             ib.status = Some(status.clone());
-            match self
-                .inner
-                .api
-                .replace_status(&name, &PostParams::default(), ib)
-                .await
-            {
+            match self.inner.cluster.replace_status(ib).await {
                 Ok(updated) => {
                     *ib = updated;
                     return;
                 }
-                Err(e) if ApiFailure::is_conflict(&e) => match self.inner.api.get(&name).await {
-                    Ok(fresh) => *ib = fresh,
-                    Err(e) => tracing::warn!(%name, error = %e, "cannot re-read"),
-                },
+                Err(e) if ApiFailure::is_conflict(&e) => {
+                    match self.inner.cluster.get(&name).await {
+                        Ok(fresh) => *ib = fresh,
+                        Err(e) => tracing::warn!(%name, error = %e, "cannot re-read"),
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(%name, error = %e, "status not written");
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -740,12 +709,11 @@ impl Context {
     }
 
     async fn record_on(&self, about: &ObjectReference, type_: EventType, reason: &str, note: &str) {
-        shared::kube_events::record(&self.inner.recorder, about, type_, reason, "Backup", note)
-            .await;
+        self.inner.cluster.record(about, type_, reason, note).await;
     }
 }
 
-impl Handler for Context {
+impl<C: Cluster, R: Registry> Handler for Context<C, R> {
     type Error = HandlerError;
 
     async fn handle(&self, event: Payload, delivered: u64) -> Result<Outcome, HandlerError> {

@@ -6,6 +6,7 @@
 //!   the one-shot `backup copy` command.
 //! - [`copy_cmd`]: `backup copy`, one copy from the command line.
 //! - [`handler`]: `workload.changed` in, copies and `image.completed`/`image.failed` out.
+//! - [`ports`]: the cluster and registry the handler reaches through, real and (in tests) fake.
 //! - [`admit`]: what an event may ask for, decided against the workload in the cluster.
 //! - [`claim`]: the lease that stops two workers copying one image.
 //! - [`status`]: the ImageBackup status at each step.
@@ -22,8 +23,13 @@ pub mod claim;
 pub mod copy;
 pub mod copy_cmd;
 pub mod expiry;
+#[cfg(test)]
+mod fakes;
 pub mod handler;
+#[cfg(test)]
+mod handler_tests;
 pub mod metrics;
+pub mod ports;
 pub mod progress;
 pub mod requests;
 pub mod status;
