@@ -13,18 +13,16 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::Api;
-use kube::api::ListParams;
 use kube::runtime::events::EventType;
 use shared::api_error::ApiFailure;
 use shared::events::{Payload, WorkloadReverted};
-use shared::publish::{EventPublisher as _, Publisher};
+use shared::publish::EventPublisher;
 use shared::workload::Workload;
 
 use crate::decide::{self, InFlight, ROLLOUT_ANNOTATION, annotation};
+use crate::handler::Context;
 use crate::metrics::RevertReason;
-use crate::run::Context;
+use crate::ports::Ports;
 
 /// The Pod waiting reasons that mean the backup cannot be pulled.
 const PULL_FAILURES: [&str; 3] = ["ErrImagePull", "ImagePullBackOff", "InvalidImageName"];
@@ -70,9 +68,9 @@ fn selector(w: &Workload) -> Option<String> {
     (!s.is_empty()).then(|| s.join(","))
 }
 
-impl Context {
+impl<P: Ports> Context<P> {
     /// One pass of the gate over the in-flight workloads; publishes `workload.reverted`.
-    pub async fn gate(&self, publisher: &Publisher) {
+    pub async fn gate(&self, publisher: &impl EventPublisher) {
         let mut in_flight = 0;
         for w in self.workloads.annotated(ROLLOUT_ANNOTATION) {
             in_flight += i64::from(self.gate_one(&w, publisher).await);
@@ -82,7 +80,7 @@ impl Context {
 
     /// The gate for one workload (also run on every change the cache sees, so a slot frees as
     /// soon as the workload is Ready); `true` while it is in flight and counted.
-    pub async fn gate_one(&self, w: &Workload, publisher: &Publisher) -> bool {
+    pub async fn gate_one(&self, w: &Workload, publisher: &impl EventPublisher) -> bool {
         let Some(raw) = annotation(w, ROLLOUT_ANNOTATION).map(str::to_string) else {
             return false;
         };
@@ -121,7 +119,7 @@ impl Context {
     /// `--rollout-timeout-seconds`, else the Deployment's `progressDeadlineSeconds` (600 when
     /// unset and for a DaemonSet).
     fn timeout_for(&self, w: &Workload) -> Duration {
-        if let Some(t) = self.safety.timeout {
+        if let Some(t) = self.timeout {
             return t;
         }
         let seconds = match w {
@@ -153,9 +151,7 @@ impl Context {
     async fn pull_failure(&self, w: &Workload, marker: &InFlight) -> Option<(String, String)> {
         let selector = selector(w)?;
         let r = w.reference();
-        let api = Api::<Pod>::namespaced(self.client.clone(), &r.namespace);
-        let params = ListParams::default().labels(&selector);
-        let list = api.list(&params);
+        let list = self.ports.pods(&r.namespace, &selector);
         let pods = match tokio::time::timeout(POD_LIST_TIMEOUT, list).await {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {
@@ -168,7 +164,7 @@ impl Context {
             }
         };
         let backups: BTreeSet<&str> = marker.images.values().map(String::as_str).collect();
-        for pod in pods.items {
+        for pod in pods {
             let Some(status) = pod.status else { continue };
             let statuses = status
                 .init_container_statuses
@@ -221,7 +217,7 @@ impl Context {
         marker: &InFlight,
         reason: &str,
         message: &str,
-        publisher: &Publisher,
+        publisher: &impl EventPublisher,
     ) {
         let r = w.reference();
         let Some((patch, changes)) = decide::revert_patch(w, raw, marker, reason) else {
@@ -264,7 +260,7 @@ impl Context {
     /// Gives the pacing slot of a workload whose flight ended back at once (a replica that dies
     /// first leaves it to be pruned) and wakes the pacer.
     async fn free_slot(&self, w: &Workload) {
-        if let Err(e) = self.safety.slots.release(&Self::key(w)).await {
+        if let Err(e) = self.ports.release_slot(&Self::key(w)).await {
             tracing::debug!(error = %e, "slot not given back now; it is pruned later");
         }
         self.wake.notify_one();

@@ -4,8 +4,9 @@
 //!
 //! # Layout
 //! - [`decide`]: the pure decision and the guarded JSON patches (rollout, end, revert).
-//! - [`run`]: the caches, the handler (`image.completed`, `workload.changed`), the pacer, the
-//!   resync.
+//! - [`handler`]: the caches, the handler (`image.completed`, `workload.changed`), the pacer,
+//!   the resync.
+//! - [`ports`]: the cluster and registry calls the rollout makes, real and (in tests) fake.
 //! - [`pull_access`]: the backups pullable by the workload's Pods (`--backup-pull-secret`).
 //! - [`pacing`]: cluster-wide slots (`--max-concurrent-rollouts`).
 //! - [`gate`]: the health gate and the automatic revert.
@@ -13,8 +14,13 @@
 #![deny(missing_docs)]
 
 pub mod decide;
+#[cfg(test)]
+mod fakes;
 pub mod gate;
+pub mod handler;
+#[cfg(test)]
+mod handler_tests;
 pub mod metrics;
 pub mod pacing;
+pub mod ports;
 pub mod pull_access;
-pub mod run;

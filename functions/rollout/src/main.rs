@@ -1,5 +1,5 @@
 //! `rollout`: once every external image of a workload is backed up, patches the workload to the
-//! backups, pinned by digest. Wiring only: decisions in `decide`, actions in `run`.
+//! backups, pinned by digest. Wiring only: decisions in `decide`, actions in `handler` through `ports`.
 //!
 //! - `rollout run`: the JetStream adapter (durable consumer `rollout`).
 //! - `rollout serve --listen ADDR`: the HTTP adapter for Knative.
@@ -11,10 +11,10 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use kube::runtime::reflector;
 use rollout::decide::Pin;
+use rollout::handler::{Context, Safety};
 use rollout::metrics::Metrics;
 use rollout::pacing::Slots;
 use rollout::pull_access::{PullAccess, SecretName};
-use rollout::run::{Context, Safety};
 use shared::config::{AdminArgs, BackupArgs, NatsArgs, RegistryArgs, ServeArgs, SinkArgs};
 use shared::crd::ImageBackup;
 use shared::publish::{EventPublisher as _, HttpSink, JetStreamPublisher, PublishRetry, Publisher};

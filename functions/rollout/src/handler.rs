@@ -27,14 +27,15 @@ use shared::error::ErrorClass;
 use shared::events::{Payload, WorkloadRef, WorkloadRolledOut};
 use shared::handler::{Classified, Handler, Outcome};
 use shared::naming::image_backup_name;
-use shared::publish::{EventPublisher, Publisher};
+use shared::publish::EventPublisher;
 use shared::reference::Reference;
-use shared::registry::{Access, RegistryClient, Repo};
+use shared::registry::RegistryClient;
 use shared::workload::Workload;
 
 use crate::decide::{self, Change, Decision, InFlight, Pin};
 use crate::metrics::{Metrics, PatchOutcome};
 use crate::pacing::{Slot, Slots};
+use crate::ports::{KubePorts, Ports};
 use crate::pull_access::{Need, PullAccess};
 
 /// What makes a rollout safe: pull access, pacing and the health gate's timeout.
@@ -60,11 +61,11 @@ pub enum Attempt {
     NoSlot,
 }
 
-/// Everything the rollout needs. Cheap to clone.
-#[derive(Clone)]
-pub struct Context {
-    /// Patches and Events.
-    pub client: kube::Client,
+/// Everything the rollout needs. Cheap to clone. `P` is how it reaches the cluster and the
+/// registry ([`crate::ports`]): the real ones by default.
+pub struct Context<P = KubePorts> {
+    /// Patches, Events, Pods, the registry, pull access and pacing slots.
+    pub(crate) ports: Arc<P>,
     /// The Deployments and DaemonSets.
     pub workloads: WorkloadCache,
     /// The ImageBackups cache.
@@ -75,14 +76,10 @@ pub struct Context {
     pub pin: Pin,
     /// Evaluate and publish, patch nothing.
     pub dry_run: bool,
-    /// To check each backup still resolves to its digest.
-    pub registry: RegistryClient,
-    /// Records Events on workloads.
-    pub recorder: Recorder,
     /// The rollout's metrics.
     pub metrics: Metrics,
-    /// Pull access, pacing, timeout.
-    pub safety: Safety,
+    /// `--rollout-timeout-seconds` (default: per workload, see [`crate::gate`]).
+    pub timeout: Option<Duration>,
     /// Blocked workloads already reported (to record one Event per blocking set).
     reported: Arc<Mutex<HashMap<String, Vec<String>>>>,
     /// Workloads waiting for a slot.
@@ -123,28 +120,6 @@ impl Drop for Busy {
     }
 }
 
-/// JSON-patches the `K` that `r` names; the generation it produced.
-async fn patch_object<K>(
-    client: &kube::Client,
-    r: &WorkloadRef,
-    patch: json_patch::Patch,
-) -> Result<Option<i64>, kube::Error>
-where
-    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    let object = kube::Api::<K>::namespaced(client.clone(), &r.namespace)
-        .patch(
-            &r.name,
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Json::<()>(patch),
-        )
-        .await?;
-    Ok(object.meta().generation)
-}
-
 /// How often a pacer with an empty queue looks for workloads ready to patch.
 const REFILL_EVERY: Duration = Duration::from_secs(5);
 
@@ -162,8 +137,30 @@ impl Classified for RolloutError {
 
 // === impl Context ===
 
+impl<P> Clone for Context<P> {
+    fn clone(&self) -> Self {
+        Self {
+            ports: self.ports.clone(),
+            workloads: self.workloads.clone(),
+            backups: self.backups.clone(),
+            naming: self.naming.clone(),
+            pin: self.pin,
+            dry_run: self.dry_run,
+            metrics: self.metrics.clone(),
+            timeout: self.timeout,
+            reported: self.reported.clone(),
+            queue: self.queue.clone(),
+            wake: self.wake.clone(),
+            pod_checks: self.pod_checks.clone(),
+            refilled: self.refilled.clone(),
+            busy: self.busy.clone(),
+            slot_warned: self.slot_warned.clone(),
+        }
+    }
+}
+
 impl Context {
-    /// A context over synced caches.
+    /// A context over synced caches, a real cluster and registry.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: kube::Client,
@@ -177,17 +174,42 @@ impl Context {
         metrics: Metrics,
         safety: Safety,
     ) -> Self {
+        let ports = KubePorts::new(client, recorder, registry, safety.pull, safety.slots);
+        Self::with_ports(
+            ports,
+            workloads,
+            backups,
+            naming,
+            pin,
+            dry_run,
+            metrics,
+            safety.timeout,
+        )
+    }
+}
+
+impl<P: Ports> Context<P> {
+    /// A context over synced caches and any ports (the unit tests' fakes).
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_ports(
+        ports: P,
+        workloads: WorkloadCache,
+        backups: Store<ImageBackup>,
+        naming: NamingPolicy,
+        pin: Pin,
+        dry_run: bool,
+        metrics: Metrics,
+        timeout: Option<Duration>,
+    ) -> Self {
         Self {
-            client,
+            ports: Arc::new(ports),
             workloads,
             backups,
             naming: Arc::new(naming),
             pin,
             dry_run,
-            registry,
-            recorder,
             metrics,
-            safety,
+            timeout,
             reported: Arc::default(),
             queue: Arc::default(),
             wake: Arc::default(),
@@ -284,7 +306,7 @@ impl Context {
     pub async fn evaluate(&self, w: &Workload) -> Option<Payload> {
         match self.decide(w) {
             Decision::Patch(changes) => {
-                if self.safety.slots.limited() && !self.dry_run && decide::holder(w).is_none() {
+                if self.ports.paced() && !self.dry_run && decide::holder(w).is_none() {
                     self.enqueue(w);
                     return None;
                 }
@@ -356,8 +378,8 @@ impl Context {
     }
 
     /// The pacer's pass: queued workloads, oldest completion first, patched while slots last.
-    pub async fn pace(&self, publisher: &Publisher) {
-        if !self.safety.slots.limited() {
+    pub async fn pace(&self, publisher: &impl EventPublisher) {
+        if !self.ports.paced() {
             return;
         }
         self.refill();
@@ -407,15 +429,7 @@ impl Context {
             let Ok(target) = Reference::parse(&c.target) else {
                 return false;
             };
-            let repo = Repo {
-                registry: target.domain().to_string(),
-                path: target.path().to_string(),
-            };
-            match self
-                .registry
-                .manifest_digest(&repo, target.pull_reference(), Access::Pull)
-                .await
-            {
+            match self.ports.backup_digest(&target).await {
                 Ok(Some(d)) if d == c.digest => {}
                 other => {
                     tracing::warn!(target = %c.target, expected = %c.digest, found = ?other.as_ref().ok(), "backup does not resolve to its digest; not rolling out");
@@ -438,12 +452,11 @@ impl Context {
         let Some(_busy) = Busy::take(&self.busy, &key) else {
             return Attempt::Done(None);
         };
-        let slotted = paced && held.is_none() && !self.dry_run && self.safety.slots.limited();
+        let slotted = paced && held.is_none() && !self.dry_run && self.ports.paced();
         if slotted {
             match self
-                .safety
-                .slots
-                .acquire(&key, |k| self.counted_in_flight(k))
+                .ports
+                .acquire_slot(&key, &|k| self.counted_in_flight(k))
                 .await
             {
                 Ok(Slot::Taken) => {}
@@ -470,7 +483,7 @@ impl Context {
         let attempt = self.checked_patch(w, changes, held).await;
         if slotted
             && !matches!(&attempt, Attempt::Done(Some(_)))
-            && let Err(e) = self.safety.slots.release(&key).await
+            && let Err(e) = self.ports.release_slot(&key).await
         {
             tracing::warn!(error = %e, "slot not given back; it frees after its grace");
         }
@@ -504,7 +517,7 @@ impl Context {
             return Attempt::Done(Some(event(w.generation())));
         }
         let images: Vec<String> = changes.iter().map(|c| c.change.to.clone()).collect();
-        let pull_secret = match self.safety.pull.prepare(w, &images).await {
+        let pull_secret = match self.ports.pull_access(w, &images).await {
             Need::Ready => None,
             Need::AddSecret(name) => Some(name),
             need @ (Need::NotPullable(_) | Need::Conflict(_)) => {
@@ -586,18 +599,7 @@ impl Context {
     ) -> Result<i64, kube::Error> {
         let patch: json_patch::Patch =
             serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
-        let r = w.reference();
-        let generation = match r.kind {
-            shared::events::WorkloadKind::Deployment => {
-                patch_object::<k8s_openapi::api::apps::v1::Deployment>(&self.client, &r, patch)
-                    .await?
-            }
-            shared::events::WorkloadKind::DaemonSet => {
-                patch_object::<k8s_openapi::api::apps::v1::DaemonSet>(&self.client, &r, patch)
-                    .await?
-            }
-        };
-        Ok(generation.unwrap_or_default())
+        self.ports.patch(&w.reference(), patch).await
     }
 
     /// Records a Warning Event once per (workload, reason, set of images or sources).
@@ -619,13 +621,12 @@ impl Context {
             Workload::Deployment(d) => d.object_ref(&()),
             Workload::DaemonSet(d) => d.object_ref(&()),
         };
-        shared::kube_events::record(&self.recorder, &reference, type_, reason, "RollOut", note)
-            .await;
+        self.ports.record(&reference, type_, reason, note).await;
     }
 
     /// Evaluates every cached workload (the resync), publishing what it produced; updates the
     /// waiting and blocked gauges.
-    pub async fn resync(&self, publisher: &Publisher) {
+    pub async fn resync(&self, publisher: &impl EventPublisher) {
         self.metrics.resyncs.inc();
         let (mut waiting, mut blocked) = (0, 0);
         for w in self.workloads.each() {
@@ -643,7 +644,7 @@ impl Context {
         self.metrics.waiting.set(waiting);
         self.metrics.blocked.set(blocked);
         // Pull secret copies follow their source.
-        if let Some(name) = self.safety.pull.secret_name() {
+        if let Some(name) = self.ports.pull_secret_name() {
             let namespaces: std::collections::BTreeSet<String> = self
                 .workloads
                 .annotated(decide::ORIGINAL_IMAGES_ANNOTATION)
@@ -655,7 +656,9 @@ impl Context {
                 })
                 .map(|w| w.reference().namespace)
                 .collect();
-            self.safety.pull.sync(namespaces).await;
+            self.ports
+                .sync_pull_secrets(namespaces.into_iter().collect())
+                .await;
         }
     }
 }
@@ -673,7 +676,7 @@ const MAX_NOT_READY_DELIVERIES: u64 = 30;
 
 // === impl Context (events) ===
 
-impl Context {
+impl<P: Ports> Context<P> {
     /// Waits (bounded) until `check` holds on the caches: an event can arrive before the watch
     /// update that carries the same fact (`image.completed` before the ImageBackup's status
     /// reaches this process's cache).
@@ -721,7 +724,7 @@ impl Context {
     }
 }
 
-impl Handler for Context {
+impl<P: Ports> Handler for Context<P> {
     type Error = RolloutError;
 
     async fn handle(&self, event: Payload, delivered: u64) -> Result<Outcome, RolloutError> {
