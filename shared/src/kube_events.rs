@@ -2,6 +2,8 @@
 //! refuses notes over 1 KiB), a failure to record logged at debug and otherwise ignored — an
 //! Event is a courtesy to the person running `kubectl describe`, never a reason to fail work.
 
+use std::future::Future;
+
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder};
 
@@ -27,5 +29,39 @@ pub async fn record(
     };
     if let Err(e) = recorder.publish(&event, about).await {
         tracing::debug!(error = %e, reason, "cannot record the event");
+    }
+}
+
+/// Where a function's Kubernetes Events go: a port, so a handler that records Events is
+/// tested with an in-memory fake. [`KubeEvents`] is the real one.
+pub trait Events: Send + Sync + 'static {
+    /// Records one Event about `about` (as [`record`]: bounded note, failures only logged).
+    fn record(
+        &self,
+        about: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        note: &str,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// Events recorded through a `kube` [`Recorder`], all with one `action`.
+#[derive(Clone)]
+pub struct KubeEvents {
+    recorder: Recorder,
+    action: &'static str,
+}
+
+impl KubeEvents {
+    /// Events from `recorder`, for the function doing `action` (`Backup`, `RollOut`,
+    /// `PlanBackup`).
+    pub fn new(recorder: Recorder, action: &'static str) -> Self {
+        Self { recorder, action }
+    }
+}
+
+impl Events for KubeEvents {
+    async fn record(&self, about: &ObjectReference, type_: EventType, reason: &str, note: &str) {
+        record(&self.recorder, about, type_, reason, self.action, note).await;
     }
 }

@@ -14,6 +14,7 @@ use kube::api::PostParams;
 use kube::runtime::events::{EventType, Recorder};
 use shared::crd::ImageBackup;
 use shared::events::{WorkloadKind, WorkloadRef};
+use shared::kube_events::{Events as _, KubeEvents};
 use shared::reference::Reference;
 use shared::registry::auth::DockerConfig;
 use shared::workload::Workload;
@@ -89,7 +90,7 @@ pub trait Registry: Send + Sync + 'static {
 pub struct KubeCluster {
     client: kube::Client,
     api: Api<ImageBackup>,
-    recorder: Recorder,
+    events: KubeEvents,
 }
 
 impl KubeCluster {
@@ -98,7 +99,7 @@ impl KubeCluster {
         Self {
             api: Api::all(client.clone()),
             client,
-            recorder,
+            events: KubeEvents::new(recorder, "Backup"),
         }
     }
 }
@@ -150,7 +151,7 @@ impl Cluster for KubeCluster {
     }
 
     async fn record(&self, about: &ObjectReference, type_: EventType, reason: &str, note: &str) {
-        shared::kube_events::record(&self.recorder, about, type_, reason, "Backup", note).await;
+        self.events.record(about, type_, reason, note).await;
     }
 }
 

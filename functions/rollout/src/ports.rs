@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::api::{ListParams, PatchParams};
 use kube::runtime::events::{EventType, Recorder};
 use shared::events::{WorkloadKind, WorkloadRef};
+use shared::kube_events::{Events as _, KubeEvents};
 use shared::reference::Reference;
 use shared::registry::{Access, CopyError, RegistryClient, Repo};
 use shared::workload::Workload;
@@ -78,7 +79,7 @@ pub trait Ports: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct KubePorts {
     client: kube::Client,
-    recorder: Recorder,
+    events: KubeEvents,
     registry: RegistryClient,
     pull: PullAccess,
     slots: Slots,
@@ -96,7 +97,7 @@ impl KubePorts {
     ) -> Self {
         Self {
             client,
-            recorder,
+            events: KubeEvents::new(recorder, "RollOut"),
             registry,
             pull,
             slots,
@@ -136,7 +137,7 @@ impl Ports for KubePorts {
     }
 
     async fn record(&self, about: &ObjectReference, type_: EventType, reason: &str, note: &str) {
-        shared::kube_events::record(&self.recorder, about, type_, reason, "RollOut", note).await;
+        self.events.record(about, type_, reason, note).await;
     }
 
     async fn pods(&self, namespace: &str, selector: &str) -> Result<Vec<Pod>, kube::Error> {

@@ -138,15 +138,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         instance: args.pod_name.clone(),
     };
     let ctx = watcher::run::Context {
-        recorder: kube::runtime::events::Recorder::new(client.clone(), reporter),
-        client,
+        events: shared::kube_events::KubeEvents::new(
+            kube::runtime::events::Recorder::new(client.clone(), reporter),
+            "PlanBackup",
+        ),
         publisher,
         policy: Arc::new(policy),
         metrics,
         readiness: runtime.readiness.clone(),
         resync: Duration::from_secs(args.resync_seconds),
     };
-    watcher::run::run(ctx, shutdown).await;
+    watcher::run::run(client, ctx, shutdown).await;
     runtime.finish().await;
     Ok(())
 }
