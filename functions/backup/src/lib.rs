@@ -9,6 +9,7 @@
 //! - [`ports`]: the cluster and registry the handler reaches through, real and (in tests) fake.
 //! - [`admit`]: what an event may ask for, decided against the workload in the cluster.
 //! - [`claim`]: the lease that stops two workers copying one image.
+//! - [`lease`]: holding that claim while the copy runs (renewed, fenced, lost).
 //! - [`status`]: the ImageBackup status at each step.
 //! - [`expiry`]: deletes Completed ImageBackups at `expiresAt`.
 //! - [`requests`]: takes up ImageBackups no event carries (applied with kubectl, or left behind
@@ -28,6 +29,7 @@ mod fakes;
 pub mod handler;
 #[cfg(test)]
 mod handler_tests;
+pub mod lease;
 pub mod metrics;
 pub mod ports;
 pub mod progress;

@@ -19,10 +19,14 @@
 //! 5. record Completed (digest, expiry, Ready) and emit `image.completed`, or record the
 //!    failure: transient classes retry with a growing delay up to `max_attempts`, permanent
 //!    ones (or exhausted attempts) end Failed with `image.failed` and a Kubernetes Event.
+//!
+//! Steps 4 and 5 are in `record.rs` (the claim held by [`crate::lease`]); what is refused and
+//! recorded is in `refusals.rs`. This file is over 400 lines because steps 1–3 and the fan-out
+//! read as one sequence; the ports it calls are in [`crate::ports`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ObjectReference, ServiceAccount};
 use k8s_openapi::jiff::Timestamp;
@@ -31,21 +35,24 @@ use kube::runtime::events::{EventType, Recorder};
 use shared::NamingPolicy;
 use shared::api_error::ApiFailure;
 use shared::crd::{ImageBackup, Phase, SecretRef};
-use shared::error::{Disposition, ErrorClass};
-use shared::events::{ImageCompleted, ImageFailed, Payload, WorkloadChanged, WorkloadRef};
+use shared::error::ErrorClass;
+use shared::events::{Payload, WorkloadChanged, WorkloadRef};
 use shared::handler::{Classified, Handler, Outcome};
 use shared::naming::image_backup_name;
 use shared::reference::Reference;
 use shared::registry::auth::DockerConfig;
 use shared::workload::Workload;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tracing::Instrument as _;
 
 use crate::claim;
-use crate::copy::{Copier, CopyError, Progress};
+use crate::copy::Copier;
 use crate::metrics::{ClaimResult, CopyOutcome, Metrics};
 use crate::ports::{Cluster, KubeCluster, Registry};
 use crate::status;
+
+mod record;
+mod refusals;
 
 /// How the handler behaves.
 #[derive(Debug, Clone)]
@@ -295,35 +302,6 @@ impl<C: Cluster, R: Registry> Context<C, R> {
         .await
     }
 
-    /// Records an API call refused for good: the metric, a warning, and a Warning Event
-    /// `ApiRefused` on `about` naming what was being done and the API server's answer.
-    async fn api_refused(
-        &self,
-        about: &ObjectReference,
-        doing: &str,
-        code: u16,
-        reason: &str,
-        message: &str,
-    ) {
-        self.inner
-            .metrics
-            .api_refused
-            .get_or_create(&crate::metrics::CodeLabels { code })
-            .inc();
-        tracing::warn!(
-            code,
-            reason,
-            message,
-            doing,
-            "the Kubernetes API refused; not retried (fix the cause; the resync tries again)"
-        );
-        let note = format!(
-            "cannot {doing}: the API server answered {code} {reason}: {message}; not retried until the cluster changes"
-        );
-        self.record_on(about, EventType::Warning, "ApiRefused", &note)
-            .await;
-    }
-
     async fn try_backup_image(
         &self,
         source: &Reference,
@@ -395,57 +373,6 @@ impl<C: Cluster, R: Registry> Context<C, R> {
         Ok(self.copy_and_record(ib, source, target, secrets).await)
     }
 
-    /// Takes up an ImageBackup found in the cluster rather than carried by an event (applied
-    /// with kubectl, or left behind by a lost message or a dead worker): refused with a recorded
-    /// status if it asks for anything the naming does not give, else backed up like an image of
-    /// an event, with the pull secrets its spec names.
-    pub async fn take_up(&self, ib: &ImageBackup) -> ImageResult {
-        match crate::admit::request(ib, &self.inner.settings.naming) {
-            Err((reason, message)) => {
-                self.refuse(ib, reason, &message).await;
-                ImageResult::Done(None)
-            }
-            Ok((source, target)) => {
-                self.backup_image(
-                    &source,
-                    &target,
-                    &ib.spec.pull_secrets,
-                    &ib.object_ref(&()),
-                    Duration::from_secs(5),
-                )
-                .await
-            }
-        }
-    }
-
-    /// Records that `ib` will not be carried out: a Failed status saying why (once), a
-    /// Warning Event, the `requests_refused_total{reason}` counter. Nothing is copied.
-    async fn refuse(&self, ib: &ImageBackup, reason: crate::admit::RejectReason, message: &str) {
-        let name = ib.metadata.name.clone().unwrap_or_default();
-        let generation = ib.metadata.generation;
-        let refused = status::refused(ib.status.as_ref(), message, Timestamp::now(), generation);
-        let already = ib.status.as_ref().is_some_and(|s| {
-            s.phase == Some(Phase::Failed)
-                && s.last_error == refused.last_error
-                && s.observed_generation == generation
-        });
-        if already {
-            return;
-        }
-        self.inner.metrics.refuse(reason);
-        tracing::warn!(%name, reason = ?reason, message, "ImageBackup refused");
-        let mut ib = ib.clone();
-        ib.status = Some(refused);
-        match self.inner.cluster.replace_status(&ib).await {
-            Ok(updated) => {
-                self.record(&updated, EventType::Warning, "Refused", message)
-                    .await;
-            }
-            // Changed meanwhile: whoever looks next decides again on the new object.
-            Err(e) => tracing::debug!(%name, error = %e, "refusal not written"),
-        }
-    }
-
     /// The workload `r` names as the cluster has it now (one GET; `None` when it does not
     /// exist or its name could not be one), and the ServiceAccount its pods run as.
     async fn read_workload(
@@ -504,203 +431,6 @@ impl<C: Cluster, R: Registry> Context<C, R> {
             .cluster
             .pull_secrets(&first.namespace, &names)
             .await
-    }
-
-    /// Copies under the claim held in `ib`, renewing it and writing progress; records the end.
-    async fn copy_and_record(
-        &self,
-        mut ib: ImageBackup,
-        source: &Reference,
-        target: &Reference,
-        secrets: &[SecretRef],
-    ) -> ImageResult {
-        let inner = &self.inner;
-        let me = inner.settings.holder.clone();
-        let name = ib.metadata.name.clone().unwrap_or_default();
-        let permits = self.registry_permits(source.domain());
-        let _permit = permits.acquire_owned().await;
-        let extra = self.pull_credentials(secrets).await;
-        let (tx, rx) = watch::channel(Progress::default());
-        inner.metrics.in_flight.inc();
-        let started = Instant::now();
-        let copy = inner.registry.copy(source, target, extra, tx);
-        tokio::pin!(copy);
-        let renew_every = (inner.settings.lease / 3).max(Duration::from_millis(200));
-        // Other workers see the claim expire `lease` after the renewal time it carries, which is
-        // older than `last_write`. A worker that could not renew by three quarters of the lease
-        // (the API failing or slow) stops, so its copy never overlaps a successor's.
-        let fence = inner.settings.lease.mul_f64(0.75);
-        let mut ticks = tokio::time::interval(Duration::from_millis(500).min(renew_every));
-        // The claim was renewed when it was taken, before waiting for a registry permit.
-        let claim_age = ib
-            .status
-            .as_ref()
-            .and_then(|s| s.claim.as_ref())
-            .map(|c| {
-                let left = claim::remaining(c, Timestamp::now()).unwrap_or_default();
-                inner.settings.lease.saturating_sub(left)
-            })
-            .unwrap_or_default();
-        let mut last_write = Instant::now()
-            .checked_sub(claim_age)
-            .unwrap_or_else(Instant::now);
-        let mut last_quarter = 0u64;
-        let result = loop {
-            tokio::select! {
-                r = &mut copy => break r,
-                _ = ticks.tick() => {
-                    if last_write.elapsed() >= fence {
-                        inner.metrics.claim(ClaimResult::Expired);
-                        inner.metrics.in_flight.dec();
-                        tracing::warn!(%name, "claim not renewed in time; copy stopped before another worker may take it over");
-                        return ImageResult::Later(Duration::from_secs(1));
-                    }
-                    let p = rx.borrow().clone();
-                    let quarter = p.bytes_done.saturating_mul(4).checked_div(p.bytes_total).unwrap_or(0);
-                    let due = last_write.elapsed() >= renew_every
-                        || (quarter > last_quarter && last_write.elapsed() >= Duration::from_secs(1));
-                    if !due {
-                        continue;
-                    }
-                    let Some(prev) = ib.status.clone() else { continue };
-                    // The renewal time written is now, not when the write returns.
-                    let attempt = Instant::now();
-                    ib.status = Some(status::progressed(&prev, &p, Timestamp::now()));
-                    match inner.cluster.replace_status(&ib).await {
-                        Ok(updated) => {
-                            ib = updated;
-                            last_write = attempt;
-                            last_quarter = quarter;
-                        }
-                        Err(e) if ApiFailure::is_conflict(&e) => match inner.cluster.get(&name).await {
-                            Ok(fresh) if claim::held_by(&fresh, &me) => ib = fresh,
-                            Ok(_) => {
-                                inner.metrics.claim(ClaimResult::Lost);
-                                inner.metrics.in_flight.dec();
-                                tracing::warn!(%name, "claim taken over by another worker; copy cancelled");
-                                return ImageResult::Later(inner.settings.lease);
-                            }
-                            Err(e) => tracing::debug!(%name, error = %e, "cannot re-read after a conflict"),
-                        },
-                        Err(e) => tracing::debug!(%name, error = %e, "progress not written"),
-                    }
-                }
-            }
-        };
-        inner.metrics.in_flight.dec();
-        let generation = ib.metadata.generation;
-        let now = Timestamp::now();
-        let prev = ib.status.clone().unwrap_or_default();
-        match result {
-            Ok(summary) => {
-                let seconds = started.elapsed().as_secs_f64();
-                if !summary.already_complete {
-                    inner.metrics.duration.observe(seconds);
-                }
-                inner.metrics.bytes_copied.inc_by(summary.bytes_uploaded);
-                inner
-                    .metrics
-                    .blobs_skipped
-                    .inc_by(u64::from(summary.blobs_skipped));
-                inner
-                    .metrics
-                    .blobs_mounted
-                    .inc_by(u64::from(summary.blobs_mounted));
-                inner.metrics.copy(CopyOutcome::Completed, None);
-                let done = status::completed(&prev, &summary, now, inner.settings.ttl, generation);
-                self.write_final(&mut ib, done).await;
-                tracing::info!(%name, digest = %summary.digest, seconds, "backup completed");
-                self.record(
-                    &ib,
-                    EventType::Normal,
-                    "Completed",
-                    &format!("backed up to {} as {}", target, summary.digest),
-                )
-                .await;
-                ImageResult::Done(Some(Payload::ImageCompleted(ImageCompleted {
-                    name,
-                    source: source.to_string(),
-                    target: target.to_string(),
-                    digest: summary.digest,
-                    platforms: summary.platforms,
-                    bytes: summary.bytes_total,
-                    duration_seconds: seconds,
-                })))
-            }
-            Err(e) => self.record_failure(ib, prev, e, source, target).await,
-        }
-    }
-
-    async fn record_failure(
-        &self,
-        mut ib: ImageBackup,
-        prev: shared::crd::ImageBackupStatus,
-        e: CopyError,
-        source: &Reference,
-        target: &Reference,
-    ) -> ImageResult {
-        let inner = &self.inner;
-        let name = ib.metadata.name.clone().unwrap_or_default();
-        let generation = ib.metadata.generation;
-        let now = Timestamp::now();
-        let class = e.class();
-        let attempts = prev.attempts;
-        let transient = class.disposition() == Disposition::Transient;
-        if transient && attempts < inner.settings.max_attempts {
-            inner
-                .metrics
-                .copy(CopyOutcome::Retried, Some((class, e.label())));
-            let delay = shared::delivery::redelivery_delay(
-                u64::from(attempts).saturating_mul(2),
-                inner.settings.max_retry_delay,
-            );
-            tracing::info!(%name, error = %e, attempts, retry_in = ?delay, "copy failed transiently");
-            self.write_final(&mut ib, status::retrying(&prev, &e, now, delay, generation))
-                .await;
-            return ImageResult::Later(delay);
-        }
-        inner
-            .metrics
-            .copy(CopyOutcome::Failed, Some((class, e.label())));
-        tracing::warn!(%name, error = %e, %class, attempts, "backup failed");
-        self.write_final(&mut ib, status::failed(&prev, &e, now, generation))
-            .await;
-        self.record(&ib, EventType::Warning, "Failed", &status::last_error(&e))
-            .await;
-        ImageResult::Done(Some(Payload::ImageFailed(ImageFailed {
-            name,
-            source: source.to_string(),
-            target: target.to_string(),
-            error_class: class,
-            message: e.to_string().chars().take(1000).collect(),
-            attempts,
-        })))
-    }
-
-    /// Writes a final status; on a conflict re-reads and writes again (the outcome is the
-    /// truth whoever holds the claim now: the copy verified or it did not).
-    async fn write_final(&self, ib: &mut ImageBackup, status: shared::crd::ImageBackupStatus) {
-        let name = ib.metadata.name.clone().unwrap_or_default();
-        for _ in 0..3 {
-            ib.status = Some(status.clone());
-            match self.inner.cluster.replace_status(ib).await {
-                Ok(updated) => {
-                    *ib = updated;
-                    return;
-                }
-                Err(e) if ApiFailure::is_conflict(&e) => {
-                    match self.inner.cluster.get(&name).await {
-                        Ok(fresh) => *ib = fresh,
-                        Err(e) => tracing::warn!(%name, error = %e, "cannot re-read"),
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(%name, error = %e, "status not written");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-        tracing::warn!(%name, "final status not written; the next event or resync heals it");
     }
 
     async fn record(&self, ib: &ImageBackup, type_: EventType, reason: &str, note: &str) {
