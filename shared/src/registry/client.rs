@@ -9,25 +9,28 @@
 //! mount request is not told apart from a 201; upload sessions cannot be cancelled; and its
 //! token handling has no OAuth2 refresh-token grant (`identitytoken`). We use its manifest types
 //! and media-type constants, and the same HTTP stack (reqwest).
+//!
+//! Over 400 lines: one short method per distribution API call; split, one protocol would be
+//! scattered. Below it: `transport.rs` (pools, retries) and the handshake it owns.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::reference::{DEFAULT_DOMAIN, DOCKER_HUB_API_HOST, canonical_host, validate_digest};
+use crate::reference::validate_digest;
 use reqwest::{Method, RequestBuilder, Response, StatusCode, header};
 use sha2::{Digest as _, Sha256};
 
-use super::auth::{Credential, DockerConfig, TokenCache};
 use super::error::CopyError;
-use super::handshake::{AuthScheme, scopes};
-use super::mirror::Mirrors;
+use super::handshake::{Authenticator, scopes};
 use super::response::{
     Capped, MAX_MANIFEST_BYTES, content_type, header_str, read_capped, status_error,
     transport_cause, transport_error,
 };
-use super::retry::{RetryPolicy, retry_after, retryable_status};
+use super::retry::RetryPolicy;
 use super::stall::StallPolicy;
+use super::transport::Transport;
+
+pub use super::repo::{Access, Repo};
+pub use super::transport::ClientOptions;
 
 /// Media types we ask registries for. Schema1 is included so it can be refused with a clear
 /// error instead of a confusing 404.
@@ -37,57 +40,6 @@ application/vnd.docker.distribution.manifest.list.v2+json, \
 application/vnd.docker.distribution.manifest.v2+json, \
 application/vnd.docker.distribution.manifest.v1+prettyjws;q=0.1, \
 application/vnd.docker.distribution.manifest.v1+json;q=0.1";
-
-/// Settings of a [`RegistryClient`].
-#[derive(Debug, Clone, Default)]
-pub struct ClientOptions {
-    /// Registries (`host:port`) spoken to over plain HTTP.
-    pub insecure: HashSet<String>,
-    /// Credentials by registry.
-    pub credentials: DockerConfig,
-    /// Retry pacing.
-    pub retry: RetryPolicy,
-    /// The minimum throughput of a blob transfer before it counts as stalled.
-    pub stall: StallPolicy,
-    /// Registry mirrors ([`super::mirror`]): where [`RegistryClient::locate_manifest`] looks
-    /// for an image first.
-    pub mirrors: Mirrors,
-    /// Who is asking, added to the User-Agent (`image-backup/<version> (<instance>)`), so a
-    /// registry's access log tells which replica pushed what.
-    pub instance: Option<String>,
-}
-
-/// The User-Agent of every registry request: the product, its version and the instance.
-fn user_agent(instance: Option<&str>) -> String {
-    let product = concat!("image-backup/", env!("CARGO_PKG_VERSION"));
-    // Only characters a header value may hold; an instance name is the pod's.
-    let instance: String = instance
-        .unwrap_or_default()
-        .chars()
-        .filter(|c| c.is_ascii_graphic() || *c == ' ')
-        .take(128)
-        .collect();
-    if instance.is_empty() {
-        product.to_string()
-    } else {
-        format!("{product} ({instance})")
-    }
-}
-
-/// A repository at a registry: what every call addresses.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Repo {
-    /// The registry as written in references (`docker.io`, `127.0.0.1:5000`).
-    pub registry: String,
-    /// The repository path (`library/nginx`).
-    pub path: String,
-}
-
-impl std::fmt::Display for Repo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.registry, self.path)
-    }
-}
 
 /// A manifest as the registry serves it: exact bytes, media type, digest.
 #[derive(Debug, Clone)]
@@ -112,156 +64,45 @@ pub enum UploadStart {
 /// Talks the distribution API to any number of registries. Cheap to clone.
 #[derive(Clone)]
 pub struct RegistryClient {
-    /// For plain-HTTP (insecure) registries: built without loading any root certificate.
-    plain: reqwest::Client,
-    /// For HTTPS: built on first use, because loading the system's root certificates costs
-    /// ~50 ms, which a one-shot copy between local registries should not pay.
-    tls: Arc<std::sync::OnceLock<reqwest::Client>>,
-    /// Insecure registries, credentials, retry and stall policies.
-    options: Arc<ClientOptions>,
-    /// Bearer tokens by registry and scope (see [`super::handshake`]).
-    pub(super) tokens: Arc<TokenCache>,
-    /// The authentication scheme each registry asked for in its first challenge.
-    pub(super) schemes: Arc<Mutex<HashMap<String, AuthScheme>>>,
-}
-
-/// What a request does at the registry, for scopes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// Read.
-    Pull,
-    /// Read and write.
-    Push,
+    /// The connection pools, options and retries.
+    transport: Transport,
+    /// Schemes learned and tokens fetched ([`super::handshake`]).
+    auth: Authenticator,
 }
 
 // === impl RegistryClient ===
 
 impl RegistryClient {
-    fn builder(options: &ClientOptions) -> reqwest::ClientBuilder {
-        reqwest::Client::builder()
-            .user_agent(user_agent(options.instance.as_deref()))
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(32)
-            .tcp_nodelay(true)
-            .no_proxy()
-    }
-
     /// A client with its own connection pools.
     pub fn new(options: ClientOptions) -> Result<Self, CopyError> {
-        crate::tls::ensure_crypto_provider();
-        let plain = Self::builder(&options)
-            .tls_certs_only(Vec::new())
-            .build()
-            .map_err(|e| CopyError::Internal(format!("cannot build the HTTP client: {e}")))?;
+        let transport = Transport::new(options)?;
         Ok(Self {
-            plain,
-            tls: Arc::new(std::sync::OnceLock::new()),
-            options: Arc::new(options),
-            tokens: Arc::new(TokenCache::default()),
-            schemes: Arc::new(Mutex::new(HashMap::new())),
-        })
-    }
-
-    /// The HTTP client for a URL: the plain one for `http://`, the TLS one (built now if
-    /// needed, with the system's root certificates) for anything else.
-    pub(super) fn http(&self, url: &str) -> &reqwest::Client {
-        if url.starts_with("http://") {
-            return &self.plain;
-        }
-        self.tls.get_or_init(|| {
-            Self::builder(&self.options).build().unwrap_or_else(|e| {
-                // Building only fails when the TLS backend cannot load; then HTTPS requests
-                // fail with a transport error that names the registry, via the plain client.
-                tracing::warn!(error = %e, "cannot build the HTTPS client");
-                self.plain.clone()
-            })
+            auth: Authenticator::new(transport.clone()),
+            transport,
         })
     }
 
     /// The options this client was built with.
     pub fn options(&self) -> &ClientOptions {
-        &self.options
+        self.transport.options()
     }
 
     /// The retry policy in force.
     pub fn retry_policy(&self) -> &RetryPolicy {
-        &self.options.retry
+        &self.transport.options().retry
     }
 
     /// The stall policy in force.
     pub fn stall_policy(&self) -> &StallPolicy {
-        &self.options.stall
-    }
-
-    /// Whether `registry` is spoken to over plain HTTP.
-    pub(super) fn is_insecure(&self, registry: &str) -> bool {
-        self.options.insecure.contains(registry)
-    }
-
-    /// `scheme://host` for a registry (Docker Hub's API host is registry-1.docker.io).
-    fn base(&self, registry: &str) -> String {
-        let host = if canonical_host(registry) == DEFAULT_DOMAIN {
-            DOCKER_HUB_API_HOST
-        } else {
-            registry
-        };
-        let scheme = if self.is_insecure(registry) {
-            "http"
-        } else {
-            "https"
-        };
-        format!("{scheme}://{host}")
+        &self.transport.options().stall
     }
 
     fn url(&self, repo: &Repo, tail: &str) -> String {
-        format!("{}/v2/{}/{tail}", self.base(&repo.registry), repo.path)
-    }
-
-    pub(super) fn credential(&self, registry: &str) -> Option<&Credential> {
-        self.options.credentials.credential_for(registry)
-    }
-
-    /// Sends the request `make` builds until the answer is not retryable (429, 408, 5xx,
-    /// transport errors are), pacing attempts by the [`RetryPolicy`] and `Retry-After`. Returns
-    /// that answer, whatever its status; `Err` when the budget is spent or `Retry-After` asks
-    /// for longer than we wait.
-    pub(super) async fn with_retries(
-        &self,
-        registry: &str,
-        what: &str,
-        make: impl Fn() -> RequestBuilder,
-    ) -> Result<Response, CopyError> {
-        let policy = &self.options.retry;
-        let mut attempt: u32 = 0;
-        loop {
-            let last = attempt + 1 >= policy.max_attempts;
-            match make().send().await {
-                Ok(resp) if retryable_status(resp.status()) => {
-                    let ra = retry_after(&resp);
-                    if last || ra.is_some_and(|d| d > policy.max_retry_after) {
-                        return Err(status_error(registry, what, resp, attempt + 1).await);
-                    }
-                    tracing::debug!(
-                        registry,
-                        what,
-                        status = resp.status().as_u16(),
-                        attempt,
-                        "retrying"
-                    );
-                    tokio::time::sleep(policy.delay(attempt, ra)).await;
-                }
-                Ok(resp) => return Ok(resp),
-                Err(e) if last => {
-                    return Err(transport_error(registry, what, attempt + 1, &e));
-                }
-                Err(e) => {
-                    tracing::debug!(registry, what, error = %transport_cause(&e), attempt, "retrying");
-                    tokio::time::sleep(policy.delay(attempt, None)).await;
-                }
-            }
-            attempt += 1;
-        }
+        format!(
+            "{}/v2/{}/{tail}",
+            self.transport.base(&repo.registry),
+            repo.path
+        )
     }
 
     /// Sends a request built by `build` with authentication and retries. Returns any response
@@ -277,16 +118,17 @@ impl RegistryClient {
     ) -> Result<Response, CopyError> {
         let scopes = scopes(repo, access, mount_from);
         let registry = repo.registry.as_str();
-        let mut authorization = self.known_authorization(registry, &scopes);
+        let mut authorization = self.auth.known_authorization(registry, &scopes);
         if authorization.is_none() {
             authorization = self
+                .auth
                 .proactive_authorization(registry, &scopes, what)
                 .await?;
         }
-        let http = self.http(&self.base(registry));
+        let http = self.transport.http(&self.transport.base(registry));
         let build = &build;
         let send = |authorization: Option<String>| {
-            self.with_retries(registry, what, move || {
+            self.transport.with_retries(registry, what, move || {
                 let request = build(http);
                 match &authorization {
                     Some(a) => request.header(header::AUTHORIZATION, a),
@@ -303,18 +145,19 @@ impl RegistryClient {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
             match self
+                .auth
                 .authorize(registry, &scopes, challenge.as_deref(), what)
                 .await?
             {
                 Some(a) => resp = send(Some(a)).await?,
-                None => return Err(self.unauthorized(registry, what, resp.status())),
+                None => return Err(self.auth.unauthorized(registry, what, resp.status())),
             }
         }
         if matches!(
             resp.status(),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
         ) {
-            return Err(self.unauthorized(registry, what, resp.status()));
+            return Err(self.auth.unauthorized(registry, what, resp.status()));
         }
         Ok(resp)
     }
@@ -322,7 +165,7 @@ impl RegistryClient {
     /// The registries a pull of `registry`'s images reads from, in order (its mirrors first;
     /// just `registry` when it has none).
     pub fn pull_hosts(&self, registry: &str) -> Vec<String> {
-        self.options.mirrors.hosts_for(registry)
+        self.transport.options().mirrors.hosts_for(registry)
     }
 
     /// Reads the manifest `reference` of `repo` where a pull would: at each of
@@ -611,9 +454,11 @@ impl RegistryClient {
                 status: resp.status().as_u16(),
                 message: "no Location header".into(),
             })?;
-        let base = url::Url::parse(&self.base(&repo.registry)).map_err(|e| CopyError::Invalid {
-            what: format!("registry {}", repo.registry),
-            reason: e.to_string(),
+        let base = url::Url::parse(&self.transport.base(&repo.registry)).map_err(|e| {
+            CopyError::Invalid {
+                what: format!("registry {}", repo.registry),
+                reason: e.to_string(),
+            }
         })?;
         let protocol = |message: String| CopyError::Protocol {
             registry: repo.registry.clone(),
@@ -647,6 +492,7 @@ impl RegistryClient {
         let sep = if location.contains('?') { '&' } else { '?' };
         let url = format!("{location}{sep}digest={digest}");
         let request = self
+            .transport
             .http(&url)
             .put(&url)
             .header(header::CONTENT_TYPE, "application/octet-stream")
@@ -669,7 +515,7 @@ impl RegistryClient {
     /// [`RegistryClient::send`] (a streamed body cannot be replayed after a 401).
     fn with_push_authorization(&self, repo: &Repo, request: RequestBuilder) -> RequestBuilder {
         let scopes = scopes(repo, Access::Push, None);
-        match self.known_authorization(&repo.registry, &scopes) {
+        match self.auth.known_authorization(&repo.registry, &scopes) {
             Some(a) => request.header(header::AUTHORIZATION, a),
             None => request,
         }
@@ -678,6 +524,7 @@ impl RegistryClient {
     /// Cancels an upload session (best effort: the registry purges stale sessions anyway).
     pub async fn cancel_upload(&self, repo: &Repo, location: &str) {
         let request = self
+            .transport
             .http(location)
             .delete(location)
             .timeout(Duration::from_secs(10));
@@ -699,20 +546,4 @@ fn digest_reference(reference: &str, what: &str) -> Result<Option<String>, CopyE
             what: what.into(),
             reason: e.to_string(),
         })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::user_agent;
-
-    #[test]
-    fn the_user_agent_names_the_instance_in_header_safe_characters() {
-        assert_eq!(
-            user_agent(None),
-            concat!("image-backup/", env!("CARGO_PKG_VERSION"))
-        );
-        let ua = user_agent(Some("backup-7f9c/0a1b2c3d\r\nX-Evil: 1"));
-        assert!(ua.ends_with("(backup-7f9c/0a1b2c3dX-Evil: 1)"), "{ua}");
-        assert!(reqwest::header::HeaderValue::from_str(&ua).is_ok());
-    }
 }

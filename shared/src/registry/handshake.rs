@@ -6,14 +6,17 @@
 //!
 //! What it must not do: decide retries (that is [`super::retry`]) or log a credential.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::{StatusCode, header};
 
-use super::auth::{Challenge, Credential, TokenResponse};
-use super::client::{Access, RegistryClient, Repo};
+use super::auth::{Challenge, Credential, TokenCache, TokenResponse};
 use super::error::CopyError;
+use super::repo::{Access, Repo};
 use super::response::{Capped, MAX_TOKEN_BYTES, read_capped, status_error, transport_error};
+use super::transport::Transport;
 
 /// What we know of a registry's authentication, learned from its first challenge.
 #[derive(Debug, Clone)]
@@ -63,9 +66,27 @@ pub(super) fn check_realm(
     }
 }
 
-// === impl RegistryClient ===
+/// Authentication for one client: the scheme each registry asked for in its first
+/// challenge, and bearer tokens by registry and scope. Cheap to clone.
+#[derive(Clone)]
+pub(super) struct Authenticator {
+    transport: Transport,
+    tokens: Arc<TokenCache>,
+    schemes: Arc<Mutex<HashMap<String, AuthScheme>>>,
+}
 
-impl RegistryClient {
+// === impl Authenticator ===
+
+impl Authenticator {
+    /// Authentication over `transport` (its credentials, pools and retries).
+    pub(super) fn new(transport: Transport) -> Self {
+        Self {
+            transport,
+            tokens: Arc::new(TokenCache::default()),
+            schemes: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
     /// The scheme learned for `registry`, if any.
     pub(super) fn scheme(&self, registry: &str) -> Option<AuthScheme> {
         self.schemes.lock().ok()?.get(registry).cloned()
@@ -74,7 +95,7 @@ impl RegistryClient {
     /// The Authorization header to send, from what we know of the registry (no network).
     pub(super) fn known_authorization(&self, registry: &str, scopes: &[String]) -> Option<String> {
         match self.scheme(registry)? {
-            AuthScheme::Basic => self.credential(registry)?.basic_header(),
+            AuthScheme::Basic => self.transport.credential(registry)?.basic_header(),
             AuthScheme::Bearer { .. } => self
                 .tokens
                 .get(&token_key(registry, scopes))
@@ -113,7 +134,7 @@ impl RegistryClient {
         let scheme = match challenge.and_then(Challenge::parse) {
             Some(Challenge::Basic) => AuthScheme::Basic,
             Some(Challenge::Bearer { realm, service, .. }) => {
-                check_realm(registry, self.is_insecure(registry), &realm)?;
+                check_realm(registry, self.transport.is_insecure(registry), &realm)?;
                 AuthScheme::Bearer { realm, service }
             }
             None => return Ok(None),
@@ -122,7 +143,10 @@ impl RegistryClient {
             schemes.insert(registry.to_string(), scheme.clone());
         }
         match scheme {
-            AuthScheme::Basic => Ok(self.credential(registry).and_then(Credential::basic_header)),
+            AuthScheme::Basic => Ok(self
+                .transport
+                .credential(registry)
+                .and_then(Credential::basic_header)),
             AuthScheme::Bearer { realm, service } => {
                 let token = self
                     .fetch_token(registry, &realm, service.as_deref(), scopes, what)
@@ -144,10 +168,11 @@ impl RegistryClient {
     ) -> Result<String, CopyError> {
         let key = token_key(registry, scopes);
         self.tokens.remove(&key);
-        let credential = self.credential(registry).cloned();
+        let credential = self.transport.credential(registry).cloned();
         let what = format!("token for {what}");
-        let http = self.http(realm);
+        let http = self.transport.http(realm);
         let resp = self
+            .transport
             .with_retries(registry, &what, || {
                 let request = match &credential {
                     Some(Credential::IdentityToken(refresh)) => {
@@ -214,7 +239,7 @@ impl RegistryClient {
             registry: registry.into(),
             what: what.into(),
             status: status.as_u16(),
-            hint: if self.credential(registry).is_some() {
+            hint: if self.transport.credential(registry).is_some() {
                 "; the configured credentials were refused"
             } else {
                 "; no credentials are configured for it (--docker-config)"

@@ -4,7 +4,10 @@
 //! refused credential downgrades, a throughput watchdog).
 //!
 //! - [`client`]: the distribution API calls (`RegistryClient`), one connection pool a process.
-//! - `handshake`: authentication (basic, bearer tokens per scope, OAuth2 refresh tokens).
+//! - [`repo`]: what a call addresses (`Repo`) and does (`Access`).
+//! - `transport`: connection pools, base URLs, credentials by host, sending with retries.
+//! - `handshake`: authentication (basic, bearer tokens per scope, OAuth2 refresh tokens), on
+//!   the transport; the client owns one.
 //! - [`auth`]: docker config credentials, challenges, the token cache.
 //! - [`mirror`]: registry mirrors for pulls (containerd `hosts.toml` semantics).
 //! - [`retry`]: which answers are retried and how long to wait.
@@ -17,12 +20,16 @@ pub mod client;
 pub mod error;
 mod handshake;
 pub mod mirror;
+pub mod repo;
 pub mod response;
 pub mod retry;
 pub mod stall;
+mod transport;
 
-pub use client::{Access, ClientOptions, RegistryClient, Repo};
+pub use client::RegistryClient;
 pub use error::CopyError;
 pub use mirror::{MirrorSpec, Mirrors};
+pub use repo::{Access, Repo};
 pub use retry::RetryPolicy;
 pub use stall::StallPolicy;
+pub use transport::ClientOptions;

@@ -1,7 +1,7 @@
 //! When and how long to wait before asking a registry again: which answers are worth a retry
 //! (429, 408, 5xx, transport errors), exponential backoff with full jitter, and `Retry-After`
 //! (seconds or an HTTP-date). Pure policy: the loop that applies it is
-//! [`RegistryClient::with_retries`](super::client::RegistryClient).
+//! the transport's `with_retries` (`transport.rs`).
 
 use std::time::Duration;
 
