@@ -206,59 +206,10 @@ pub fn request(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shared::events::{WorkloadImage, WorkloadKind, WorkloadRef};
+    use crate::fakes::{deployment, event};
 
     fn naming() -> NamingPolicy {
         NamingPolicy::flat("registry.local/backup".parse().unwrap())
-    }
-
-    fn deployment(images: &[&str], secrets: &[&str], sa: Option<&str>) -> Workload {
-        let containers: Vec<serde_json::Value> = images
-            .iter()
-            .enumerate()
-            .map(|(i, image)| serde_json::json!({"name": format!("c{i}"), "image": image}))
-            .collect();
-        let secrets: Vec<serde_json::Value> = secrets
-            .iter()
-            .map(|n| serde_json::json!({"name": n}))
-            .collect();
-        Workload::Deployment(Box::new(
-            serde_json::from_value(serde_json::json!({
-                "metadata": {"name": "web", "namespace": "shop", "uid": "u-1"},
-                "spec": {
-                    "selector": {"matchLabels": {"app": "web"}},
-                    "template": {"spec": {
-                        "initContainers": [{"name": "init", "image": "busybox:1.36"}],
-                        "containers": containers,
-                        "imagePullSecrets": secrets,
-                        "serviceAccountName": sa,
-                    }},
-                },
-            }))
-            .unwrap(),
-        ))
-    }
-
-    fn event(images: &[(&str, &str)], secrets: &[&str]) -> WorkloadChanged {
-        WorkloadChanged {
-            workload: WorkloadRef {
-                kind: WorkloadKind::Deployment,
-                namespace: "shop".into(),
-                name: "web".into(),
-            },
-            uid: "u-1".into(),
-            generation: 1,
-            images: images
-                .iter()
-                .map(|(source, target)| WorkloadImage {
-                    container: "c".into(),
-                    init: false,
-                    source: (*source).into(),
-                    target: (*target).into(),
-                })
-                .collect(),
-            pull_secrets: secrets.iter().map(|s| s.to_string()).collect(),
-        }
     }
 
     const NGINX: (&str, &str) = (

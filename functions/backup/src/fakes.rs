@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use k8s_openapi::api::core::v1::{ObjectReference, ServiceAccount};
 use kube::runtime::events::EventType;
 use shared::crd::ImageBackup;
-use shared::events::WorkloadRef;
+use shared::events::{WorkloadChanged, WorkloadImage, WorkloadKind, WorkloadRef};
+use shared::kube_events::Events;
 use shared::reference::Reference;
 use shared::registry::auth::DockerConfig;
 use shared::workload::Workload;
@@ -17,6 +18,59 @@ use tokio::sync::{Notify, watch};
 
 use crate::copy::{CopyError, CopySummary, Progress};
 use crate::ports::{Cluster, Registry};
+
+/// The Deployment `shop/web` (uid `u-1`) running `images`, with an init container
+/// `busybox:1.36`, pull secrets `secrets` and ServiceAccount `sa`.
+pub fn deployment(images: &[&str], secrets: &[&str], sa: Option<&str>) -> Workload {
+    let containers: Vec<serde_json::Value> = images
+        .iter()
+        .enumerate()
+        .map(|(i, image)| serde_json::json!({"name": format!("c{i}"), "image": image}))
+        .collect();
+    let secrets: Vec<serde_json::Value> = secrets
+        .iter()
+        .map(|n| serde_json::json!({"name": n}))
+        .collect();
+    Workload::Deployment(Box::new(
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u-1"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {"spec": {
+                    "initContainers": [{"name": "init", "image": "busybox:1.36"}],
+                    "containers": containers,
+                    "imagePullSecrets": secrets,
+                    "serviceAccountName": sa,
+                }},
+            },
+        }))
+        .unwrap(),
+    ))
+}
+
+/// A `workload.changed` for `shop/web` (uid `u-1`) naming `images` (source, target) and
+/// the pull secrets `secrets`.
+pub fn event(images: &[(&str, &str)], secrets: &[&str]) -> WorkloadChanged {
+    WorkloadChanged {
+        workload: WorkloadRef {
+            kind: WorkloadKind::Deployment,
+            namespace: "shop".into(),
+            name: "web".into(),
+        },
+        uid: "u-1".into(),
+        generation: 1,
+        images: images
+            .iter()
+            .map(|(source, target)| WorkloadImage {
+                container: "c".into(),
+                init: false,
+                source: (*source).into(),
+                target: (*target).into(),
+            })
+            .collect(),
+        pull_secrets: secrets.iter().map(|s| s.to_string()).collect(),
+    }
+}
 
 /// A Kubernetes API error answer with `code`.
 pub fn api_error(code: u16, reason: &str) -> kube::Error {
@@ -178,7 +232,9 @@ impl Cluster for FakeCluster {
         }
         all
     }
+}
 
+impl Events for FakeCluster {
     async fn record(&self, _: &ObjectReference, _: EventType, reason: &str, note: &str) {
         self.state().events.push((reason.into(), note.into()));
     }

@@ -8,7 +8,7 @@ use k8s_openapi::jiff::Timestamp;
 use shared::NamingPolicy;
 use shared::crd::{ImageBackup, ImageBackupStatus, Phase};
 use shared::error::ErrorClass;
-use shared::events::{Payload, WorkloadChanged, WorkloadImage, WorkloadKind, WorkloadRef};
+use shared::events::Payload;
 use shared::handler::{Classified as _, Handler as _, Outcome};
 use shared::reference::Reference;
 use shared::registry::auth::DockerConfig;
@@ -39,49 +39,12 @@ fn settings(lease: Duration) -> Settings {
     }
 }
 
-/// The Deployment `shop/web` running `images`, with pull secrets `secrets`.
 fn deployment(images: &[&str], secrets: &[&str]) -> Workload {
-    let containers: Vec<serde_json::Value> = images
-        .iter()
-        .enumerate()
-        .map(|(i, image)| serde_json::json!({"name": format!("c{i}"), "image": image}))
-        .collect();
-    let secrets: Vec<serde_json::Value> = secrets
-        .iter()
-        .map(|n| serde_json::json!({"name": n}))
-        .collect();
-    Workload::Deployment(Box::new(
-        serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "web", "namespace": "shop", "uid": "u-1"},
-            "spec": {
-                "selector": {"matchLabels": {"app": "web"}},
-                "template": {"spec": {"containers": containers, "imagePullSecrets": secrets}},
-            },
-        }))
-        .unwrap(),
-    ))
+    crate::fakes::deployment(images, secrets, None)
 }
 
 fn event(images: &[(&str, &str)]) -> Payload {
-    Payload::WorkloadChanged(WorkloadChanged {
-        workload: WorkloadRef {
-            kind: WorkloadKind::Deployment,
-            namespace: "shop".into(),
-            name: "web".into(),
-        },
-        uid: "u-1".into(),
-        generation: 1,
-        images: images
-            .iter()
-            .map(|(source, target)| WorkloadImage {
-                container: "c0".into(),
-                init: false,
-                source: (*source).into(),
-                target: (*target).into(),
-            })
-            .collect(),
-        pull_secrets: Vec::new(),
-    })
+    Payload::WorkloadChanged(crate::fakes::event(images, &[]))
 }
 
 struct World {
@@ -120,6 +83,19 @@ impl World {
             .handle(event(&[(SOURCE, TARGET)]), delivered)
             .await
             .unwrap()
+    }
+
+    /// Handles the event in a task that stays in its copy (the registry hangs); returns once
+    /// the copy has started.
+    async fn copy_in_background(&self) -> tokio::task::JoinHandle<Outcome> {
+        self.registry.state().hang = true;
+        let handler = self.handler.clone();
+        let running =
+            tokio::spawn(
+                async move { handler.handle(event(&[(SOURCE, TARGET)]), 1).await.unwrap() },
+            );
+        self.registry.started.notified().await;
+        running
     }
 
     fn name() -> String {
@@ -313,11 +289,7 @@ async fn a_permanent_copy_failure_fails_at_once_and_a_later_event_retries_it() {
 #[tokio::test]
 async fn a_claim_taken_over_mid_copy_cancels_the_copy() {
     let w = world(Duration::from_secs(1));
-    w.registry.state().hang = true;
-    let handler = w.handler.clone();
-    let running =
-        tokio::spawn(async move { handler.handle(event(&[(SOURCE, TARGET)]), 1).await.unwrap() });
-    w.registry.started.notified().await;
+    let running = w.copy_in_background().await;
     // Another worker takes the claim over (as after an expired lease).
     let mut ib = w.cluster.backup(&World::name()).unwrap();
     if let Some(s) = ib.status.as_mut() {
@@ -346,11 +318,7 @@ async fn a_claim_taken_over_mid_copy_cancels_the_copy() {
 #[tokio::test]
 async fn a_worker_that_cannot_renew_its_claim_stops_before_another_may_take_it() {
     let w = world(Duration::from_secs(1));
-    w.registry.state().hang = true;
-    let handler = w.handler.clone();
-    let running =
-        tokio::spawn(async move { handler.handle(event(&[(SOURCE, TARGET)]), 1).await.unwrap() });
-    w.registry.started.notified().await;
+    let running = w.copy_in_background().await;
     w.cluster.fail(Call::ReplaceStatus, 503, 100);
     let outcome = tokio::time::timeout(Duration::from_secs(10), running)
         .await
@@ -475,11 +443,7 @@ async fn an_object_applied_by_hand_with_a_target_outside_the_naming_is_refused_n
 #[tokio::test]
 async fn two_events_for_one_image_in_one_process_copy_it_once() {
     let w = world(Duration::from_secs(30));
-    w.registry.state().hang = true;
-    let handler = w.handler.clone();
-    let first =
-        tokio::spawn(async move { handler.handle(event(&[(SOURCE, TARGET)]), 1).await.unwrap() });
-    w.registry.started.notified().await;
+    let first = w.copy_in_background().await;
     let second = w.handle(1).await;
     assert_eq!(second.retry_after, Some(Duration::from_secs(2)));
     assert_eq!(w.copies(), 1);

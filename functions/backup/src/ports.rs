@@ -14,7 +14,7 @@ use kube::api::PostParams;
 use kube::runtime::events::{EventType, Recorder};
 use shared::crd::ImageBackup;
 use shared::events::{WorkloadKind, WorkloadRef};
-use shared::kube_events::{Events as _, KubeEvents};
+use shared::kube_events::{Events, KubeEvents};
 use shared::reference::Reference;
 use shared::registry::auth::DockerConfig;
 use shared::workload::Workload;
@@ -22,10 +22,10 @@ use tokio::sync::watch;
 
 use crate::copy::{ClientOptions, Copier, CopyError, CopySummary, Progress, RegistryClient};
 
-/// The Kubernetes calls the backup handler makes. Errors are the API's own (`kube::Error`),
-/// so the handler classifies them once ([`shared::api_error::ApiFailure`]) whatever delivers
-/// them.
-pub trait Cluster: Send + Sync + 'static {
+/// The Kubernetes calls the backup handler makes, and its Events ([`Events`]). Errors are the
+/// API's own (`kube::Error`), so the handler classifies them once
+/// ([`shared::api_error::ApiFailure`]) whatever delivers them.
+pub trait Cluster: Events {
     /// The workload `r` names as the cluster has it now (`None`: it does not exist), and the
     /// ServiceAccount its pods run as (`None`: not found). `r` has been validated.
     fn workload(
@@ -55,15 +55,6 @@ pub trait Cluster: Send + Sync + 'static {
         namespace: &str,
         names: &[String],
     ) -> impl Future<Output = DockerConfig> + Send;
-
-    /// Records a Kubernetes Event about `about` (a failure is logged, never returned).
-    fn record(
-        &self,
-        about: &ObjectReference,
-        type_: EventType,
-        reason: &str,
-        note: &str,
-    ) -> impl Future<Output = ()> + Send;
 }
 
 /// The registry work the backup handler asks for.
@@ -149,7 +140,9 @@ impl Cluster for KubeCluster {
     async fn pull_secrets(&self, namespace: &str, names: &[String]) -> DockerConfig {
         shared::pull_secrets::pull_secrets(&self.client, namespace, names).await
     }
+}
 
+impl Events for KubeCluster {
     async fn record(&self, about: &ObjectReference, type_: EventType, reason: &str, note: &str) {
         self.events.record(about, type_, reason, note).await;
     }

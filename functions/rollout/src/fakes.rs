@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::runtime::events::EventType;
 use shared::events::{Payload, WorkloadRef};
+use shared::kube_events::Events;
 use shared::publish::{EventPublisher, PublishError, Published};
 use shared::reference::Reference;
 use shared::registry::CopyError;
@@ -102,6 +103,12 @@ impl FakePorts {
     }
 }
 
+impl Events for FakePorts {
+    async fn record(&self, _: &ObjectReference, _: EventType, reason: &str, note: &str) {
+        self.state().events.push((reason.into(), note.into()));
+    }
+}
+
 impl Ports for FakePorts {
     async fn patch(&self, r: &WorkloadRef, patch: json_patch::Patch) -> Result<i64, kube::Error> {
         let mut s = self.state();
@@ -122,10 +129,6 @@ impl Ports for FakePorts {
         *object = changed;
         s.patches.push((k, recorded));
         Ok(generation)
-    }
-
-    async fn record(&self, _: &ObjectReference, _: EventType, reason: &str, note: &str) {
-        self.state().events.push((reason.into(), note.into()));
     }
 
     async fn pods(&self, _namespace: &str, _selector: &str) -> Result<Vec<Pod>, kube::Error> {

@@ -190,6 +190,17 @@ impl World {
             .collect()
     }
 
+    /// Changes the workload as the cluster has it (the cache sees it at the next refresh).
+    fn edit(&self, name: &str, change: impl FnOnce(&mut serde_json::Value)) {
+        change(
+            self.ports
+                .state()
+                .objects
+                .get_mut(&key(&reference(name)))
+                .unwrap(),
+        );
+    }
+
     fn cached(&self, name: &str) -> Workload {
         self.ctx.workloads.get(&reference(name)).unwrap()
     }
@@ -301,11 +312,9 @@ async fn a_workload_changed_since_the_cache_saw_it_is_not_overwritten() {
     w.run("web", &["nginx:1.14.0"]);
     w.backed_up(NGINX, NGINX_DIGEST, 10);
     // A user sets another image; the cache has not seen it yet.
-    w.ports
-        .state()
-        .objects
-        .get_mut(&key(&reference("web")))
-        .unwrap()["spec"]["template"]["spec"]["containers"][0]["image"] = "nginx:1.15.0".into();
+    w.edit("web", |o| {
+        o["spec"]["template"]["spec"]["containers"][0]["image"] = "nginx:1.15.0".into()
+    });
     assert!(w.completed(NGINX, NGINX_DIGEST, 1).await.events.is_empty());
     assert_eq!(
         w.images("web"),
@@ -474,11 +483,7 @@ async fn a_rollout_whose_pods_cannot_pull_a_backup_is_reverted_and_not_tried_aga
     .unwrap();
     w.ports.state().pods.push(pod);
     // Not Ready (its new Pods cannot start), looked at after the first wait.
-    w.ports
-        .state()
-        .objects
-        .get_mut(&key(&reference("web")))
-        .unwrap()["status"]["readyReplicas"] = 0.into();
+    w.edit("web", |o| o["status"]["readyReplicas"] = 0.into());
     w.age_flight("web", 10);
     let still = w.ctx.gate_one(&w.cached("web"), &w.published).await;
     assert!(!still, "no longer in flight");
@@ -510,11 +515,7 @@ async fn a_rollout_whose_pods_cannot_pull_a_backup_is_reverted_and_not_tried_aga
 
     // The same backups again: not rolled out a second time.
     w.ports.state().pods.clear();
-    w.ports
-        .state()
-        .objects
-        .get_mut(&key(&reference("web")))
-        .unwrap()["status"]["readyReplicas"] = 1.into();
+    w.edit("web", |o| o["status"]["readyReplicas"] = 1.into());
     w.refresh();
     assert!(w.completed(NGINX, NGINX_DIGEST, 1).await.events.is_empty());
     assert_eq!(
@@ -533,11 +534,7 @@ async fn a_rollout_not_ready_within_its_timeout_is_reverted() {
         rolled_out(&w.completed(NGINX, NGINX_DIGEST, 1).await).len(),
         1
     );
-    w.ports
-        .state()
-        .objects
-        .get_mut(&key(&reference("web")))
-        .unwrap()["status"]["readyReplicas"] = 0.into();
+    w.edit("web", |o| o["status"]["readyReplicas"] = 0.into());
     // Within progressDeadlineSeconds' default (600 s): still in flight.
     w.age_flight("web", 300);
     assert!(w.ctx.gate_one(&w.cached("web"), &w.published).await);
@@ -576,12 +573,10 @@ async fn a_users_change_after_the_rollout_wins_over_the_gate() {
     w.run("web", &["nginx:1.14.0"]);
     w.backed_up(NGINX, NGINX_DIGEST, 10);
     w.completed(NGINX, NGINX_DIGEST, 1).await;
-    {
-        let mut s = w.ports.state();
-        let o = s.objects.get_mut(&key(&reference("web"))).unwrap();
+    w.edit("web", |o| {
         o["spec"]["template"]["spec"]["containers"][0]["image"] = "nginx:1.16.0".into();
         o["status"]["readyReplicas"] = 0.into();
-    }
+    });
     w.age_flight("web", 700);
     assert!(!w.ctx.gate_one(&w.cached("web"), &w.published).await);
     assert_eq!(w.images("web"), vec!["nginx:1.16.0"], "not reverted");

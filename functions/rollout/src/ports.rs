@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::api::{ListParams, PatchParams};
 use kube::runtime::events::{EventType, Recorder};
 use shared::events::{WorkloadKind, WorkloadRef};
-use shared::kube_events::{Events as _, KubeEvents};
+use shared::kube_events::{Events, KubeEvents};
 use shared::reference::Reference;
 use shared::registry::{Access, CopyError, RegistryClient, Repo};
 use shared::workload::Workload;
@@ -20,8 +20,8 @@ use shared::workload::Workload;
 use crate::pacing::{Slot, SlotError, Slots};
 use crate::pull_access::{Need, PullAccess};
 
-/// Every call the rollout makes outside its caches.
-pub trait Ports: Send + Sync + 'static {
+/// Every call the rollout makes outside its caches (its Events through [`Events`]).
+pub trait Ports: Events {
     /// JSON-patches the workload `r` names (the patch carries its own guard); the generation
     /// it produced.
     fn patch(
@@ -29,15 +29,6 @@ pub trait Ports: Send + Sync + 'static {
         r: &WorkloadRef,
         patch: json_patch::Patch,
     ) -> impl Future<Output = Result<i64, kube::Error>> + Send;
-
-    /// Records a Kubernetes Event about `about` (a failure is logged, never returned).
-    fn record(
-        &self,
-        about: &ObjectReference,
-        type_: EventType,
-        reason: &str,
-        note: &str,
-    ) -> impl Future<Output = ()> + Send;
 
     /// The Pods in `namespace` matching the label `selector` (the health gate bounds the wait).
     fn pods(
@@ -127,6 +118,12 @@ where
     Ok(object.meta().generation)
 }
 
+impl Events for KubePorts {
+    async fn record(&self, about: &ObjectReference, type_: EventType, reason: &str, note: &str) {
+        self.events.record(about, type_, reason, note).await;
+    }
+}
+
 impl Ports for KubePorts {
     async fn patch(&self, r: &WorkloadRef, patch: json_patch::Patch) -> Result<i64, kube::Error> {
         let generation = match r.kind {
@@ -134,10 +131,6 @@ impl Ports for KubePorts {
             WorkloadKind::DaemonSet => patch_object::<DaemonSet>(&self.client, r, patch).await?,
         };
         Ok(generation.unwrap_or_default())
-    }
-
-    async fn record(&self, about: &ObjectReference, type_: EventType, reason: &str, note: &str) {
-        self.events.record(about, type_, reason, note).await;
     }
 
     async fn pods(&self, namespace: &str, selector: &str) -> Result<Vec<Pod>, kube::Error> {

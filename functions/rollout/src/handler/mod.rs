@@ -199,10 +199,11 @@ impl<P: Ports> Context<P> {
         format!("{}/{}/{}", r.kind.token(), r.namespace, r.name)
     }
 
-    fn decide(&self, w: &Workload) -> Decision {
-        let backups = &self.backups;
-        let found: HashMap<String, Arc<ImageBackup>> = w
-            .images()
+    /// The cached ImageBackups of the external images `w` runs, by normalized source: only the
+    /// ImageBackup of that very source (one applied by hand may spell it unnormalized,
+    /// `nginx:1.14.0`, and is not this image's).
+    fn backups_of(&self, w: &Workload) -> HashMap<String, Arc<ImageBackup>> {
+        w.images()
             .iter()
             .filter_map(|c| {
                 shared::workload::needs_backup(&c.image, &self.naming)
@@ -210,15 +211,19 @@ impl<P: Ports> Context<P> {
                     .flatten()
             })
             .filter_map(|source| {
-                let ib = backups.get(&ObjectRef::new(&image_backup_name(&source)))?;
-                // Only the ImageBackup of this very source (one applied by hand may spell it
-                // unnormalized: `nginx:1.14.0`).
+                let ib = self
+                    .backups
+                    .get(&ObjectRef::new(&image_backup_name(&source)))?;
                 let same = Reference::parse_normalized(&ib.spec.source)
                     .map(Reference::with_default_tag)
                     .is_ok_and(|r| r == source);
                 same.then(|| (source.to_string(), ib))
             })
-            .collect();
+            .collect()
+    }
+
+    fn decide(&self, w: &Workload) -> Decision {
+        let found = self.backups_of(w);
         decide::decide(w, &self.naming, self.pin, |s| {
             found.get(s).map(|ib| ib.as_ref())
         })

@@ -6,9 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::runtime::reflector::ObjectRef;
 use shared::events::WorkloadRef;
-use shared::naming::image_backup_name;
 use shared::publish::EventPublisher;
 use shared::workload::Workload;
 
@@ -51,21 +49,9 @@ impl<P: Ports> Context<P> {
 
     /// The latest completion time of the backups `w` waits on (the pacer's order).
     pub(super) fn completed_at(&self, w: &Workload) -> Option<Time> {
-        w.images()
-            .iter()
-            .filter_map(|c| {
-                shared::workload::needs_backup(&c.image, &self.naming)
-                    .ok()
-                    .flatten()
-            })
-            .filter_map(|source| {
-                self.backups
-                    .get(&ObjectRef::new(&image_backup_name(&source)))?
-                    .status
-                    .as_ref()?
-                    .completed_at
-                    .clone()
-            })
+        self.backups_of(w)
+            .values()
+            .filter_map(|ib| ib.status.as_ref()?.completed_at.clone())
             .max_by_key(|t| t.0)
     }
 
