@@ -117,6 +117,32 @@ impl Trim for crate::crd::ImageBackup {
     }
 }
 
+/// What a cache can hold: a Kubernetes object the reflector can decode, trim and share
+/// between tasks (every `K` the functions watch).
+pub trait Cached:
+    kube::Resource<DynamicType = ()>
+    + Trim
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Cached for K where
+    K: kube::Resource<DynamicType = ()>
+        + Trim
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// A cluster-wide reflector over every `K` into `writer`, with kube-runtime's default backoff,
 /// each object [trimmed](Trim) before it is stored: the watch every cache of the functions is
 /// built on. The stream must be polled for the store to fill.
@@ -127,14 +153,7 @@ pub fn reflect<K>(
 + Send
 + 'static
 where
-    K: kube::Resource<DynamicType = ()>
-        + Trim
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+    K: Cached,
 {
     use kube::runtime::WatchStreamExt as _;
     kube::runtime::watcher(

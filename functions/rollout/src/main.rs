@@ -124,14 +124,7 @@ type Changes<K> = (tokio::sync::mpsc::Sender<Workload>, fn(K) -> Workload);
 /// `workload.changed` the stream drops as a duplicate, and must not wait for the resync.
 fn cache<K>(client: &kube::Client, changes: Option<Changes<K>>) -> reflector::Store<K>
 where
-    K: kube::Resource<DynamicType = ()>
-        + shared::cache::Trim
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+    K: shared::cache::Cached,
 {
     let (store, writer) = reflector::store();
     let stream = shared::cache::reflect(client, writer);

@@ -37,14 +37,7 @@ fn watch<K, F>(
     to_signal: F,
 ) -> impl Stream<Item = Signal> + Send + 'static
 where
-    K: Resource<DynamicType = ()>
-        + shared::cache::Trim
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+    K: shared::cache::Cached,
     F: Fn(watcher::Event<K>) -> Signal + Send + 'static,
 {
     shared::cache::reflect(client, writer).map(move |event| match event {
