@@ -58,6 +58,21 @@ impl KubeEvents {
     pub fn new(recorder: Recorder, action: &'static str) -> Self {
         Self { recorder, action }
     }
+
+    /// Events reported by `controller` (`image-backup-backup`), naming `instance` (the pod or
+    /// claim holder) when known, through `client`.
+    pub fn for_function(
+        client: kube::Client,
+        controller: &str,
+        instance: Option<String>,
+        action: &'static str,
+    ) -> Self {
+        let reporter = kube::runtime::events::Reporter {
+            controller: controller.into(),
+            instance,
+        };
+        Self::new(Recorder::new(client, reporter), action)
+    }
 }
 
 impl Events for KubeEvents {

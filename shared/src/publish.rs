@@ -230,6 +230,23 @@ pub enum Publisher {
     Http(HttpSink),
 }
 
+impl Publisher {
+    /// The HTTP sink publisher for `sink` (`--sink`/`K_SINK`), if one is set: events POSTed
+    /// as binary-mode CloudEvents from `source`, retried by the default policy.
+    pub fn sink(sink: Option<&url::Url>, source: &str) -> Option<Self> {
+        sink.map(|url| Publisher::Http(HttpSink::new(url.clone(), source, PublishRetry::default())))
+    }
+
+    /// The JetStream publisher over `js`, events from `source`, with the retries that ride
+    /// out a stream leader election ([`PublishRetry::jetstream`]).
+    pub fn jetstream(js: async_nats::jetstream::Context, source: &str) -> Self {
+        Publisher::JetStream(JetStreamPublisher::new(
+            crate::nats::Publisher::new(js, source),
+            PublishRetry::jetstream(),
+        ))
+    }
+}
+
 impl EventPublisher for Publisher {
     async fn publish(&self, payload: &Payload) -> Result<Published, PublishError> {
         match self {

@@ -22,6 +22,30 @@ pub enum RuntimeError {
     Kube(#[source] kube::Error),
 }
 
+/// How a long-running function takes its events: from its durable JetStream consumer (`run`),
+/// or as CloudEvents over HTTP (`serve`, Knative).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `run`: the JetStream consumer.
+    Run,
+    /// `serve`: an HTTP endpoint.
+    Serve {
+        /// Where to listen.
+        listen: std::net::SocketAddr,
+        /// How long a request waits for its result before answering 202.
+        reply_timeout: std::time::Duration,
+    },
+}
+
+impl From<&crate::config::ServeArgs> for Mode {
+    fn from(args: &crate::config::ServeArgs) -> Self {
+        Mode::Serve {
+            listen: args.listen,
+            reply_timeout: std::time::Duration::from_secs(args.reply_timeout_seconds),
+        }
+    }
+}
+
 /// What a running function holds from start-up.
 pub struct Runtime {
     /// Turned true by the function once its start-up work is done.

@@ -14,7 +14,9 @@ use backup::handler::{Context, Settings};
 use backup::metrics::Metrics;
 use clap::{Parser, Subcommand};
 use shared::config::{AdminArgs, BackupArgs, NatsArgs, RegistryArgs, ServeArgs, SinkArgs};
-use shared::publish::{HttpSink, JetStreamPublisher, PublishRetry, Publisher};
+use shared::kube_events::KubeEvents;
+use shared::publish::Publisher;
+use shared::runtime::Mode;
 
 /// The CloudEvents `source` of the backup function's events.
 const SOURCE: &str = "/image-backup/backup";
@@ -138,15 +140,6 @@ struct FunctionArgs {
     pod_name: Option<String>,
 }
 
-/// The mode a long-running process runs in.
-enum Mode {
-    Run,
-    Serve {
-        listen: std::net::SocketAddr,
-        reply_timeout: Duration,
-    },
-}
-
 async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
     let mut metrics = Metrics::default();
     let runtime = shared::runtime::Runtime::start("backup", &args.admin, |r| {
@@ -200,22 +193,19 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
         max_retry_delay: Duration::from_secs(args.max_retry_delay_seconds.max(1)),
         naming: args.backup.naming(),
     };
-    let reporter = kube::runtime::events::Reporter {
-        controller: "image-backup-backup".into(),
-        instance: Some(holder.clone()),
-    };
-    let recorder = kube::runtime::events::Recorder::new(client.clone(), reporter);
-    let handler = Context::new(client.clone(), copier, settings, metrics.clone(), recorder);
+    let events = KubeEvents::for_function(
+        client.clone(),
+        "image-backup-backup",
+        Some(holder.clone()),
+        "Backup",
+    );
+    let handler = Context::new(client.clone(), copier, settings, metrics.clone(), events);
     let expiry = tokio::spawn(backup::expiry::run(
         client.clone(),
         metrics,
         shutdown.clone(),
     ));
-    let sink = args
-        .sink
-        .sink
-        .clone()
-        .map(|url| Publisher::Http(HttpSink::new(url, SOURCE, PublishRetry::default())));
+    let sink = Publisher::sink(args.sink.sink.as_ref(), SOURCE);
     tracing::info!(%holder, "backup starting");
     match mode {
         Mode::Run => {
@@ -242,13 +232,7 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
                 return Ok(());
             };
             let ack_wait = consumer.cached_info().config.ack_wait;
-            let publisher = match sink {
-                Some(p) => p,
-                None => Publisher::JetStream(JetStreamPublisher::new(
-                    shared::nats::Publisher::new(js.clone(), SOURCE),
-                    PublishRetry::jetstream(),
-                )),
-            };
+            let publisher = sink.unwrap_or_else(|| Publisher::jetstream(js.clone(), SOURCE));
             let requests = tokio::spawn(backup::requests::run(
                 client.clone(),
                 handler.clone(),
@@ -322,13 +306,7 @@ async fn main() -> ExitCode {
         Command::Serve {
             serve,
             function: args,
-        } => {
-            let mode = Mode::Serve {
-                listen: serve.listen,
-                reply_timeout: Duration::from_secs(serve.reply_timeout_seconds),
-            };
-            run(function(*args, mode).await)
-        }
+        } => run(function(*args, Mode::from(&serve)).await),
         Command::Completions { shell } => {
             shared::cli::completions::<Cli>(shell, &mut std::io::stdout());
             ExitCode::SUCCESS

@@ -11,7 +11,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ObjectReference, ServiceAccount};
 use kube::Api;
 use kube::api::PostParams;
-use kube::runtime::events::{EventType, Recorder};
+use kube::runtime::events::EventType;
 use shared::crd::ImageBackup;
 use shared::events::{WorkloadKind, WorkloadRef};
 use shared::kube_events::{Events, KubeEvents};
@@ -85,12 +85,12 @@ pub struct KubeCluster {
 }
 
 impl KubeCluster {
-    /// The cluster `client` talks to; Events are recorded through `recorder`.
-    pub fn new(client: kube::Client, recorder: Recorder) -> Self {
+    /// The cluster `client` talks to; Events are recorded through `events`.
+    pub fn new(client: kube::Client, events: KubeEvents) -> Self {
         Self {
             api: Api::all(client.clone()),
             client,
-            events: KubeEvents::new(recorder, "Backup"),
+            events,
         }
     }
 }

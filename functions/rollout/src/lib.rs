@@ -6,6 +6,7 @@
 //! - [`decide`]: the pure decision and the guarded JSON patches (rollout, end, revert).
 //! - [`handler`]: the caches, the handler (`image.completed`, `workload.changed`), the pacer,
 //!   the resync.
+//! - [`loops`]: the caches and the background loops (resync, changes, pacer, gate).
 //! - [`ports`]: the cluster and registry calls the rollout makes, real and (in tests) fake.
 //! - [`pull_access`]: the backups pullable by the workload's Pods (`--backup-pull-secret`).
 //! - [`pacing`]: cluster-wide slots (`--max-concurrent-rollouts`).
@@ -20,6 +21,7 @@ pub mod gate;
 pub mod handler;
 #[cfg(test)]
 mod handler_tests;
+pub mod loops;
 pub mod metrics;
 pub mod pacing;
 pub mod ports;

@@ -7,20 +7,17 @@
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use kube::runtime::reflector;
 use rollout::decide::Pin;
 use rollout::handler::{Context, Safety};
 use rollout::metrics::Metrics;
 use rollout::pacing::Slots;
 use rollout::pull_access::{PullAccess, SecretName};
 use shared::config::{AdminArgs, BackupArgs, NatsArgs, RegistryArgs, ServeArgs, SinkArgs};
-use shared::crd::ImageBackup;
-use shared::publish::{EventPublisher as _, HttpSink, JetStreamPublisher, PublishRetry, Publisher};
+use shared::kube_events::KubeEvents;
+use shared::publish::Publisher;
 use shared::registry::RegistryClient;
 use shared::registry::auth::DockerConfig;
-use shared::workload::Workload;
+use shared::runtime::Mode;
 
 /// The CloudEvents `source` of the rollout's events.
 const SOURCE: &str = "/image-backup/rollout";
@@ -115,45 +112,6 @@ fn secret_name(value: &str) -> Result<String, String> {
     SecretName::parse(value, "default").map(|_| value.to_string())
 }
 
-/// Where a cache sends the workloads it sees change, and how it makes one of its object.
-type Changes<K> = (tokio::sync::mpsc::Sender<Workload>, fn(K) -> Workload);
-
-/// A reflector over every `K`, driven until the process ends. Objects applied after the
-/// initial list go to `changes` as workloads (when `as_workload` makes one), so the rollout acts
-/// on a change it sees itself: a change back to images seen before publishes a
-/// `workload.changed` the stream drops as a duplicate, and must not wait for the resync.
-fn cache<K>(client: &kube::Client, changes: Option<Changes<K>>) -> reflector::Store<K>
-where
-    K: shared::cache::Cached,
-{
-    let (store, writer) = reflector::store();
-    let stream = shared::cache::reflect(client, writer);
-    tokio::spawn(stream.for_each(move |event| {
-        let changes = changes.clone();
-        async move {
-            match event {
-                Err(e) => tracing::warn!(error = %e, "watch failed; retrying with backoff"),
-                Ok(kube::runtime::watcher::Event::Apply(object)) => {
-                    if let Some((tx, as_workload)) = changes {
-                        // Full: the resync sees it anyway.
-                        let _ = tx.try_send(as_workload(object));
-                    }
-                }
-                Ok(_) => {}
-            }
-        }
-    }));
-    store
-}
-
-enum Mode {
-    Run,
-    Serve {
-        listen: std::net::SocketAddr,
-        reply_timeout: Duration,
-    },
-}
-
 async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
     let mut metrics = Metrics::default();
     let runtime = shared::runtime::Runtime::start("rollout", &args.admin, |r| {
@@ -162,16 +120,12 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
     .await?;
     let mut shutdown = runtime.shutdown.clone();
     let client = runtime.client.clone();
-    let (changes, mut changed) = tokio::sync::mpsc::channel::<Workload>(1024);
-    let deployments = cache::<Deployment>(
-        &client,
-        Some((changes.clone(), |d| Workload::Deployment(Box::new(d)))),
+    let caches = rollout::loops::Caches::start(&client);
+    let (deployments, daemonsets, backups) = (
+        caches.deployments.clone(),
+        caches.daemonsets.clone(),
+        caches.backups.clone(),
     );
-    let daemonsets = cache::<DaemonSet>(
-        &client,
-        Some((changes, |d| Workload::DaemonSet(Box::new(d)))),
-    );
-    let backups = cache::<ImageBackup>(&client, None);
     let synced = async {
         deployments.wait_until_ready().await?;
         daemonsets.wait_until_ready().await?;
@@ -209,10 +163,6 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
         slots: Slots::new(client.clone(), &namespace, args.max_concurrent_rollouts),
         timeout: args.rollout_timeout_seconds.map(Duration::from_secs),
     };
-    let reporter = kube::runtime::events::Reporter {
-        controller: "image-backup-rollout".into(),
-        instance: args.pod_name.clone(),
-    };
     let ctx = Context::new(
         client.clone(),
         shared::cache::WorkloadCache {
@@ -224,15 +174,16 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
         args.pin,
         args.dry_run,
         registry,
-        kube::runtime::events::Recorder::new(client, reporter),
+        KubeEvents::for_function(
+            client,
+            "image-backup-rollout",
+            args.pod_name.clone(),
+            "RollOut",
+        ),
         metrics,
         safety,
     );
-    let sink = args
-        .sink
-        .sink
-        .clone()
-        .map(|url| Publisher::Http(HttpSink::new(url, SOURCE, PublishRetry::default())));
+    let sink = Publisher::sink(args.sink.sink.as_ref(), SOURCE);
     let nats = match (&mode, &sink) {
         (Mode::Run, _) | (_, None) => {
             let Some(ready) = shared::nats::connect_until_ready(
@@ -251,83 +202,16 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
     };
     let publisher = match (&sink, &nats) {
         (Some(p), _) => p.clone(),
-        (None, Some((_, js, _))) => Publisher::JetStream(JetStreamPublisher::new(
-            shared::nats::Publisher::new(js.clone(), SOURCE),
-            PublishRetry::jetstream(),
-        )),
+        (None, Some((_, js, _))) => Publisher::jetstream(js.clone(), SOURCE),
         (None, None) => return Ok(()),
     };
-    // The resync: every workload against the ImageBackups, at start and then periodically.
-    let resync = {
-        let (ctx, publisher, mut stop) = (ctx.clone(), publisher.clone(), shutdown.clone());
-        let every = Duration::from_secs(args.resync_seconds.max(1));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tokio::select! {
-                    _ = stop.wait() => break,
-                    _ = tick.tick() => ctx.resync(&publisher).await,
-                }
-            }
-        })
-    };
-    // Every change a workload goes through while it still runs external images (a new tag, a
-    // rollout undo, becoming Ready) is evaluated at once.
-    let on_change = {
-        let (ctx, publisher, mut stop) = (ctx.clone(), publisher.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            loop {
-                let w = tokio::select! {
-                    _ = stop.wait() => break,
-                    w = changed.recv() => match w {
-                        Some(w) => w,
-                        None => break,
-                    },
-                };
-                // A workload in flight: Ready now (its slot frees at once), or not yet.
-                if rollout::decide::annotation(&w, rollout::decide::ROLLOUT_ANNOTATION).is_some() {
-                    ctx.gate_one(&w, &publisher).await;
-                }
-                if !ctx.runs_external_images(&w) {
-                    continue;
-                }
-                if let Some(event) = ctx.evaluate(&w).await
-                    && let Err(e) = publisher.publish(&event).await
-                {
-                    tracing::warn!(error = %e, "rolledout event not published");
-                }
-            }
-        })
-    };
-    // The pacer: queued workloads take free slots, oldest completion first.
-    let pacer = {
-        let (ctx, publisher, mut stop) = (ctx.clone(), publisher.clone(), shutdown.clone());
-        let wake = ctx.waker();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.wait() => break,
-                    _ = wake.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-                ctx.pace(&publisher).await;
-            }
-        })
-    };
-    // The health gate: in-flight workloads become Ready, or are reverted.
-    let gate = {
-        let (ctx, publisher, mut stop) = (ctx.clone(), publisher.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(2));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = stop.wait() => break,
-                    _ = tick.tick() => ctx.gate(&publisher).await,
-                }
-            }
-        })
-    };
+    let loops = rollout::loops::spawn(
+        &ctx,
+        &publisher,
+        caches.changed,
+        Duration::from_secs(args.resync_seconds.max(1)),
+        &shutdown,
+    );
     match mode {
         Mode::Run => {
             let Some((_, js, stream)) = nats else {
@@ -380,10 +264,7 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
             .await?;
         }
     }
-    resync.abort();
-    on_change.abort();
-    pacer.abort();
-    gate.abort();
+    loops.abort();
     runtime.finish().await;
     Ok(())
 }
@@ -401,13 +282,7 @@ async fn main() -> std::process::ExitCode {
         Command::Serve {
             serve,
             function: args,
-        } => {
-            let mode = Mode::Serve {
-                listen: serve.listen,
-                reply_timeout: Duration::from_secs(serve.reply_timeout_seconds),
-            };
-            function(*args, mode).await
-        }
+        } => function(*args, Mode::from(&serve)).await,
     };
     shared::runtime::exit_code("rollout", result.map_err(|e| format!("{e:#}")))
 }

@@ -10,7 +10,7 @@ use std::future::Future;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::api::{ListParams, PatchParams};
-use kube::runtime::events::{EventType, Recorder};
+use kube::runtime::events::EventType;
 use shared::events::{WorkloadKind, WorkloadRef};
 use shared::kube_events::{Events, KubeEvents};
 use shared::reference::Reference;
@@ -77,18 +77,18 @@ pub struct KubePorts {
 }
 
 impl KubePorts {
-    /// The cluster `client` talks to, Events through `recorder`, backups checked with
+    /// The cluster `client` talks to, Events through `events`, backups checked with
     /// `registry`, pull access and pacing as configured.
     pub fn new(
         client: kube::Client,
-        recorder: Recorder,
+        events: KubeEvents,
         registry: RegistryClient,
         pull: PullAccess,
         slots: Slots,
     ) -> Self {
         Self {
             client,
-            events: KubeEvents::new(recorder, "RollOut"),
+            events,
             registry,
             pull,
             slots,

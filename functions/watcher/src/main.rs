@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use shared::config::{AdminArgs, BackupArgs, NatsArgs, SinkArgs};
-use shared::publish::{HttpSink, JetStreamPublisher, PublishRetry, Publisher};
+use shared::publish::Publisher;
 use watcher::decide::{DEFAULT_EXCLUDED, Policy};
 use watcher::metrics::Metrics;
 use watcher::plan::Output;
@@ -108,8 +108,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     .await?;
     let mut shutdown = runtime.shutdown.clone();
     let client = runtime.client.clone();
-    let publisher = match &args.sink.sink {
-        Some(url) => Publisher::Http(HttpSink::new(url.clone(), SOURCE, PublishRetry::default())),
+    let publisher = match Publisher::sink(args.sink.sink.as_ref(), SOURCE) {
+        Some(sink) => sink,
         None => {
             let url = args.nats.url()?;
             let Some((_, js, _)) = shared::nats::connect_until_ready(
@@ -122,8 +122,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             else {
                 return Ok(());
             };
-            let inner = shared::nats::Publisher::new(js, SOURCE);
-            Publisher::JetStream(JetStreamPublisher::new(inner, PublishRetry::jetstream()))
+            Publisher::jetstream(js, SOURCE)
         }
     };
     let mut excluded: BTreeSet<String> = args.exclude_namespaces.iter().cloned().collect();
@@ -133,13 +132,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         excluded_namespaces: excluded,
         namespaces: args.namespaces.iter().cloned().collect(),
     };
-    let reporter = kube::runtime::events::Reporter {
-        controller: "image-backup-watcher".into(),
-        instance: args.pod_name.clone(),
-    };
     let ctx = watcher::run::Context {
-        events: shared::kube_events::KubeEvents::new(
-            kube::runtime::events::Recorder::new(client.clone(), reporter),
+        events: shared::kube_events::KubeEvents::for_function(
+            client.clone(),
+            "image-backup-watcher",
+            args.pod_name.clone(),
             "PlanBackup",
         ),
         publisher,

@@ -31,13 +31,14 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{ObjectReference, ServiceAccount};
 use k8s_openapi::jiff::Timestamp;
 use kube::Resource as _;
-use kube::runtime::events::{EventType, Recorder};
+use kube::runtime::events::EventType;
 use shared::NamingPolicy;
 use shared::api_error::ApiFailure;
 use shared::crd::{ImageBackup, Phase, SecretRef};
 use shared::error::ErrorClass;
 use shared::events::{Payload, WorkloadChanged, WorkloadRef};
 use shared::handler::{Classified, Handler, Outcome};
+use shared::kube_events::KubeEvents;
 use shared::naming::image_backup_name;
 use shared::reference::Reference;
 use shared::registry::auth::DockerConfig;
@@ -156,14 +157,9 @@ impl Context {
         copier: Copier,
         settings: Settings,
         metrics: Metrics,
-        recorder: Recorder,
+        events: KubeEvents,
     ) -> Self {
-        Self::with_ports(
-            KubeCluster::new(client, recorder),
-            copier,
-            settings,
-            metrics,
-        )
+        Self::with_ports(KubeCluster::new(client, events), copier, settings, metrics)
     }
 }
 

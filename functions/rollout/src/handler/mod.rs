@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kube::Resource as _;
-use kube::runtime::events::{EventType, Recorder};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use shared::NamingPolicy;
 use shared::cache::WorkloadCache;
@@ -27,6 +27,7 @@ use shared::crd::ImageBackup;
 use shared::error::ErrorClass;
 use shared::events::Payload;
 use shared::handler::{Classified, Handler, Outcome};
+use shared::kube_events::KubeEvents;
 use shared::naming::image_backup_name;
 use shared::reference::Reference;
 use shared::registry::RegistryClient;
@@ -138,11 +139,11 @@ impl Context {
         pin: Pin,
         dry_run: bool,
         registry: RegistryClient,
-        recorder: Recorder,
+        events: KubeEvents,
         metrics: Metrics,
         safety: Safety,
     ) -> Self {
-        let ports = KubePorts::new(client, recorder, registry, safety.pull, safety.slots);
+        let ports = KubePorts::new(client, events, registry, safety.pull, safety.slots);
         Self::with_ports(
             ports,
             workloads,
