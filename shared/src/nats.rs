@@ -4,6 +4,10 @@
 //! publish events with `Nats-Msg-Id`, awaiting the stream's acknowledgement.
 //!
 //! It knows nothing of what the events mean: that is the handlers' job.
+//!
+//! Over 400 lines: connecting (servers, credentials, the version check), the stream and both
+//! consumers from the shared JSON definitions, the start-up retries and the publisher share one
+//! error type; they are one client's life.
 
 use std::future::Future;
 use std::time::Duration;

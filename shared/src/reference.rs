@@ -20,6 +20,9 @@
 //! tag              := /[\w][\w.-]{0,127}/
 //! digest           := algorithm ":" hex   (sha256: 64, sha384: 96, sha512: 128 lower-case hex)
 //! ```
+//!
+//! Over 400 lines: the whole grammar, its normalization and the familiar form live here once
+//! (every function parses references through this file).
 
 use std::fmt;
 use std::str::FromStr;

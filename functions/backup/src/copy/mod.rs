@@ -23,18 +23,21 @@
 //! sum that would overflow is refused), index children are de-duplicated and capped, every body
 //! read is capped ([`response`]) and every transfer has a minimum throughput ([`stall`]).
 //!
-//! Files: `manifest` (what a manifest references), `verify` (the hashing stream); the registry
+//! Files: `tree` (reading the image's manifests), `blobs` (one blob to the target), `manifest`
+//! (what a manifest references), `verify` (the hashing stream), `referrers`; the registry
 //! client, its authentication, retries, capped reads and stall watchdog are
 //! [`shared::registry`].
 
+mod blobs;
 pub mod manifest;
 pub mod referrers;
+mod tree;
 pub mod verify;
 
 // The registry client lives in `shared::registry` (the rollout uses it too).
 pub use shared::registry::{auth, client, error, response, retry, stall};
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -48,9 +51,8 @@ pub use error::CopyError;
 pub use retry::RetryPolicy;
 pub use stall::StallPolicy;
 
-use client::{RawManifest, UploadStart};
-use manifest::{BlobRef, Content, Origin};
-use verify::{Verdict, VerifyingStream};
+use blobs::BlobOutcome;
+use manifest::{Content, Origin};
 
 pub use referrers::ReferrersMode;
 
@@ -123,14 +125,6 @@ pub struct CopySummary {
     pub seconds: f64,
 }
 
-/// How one blob got to the target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BlobOutcome {
-    Skipped,
-    Mounted,
-    Uploaded,
-}
-
 /// Copies images. Holds the connection pool, token cache and a map of where blobs were last
 /// seen in the target registry (for cross-repository mounts), so one `Copier` should serve a
 /// whole process. Cheap to clone.
@@ -140,15 +134,6 @@ pub struct Copier {
     concurrency: usize,
     locations: Arc<Mutex<HashMap<(String, String), String>>>,
     referrers: ReferrersMode,
-}
-
-/// The tree read from the source.
-struct Tree {
-    top: RawManifest,
-    top_media_type: String,
-    children: Vec<RawManifest>,
-    platforms: Vec<String>,
-    blobs: Vec<BlobRef>,
 }
 
 // === impl Copier ===
@@ -378,281 +363,5 @@ impl Copier {
             referrers_skipped: referrers.skipped,
             seconds: started.elapsed().as_secs_f64(),
         })
-    }
-
-    /// Reads every child manifest of an index (by digest, verified) and collects the distinct
-    /// blobs of the whole tree.
-    async fn read_tree(
-        &self,
-        src: &Repo,
-        top: RawManifest,
-        top_media_type: String,
-        content: Content,
-    ) -> Result<Tree, CopyError> {
-        let mut blobs = Vec::new();
-        let mut children = Vec::new();
-        let mut platforms = Vec::new();
-        match content {
-            Content::Image(b) => blobs.extend(b),
-            Content::Index(mut refs) => {
-                // One GET per distinct child, however often the index lists it.
-                let mut seen = HashSet::new();
-                refs.retain(|r| seen.insert(r.digest.clone()));
-                if refs.len() > MAX_INDEX_CHILDREN {
-                    return Err(CopyError::Malformed {
-                        registry: src.registry.clone(),
-                        what: format!("index {}@{}", src.path, top.digest),
-                        reason: format!(
-                            "lists {} distinct manifests; at most {MAX_INDEX_CHILDREN} are copied",
-                            refs.len()
-                        ),
-                    });
-                }
-                let fetches: Vec<_> =
-                    refs.iter()
-                        .map(|r| async move {
-                            let what = format!("manifest {}@{}", src.path, r.digest);
-                            let m = self.client.get_manifest(src, &r.digest).await?.ok_or_else(
-                                || CopyError::NotFound {
-                                    what: what.clone(),
-                                    registry: src.registry.clone(),
-                                },
-                            )?;
-                            let content = manifest::parse(
-                                &m,
-                                Origin {
-                                    registry: &src.registry,
-                                    what: &what,
-                                },
-                            )?;
-                            if matches!(content, Content::Index(_)) {
-                                return Err(CopyError::Unsupported {
-                                    media_type: manifest::effective_media_type(&m),
-                                    what,
-                                    hint: " (an index inside an index is not copied)",
-                                });
-                            }
-                            Ok((m, content))
-                        })
-                        .collect();
-                let fetched: Vec<(RawManifest, Content)> = futures::stream::iter(fetches)
-                    .buffered(self.concurrency)
-                    .try_collect()
-                    .await?;
-                for (r, (m, content)) in refs.iter().zip(fetched) {
-                    platforms.push(r.platform.clone());
-                    if let Content::Image(b) = content {
-                        blobs.extend(b);
-                    }
-                    children.push(m);
-                }
-            }
-        }
-        let mut seen = HashSet::new();
-        blobs.retain(|b| seen.insert(b.digest.clone()));
-        Ok(Tree {
-            top,
-            top_media_type,
-            children,
-            platforms,
-            blobs,
-        })
-    }
-
-    fn known_location(&self, registry: &str, digest: &str) -> Option<String> {
-        self.locations
-            .lock()
-            .ok()?
-            .get(&(registry.to_string(), digest.to_string()))
-            .cloned()
-    }
-
-    fn remember(&self, dst: &Repo, digest: &str) {
-        if let Ok(mut map) = self.locations.lock() {
-            if map.len() >= LOCATION_CACHE {
-                map.clear();
-            }
-            map.insert((dst.registry.clone(), digest.to_string()), dst.path.clone());
-        }
-    }
-
-    /// Gets one blob to the target: skip, mount or verified upload, retrying transient failures
-    /// of the whole transfer within the retry budget.
-    async fn move_blob(
-        &self,
-        src: &Repo,
-        dst: &Repo,
-        blob: &BlobRef,
-        progress: &watch::Sender<Progress>,
-    ) -> Result<BlobOutcome, CopyError> {
-        match self
-            .client
-            .blob_size(dst, &blob.digest, client::Access::Push)
-            .await?
-        {
-            Some(size) if size == blob.size => {
-                self.remember(dst, &blob.digest);
-                return Ok(BlobOutcome::Skipped);
-            }
-            // A HEAD that reports another size is not trusted: the verified upload settles it.
-            Some(size) => tracing::debug!(
-                digest = %blob.digest,
-                declared = blob.size,
-                reported = size,
-                "target reports another size; uploading"
-            ),
-            None => {}
-        }
-        // Where the target registry already has this blob: a repository this process saw it
-        // in, or the source repository itself when source and target share a registry.
-        let mount_from = self
-            .known_location(&dst.registry, &blob.digest)
-            .or_else(|| (src.registry == dst.registry).then(|| src.path.clone()))
-            .filter(|path| *path != dst.path)
-            .map(|path| Repo {
-                registry: dst.registry.clone(),
-                path,
-            });
-        let policy = self.client.retry_policy().clone();
-        let mut attempt = 0;
-        loop {
-            let mount = mount_from
-                .as_ref()
-                .filter(|_| attempt == 0)
-                .map(|from| (blob.digest.as_str(), from));
-            let session = match self.client.start_upload(dst, mount).await? {
-                UploadStart::Mounted => {
-                    self.remember(dst, &blob.digest);
-                    return Ok(BlobOutcome::Mounted);
-                }
-                UploadStart::Session(location) => location,
-            };
-            match self.upload(src, dst, blob, &session, progress).await {
-                Ok(()) => {
-                    self.remember(dst, &blob.digest);
-                    return Ok(BlobOutcome::Uploaded);
-                }
-                Err(e) => {
-                    self.client.cancel_upload(dst, &session).await;
-                    let transient = matches!(
-                        e.class().disposition(),
-                        shared::error::Disposition::Transient
-                    );
-                    attempt += 1;
-                    if !transient || attempt >= policy.max_attempts {
-                        return Err(e.with_attempts(attempt));
-                    }
-                    tracing::debug!(digest = %blob.digest, error = %e, attempt, "retrying blob");
-                    tokio::time::sleep(policy.delay(attempt - 1, None)).await;
-                }
-            }
-        }
-    }
-
-    /// One streamed, verified transfer into an open upload session.
-    async fn upload(
-        &self,
-        src: &Repo,
-        dst: &Repo,
-        blob: &BlobRef,
-        session: &str,
-        progress: &watch::Sender<Progress>,
-    ) -> Result<(), CopyError> {
-        let resp = self.client.get_blob(src, &blob.digest).await?;
-        if let Some(len) = resp.content_length()
-            && len != blob.size
-        {
-            return Err(CopyError::Corrupt {
-                what: format!("blob {} of {}", blob.digest, src.path),
-                expected: format!("{} bytes", blob.size),
-                actual: format!("{len} bytes"),
-            });
-        }
-        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let counter = sent.clone();
-        let progress_tx = progress.clone();
-        let meter = Arc::new(stall::Meter::default());
-        let (stream, verdict) = VerifyingStream::new(
-            Box::pin(stall::Metered::new(
-                Box::pin(resp.bytes_stream()),
-                meter.clone(),
-            )),
-            &blob.digest,
-            blob.size,
-            Box::new(move |n| {
-                counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-                progress_tx.send_modify(|p| p.bytes_done += n);
-            }),
-        );
-        let transfer = self.client.finish_upload(
-            dst,
-            session,
-            &blob.digest,
-            blob.size,
-            reqwest::Body::wrap_stream(stream),
-        );
-        let policy = self.client.stall_policy();
-        let result = match stall::watch(transfer, &meter, policy, blob.size).await {
-            Ok(result) => result,
-            Err(stall) => {
-                let n = sent.load(std::sync::atomic::Ordering::Relaxed);
-                progress.send_modify(|p| p.bytes_done = p.bytes_done.saturating_sub(n));
-                let registry = match stall.side {
-                    stall::Side::Source => &src.registry,
-                    stall::Side::Target => &dst.registry,
-                };
-                return Err(CopyError::Stalled {
-                    side: stall.side.as_str(),
-                    registry: registry.clone(),
-                    what: format!("blob {}", blob.digest),
-                    moved: stall.moved,
-                    window_seconds: policy.window.as_secs(),
-                    min_bytes: policy.min_bytes,
-                    attempts: 1,
-                });
-            }
-        };
-        let verdict = verdict
-            .lock()
-            .map(|v| v.clone())
-            .unwrap_or(Verdict::Pending);
-        let undo_progress = || {
-            let n = sent.load(std::sync::atomic::Ordering::Relaxed);
-            progress.send_modify(|p| p.bytes_done = p.bytes_done.saturating_sub(n));
-        };
-        match (verdict, result) {
-            (Verdict::Corrupt(expected, actual), _) => {
-                undo_progress();
-                Err(CopyError::Corrupt {
-                    what: format!("blob {} from {src}", blob.digest),
-                    expected,
-                    actual,
-                })
-            }
-            (Verdict::SourceFailed(cause), _) => {
-                undo_progress();
-                Err(CopyError::Unavailable {
-                    registry: src.registry.clone(),
-                    what: format!("blob {}", blob.digest),
-                    attempts: 1,
-                    cause,
-                })
-            }
-            (Verdict::Verified, Ok(())) => Ok(()),
-            (_, Err(e)) => {
-                undo_progress();
-                Err(e)
-            }
-            (Verdict::Pending, Ok(())) => {
-                undo_progress();
-                Err(CopyError::Protocol {
-                    registry: dst.registry.clone(),
-                    what: format!("upload blob {}", blob.digest),
-                    status: 201,
-                    message: "the registry accepted the upload before the whole blob was sent"
-                        .into(),
-                })
-            }
-        }
     }
 }
