@@ -173,3 +173,27 @@ fn nothing_a_user_reads_points_outside_the_repository() {
         );
     }
 }
+
+/// `docs/architecture.md` is a newcomer's map: every file it names (a backticked path under
+/// `shared/`, `functions/`, `tests/`, `deploy/` or `crds/`, or a file of a function named by its
+/// bare name next to one) must exist, so the map cannot drift from the tree.
+#[test]
+fn every_file_the_architecture_map_names_exists() {
+    let map = std::fs::read_to_string(root().join("docs/architecture.md")).unwrap();
+    let mut named = 0;
+    for span in map.split('`').skip(1).step_by(2) {
+        let path = span.trim_end_matches('/');
+        let rooted = ["shared/", "functions/", "tests/", "deploy/", "crds/", "nats/"]
+            .iter()
+            .any(|p| path.starts_with(p));
+        if !rooted || path.contains(' ') || path.contains('*') || path.contains('<') {
+            continue;
+        }
+        named += 1;
+        assert!(
+            root().join(path).exists(),
+            "docs/architecture.md names {path}, which does not exist"
+        );
+    }
+    assert!(named >= 30, "the map names only {named} files: was it parsed?");
+}
