@@ -183,9 +183,16 @@ fn every_file_the_architecture_map_names_exists() {
     let mut named = 0;
     for span in map.split('`').skip(1).step_by(2) {
         let path = span.trim_end_matches('/');
-        let rooted = ["shared/", "functions/", "tests/", "deploy/", "crds/", "nats/"]
-            .iter()
-            .any(|p| path.starts_with(p));
+        let rooted = [
+            "shared/",
+            "functions/",
+            "tests/",
+            "deploy/",
+            "crds/",
+            "nats/",
+        ]
+        .iter()
+        .any(|p| path.starts_with(p));
         if !rooted || path.contains(' ') || path.contains('*') || path.contains('<') {
             continue;
         }
@@ -195,5 +202,8 @@ fn every_file_the_architecture_map_names_exists() {
             "docs/architecture.md names {path}, which does not exist"
         );
     }
-    assert!(named >= 30, "the map names only {named} files: was it parsed?");
+    assert!(
+        named >= 30,
+        "the map names only {named} files: was it parsed?"
+    );
 }

@@ -221,7 +221,7 @@ async fn main() -> anyhow::Result<()> {
             namespaces,
             images,
         } => {
-            let shape = testbed::bench_watcher::Shape {
+            let shape = testbed::bench::watcher::Shape {
                 workloads,
                 namespaces: namespaces.max(1),
                 images: images.max(1),
@@ -229,7 +229,7 @@ async fn main() -> anyhow::Result<()> {
             println!(
                 "| workloads | namespaces | images | seconds until all stored | API requests | peak RSS (MiB) |\n|---|---|---|---|---|---|"
             );
-            print!("{}", testbed::bench_watcher::run(shape).await?);
+            print!("{}", testbed::bench::watcher::run(shape).await?);
             Ok(())
         }
         Command::BenchScale {
@@ -242,13 +242,13 @@ async fn main() -> anyhow::Result<()> {
             );
             for n in workloads {
                 for &limit in &max_concurrent_rollouts {
-                    let shape = testbed::bench_scale::Shape {
+                    let shape = testbed::bench::scale::Shape {
                         workloads: n.max(1),
                         namespaces: 50,
                         images: images.max(1),
                         max_concurrent_rollouts: limit,
                     };
-                    print!("{}", testbed::bench_scale::run(shape).await?);
+                    print!("{}", testbed::bench::scale::run(shape).await?);
                 }
             }
             Ok(())
@@ -264,7 +264,7 @@ async fn main() -> anyhow::Result<()> {
             );
             print!(
                 "{}",
-                testbed::bench_backup::run(testbed::bench_backup::Shape {
+                testbed::bench::backup::run(testbed::bench::backup::Shape {
                     images: images.max(1),
                     events: events.max(1),
                     layer_kib: layer_kib.max(1),
@@ -276,7 +276,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::BenchReferrers { runs, backup } => {
             let bin = backup.unwrap_or_else(testbed::bench::default_backup_binary);
-            print!("{}", testbed::bench_referrers::run(&bin, runs).await?);
+            print!("{}", testbed::bench::referrers::run(&bin, runs).await?);
             Ok(())
         }
         Command::BenchHostile { backup } => {

@@ -4,6 +4,11 @@
 //! hyperfine (median of N runs), plus peak RSS from `/usr/bin/time -v`. Prints a Markdown table
 //! for `docs/benchmarks.md`.
 
+pub mod backup;
+pub mod referrers;
+pub mod scale;
+pub mod watcher;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
