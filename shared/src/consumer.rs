@@ -22,7 +22,7 @@ use tracing::Instrument as _;
 use crate::delivery::{Delivery, redelivery_delay};
 use crate::error::Disposition;
 use crate::events::{DEADLETTER_PREFIX, Payload, from_nats_message};
-use crate::handler::{Classified as _, Handler};
+use crate::handler::{Classified as _, Delivered, Handler};
 use crate::publish::{EventPublisher, Publisher};
 use crate::shutdown::Shutdown;
 
@@ -181,6 +181,11 @@ async fn handle_one<H: Handler>(
         delivered = delivery.delivered
     );
     async {
+        let Some(event) = H::accept(payload.clone()) else {
+            tracing::debug!("not an event this function takes; acknowledged");
+            delivery.ack().await;
+            return;
+        };
         // Aborted when dropped: also when the handler panics, so a crashed handler's message
         // stops being kept alive and is redelivered after the ack wait.
         let heartbeat = delivery.progress_handle().map(|h| {
@@ -192,7 +197,9 @@ async fn handle_one<H: Handler>(
                 }
             }))
         });
-        let result = handler.handle(payload.clone(), delivery.delivered).await;
+        let result = handler
+            .handle(event, Delivered(delivery.delivered))
+            .await;
         drop(heartbeat);
         let backoff = redelivery_delay(delivery.delivered, settings.max_redelivery_delay);
         match result {

@@ -26,14 +26,35 @@ pub trait Classified: std::fmt::Display {
     fn class(&self) -> ErrorClass;
 }
 
+/// What the transport knows of one delivery, apart from the event: how many times it has been
+/// delivered (1 the first time; JetStream's count, or the `serve` adapter's own per event id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered(pub u64);
+
+impl Delivered {
+    /// The first delivery (a handler called directly, as by a test or the requests controller).
+    pub const FIRST: Delivered = Delivered(1);
+
+    /// Whether the event was delivered before.
+    pub fn is_redelivery(self) -> bool {
+        self.0 > 1
+    }
+}
+
 /// A function's event handler: transport-free (`CloudEvent in -> effects + events out`).
 pub trait Handler: Clone + Send + Sync + 'static {
+    /// The events it takes, typed, so the handler needs no arm for the others.
+    type Event: Send + 'static;
     /// Its error type.
     type Error: Classified + Send;
-    /// Handles one event. `delivered` is how many times it was delivered (1 the first time).
+    /// The event this handler takes out of a payload; `None` for any other type, which the
+    /// adapters acknowledge untouched (the consumer's subject filter and the Triggers keep
+    /// those away; an HTTP sender may not).
+    fn accept(payload: Payload) -> Option<Self::Event>;
+    /// Handles one event.
     fn handle(
         &self,
-        event: Payload,
-        delivered: u64,
+        event: Self::Event,
+        delivered: Delivered,
     ) -> impl Future<Output = Result<Outcome, Self::Error>> + Send;
 }

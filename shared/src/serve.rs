@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::error::Disposition;
 use crate::events::{Payload, from_http, to_http_binary};
-use crate::handler::{Classified, Handler, Outcome};
+use crate::handler::{Classified, Delivered, Handler, Outcome};
 use crate::publish::{EventPublisher, Publisher};
 use crate::shutdown::Shutdown;
 use tracing::Instrument as _;
@@ -150,8 +150,13 @@ async fn receive<H: Handler>(
         .map(|mut d| d.seen(payload.id().as_str()))
         .unwrap_or(1);
     let span = tracing::info_span!("event", subject = %payload.subject(), event_id = %payload.id(), delivered);
-    let mut work =
-        tokio::spawn(async move { handler.handle(payload, delivered).await }.instrument(span));
+    let Some(event) = H::accept(payload) else {
+        // Not for this function: nothing to do, nothing to send back.
+        return StatusCode::ACCEPTED.into_response();
+    };
+    let mut work = tokio::spawn(
+        async move { handler.handle(event, Delivered(delivered)).await }.instrument(span),
+    );
     match tokio::time::timeout(settings.reply_timeout, &mut work).await {
         Ok(Ok(Ok(outcome))) => match outcome.retry_after {
             // Part of the work is for later: every event goes to the sink (a 503's body is
@@ -255,11 +260,16 @@ mod tests {
     }
 
     impl Handler for Fake {
+        type Event = Payload;
         type Error = Failed;
 
-        async fn handle(&self, _event: Payload, delivered: u64) -> Result<Outcome, Failed> {
+        fn accept(payload: Payload) -> Option<Payload> {
+            Some(payload)
+        }
+
+        async fn handle(&self, _event: Payload, delivered: Delivered) -> Result<Outcome, Failed> {
             if let Ok(mut d) = self.delivered.lock() {
-                d.push(delivered);
+                d.push(delivered.0);
             }
             (self.answer)()
         }

@@ -8,8 +8,8 @@ use k8s_openapi::jiff::Timestamp;
 use shared::NamingPolicy;
 use shared::crd::{ImageBackup, ImageBackupStatus, Phase};
 use shared::error::ErrorClass;
-use shared::events::Payload;
-use shared::handler::{Classified as _, Handler as _, Outcome};
+use shared::events::{Payload, WorkloadChanged};
+use shared::handler::{Classified as _, Delivered, Handler as _, Outcome};
 use shared::reference::Reference;
 use shared::registry::auth::DockerConfig;
 use shared::workload::Workload;
@@ -43,8 +43,8 @@ fn deployment(images: &[&str], secrets: &[&str]) -> Workload {
     crate::fakes::deployment(images, secrets, None)
 }
 
-fn event(images: &[(&str, &str)]) -> Payload {
-    Payload::WorkloadChanged(crate::fakes::event(images, &[]))
+fn event(images: &[(&str, &str)]) -> WorkloadChanged {
+    crate::fakes::event(images, &[])
 }
 
 struct World {
@@ -80,7 +80,7 @@ fn world_with(workload: Workload, lease: Duration) -> World {
 impl World {
     async fn handle(&self, delivered: u64) -> Outcome {
         self.handler
-            .handle(event(&[(SOURCE, TARGET)]), delivered)
+            .handle(event(&[(SOURCE, TARGET)]), Delivered(delivered))
             .await
             .unwrap()
     }
@@ -90,10 +90,12 @@ impl World {
     async fn copy_in_background(&self) -> tokio::task::JoinHandle<Outcome> {
         self.registry.state().hang = true;
         let handler = self.handler.clone();
-        let running =
-            tokio::spawn(
-                async move { handler.handle(event(&[(SOURCE, TARGET)]), 1).await.unwrap() },
-            );
+        let running = tokio::spawn(async move {
+            handler
+                .handle(event(&[(SOURCE, TARGET)]), Delivered::FIRST)
+                .await
+                .unwrap()
+        });
         self.registry.started.notified().await;
         running
     }
@@ -340,7 +342,7 @@ async fn a_forged_target_or_an_image_the_workload_does_not_run_creates_nothing()
             "registry.local/backup/library_redis:7",
         ),
     ]);
-    let outcome = w.handler.handle(forged, 1).await.unwrap();
+    let outcome = w.handler.handle(forged, Delivered::FIRST).await.unwrap();
     assert!(outcome.events.is_empty() && outcome.retry_after.is_none());
     assert!(w.cluster.state().backups.is_empty());
     assert_eq!(w.copies(), 0);
@@ -360,7 +362,7 @@ async fn an_invalid_reference_is_an_invalid_event() {
     let w = world(Duration::from_secs(30));
     let err = w
         .handler
-        .handle(event(&[("UPPER CASE!!", TARGET)]), 1)
+        .handle(event(&[("UPPER CASE!!", TARGET)]), Delivered(1))
         .await
         .unwrap_err();
     assert_eq!(err.class(), ErrorClass::Invalid);

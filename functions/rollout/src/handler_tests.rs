@@ -14,14 +14,14 @@ use shared::NamingPolicy;
 use shared::cache::WorkloadCache;
 use shared::crd::{ImageBackup, ImageBackupStatus, Phase};
 use shared::events::{ImageCompleted, Payload, WorkloadChanged, WorkloadKind, WorkloadRef};
-use shared::handler::{Handler as _, Outcome};
+use shared::handler::{Delivered, Handler as _, Outcome};
 use shared::naming::image_backup_name;
 use shared::reference::Reference;
 use shared::workload::Workload;
 
 use crate::decide::{self, Pin, ROLLOUT_ANNOTATION};
 use crate::fakes::{Collected, FakePorts, api_error, key};
-use crate::handler::Context;
+use crate::handler::{Context, RolloutEvent};
 use crate::metrics::{Metrics, PatchLabels, PatchOutcome, RevertLabels, RevertReason};
 use crate::pull_access::Need;
 
@@ -168,7 +168,7 @@ impl World {
     }
 
     async fn completed(&self, source: &str, digest: &str, delivered: u64) -> Outcome {
-        let event = Payload::ImageCompleted(ImageCompleted {
+        let event = RolloutEvent::Completed(ImageCompleted {
             name: image_backup_name(&Reference::parse_normalized(source).unwrap()),
             source: source.into(),
             target: target(source).to_string(),
@@ -177,7 +177,7 @@ impl World {
             bytes: 1,
             duration_seconds: 0.1,
         });
-        self.ctx.handle(event, delivered).await.unwrap()
+        self.ctx.handle(event, Delivered(delivered)).await.unwrap()
     }
 
     fn images(&self, name: &str) -> Vec<String> {
@@ -421,14 +421,14 @@ async fn an_event_ahead_of_the_caches_is_redelivered_a_few_times_then_left_to_th
     let last = w.completed(NGINX, NGINX_DIGEST, 5).await;
     assert_eq!(last.retry_after, None);
     // A workload.changed for a generation the cache has not seen: the same.
-    let changed = Payload::WorkloadChanged(WorkloadChanged {
+    let changed = RolloutEvent::Changed(WorkloadChanged {
         workload: reference("web"),
         uid: "uid-web".into(),
         generation: 7,
         images: Vec::new(),
         pull_secrets: Vec::new(),
     });
-    let outcome = w.ctx.handle(changed, 1).await.unwrap();
+    let outcome = w.ctx.handle(changed, Delivered::FIRST).await.unwrap();
     assert_eq!(outcome.retry_after, Some(Duration::from_secs(2)));
     assert!(w.ports.state().patches.is_empty());
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use shared::consumer::ConsumerSettings;
 use shared::events::Payload;
-use shared::handler::{Classified, Handler, Outcome};
+use shared::handler::{Classified, Delivered, Handler, Outcome};
 use shared::publish::{JetStreamPublisher, PublishRetry, Publisher};
 use testbed::NatsServer;
 
@@ -38,11 +38,16 @@ struct PanicsFirst {
 }
 
 impl Handler for PanicsFirst {
+    type Event = Payload;
     type Error = Never;
 
-    async fn handle(&self, _event: Payload, delivered: u64) -> Result<Outcome, Never> {
+    fn accept(payload: Payload) -> Option<Payload> {
+        Some(payload)
+    }
+
+    async fn handle(&self, _event: Payload, delivered: Delivered) -> Result<Outcome, Never> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        if delivered == 1 {
+        if !delivered.is_redelivery() {
             // Long enough that the heartbeat has started before the crash.
             tokio::time::sleep(Duration::from_millis(700)).await;
             panic!("handler crashed on purpose");

@@ -37,7 +37,7 @@ use shared::api_error::ApiFailure;
 use shared::crd::{ImageBackup, Phase, SecretRef};
 use shared::error::ErrorClass;
 use shared::events::{Payload, WorkloadChanged, WorkloadRef};
-use shared::handler::{Classified, Handler, Outcome};
+use shared::handler::{Classified, Delivered, Handler, Outcome};
 use shared::kube_events::KubeEvents;
 use shared::naming::image_backup_name;
 use shared::reference::Reference;
@@ -440,16 +440,24 @@ impl<C: Cluster, R: Registry> Context<C, R> {
 }
 
 impl<C: Cluster, R: Registry> Handler for Context<C, R> {
+    type Event = WorkloadChanged;
     type Error = HandlerError;
 
-    async fn handle(&self, event: Payload, delivered: u64) -> Result<Outcome, HandlerError> {
-        if delivered > 1 {
+    fn accept(payload: Payload) -> Option<WorkloadChanged> {
+        match payload {
+            Payload::WorkloadChanged(w) => Some(w),
+            _ => None,
+        }
+    }
+
+    async fn handle(
+        &self,
+        event: WorkloadChanged,
+        delivered: Delivered,
+    ) -> Result<Outcome, HandlerError> {
+        if delivered.is_redelivery() {
             self.inner.metrics.redeliveries.inc();
         }
-        match event {
-            Payload::WorkloadChanged(w) => self.backup_workload(w, delivered).await,
-            // Not for us (the consumer filters these out; an HTTP sender may not).
-            _ => Ok(Outcome::default()),
-        }
+        self.backup_workload(event, delivered.0).await
     }
 }

@@ -25,8 +25,8 @@ use shared::NamingPolicy;
 use shared::cache::WorkloadCache;
 use shared::crd::ImageBackup;
 use shared::error::ErrorClass;
-use shared::events::Payload;
-use shared::handler::{Classified, Handler, Outcome};
+use shared::events::{ImageCompleted, Payload, WorkloadChanged};
+use shared::handler::{Classified, Delivered, Handler, Outcome};
 use shared::kube_events::KubeEvents;
 use shared::naming::image_backup_name;
 use shared::reference::Reference;
@@ -347,13 +347,35 @@ impl<P: Ports> Context<P> {
     }
 }
 
+/// The events the rollout takes.
+#[derive(Debug, Clone)]
+pub enum RolloutEvent {
+    /// `image.completed`: every cached workload that runs that source is evaluated.
+    Completed(ImageCompleted),
+    /// `workload.changed`: that workload is evaluated.
+    Changed(WorkloadChanged),
+}
+
 impl<P: Ports> Handler for Context<P> {
+    type Event = RolloutEvent;
     type Error = RolloutError;
 
-    async fn handle(&self, event: Payload, delivered: u64) -> Result<Outcome, RolloutError> {
+    fn accept(payload: Payload) -> Option<RolloutEvent> {
+        match payload {
+            Payload::ImageCompleted(c) => Some(RolloutEvent::Completed(c)),
+            Payload::WorkloadChanged(c) => Some(RolloutEvent::Changed(c)),
+            _ => None,
+        }
+    }
+
+    async fn handle(
+        &self,
+        event: RolloutEvent,
+        delivered: Delivered,
+    ) -> Result<Outcome, RolloutError> {
         let mut outcome = Outcome::default();
         let caught_up = match &event {
-            Payload::ImageCompleted(c) => {
+            RolloutEvent::Completed(c) => {
                 self.caught_up(|| {
                     self.backups
                         .get(&ObjectRef::new(&c.name))
@@ -365,7 +387,7 @@ impl<P: Ports> Handler for Context<P> {
                 })
                 .await
             }
-            Payload::WorkloadChanged(c) => {
+            RolloutEvent::Changed(c) => {
                 self.caught_up(|| {
                     self.workloads
                         .get(&c.workload)
@@ -373,22 +395,20 @@ impl<P: Ports> Handler for Context<P> {
                 })
                 .await
             }
-            _ => true,
         };
-        if !caught_up && delivered < MAX_CATCH_UP_DELIVERIES {
-            tracing::debug!(subject = %event.subject(), "caches behind the event; redelivery asked");
+        if !caught_up && delivered.0 < MAX_CATCH_UP_DELIVERIES {
+            tracing::debug!("caches behind the event; redelivery asked");
             outcome.retry_after = Some(Duration::from_secs(2));
             return Ok(outcome);
         }
         let targets: Vec<Workload> = match &event {
-            Payload::ImageCompleted(c) => self.users_of(&c.source),
-            Payload::WorkloadChanged(c) => self.workloads.get(&c.workload).into_iter().collect(),
-            _ => Vec::new(),
+            RolloutEvent::Completed(c) => self.users_of(&c.source),
+            RolloutEvent::Changed(c) => self.workloads.get(&c.workload).into_iter().collect(),
         };
         for w in targets {
             // A workload not Ready now (mid-rollout, scaling) is looked at again shortly rather
             // than at the next resync.
-            if self.decide(&w) == Decision::NotReady && delivered < MAX_NOT_READY_DELIVERIES {
+            if self.decide(&w) == Decision::NotReady && delivered.0 < MAX_NOT_READY_DELIVERIES {
                 outcome.retry_after = Some(NOT_READY_RETRY);
                 continue;
             }
