@@ -112,6 +112,15 @@ pub struct Change {
     pub digest: String,
 }
 
+/// An image whose backup failed, blocking its workload's rollout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedBackup {
+    /// The normalized source.
+    pub source: String,
+    /// The ImageBackup's last error.
+    pub error: String,
+}
+
 /// The rollout's decision for one workload.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
@@ -121,8 +130,8 @@ pub enum Decision {
     NotReady,
     /// Some images are not backed up yet.
     Waiting(Vec<String>),
-    /// Some images failed to back up: (source, last error).
-    Blocked(Vec<(String, String)>),
+    /// Some images failed to back up.
+    Blocked(Vec<FailedBackup>),
     /// Every external image is Completed: change all of them, in one patch.
     Patch(Vec<Change>),
     /// This very rollout was reverted before (reason): not tried again until the images or the
@@ -210,13 +219,14 @@ pub fn decide<'a>(
                     digest,
                 });
             }
-            Some(ib) if ib.phase() == Phase::Failed => blocked.push((
-                source.to_string(),
-                ib.status
+            Some(ib) if ib.phase() == Phase::Failed => blocked.push(FailedBackup {
+                source: source.to_string(),
+                error: ib
+                    .status
                     .as_ref()
                     .and_then(|s| s.last_error.clone())
                     .unwrap_or_default(),
-            )),
+            }),
             _ => waiting.push(source.to_string()),
         }
     }
@@ -502,7 +512,7 @@ mod tests {
             }
         };
         assert!(
-            matches!(decide(&w, &naming(), Pin::Digest, nginx_failed), Decision::Blocked(v) if v[0].1 == "NotFound: gone")
+            matches!(decide(&w, &naming(), Pin::Digest, nginx_failed), Decision::Blocked(v) if v[0].error == "NotFound: gone")
         );
         assert_eq!(
             decide(&workload(false), &naming(), Pin::Digest, |_| Some(&done)),

@@ -245,8 +245,11 @@ impl<P: Ports> Context<P> {
                 }
             }
             Decision::Blocked(failed) => {
-                let note: Vec<String> = failed.iter().map(|(s, e)| format!("{s}: {e}")).collect();
-                let sources = failed.iter().map(|(s, _)| s.clone()).collect();
+                let note: Vec<String> = failed
+                    .iter()
+                    .map(|f| format!("{}: {}", f.source, f.error))
+                    .collect();
+                let sources = failed.iter().map(|f| f.source.clone()).collect();
                 self.report_once(
                     w,
                     sources,
