@@ -11,8 +11,9 @@
 //! ([`crate::pacing`]) taken by the pacer in order of completion. After it: the health gate
 //! ([`crate::gate`]).
 //!
-//! Here: the context, the decision for one workload and the event handler. One attempt's checks
-//! and patch are in `patch.rs`, the pacer's queue in `pacer.rs`, the resync in `resync.rs`.
+//! Here: the context and the decision for one workload. The event handler is in `events.rs`,
+//! one attempt's checks and patch in `patch.rs`, the pacer's queue in `pacer.rs`, the resync in
+//! `resync.rs`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,8 +26,8 @@ use shared::NamingPolicy;
 use shared::cache::WorkloadCache;
 use shared::crd::ImageBackup;
 use shared::error::ErrorClass;
-use shared::events::{ImageCompleted, Payload, WorkloadChanged};
-use shared::handler::{Classified, Delivered, Handler, Outcome};
+use shared::events::Payload;
+use shared::handler::Classified;
 use shared::kube_events::KubeEvents;
 use shared::naming::image_backup_name;
 use shared::reference::Reference;
@@ -39,10 +40,12 @@ use crate::pacing::Slots;
 use crate::ports::{KubePorts, Ports};
 use crate::pull_access::PullAccess;
 
+mod events;
 mod pacer;
 mod patch;
 mod resync;
 
+pub use events::RolloutEvent;
 use pacer::Queue;
 pub use patch::Attempt;
 
@@ -286,137 +289,5 @@ impl<P: Ports> Context<P> {
             Workload::DaemonSet(d) => d.object_ref(&()),
         };
         self.ports.record(&reference, type_, reason, note).await;
-    }
-}
-
-/// How long a handler waits for its caches to show what an event says happened.
-const CACHE_CATCH_UP: Duration = Duration::from_secs(5);
-/// Deliveries after which an event the caches never catch up with is left to the resync
-/// (a workload deleted since, an ImageBackup expired since).
-const MAX_CATCH_UP_DELIVERIES: u64 = 5;
-
-/// How long before a workload that was not Ready is looked at again.
-const NOT_READY_RETRY: Duration = Duration::from_secs(10);
-/// Deliveries after which a workload that stays not Ready is left to the resync.
-const MAX_NOT_READY_DELIVERIES: u64 = 30;
-
-// === impl Context (events) ===
-
-impl<P: Ports> Context<P> {
-    /// Waits (bounded) until `check` holds on the caches: an event can arrive before the watch
-    /// update that carries the same fact (`image.completed` before the ImageBackup's status
-    /// reaches this process's cache).
-    async fn caught_up(&self, check: impl Fn() -> bool) -> bool {
-        let deadline = tokio::time::Instant::now() + CACHE_CATCH_UP;
-        loop {
-            if check() {
-                return true;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// True when `w` runs at least one image that is not in the backup registry (the shared
-    /// needs-backup rule): only such a workload can have a rollout to do.
-    pub fn runs_external_images(&self, w: &Workload) -> bool {
-        w.pod_spec()
-            .is_some_and(|spec| self.external_sources(spec).next().is_some())
-    }
-
-    /// The external sources (normalized) a pod spec runs, by the shared needs-backup rule.
-    fn external_sources<'s>(
-        &'s self,
-        spec: &'s k8s_openapi::api::core::v1::PodSpec,
-    ) -> impl Iterator<Item = Reference> + 's {
-        spec.init_containers
-            .iter()
-            .flatten()
-            .chain(spec.containers.iter())
-            .filter_map(|c| c.image.as_deref())
-            .filter_map(|image| {
-                shared::workload::needs_backup(image, &self.naming)
-                    .ok()
-                    .flatten()
-            })
-    }
-
-    /// The cached workloads that run `source` (normalized), cloning only those.
-    fn users_of(&self, source: &str) -> Vec<Workload> {
-        self.workloads
-            .filter(|spec| self.external_sources(spec).any(|s| s.to_string() == source))
-    }
-}
-
-/// The events the rollout takes.
-#[derive(Debug, Clone)]
-pub enum RolloutEvent {
-    /// `image.completed`: every cached workload that runs that source is evaluated.
-    Completed(ImageCompleted),
-    /// `workload.changed`: that workload is evaluated.
-    Changed(WorkloadChanged),
-}
-
-impl<P: Ports> Handler for Context<P> {
-    type Event = RolloutEvent;
-    type Error = RolloutError;
-
-    fn accept(payload: Payload) -> Option<RolloutEvent> {
-        match payload {
-            Payload::ImageCompleted(c) => Some(RolloutEvent::Completed(c)),
-            Payload::WorkloadChanged(c) => Some(RolloutEvent::Changed(c)),
-            _ => None,
-        }
-    }
-
-    async fn handle(
-        &self,
-        event: RolloutEvent,
-        delivered: Delivered,
-    ) -> Result<Outcome, RolloutError> {
-        let mut outcome = Outcome::default();
-        let caught_up = match &event {
-            RolloutEvent::Completed(c) => {
-                self.caught_up(|| {
-                    self.backups
-                        .get(&ObjectRef::new(&c.name))
-                        .is_some_and(|ib| {
-                            ib.phase() == shared::crd::Phase::Completed
-                                && ib.status.as_ref().and_then(|s| s.digest.as_deref())
-                                    == Some(c.digest.as_str())
-                        })
-                })
-                .await
-            }
-            RolloutEvent::Changed(c) => {
-                self.caught_up(|| {
-                    self.workloads
-                        .get(&c.workload)
-                        .is_some_and(|w| w.uid() == c.uid && w.generation() >= c.generation)
-                })
-                .await
-            }
-        };
-        if !caught_up && delivered.0 < MAX_CATCH_UP_DELIVERIES {
-            tracing::debug!("caches behind the event; redelivery asked");
-            outcome.retry_after = Some(Duration::from_secs(2));
-            return Ok(outcome);
-        }
-        let targets: Vec<Workload> = match &event {
-            RolloutEvent::Completed(c) => self.users_of(&c.source),
-            RolloutEvent::Changed(c) => self.workloads.get(&c.workload).into_iter().collect(),
-        };
-        for w in targets {
-            // A workload not Ready now (mid-rollout, scaling) is looked at again shortly rather
-            // than at the next resync.
-            if self.decide(&w) == Decision::NotReady && delivered.0 < MAX_NOT_READY_DELIVERIES {
-                outcome.retry_after = Some(NOT_READY_RETRY);
-                continue;
-            }
-            outcome.events.extend(self.evaluate(&w).await);
-        }
-        Ok(outcome)
     }
 }
