@@ -136,6 +136,15 @@ pub struct RegistryArgs {
     /// reach the internet).
     #[arg(long, env = "MIRROR_ONLY")]
     pub mirror_only: bool,
+    /// PEM file of CA certificates trusted for registries (a private or corporate CA), on top
+    /// of the system's roots; repeat or comma-separate.
+    #[arg(
+        long = "registry-ca-file",
+        env = "REGISTRY_CA_FILE",
+        value_delimiter = ',',
+        value_name = "PATH"
+    )]
+    pub registry_ca_files: Vec<PathBuf>,
 }
 
 /// Why the registry settings cannot be used together.
@@ -147,17 +156,26 @@ pub enum RegistryConfigError {
         "--registry-mirror is set for {0}, where backups go: backups are read and verified at the backup registry itself; remove that mirror"
     )]
     BackupRegistryMirrored(String),
+    /// A `--registry-ca-file` cannot be read or holds no PEM certificate.
+    #[error("--registry-ca-file {path}: {reason}")]
+    CaFile {
+        /// The file.
+        path: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
 }
 
 impl RegistryArgs {
     /// The registry client's options for these settings with `credentials`: insecure
-    /// registries (plus the mirrors written `http://…`), mirrors, and the instance named in
-    /// the User-Agent.
+    /// registries (plus the mirrors written `http://…`), mirrors, the CA certificates of
+    /// `--registry-ca-file` (read now; an unreadable file or one without a certificate is an
+    /// error), and the instance named in the User-Agent.
     pub fn client_options(
         &self,
         credentials: DockerConfig,
         instance: Option<String>,
-    ) -> ClientOptions {
+    ) -> Result<ClientOptions, RegistryConfigError> {
         let mut insecure: std::collections::HashSet<String> =
             self.insecure_registries.iter().cloned().collect();
         insecure.extend(
@@ -166,13 +184,37 @@ impl RegistryArgs {
                 .filter(|m| m.plain_http)
                 .map(|m| m.mirror.clone()),
         );
-        ClientOptions {
+        Ok(ClientOptions {
             insecure,
             credentials,
             mirrors: Mirrors::new(&self.registry_mirrors, self.mirror_only),
             instance,
+            ca_certificates: self.ca_certificates()?,
             ..Default::default()
+        })
+    }
+
+    /// The certificates in every `--registry-ca-file`.
+    fn ca_certificates(&self) -> Result<Vec<reqwest::Certificate>, RegistryConfigError> {
+        let mut all = Vec::new();
+        for path in &self.registry_ca_files {
+            let error = |reason: String| RegistryConfigError::CaFile {
+                path: path.display().to_string(),
+                reason,
+            };
+            // A CA bundle is small; anything larger is not one.
+            let bytes = std::fs::read(path).map_err(|e| error(format!("cannot read it: {e}")))?;
+            if bytes.len() > 4 << 20 {
+                return Err(error("larger than 4 MiB: not a CA bundle".into()));
+            }
+            let certificates = reqwest::Certificate::from_pem_bundle(&bytes)
+                .map_err(|e| error(format!("not PEM certificates: {e}")))?;
+            if certificates.is_empty() {
+                return Err(error("holds no PEM certificate".into()));
+            }
+            all.extend(certificates);
         }
+        Ok(all)
     }
 
     /// The credentials in `--docker-config` (none without it): [`DockerConfig::from_file`],
@@ -328,7 +370,10 @@ mod tests {
             "--insecure-registry",
             "other:5000",
         ]);
-        let options = cli.registries.client_options(DockerConfig::default(), None);
+        let options = cli
+            .registries
+            .client_options(DockerConfig::default(), None)
+            .unwrap();
         assert_eq!(
             options.mirrors.hosts_for("docker.io"),
             ["127.0.0.1:5000", "docker.io"]

@@ -7,7 +7,15 @@ use crate::config::{LogArgs, LogFormat};
 
 /// Installs the global subscriber. Call once, at start-up; a second call is ignored.
 pub fn init_logging(args: &LogArgs) {
-    let filter = EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    // The TLS verifier logs each certificate it refuses at ERROR, from inside the TLS stack; the
+    // registry client reports the same failure once, naming the registry and the fix
+    // (`CopyError::UntrustedCertificate`). Unless asked for by name, it stays quiet.
+    if !args.log_level.contains("rustls_platform_verifier")
+        && let Ok(quiet) = "rustls_platform_verifier=off".parse()
+    {
+        filter = filter.add_directive(quiet);
+    }
     let registry = tracing_subscriber::registry().with(filter);
     use std::io::IsTerminal as _;
     let format = args

@@ -30,8 +30,10 @@ pub async fn run(
     let credentials = registries
         .load_docker_config()
         .map_err(|e| format!("Invalid: {e}"))?;
-    let client = RegistryClient::new(registries.client_options(credentials, None))
-        .map_err(|e| format!("{}: {e}", e.class()))?;
+    let options = registries
+        .client_options(credentials, None)
+        .map_err(|e| format!("Invalid: {e}"))?;
+    let client = RegistryClient::new(options).map_err(|e| format!("{}: {e}", e.class()))?;
     let copier = Copier::new(client, concurrency).with_referrers(referrers);
     let (progress, display) = if show_progress {
         let (tx, rx) = tokio::sync::watch::channel(crate::copy::Progress::default());

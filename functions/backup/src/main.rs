@@ -179,7 +179,7 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
     // The claim holder names the instance: registry logs then name the replica that pushed.
     let client_options = args
         .registries
-        .client_options(credentials, Some(holder.clone()));
+        .client_options(credentials, Some(holder.clone()))?;
     let copier = Copier::new(RegistryClient::new(client_options)?, args.blob_concurrency)
         .with_referrers(args.referrers);
     let lease = Duration::from_secs(args.claim_lease_seconds.max(3));

@@ -138,10 +138,10 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
     let credentials = args.registries.load_docker_config()?;
     args.registries
         .check_backup_host(args.backup.backup_registry.host())?;
-    let registry = RegistryClient::new(args.registries.client_options(credentials, None))?;
+    let registry = RegistryClient::new(args.registries.client_options(credentials, None)?)?;
     let anonymous = RegistryClient::new(
         args.registries
-            .client_options(DockerConfig::default(), None),
+            .client_options(DockerConfig::default(), None)?,
     )?;
     let namespace = args
         .pod_namespace

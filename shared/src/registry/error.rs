@@ -47,6 +47,17 @@ pub enum CopyError {
         /// The realm's scheme (the URL itself is not repeated).
         realm_scheme: String,
     },
+    /// The registry's TLS certificate is not trusted (signed by a CA we do not know, expired,
+    /// or for another name): a configuration matter no retry fixes.
+    #[error(
+        "{registry}'s TLS certificate is not trusted ({cause}); if it is signed by a private or corporate CA, trust that CA with --registry-ca-file (REGISTRY_CA_FILE)"
+    )]
+    UntrustedCertificate {
+        /// The registry host.
+        registry: String,
+        /// What the TLS verifier said.
+        cause: String,
+    },
     /// The registry kept answering 429 past the retry budget.
     #[error("{registry} kept rate-limiting (429) {what} after {}", plural_attempts(.attempts))]
     RateLimited {
@@ -156,9 +167,9 @@ impl CopyError {
     pub fn class(&self) -> ErrorClass {
         match self {
             CopyError::NotFound { .. } => ErrorClass::NotFound,
-            CopyError::Unauthorized { .. } | CopyError::InsecureRealm { .. } => {
-                ErrorClass::Unauthorized
-            }
+            CopyError::Unauthorized { .. }
+            | CopyError::InsecureRealm { .. }
+            | CopyError::UntrustedCertificate { .. } => ErrorClass::Unauthorized,
             CopyError::RateLimited { .. } => ErrorClass::RateLimited,
             CopyError::Unavailable { .. } | CopyError::Stalled { .. } => ErrorClass::Unavailable,
             CopyError::Corrupt { .. } => ErrorClass::Corrupt,
@@ -175,6 +186,7 @@ impl CopyError {
             CopyError::NotFound { .. } => "not_found",
             CopyError::Unauthorized { .. } => "unauthorized",
             CopyError::InsecureRealm { .. } => "insecure_realm",
+            CopyError::UntrustedCertificate { .. } => "untrusted_certificate",
             CopyError::RateLimited { .. } => "rate_limited",
             CopyError::Unavailable { .. } => "unavailable",
             CopyError::Stalled { .. } => "stalled",

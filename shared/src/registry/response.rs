@@ -79,6 +79,32 @@ pub fn transport_error(
     }
 }
 
+/// The TLS verifier's complaint when `e` is a certificate the client does not trust (unknown
+/// issuer, expired, another name): a configuration problem, not an outage.
+pub fn untrusted_certificate(e: &reqwest::Error) -> Option<String> {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        // The TLS error travels inside `io::Error`s (nested), whose `source` skips it.
+        let mut inner: &(dyn std::error::Error + 'static) = s;
+        loop {
+            if let Some(rustls::Error::InvalidCertificate(why)) =
+                inner.downcast_ref::<rustls::Error>()
+            {
+                return Some(format!("{why:?}"));
+            }
+            match inner
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+            {
+                Some(next) => inner = next,
+                None => break,
+            }
+        }
+        source = s.source();
+    }
+    None
+}
+
 /// A transport error's cause without the URL (which may carry an upload session id).
 pub fn transport_cause(e: &reqwest::Error) -> String {
     let kind = if e.is_timeout() {

@@ -12,7 +12,7 @@ use reqwest::{RequestBuilder, Response};
 use super::auth::{Credential, DockerConfig};
 use super::error::CopyError;
 use super::mirror::Mirrors;
-use super::response::{status_error, transport_cause, transport_error};
+use super::response::{status_error, transport_cause, transport_error, untrusted_certificate};
 use super::retry::{RetryPolicy, retry_after, retryable_status};
 use super::stall::StallPolicy;
 use crate::reference::{DEFAULT_DOMAIN, DOCKER_HUB_API_HOST, canonical_host};
@@ -31,6 +31,9 @@ pub struct ClientOptions {
     /// Registry mirrors ([`super::mirror`]): where [`super::RegistryClient::locate_manifest`] looks
     /// for an image first.
     pub mirrors: Mirrors,
+    /// CA certificates trusted for registries on top of the system's roots
+    /// (`--registry-ca-file`).
+    pub ca_certificates: Vec<reqwest::Certificate>,
     /// Who is asking, added to the User-Agent (`image-backup/<version> (<instance>)`), so a
     /// registry's access log tells which replica pushed what.
     pub instance: Option<String>,
@@ -97,12 +100,15 @@ impl Transport {
             return &self.plain;
         }
         self.tls.get_or_init(|| {
-            Self::builder(&self.options).build().unwrap_or_else(|e| {
-                // Building only fails when the TLS backend cannot load; then HTTPS requests
-                // fail with a transport error that names the registry, via the plain client.
-                tracing::warn!(error = %e, "cannot build the HTTPS client");
-                self.plain.clone()
-            })
+            Self::builder(&self.options)
+                .tls_certs_merge(self.options.ca_certificates.iter().cloned())
+                .build()
+                .unwrap_or_else(|e| {
+                    // Building only fails when the TLS backend cannot load; then HTTPS requests
+                    // fail with a transport error that names the registry, via the plain client.
+                    tracing::warn!(error = %e, "cannot build the HTTPS client");
+                    self.plain.clone()
+                })
         })
     }
 
@@ -165,12 +171,19 @@ impl Transport {
                     tokio::time::sleep(policy.delay(attempt, ra)).await;
                 }
                 Ok(resp) => return Ok(resp),
-                Err(e) if last => {
-                    return Err(transport_error(registry, what, attempt + 1, &e));
-                }
                 Err(e) => {
-                    tracing::debug!(registry, what, error = %transport_cause(&e), attempt, "retrying");
-                    tokio::time::sleep(policy.delay(attempt, None)).await;
+                    if let Some(cause) = untrusted_certificate(&e) {
+                        // Trust is configuration: another attempt meets the same certificate.
+                        return Err(CopyError::UntrustedCertificate {
+                            registry: registry.into(),
+                            cause,
+                        });
+                    } else if last {
+                        return Err(transport_error(registry, what, attempt + 1, &e));
+                    } else {
+                        tracing::debug!(registry, what, error = %transport_cause(&e), attempt, "retrying");
+                        tokio::time::sleep(policy.delay(attempt, None)).await;
+                    }
                 }
             }
             attempt += 1;

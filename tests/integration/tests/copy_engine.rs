@@ -594,3 +594,95 @@ async fn token_auth_registry_with_cached_tokens() {
     assert_eq!(err.class(), ErrorClass::Unauthorized, "{err}");
     assert!(issuer.refused() >= 1);
 }
+
+/// A registry whose certificate a private CA signed: untrusted, one attempt and a permanent
+/// class naming the fix, and no log line from inside the TLS stack; trusted with
+/// `--registry-ca-file` (or `REGISTRY_CA_FILE`), the copy completes at the same digest.
+#[tokio::test]
+async fn a_registry_signed_by_a_private_ca_is_trusted_only_through_registry_ca_file() {
+    let src = Registry::start().await.expect("src");
+    let dst = Registry::start_with(RegistryOptions {
+        https: true,
+        ..Default::default()
+    })
+    .await
+    .expect("HTTPS registry");
+    assert!(dst.url().starts_with("https://"));
+    let image = Pusher::new(&src.host(), None)
+        .push_image(
+            "c/app",
+            "3",
+            &ImageSpec::multi_arch(Format::Oci, 2, 800, 83),
+        )
+        .await
+        .expect("push");
+    let source = format!("{}/c/app:3", src.host());
+    let target = format!("{}/b/c_app:3", dst.host());
+
+    // The library: the untrusted certificate is its own error, not an outage retried.
+    let err = copier(&[src.host()], DockerConfig::default())
+        .copy(&reference(&source), &reference(&target), None)
+        .await
+        .expect_err("an unknown CA is not trusted");
+    assert!(
+        matches!(err, CopyError::UntrustedCertificate { .. }),
+        "{err:?}"
+    );
+    assert_eq!(err.class(), ErrorClass::Unauthorized);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, dst.ca_pem().expect("its CA")).expect("write CA");
+    let run = |extra: &[&str], env: Option<&std::path::Path>| {
+        let mut cmd = std::process::Command::new(testbed::workspace_binary("backup"));
+        cmd.args(["copy", &source, &target, "--insecure-registry", &src.host()])
+            .args(extra)
+            .env_remove("DOCKER_CONFIG_FILE")
+            .env_remove("REGISTRY_CA_FILE")
+            .env("LOG_LEVEL", "debug");
+        if let Some(path) = env {
+            cmd.env("REGISTRY_CA_FILE", path);
+        }
+        cmd.output().expect("backup binary")
+    };
+    let untrusted = run(&[], None);
+    let stderr = String::from_utf8_lossy(&untrusted.stderr);
+    assert_eq!(untrusted.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("Unauthorized"), "{stderr}");
+    assert!(stderr.contains("not trusted"), "{stderr}");
+    assert!(stderr.contains("--registry-ca-file"), "{stderr}");
+    assert!(!stderr.contains("attempts"), "not retried: {stderr}");
+    assert!(
+        !stderr.contains("failed to verify TLS certificate"),
+        "no log line from inside the TLS stack: {stderr}"
+    );
+
+    let trusted = run(&["--registry-ca-file", &ca.display().to_string()], None);
+    assert!(
+        trusted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trusted.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&trusted.stdout).expect("JSON");
+    assert_eq!(summary["digest"], image.digest.as_str());
+    assert_eq!(summary["blobsCopied"], image.blobs.len());
+
+    // The same through the environment, the target now complete.
+    let again = run(&[], Some(&ca));
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    // A file that is not a CA bundle is a usage error naming it.
+    let bogus = dir.path().join("not-a-ca.pem");
+    std::fs::write(&bogus, "hello").expect("write");
+    let bad = run(&["--registry-ca-file", &bogus.display().to_string()], None);
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--registry-ca-file") && stderr.contains("not-a-ca.pem"),
+        "{stderr}"
+    );
+}

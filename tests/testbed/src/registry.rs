@@ -32,6 +32,9 @@ pub struct RegistryOptions {
     pub htpasswd: Option<Credentials>,
     /// Extra `auth:` YAML replacing htpasswd (token auth), with its files already written.
     pub auth_yaml: Option<String>,
+    /// Serve HTTPS with a certificate from a test CA made for this registry (its PEM is
+    /// [`Registry::ca_pem`]).
+    pub https: bool,
 }
 
 /// A running registry, stopped and its storage removed on drop.
@@ -39,6 +42,8 @@ pub struct RegistryOptions {
 pub struct Registry {
     port: u16,
     credentials: Option<Credentials>,
+    /// The CA of its certificate, when it serves HTTPS.
+    ca_pem: Option<String>,
     dir: tempfile::TempDir,
     _guard: ChildGuard,
 }
@@ -66,8 +71,22 @@ impl Registry {
         if let Some(yaml) = &options.auth_yaml {
             auth = yaml.clone();
         }
+        let mut tls = String::new();
+        let mut ca_pem = None;
+        if options.https {
+            let test_tls = crate::tls::TestTls::generate()?;
+            let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+            std::fs::write(&cert, &test_tls.chain_pem)?;
+            std::fs::write(&key, &test_tls.key_pem)?;
+            tls = format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            );
+            ca_pem = Some(test_tls.ca_pem);
+        }
         let config = format!(
-            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: 127.0.0.1:{port}\n{tls}{auth}",
             dir.path().join("data").display()
         );
         let config_path = dir.path().join("config.yml");
@@ -80,6 +99,7 @@ impl Registry {
         Ok(Self {
             port,
             credentials: options.htpasswd,
+            ca_pem,
             dir,
             _guard: guard,
         })
@@ -90,9 +110,19 @@ impl Registry {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>` (`https://` when it serves HTTPS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.host())
+        let scheme = if self.ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.host())
+    }
+
+    /// The PEM of the CA its certificate is signed by, when it serves HTTPS.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
     }
 
     /// The credentials it requires, if any.

@@ -13,6 +13,10 @@ pub struct TestTls {
     pub ca_pem: String,
     /// The rustls server configuration (HTTP/2 and HTTP/1.1 by ALPN).
     pub server_config: Arc<rustls::ServerConfig>,
+    /// The server certificate and the CA's, in PEM (a file server's certificate chain).
+    pub chain_pem: String,
+    /// The server's private key in PEM (PKCS#8).
+    pub key_pem: String,
 }
 
 impl TestTls {
@@ -57,6 +61,8 @@ impl TestTls {
         Ok(Self {
             ca_pem: ca.pem(),
             server_config: Arc::new(config),
+            chain_pem: format!("{}{}", cert.pem(), ca.pem()),
+            key_pem: key.serialize_pem(),
         })
     }
 }

@@ -88,8 +88,8 @@ pub async fn start_token_registry(
         bundle.display()
     );
     let registry = Registry::start_with(RegistryOptions {
-        htpasswd: None,
         auth_yaml: Some(auth_yaml),
+        ..Default::default()
     })
     .await?;
     // The bundle must outlive the registry's start-up only; the registry has read it.
