@@ -73,6 +73,9 @@ pub(super) struct Authenticator {
     transport: Transport,
     tokens: Arc<TokenCache>,
     schemes: Arc<Mutex<HashMap<String, AuthScheme>>>,
+    /// One token request at a time per registry and scope set: requests that start together
+    /// (a copy's blobs) wait for the first one's token instead of each asking for their own.
+    fetching: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 // === impl Authenticator ===
@@ -84,6 +87,7 @@ impl Authenticator {
             transport,
             tokens: Arc::new(TokenCache::default()),
             schemes: Arc::new(Mutex::new(HashMap::new())),
+            fetching: Arc::default(),
         }
     }
 
@@ -113,6 +117,13 @@ impl Authenticator {
     ) -> Result<Option<String>, CopyError> {
         match self.scheme(registry) {
             Some(AuthScheme::Bearer { realm, service }) => {
+                let key = token_key(registry, scopes);
+                let gate = self.gate(&key);
+                let _one_at_a_time = gate.lock().await;
+                // Another request may have fetched it while this one waited.
+                if let Some(token) = self.tokens.get(&key) {
+                    return Ok(Some(format!("Bearer {token}")));
+                }
                 let token = self
                     .fetch_token(registry, &realm, service.as_deref(), scopes, what)
                     .await?;
@@ -120,6 +131,19 @@ impl Authenticator {
             }
             _ => Ok(None),
         }
+    }
+
+    /// The lock that lets one request at a time fetch the token of `key`.
+    fn gate(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut gates = match self.fetching.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        // Bounded like the token cache: by the scope sets a process uses.
+        if gates.len() >= 4096 {
+            gates.retain(|_, g| Arc::strong_count(g) > 1);
+        }
+        gates.entry(key.to_string()).or_default().clone()
     }
 
     /// Answers a 401: learns the scheme and gets an Authorization header, or `None` when the

@@ -686,3 +686,149 @@ async fn a_registry_signed_by_a_private_ca_is_trusted_only_through_registry_ca_f
         "{stderr}"
     );
 }
+
+/// Registries as they are on the internet: HTTPS with a private CA, a token service on HTTPS,
+/// anonymous pull tokens at the source, push tokens for the backup user at the target. The copy
+/// is byte-identical; a copy to a second repository mounts every blob with one token for both
+/// scopes (push on the new repository, pull on the one the blobs are in), uploading nothing.
+#[tokio::test]
+async fn https_token_registries_anonymous_pull_scoped_push_and_one_token_per_mount_scope() {
+    use testbed::token_auth::{TokenOptions, start_token_registry_with};
+    let plain = Registry::start().await.expect("plain");
+    let https = TokenOptions {
+        https: true,
+        anonymous_pull: true,
+        ..Default::default()
+    };
+    let publisher = Credentials {
+        username: "publisher".into(),
+        password: "pub-Pa55".into(),
+    };
+    let (public, public_issuer) = start_token_registry_with(publisher, https.clone())
+        .await
+        .expect("public registry");
+    let backup_user = Credentials {
+        username: "backup".into(),
+        password: "bk-Pa55".into(),
+    };
+    let (backup, backup_issuer) = start_token_registry_with(
+        backup_user,
+        TokenOptions {
+            anonymous_pull: false,
+            ..https
+        },
+    )
+    .await
+    .expect("backup registry");
+    let image = Pusher::new(&plain.host(), None)
+        .push_image(
+            "lib/app",
+            "1",
+            &ImageSpec::multi_arch(Format::Oci, 2, 4000, 91),
+        )
+        .await
+        .expect("push");
+    let cas: Vec<reqwest::Certificate> = [public.ca_pem(), backup.ca_pem()]
+        .into_iter()
+        .flat_map(|pem| reqwest::Certificate::from_pem_bundle(pem.expect("HTTPS").as_bytes()))
+        .flatten()
+        .collect();
+    assert_eq!(cas.len(), 2);
+    let copier_with = |credentials: DockerConfig| {
+        let client = RegistryClient::new(ClientOptions {
+            insecure: [plain.host()].into_iter().collect(),
+            credentials,
+            retry: quick_retries(),
+            ca_certificates: cas.clone(),
+            ..Default::default()
+        })
+        .expect("client");
+        Copier::new(client, 4)
+    };
+    // The publisher puts the image on the public registry.
+    let mut publishing = DockerConfig::default();
+    publishing.insert_basic(&public.host(), "publisher", "pub-Pa55");
+    copier_with(publishing)
+        .copy(
+            &at(&plain.host(), "lib/app:1"),
+            &at(&public.host(), "lib/app:1"),
+            None,
+        )
+        .await
+        .expect("seed the public registry");
+
+    // Anonymous at the public registry: it may pull, never push.
+    let anonymous = copier_with(DockerConfig::default());
+    let err = anonymous
+        .copy(
+            &at(&plain.host(), "lib/app:1"),
+            &at(&public.host(), "lib/other:1"),
+            None,
+        )
+        .await
+        .expect_err("anonymous push");
+    assert_eq!(err.class(), ErrorClass::Unauthorized, "{err}");
+
+    let mut backing_up = DockerConfig::default();
+    backing_up.insert_basic(&backup.host(), "backup", "bk-Pa55");
+    let copier = copier_with(backing_up);
+    let refused_before = public_issuer.refused();
+    let first = copier
+        .copy(
+            &at(&public.host(), "lib/app:1"),
+            &at(&backup.host(), "b/lib_app:1"),
+            None,
+        )
+        .await
+        .expect("anonymous pull, scoped push");
+    assert_eq!(first.digest, image.digest);
+    assert_eq!(first.blobs_copied as usize, image.blobs.len());
+    assert_eq!(
+        public_issuer.refused(),
+        refused_before,
+        "pulls went anonymous"
+    );
+
+    let tokens_before = backup_issuer.issued();
+    let second = copier
+        .copy(
+            &at(&public.host(), "lib/app:1"),
+            &at(&backup.host(), "b/lib_app_again:1"),
+            None,
+        )
+        .await
+        .expect("mount");
+    assert_eq!(second.digest, image.digest);
+    assert_eq!(second.blobs_mounted as usize, image.blobs.len());
+    assert_eq!((second.blobs_copied, second.bytes_uploaded), (0, 0));
+    let asked: Vec<String> = backup_issuer.scopes()[tokens_before..].to_vec();
+    // Every mount rides one token holding both scopes.
+    let mount = "repository:b/lib_app:pull repository:b/lib_app_again:pull,push";
+    assert_eq!(
+        asked.iter().filter(|s| *s == mount).count(),
+        1,
+        "one token for {} mounts: {asked:?}",
+        image.blobs.len()
+    );
+    // And a token per scope set, never one per request.
+    let distinct: HashSet<&String> = asked.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        asked.len(),
+        "a scope asked twice: {asked:?}"
+    );
+
+    // Wrong credentials for the target: Unauthorized, and no password in the error.
+    let mut wrong = DockerConfig::default();
+    wrong.insert_basic(&backup.host(), "backup", "not-the-Pa55");
+    let err = copier_with(wrong)
+        .copy(
+            &at(&public.host(), "lib/app:1"),
+            &at(&backup.host(), "b/lib_app:2"),
+            None,
+        )
+        .await
+        .expect_err("wrong password");
+    assert_eq!(err.class(), ErrorClass::Unauthorized, "{err}");
+    assert!(!err.to_string().contains("not-the-Pa55"));
+}

@@ -44,6 +44,9 @@ pub struct Registry {
     credentials: Option<Credentials>,
     /// The CA of its certificate, when it serves HTTPS.
     ca_pem: Option<String>,
+    /// Its TLS server configuration (a certificate for 127.0.0.1 by that CA), for a service
+    /// that goes with it (its token service).
+    tls_config: Option<std::sync::Arc<rustls::ServerConfig>>,
     dir: tempfile::TempDir,
     _guard: ChildGuard,
 }
@@ -73,6 +76,7 @@ impl Registry {
         }
         let mut tls = String::new();
         let mut ca_pem = None;
+        let mut tls_config = None;
         if options.https {
             let test_tls = crate::tls::TestTls::generate()?;
             let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
@@ -84,6 +88,7 @@ impl Registry {
                 key.display()
             );
             ca_pem = Some(test_tls.ca_pem);
+            tls_config = Some(test_tls.server_config);
         }
         let config = format!(
             "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: 127.0.0.1:{port}\n{tls}{auth}",
@@ -100,6 +105,7 @@ impl Registry {
             port,
             credentials: options.htpasswd,
             ca_pem,
+            tls_config,
             dir,
             _guard: guard,
         })
@@ -118,6 +124,11 @@ impl Registry {
             "http"
         };
         format!("{scheme}://{}", self.host())
+    }
+
+    /// The TLS server configuration of its certificate (HTTPS registries only).
+    pub(crate) fn tls_config(&self) -> Option<std::sync::Arc<rustls::ServerConfig>> {
+        self.tls_config.clone()
     }
 
     /// The PEM of the CA its certificate is signed by, when it serves HTTPS.

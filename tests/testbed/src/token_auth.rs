@@ -5,6 +5,10 @@
 //! The issuer signs ES256 JWTs with a self-signed certificate (rcgen) that it hands the registry
 //! as `rootcertbundle`, and puts the certificate in the token's `x5c` header, which distribution
 //! 2.8 verifies against that bundle. It counts the tokens it issues, so tests can check caching.
+//!
+//! [`TokenOptions`] make it look like an internet registry: HTTPS for the registry and the token
+//! service (one per-run test CA, [`Registry::ca_pem`]), anonymous pull tokens, and tokens with a
+//! short lifetime.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,8 +30,32 @@ struct IssuerState {
     key: EcdsaKeyPair,
     cert_der: Vec<u8>,
     credentials: Credentials,
+    options: TokenOptions,
     issued: AtomicUsize,
     refused: AtomicUsize,
+    /// The scopes each issued token was asked for (space-joined, sorted), in order.
+    scopes: std::sync::Mutex<Vec<String>>,
+}
+
+/// How the token registry behaves.
+#[derive(Debug, Clone)]
+pub struct TokenOptions {
+    /// Registry and token service over HTTPS (a test CA made for this registry).
+    pub https: bool,
+    /// Requests without credentials get tokens for `pull` (public repositories).
+    pub anonymous_pull: bool,
+    /// The lifetime of a token (`exp` and `expires_in`).
+    pub lifetime: std::time::Duration,
+}
+
+impl Default for TokenOptions {
+    fn default() -> Self {
+        Self {
+            https: false,
+            anonymous_pull: false,
+            lifetime: std::time::Duration::from_secs(300),
+        }
+    }
 }
 
 /// A running token issuer; stops when dropped.
@@ -40,6 +68,15 @@ impl TokenIssuer {
     /// Tokens issued so far.
     pub fn issued(&self) -> usize {
         self.state.issued.load(Ordering::SeqCst)
+    }
+
+    /// The scopes each token issued so far was asked for (space-joined, sorted), in order.
+    pub fn scopes(&self) -> Vec<String> {
+        self.state
+            .scopes
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
     }
 
     /// Token requests refused (bad credentials).
@@ -56,6 +93,14 @@ fn b64url(bytes: &[u8]) -> String {
 pub async fn start_token_registry(
     credentials: Credentials,
 ) -> anyhow::Result<(Registry, TokenIssuer)> {
+    start_token_registry_with(credentials, TokenOptions::default()).await
+}
+
+/// [`start_token_registry`] with options: HTTPS, anonymous pulls, the tokens' lifetime.
+pub async fn start_token_registry_with(
+    credentials: Credentials,
+    options: TokenOptions,
+) -> anyhow::Result<(Registry, TokenIssuer)> {
     let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).context("key")?;
     let params =
         rcgen::CertificateParams::new(vec!["testbed-issuer".to_string()]).context("cert params")?;
@@ -71,27 +116,35 @@ pub async fn start_token_registry(
         key,
         cert_der: cert.der().to_vec(),
         credentials,
+        options: options.clone(),
         issued: AtomicUsize::new(0),
         refused: AtomicUsize::new(0),
+        scopes: std::sync::Mutex::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let app = axum::Router::new()
         .route("/token", axum::routing::get(token))
         .with_state(state.clone());
-    let server = crate::process::ServerTask::spawn(listener, app);
     let dir = tempfile::tempdir()?;
     let bundle = dir.path().join("issuer.pem");
     std::fs::write(&bundle, cert.pem())?;
     let auth_yaml = format!(
-        "auth:\n  token:\n    realm: http://{addr}/token\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
-        bundle.display()
+        "auth:\n  token:\n    realm: {scheme}://{addr}/token\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
+        bundle.display(),
+        scheme = if options.https { "https" } else { "http" },
     );
     let registry = Registry::start_with(RegistryOptions {
         auth_yaml: Some(auth_yaml),
+        https: options.https,
         ..Default::default()
     })
     .await?;
+    // The token service shares the registry's certificate (one CA to trust for both).
+    let server = match registry.tls_config() {
+        Some(config) => crate::process::ServerTask::spawn_tls(listener, app, config),
+        None => crate::process::ServerTask::spawn(listener, app),
+    };
     // The bundle must outlive the registry's start-up only; the registry has read it.
     drop(dir);
     Ok((
@@ -119,7 +172,8 @@ async fn token(
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if given != expected {
+    let anonymous = given.is_empty() && state.options.anonymous_pull;
+    if given != expected && !anonymous {
         state.refused.fetch_add(1, Ordering::SeqCst);
         return (StatusCode::UNAUTHORIZED, "bad credentials").into_response();
     }
@@ -131,13 +185,19 @@ async fn token(
         for scope in v.split(' ') {
             let parts: Vec<&str> = scope.split(':').collect();
             if parts.len() == 3 && parts[0] == "repository" {
+                // Without credentials: pull only, whatever was asked.
+                let actions = parts[2]
+                    .split(',')
+                    .filter(|a| !anonymous || *a == "pull")
+                    .map(str::to_string);
                 access
                     .entry(parts[1].to_string())
                     .or_default()
-                    .extend(parts[2].split(',').map(str::to_string));
+                    .extend(actions);
             }
         }
     }
+    let lifetime = state.options.lifetime.as_secs().max(1);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -147,8 +207,10 @@ async fn token(
         "x5c": [base64::engine::general_purpose::STANDARD.encode(&state.cert_der)],
     });
     let claims = serde_json::json!({
-        "iss": ISSUER, "sub": state.credentials.username, "aud": SERVICE,
-        "exp": now + 300, "nbf": now - 10, "iat": now - 10,
+        "iss": ISSUER,
+        "sub": if anonymous { "" } else { state.credentials.username.as_str() },
+        "aud": SERVICE,
+        "exp": now + lifetime, "nbf": now - 10, "iat": now - 10,
         "jti": format!("{now}-{}", state.issued.load(Ordering::SeqCst)),
         "access": access.iter().map(|(name, actions)| serde_json::json!({"type": "repository", "name": name, "actions": actions})).collect::<Vec<_>>(),
     });
@@ -162,6 +224,15 @@ async fn token(
         return (StatusCode::INTERNAL_SERVER_ERROR, "sign").into_response();
     };
     state.issued.fetch_add(1, Ordering::SeqCst);
+    let mut asked: Vec<&str> = query
+        .iter()
+        .filter(|(k, _)| k == "scope")
+        .flat_map(|(_, v)| v.split(' '))
+        .collect();
+    asked.sort_unstable();
+    if let Ok(mut scopes) = state.scopes.lock() {
+        scopes.push(asked.join(" "));
+    }
     let jwt = format!("{signing_input}.{}", b64url(signature.as_ref()));
-    axum::Json(serde_json::json!({"token": jwt, "expires_in": 300})).into_response()
+    axum::Json(serde_json::json!({"token": jwt, "expires_in": lifetime})).into_response()
 }
