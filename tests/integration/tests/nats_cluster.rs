@@ -15,7 +15,7 @@ use kube::api::PostParams;
 use serde_json::json;
 use shared::events::{Payload, WorkloadChanged, WorkloadRef};
 use shared::nats::{ConsumerName, STREAM_NAME};
-use shared::publish::{EventPublisher, JetStreamPublisher, PublishRetry};
+use shared::publish::{EventPublisher, Publisher};
 use testbed::cluster::Cluster;
 use testbed::function::FunctionProcess;
 use testbed::{FaultProxy, Format, ImageSpec, NatsCluster};
@@ -72,10 +72,7 @@ async fn the_stream_is_replicated_scaled_in_place_and_survives_its_leader() {
     shared::nats::ensure_consumer_with(&stream, ConsumerName::Backup, None, 1)
         .await
         .expect("consumer");
-    let publisher = JetStreamPublisher::new(
-        shared::nats::Publisher::new(js.clone(), "/test"),
-        PublishRetry::jetstream(),
-    );
+    let publisher = Publisher::jetstream(js.clone(), "/test");
     for i in 0..10 {
         publisher.publish(&event(i)).await.expect("publish");
     }
