@@ -17,9 +17,10 @@ pub enum RuntimeError {
     /// The admin server could not listen.
     #[error(transparent)]
     Bind(#[from] BindError),
-    /// No Kubernetes client could be built.
+    /// No Kubernetes client could be built. The message holds kube's whole explanation; it
+    /// is not also given as the source, which printed every cause four times over.
     #[error("no Kubernetes client (set KUBECONFIG or run in a cluster): {0}")]
-    Kube(#[source] kube::Error),
+    Kube(kube::Error),
 }
 
 /// How a long-running function takes its events: from its durable JetStream consumer (`run`),
