@@ -196,13 +196,30 @@ impl Copier {
             registry: &src.registry,
             what: &what,
         };
-        let index = match self.client.referrers(src, subject, Access::Pull).await? {
+        // Every lookup for this manifest goes out at once — the referrers API, the tag schema
+        // (used only when the registry has no referrers API; asked for alongside so that case
+        // costs no extra round trip) and cosign's tags: one round trip instead of up to five.
+        let schema_tag = tag_schema(subject);
+        let cosign_tags: Vec<(String, bool)> = if cosign {
+            COSIGN_TAGS
+                .iter()
+                .map(|(suffix, signature)| (format!("{schema_tag}.{suffix}"), *signature))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let (api, schema, tagged) = futures::join!(
+            self.client.referrers(src, subject, Access::Pull),
+            self.client.get_manifest(src, &schema_tag),
+            futures::future::join_all(
+                cosign_tags
+                    .iter()
+                    .map(|(tag, _)| { self.client.manifest_digest(src, tag, Access::Pull) })
+            ),
+        );
+        let index = match api? {
             Some(bytes) => Some(bytes),
-            None => self
-                .client
-                .get_manifest(src, &tag_schema(subject))
-                .await?
-                .map(|m| m.bytes),
+            None => schema?.map(|m| m.bytes),
         };
         let mut found: Vec<Found> = match index {
             Some(bytes) => listed(&bytes, origin)?
@@ -218,17 +235,14 @@ impl Copier {
                 .collect(),
             None => Vec::new(),
         };
-        if cosign {
-            for (suffix, signature) in COSIGN_TAGS {
-                let tag = format!("{}.{suffix}", tag_schema(subject));
-                if let Some(digest) = self.client.manifest_digest(src, &tag, Access::Pull).await? {
-                    found.push(Found {
-                        digest,
-                        tag: Some(tag),
-                        signature: *signature,
-                        descriptor: None,
-                    });
-                }
+        for ((tag, signature), digest) in cosign_tags.into_iter().zip(tagged) {
+            if let Some(digest) = digest? {
+                found.push(Found {
+                    digest,
+                    tag: Some(tag),
+                    signature,
+                    descriptor: None,
+                });
             }
         }
         Ok(found)
