@@ -94,6 +94,19 @@ pub async fn run(bin: &Path, runs: usize) -> anyhow::Result<String> {
         ));
     }
 
+    // Warm, timed: the target complete, `all` against `none` in the same run.
+    let dst = Registry::start().await?;
+    let insecure = format!("{},{}", src.host(), dst.host());
+    let target = format!("{}/bk/app:1", dst.host());
+    backup_copy(bin, &source, &target, &insecure, "all")?;
+    for mode in ["all", "none"] {
+        let mut times = Vec::new();
+        for _ in 0..runs.max(1) {
+            times.push(backup_copy(bin, &source, &target, &insecure, mode)?.0);
+        }
+        rows.push_str(&format!("| warm | {mode} | {:.4} | 0 |\n", median(times)));
+    }
+
     // Warm: every request through counting proxies.
     let dst = Registry::start().await?;
     let src_proxy = FaultProxy::start(&src.host()).await?;
