@@ -15,8 +15,8 @@ use rollout::pull_access::{PullAccess, SecretName};
 use shared::config::{AdminArgs, BackupArgs, NatsArgs, RegistryArgs, ServeArgs, SinkArgs};
 use shared::kube_events::KubeEvents;
 use shared::publish::Publisher;
-use shared::registry::RegistryClient;
 use shared::registry::auth::DockerConfig;
+use shared::registry::{ClientOptions, RegistryClient};
 use shared::runtime::Mode;
 
 /// The CloudEvents `source` of the rollout's events.
@@ -138,11 +138,13 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
     let credentials = args.registries.load_docker_config()?;
     args.registries
         .check_backup_host(args.backup.backup_registry.host())?;
-    let registry = RegistryClient::new(args.registries.client_options(credentials, None)?)?;
-    let anonymous = RegistryClient::new(
-        args.registries
-            .client_options(DockerConfig::default(), None)?,
-    )?;
+    // Read once (the CA files too); the anonymous client differs only in its credentials.
+    let options = args.registries.client_options(credentials, None)?;
+    let anonymous = RegistryClient::new(ClientOptions {
+        credentials: DockerConfig::default(),
+        ..options.clone()
+    })?;
+    let registry = RegistryClient::new(options)?;
     let namespace = args
         .pod_namespace
         .clone()

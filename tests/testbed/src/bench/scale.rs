@@ -148,21 +148,9 @@ pub async fn run(shape: Shape) -> anyhow::Result<String> {
             *slot = (*slot).max(p.peak_rss_kib().unwrap_or(0));
         }
         let listed_d = Instant::now();
-        let d: Vec<serde_json::Value> = Api::<Deployment>::all(c.client.clone())
-            .list(&Default::default())
-            .await?
-            .items
-            .into_iter()
-            .map(|d| serde_json::to_value(d).unwrap_or_default())
-            .collect();
+        let d = list_json::<Deployment>(&c.client).await?;
         let listed_s = Instant::now();
-        let s: Vec<serde_json::Value> = Api::<DaemonSet>::all(c.client.clone())
-            .list(&Default::default())
-            .await?
-            .items
-            .into_iter()
-            .map(|d| serde_json::to_value(d).unwrap_or_default())
-            .collect();
+        let s = list_json::<DaemonSet>(&c.client).await?;
         for (list, at, kind) in [(&d, listed_d, "d"), (&s, listed_s, "s")] {
             for o in list.iter().filter(|o| in_flight(o)) {
                 let key = format!(
@@ -240,4 +228,22 @@ pub async fn run(shape: Shape) -> anyhow::Result<String> {
         mib(rss[1]),
         mib(rss[2]),
     ))
+}
+
+/// Every `K` in the cluster, as JSON (what the sampler reads of each workload).
+async fn list_json<K>(client: &kube::Client) -> anyhow::Result<Vec<serde_json::Value>>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + serde::Serialize,
+{
+    Ok(Api::<K>::all(client.clone())
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .map(|o| serde_json::to_value(o).unwrap_or_default())
+        .collect())
 }
