@@ -274,8 +274,14 @@ fn parse_params(s: &str) -> HashMap<String, String> {
 /// overflowed `Instant` arithmetic once); past a day we ask again anyway.
 pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
-/// Bearer tokens by (realm, service, scope), reused until 30 s before they expire. `Debug`
-/// shows how many tokens are held, never a token.
+/// The shortest time a token is reused: a token service answering `expires_in: 0` gets asked
+/// again at most once a second per scope set, not once per request.
+pub const MIN_TOKEN_REUSE: Duration = Duration::from_secs(1);
+
+/// Bearer tokens by (realm, service, scope), reused for the lifetime the token service gave
+/// less a margin (a quarter of it, at most 30 s), so a token is renewed before the registry
+/// refuses it: a 300 s token for 270 s, a 2 s token for 1.5 s. `Debug` shows how many tokens
+/// are held, never a token.
 #[derive(Default)]
 pub struct TokenCache {
     tokens: Mutex<HashMap<String, (String, Instant)>>,
@@ -298,14 +304,16 @@ impl TokenCache {
             .map(|(t, _)| t.clone())
     }
 
-    /// Stores a token valid for `expires_in` (at least 60 s, as the token spec says, at most
-    /// [`MAX_TOKEN_LIFETIME`], whatever the token service claims).
+    /// Stores a token valid for `expires_in` as the token service says (at most
+    /// [`MAX_TOKEN_LIFETIME`], whatever it claims), to be reused until the margin before that
+    /// ([`TokenCache`]), and at least [`MIN_TOKEN_REUSE`]. Short-lived tokens are honoured: a
+    /// registry refuses an expired one, and the token spec's "at least 60 s" binds servers.
     pub fn put(&self, key: String, token: String, expires_in: Duration) {
-        let ttl = expires_in
-            .clamp(Duration::from_secs(60), MAX_TOKEN_LIFETIME)
-            .saturating_sub(Duration::from_secs(30));
+        let ttl = expires_in.min(MAX_TOKEN_LIFETIME);
+        let margin = (ttl / 4).min(Duration::from_secs(30));
+        let reuse = ttl.saturating_sub(margin).max(MIN_TOKEN_REUSE);
         let now = Instant::now();
-        let expires = now.checked_add(ttl).unwrap_or(now);
+        let expires = now.checked_add(reuse).unwrap_or(now);
         if let Ok(mut tokens) = self.tokens.lock() {
             tokens.insert(key, (token, expires));
         }
@@ -471,6 +479,18 @@ mod tests {
     }
 
     #[test]
+    fn a_short_lived_token_is_renewed_before_it_expires_not_kept_a_minute() {
+        let c = TokenCache::default();
+        c.put("short".into(), "t".into(), Duration::from_secs(2));
+        c.put("long".into(), "u".into(), Duration::from_secs(300));
+        assert_eq!(c.get("short").as_deref(), Some("t"));
+        // Reused for 1.5 s of its 2 s: gone well before the registry would refuse it.
+        std::thread::sleep(Duration::from_millis(1_700));
+        assert_eq!(c.get("short"), None, "a 2 s token is not kept past 1.5 s");
+        assert_eq!(c.get("long").as_deref(), Some("u"));
+    }
+
+    #[test]
     fn absurd_token_lifetimes_neither_overflow_nor_show_in_debug() {
         let c = TokenCache::default();
         c.put(
@@ -480,7 +500,7 @@ mod tests {
         );
         assert_eq!(c.get("k").as_deref(), Some("s3cret-token"));
         c.put("z".into(), "t".into(), Duration::ZERO);
-        assert_eq!(c.get("z").as_deref(), Some("t"), "at least 60 s");
+        assert_eq!(c.get("z").as_deref(), Some("t"), "reused at least a second");
         let shown = format!("{c:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("tokens: 2"), "{shown}");

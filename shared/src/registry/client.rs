@@ -136,6 +136,7 @@ impl RegistryClient {
                 }
             })
         };
+        let rejected = authorization.clone();
         let mut resp = send(authorization).await?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             // One answer to the challenge: learn the scheme, get a token or use basic auth.
@@ -146,7 +147,13 @@ impl RegistryClient {
                 .map(str::to_string);
             match self
                 .auth
-                .authorize(registry, &scopes, challenge.as_deref(), what)
+                .authorize(
+                    registry,
+                    &scopes,
+                    challenge.as_deref(),
+                    what,
+                    rejected.as_deref(),
+                )
                 .await?
             {
                 Some(a) => resp = send(Some(a)).await?,
@@ -501,24 +508,49 @@ impl RegistryClient {
             .header(header::CONTENT_LENGTH, size)
             .body(body);
         let resp = self
-            .with_push_authorization(repo, request)
+            .with_push_authorization(repo, request, &what)
+            .await?
             .send()
             .await
             .map_err(|e| transport_error(repo.registry.as_str(), what.as_str(), 1, &e))?;
         if resp.status().is_success() {
             return Ok(());
         }
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            // The token was refused after the session opened (it expired or was revoked in
+            // between): forget it; the caller's retry opens a new session with a new token.
+            self.auth
+                .forget(&repo.registry, &scopes(repo, Access::Push, None));
+            return Err(CopyError::TokenRefused {
+                registry: repo.registry.clone(),
+                what,
+            });
+        }
         Err(status_error(&repo.registry, &what, resp, 1).await)
     }
 
-    /// Adds the cached push credential for `repo` to a request that cannot go through
-    /// [`RegistryClient::send`] (a streamed body cannot be replayed after a 401).
-    fn with_push_authorization(&self, repo: &Repo, request: RequestBuilder) -> RequestBuilder {
+    /// Adds a fresh push credential for `repo` to a request that cannot go through
+    /// [`RegistryClient::send`] (a streamed body cannot be replayed after a 401): the cached
+    /// one, or a new token when it has expired since the upload session opened (a session
+    /// opened for a mount carries another scope set's token).
+    async fn with_push_authorization(
+        &self,
+        repo: &Repo,
+        request: RequestBuilder,
+        what: &str,
+    ) -> Result<RequestBuilder, CopyError> {
         let scopes = scopes(repo, Access::Push, None);
-        match self.auth.known_authorization(&repo.registry, &scopes) {
+        let mut authorization = self.auth.known_authorization(&repo.registry, &scopes);
+        if authorization.is_none() {
+            authorization = self
+                .auth
+                .proactive_authorization(&repo.registry, &scopes, what)
+                .await?;
+        }
+        Ok(match authorization {
             Some(a) => request.header(header::AUTHORIZATION, a),
             None => request,
-        }
+        })
     }
 
     /// Cancels an upload session (best effort: the registry purges stale sessions anyway).
@@ -528,7 +560,17 @@ impl RegistryClient {
             .http(location)
             .delete(location)
             .timeout(Duration::from_secs(10));
-        if let Err(e) = self.with_push_authorization(repo, request).send().await {
+        let request = match self
+            .with_push_authorization(repo, request, "cancel upload")
+            .await
+        {
+            Ok(request) => request,
+            Err(e) => {
+                tracing::debug!(registry = %repo.registry, error = %e, "cancel upload failed");
+                return;
+            }
+        };
+        if let Err(e) = request.send().await {
             tracing::debug!(registry = %repo.registry, error = %transport_cause(&e), "cancel upload failed");
         }
     }

@@ -58,6 +58,16 @@ pub enum CopyError {
         /// What the TLS verifier said.
         cause: String,
     },
+    /// The registry refused, at the start of a blob's streamed upload, the token the upload
+    /// session was opened with (it expired or was revoked in between). Transient: the token is
+    /// forgotten and the blob's retry opens a new session with a new one.
+    #[error("{registry} refused our token for {what} (expired or revoked since the upload began)")]
+    TokenRefused {
+        /// The registry host.
+        registry: String,
+        /// The upload.
+        what: String,
+    },
     /// The registry kept answering 429 past the retry budget.
     #[error("{registry} kept rate-limiting (429) {what} after {}", plural_attempts(.attempts))]
     RateLimited {
@@ -171,7 +181,9 @@ impl CopyError {
             | CopyError::InsecureRealm { .. }
             | CopyError::UntrustedCertificate { .. } => ErrorClass::Unauthorized,
             CopyError::RateLimited { .. } => ErrorClass::RateLimited,
-            CopyError::Unavailable { .. } | CopyError::Stalled { .. } => ErrorClass::Unavailable,
+            CopyError::Unavailable { .. }
+            | CopyError::Stalled { .. }
+            | CopyError::TokenRefused { .. } => ErrorClass::Unavailable,
             CopyError::Corrupt { .. } => ErrorClass::Corrupt,
             CopyError::Unsupported { .. } => ErrorClass::Unsupported,
             CopyError::Malformed { .. } | CopyError::Protocol { .. } => ErrorClass::Protocol,
@@ -187,6 +199,7 @@ impl CopyError {
             CopyError::Unauthorized { .. } => "unauthorized",
             CopyError::InsecureRealm { .. } => "insecure_realm",
             CopyError::UntrustedCertificate { .. } => "untrusted_certificate",
+            CopyError::TokenRefused { .. } => "token_refused",
             CopyError::RateLimited { .. } => "rate_limited",
             CopyError::Unavailable { .. } => "unavailable",
             CopyError::Stalled { .. } => "stalled",
@@ -247,6 +260,22 @@ mod tests {
                 },
                 ErrorClass::Unauthorized,
                 "insecure_realm",
+            ),
+            (
+                CopyError::UntrustedCertificate {
+                    registry: s(),
+                    cause: s(),
+                },
+                ErrorClass::Unauthorized,
+                "untrusted_certificate",
+            ),
+            (
+                CopyError::TokenRefused {
+                    registry: s(),
+                    what: s(),
+                },
+                ErrorClass::Unavailable,
+                "token_refused",
             ),
             (
                 CopyError::RateLimited {

@@ -147,13 +147,16 @@ impl Authenticator {
     }
 
     /// Answers a 401: learns the scheme and gets an Authorization header, or `None` when the
-    /// challenge is of a scheme we do not speak.
+    /// challenge is of a scheme we do not speak. `rejected` is the header the refused request
+    /// carried: when requests that started together are all refused (their token expired), the
+    /// first one fetches a new token and the others take it instead of each asking for one.
     pub(super) async fn authorize(
         &self,
         registry: &str,
         scopes: &[String],
         challenge: Option<&str>,
         what: &str,
+        rejected: Option<&str>,
     ) -> Result<Option<String>, CopyError> {
         let scheme = match challenge.and_then(Challenge::parse) {
             Some(Challenge::Basic) => AuthScheme::Basic,
@@ -172,12 +175,27 @@ impl Authenticator {
                 .credential(registry)
                 .and_then(Credential::basic_header)),
             AuthScheme::Bearer { realm, service } => {
+                let key = token_key(registry, scopes);
+                let gate = self.gate(&key);
+                let _one_at_a_time = gate.lock().await;
+                if let Some(token) = self.tokens.get(&key) {
+                    let header = format!("Bearer {token}");
+                    if Some(header.as_str()) != rejected {
+                        return Ok(Some(header));
+                    }
+                }
                 let token = self
                     .fetch_token(registry, &realm, service.as_deref(), scopes, what)
                     .await?;
                 Ok(Some(format!("Bearer {token}")))
             }
         }
+    }
+
+    /// Forgets the token for `scopes` after the registry refused it (it expired early or was
+    /// revoked), so the next request asks for a new one.
+    pub(super) fn forget(&self, registry: &str, scopes: &[String]) {
+        self.tokens.remove(&token_key(registry, scopes));
     }
 
     /// Gets a bearer token for `scopes` from the token service and caches it. The answer is

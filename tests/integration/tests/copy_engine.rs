@@ -832,3 +832,182 @@ async fn https_token_registries_anonymous_pull_scoped_push_and_one_token_per_mou
     assert_eq!(err.class(), ErrorClass::Unauthorized, "{err}");
     assert!(!err.to_string().contains("not-the-Pa55"));
 }
+
+/// Issue 28: tokens that live 2 s and a copy that takes longer (every blob download held back
+/// 2.5 s, so each upload's body starts after the token its session opened with has expired).
+/// The registry really refuses an expired token (checked first); the copy completes, the
+/// tokens are renewed as they expire — a bounded number, not one per request.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_second_tokens_are_renewed_during_a_longer_copy_a_bounded_number_of_times() {
+    use testbed::token_auth::{TokenOptions, start_token_registry_with};
+    let lifetime = Duration::from_secs(2);
+    let plain = Registry::start().await.expect("source");
+    let slow = FaultProxy::start(&plain.host()).await.expect("proxy");
+    slow.delay_blob_downloads(Duration::from_millis(2_500));
+    let (backup, issuer) = start_token_registry_with(
+        Credentials {
+            username: "backup".into(),
+            password: "bk-Pa55".into(),
+        },
+        TokenOptions {
+            https: true,
+            anonymous_pull: false,
+            lifetime,
+        },
+    )
+    .await
+    .expect("token registry");
+    let ca =
+        reqwest::Certificate::from_pem(backup.ca_pem().expect("HTTPS").as_bytes()).expect("CA");
+
+    // The registry refuses a token once its 2 s have passed (not after a leeway).
+    let http = reqwest::Client::builder()
+        .add_root_certificate(ca.clone())
+        .no_proxy()
+        .build()
+        .expect("http");
+    let base = format!("https://{}/v2/", backup.host());
+    let challenge = http.get(&base).send().await.expect("challenge");
+    assert_eq!(challenge.status(), 401);
+    let header = challenge
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .expect("challenge header")
+        .to_string();
+    let param = |name: &str| {
+        header
+            .split(&format!("{name}=\""))
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("challenge parameter")
+            .to_string()
+    };
+    let answer: serde_json::Value = http
+        .get(param("realm"))
+        .query(&[
+            ("service", param("service")),
+            ("scope", "repository:probe:pull".into()),
+        ])
+        .basic_auth("backup", Some("bk-Pa55"))
+        .send()
+        .await
+        .expect("token")
+        .json()
+        .await
+        .expect("token JSON");
+    assert_eq!(answer["expires_in"], 2);
+    let token = answer["token"].as_str().expect("token").to_string();
+    let with_token = || http.get(&base).bearer_auth(&token).send();
+    assert_eq!(with_token().await.expect("fresh").status(), 200);
+    tokio::time::sleep(lifetime + Duration::from_millis(1_200)).await;
+    assert_eq!(
+        with_token().await.expect("expired").status(),
+        401,
+        "the registry still took a token past its lifetime: the test would prove nothing"
+    );
+
+    let image = Pusher::new(&plain.host(), None)
+        .push_image(
+            "lib/slow",
+            "1",
+            &ImageSpec::multi_arch(Format::Oci, 2, 3000, 93),
+        )
+        .await
+        .expect("push");
+    let mut credentials = DockerConfig::default();
+    credentials.insert_basic(&backup.host(), "backup", "bk-Pa55");
+    let copier = Copier::new(
+        RegistryClient::new(ClientOptions {
+            insecure: [slow.host()].into_iter().collect(),
+            credentials,
+            retry: quick_retries(),
+            ca_certificates: vec![ca],
+            ..Default::default()
+        })
+        .expect("client"),
+        4,
+    );
+    let before = issuer.issued();
+    let started = std::time::Instant::now();
+    let copied = copier
+        .copy(
+            &at(&slow.host(), "lib/slow:1"),
+            &at(&backup.host(), "b/lib_slow:1"),
+            None,
+        )
+        .await
+        .expect("the copy outlives its tokens and completes");
+    let elapsed = started.elapsed();
+    assert_eq!(copied.digest, image.digest);
+    assert_eq!(copied.blobs_copied as usize, image.blobs.len());
+    assert!(
+        elapsed > 2 * lifetime,
+        "the copy took {elapsed:?}: too short to outlive a token"
+    );
+    let asked: Vec<String> = issuer.scopes()[before..].to_vec();
+    let scope_sets: HashSet<&String> = asked.iter().collect();
+    assert!(
+        asked.len() > scope_sets.len(),
+        "no token was renewed in a {elapsed:?} copy: {asked:?}"
+    );
+    // A token is reused for 1.5 s of its 2 s: per scope set at most one per 1.5 s of copy (and
+    // the first), never one per request (each blob alone takes three: HEAD, POST, PUT).
+    let bound = scope_sets.len() * (elapsed.as_secs_f64() / 1.5).ceil() as usize + scope_sets.len();
+    eprintln!(
+        "{} tokens for {} scope sets in a {elapsed:?} copy of {} blobs",
+        asked.len(),
+        scope_sets.len(),
+        image.blobs.len()
+    );
+    assert!(
+        asked.len() <= bound,
+        "{} tokens in {elapsed:?} for {} scope sets (bound {bound}): {asked:?}",
+        asked.len(),
+        scope_sets.len()
+    );
+    assert!(
+        asked.len() < 3 * image.blobs.len(),
+        "a token per request: {asked:?}"
+    );
+    assert_eq!(issuer.refused(), 0);
+}
+
+/// A registry that refuses an upload's token when the body starts (it expired or was revoked
+/// after the session opened): the token is forgotten and the blob retried in a new session,
+/// not failed as a protocol error.
+#[tokio::test]
+async fn a_token_refused_when_an_upload_body_starts_is_renewed_and_the_blob_retried() {
+    let (src, dst, _, image) = source_and_target(
+        "t/app",
+        "1",
+        &ImageSpec::multi_arch(Format::Oci, 1, 2000, 94),
+    )
+    .await;
+    let proxy = FaultProxy::start(&dst.host()).await.expect("proxy");
+    proxy.only_paths("/blobs/uploads/");
+    proxy.only_method("PUT");
+    proxy.fail_next(&[(401, None)]);
+    let copier = copier(&[src.host(), proxy.host()], DockerConfig::default());
+    let copied = copier
+        .copy(
+            &at(&src.host(), "t/app:1"),
+            &at(&proxy.host(), "t/app:1"),
+            None,
+        )
+        .await
+        .expect("the refused upload is retried");
+    assert_eq!(copied.digest, image.digest);
+    assert_eq!(copied.blobs_copied as usize, image.blobs.len());
+    let uploads = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("POST ") && r.contains("/blobs/uploads/"))
+        .count();
+    assert_eq!(
+        uploads,
+        image.blobs.len() + 1,
+        "one blob's session opened again after the refusal"
+    );
+    assert_identical(&Pusher::new(&dst.host(), None), "t/app", "1", &image).await;
+}

@@ -1,6 +1,7 @@
 //! A fault-injecting HTTP proxy in front of a real registry, for the copy engine's fault tests:
 //! answer the next requests with chosen statuses (429 with `Retry-After`, bursts of 503), cut a
-//! blob download after N bytes, flip a byte in a blob, and count the requests that pass (with
+//! blob download after N bytes, flip a byte in a blob, hold blob downloads back a while (a slow
+//! source, so a copy outlives a short-lived token), and count the requests that pass (with
 //! when and by which User-Agent, so a test can tell which client wrote what, when).
 //! Everything else is forwarded unchanged, streaming both ways.
 
@@ -20,12 +21,16 @@ struct Faults {
     statuses: VecDeque<(u16, Option<u64>)>,
     /// Only requests whose path contains this are faulted (all when `None`).
     only_paths: Option<String>,
+    /// Only requests with this method are faulted (all when `None`).
+    only_method: Option<String>,
     /// GET of these blobs is cut after this many bytes, once each.
     cut_blobs: HashMap<String, usize>,
     /// GET of these blobs has one byte flipped, every time.
     flip_blobs: HashSet<String>,
     /// Until then, every request (matching the path filter) gets this status: an outage.
     outage: Option<(std::time::Instant, u16)>,
+    /// Every blob download waits this long before it is forwarded.
+    blob_delay: Option<std::time::Duration>,
 }
 
 struct ProxyState {
@@ -126,6 +131,14 @@ impl FaultProxy {
         }
     }
 
+    /// Restricts status faults to requests with `method` (`PUT`: an upload's body, not its
+    /// start).
+    pub fn only_method(&self, method: &str) {
+        if let Ok(mut f) = self.state.faults.lock() {
+            f.only_method = Some(method.to_string());
+        }
+    }
+
     /// Cuts the next download of blob `digest` after `after` bytes.
     pub fn cut_blob_once(&self, digest: &str, after: usize) {
         if let Ok(mut f) = self.state.faults.lock() {
@@ -137,6 +150,13 @@ impl FaultProxy {
     pub fn corrupt_blob(&self, digest: &str) {
         if let Ok(mut f) = self.state.faults.lock() {
             f.flip_blobs.insert(digest.to_string());
+        }
+    }
+
+    /// Holds every blob download back `delay` before forwarding it: a slow source.
+    pub fn delay_blob_downloads(&self, delay: std::time::Duration) {
+        if let Ok(mut f) = self.state.faults.lock() {
+            f.blob_delay = Some(delay);
         }
     }
 
@@ -219,7 +239,8 @@ async fn handle(State(state): State<Arc<ProxyState>>, request: Request) -> Respo
         let applies = f
             .only_paths
             .as_ref()
-            .is_none_or(|p| path.contains(p.as_str()));
+            .is_none_or(|p| path.contains(p.as_str()))
+            && f.only_method.as_ref().is_none_or(|m| m == method.as_str());
         let outage = f
             .outage
             .filter(|(until, _)| std::time::Instant::now() < *until)
@@ -259,6 +280,13 @@ async fn handle(State(state): State<Arc<ProxyState>>, request: Request) -> Respo
                 .unwrap_or_default()
                 .to_string(),
         });
+    }
+    let delay = match state.faults.lock() {
+        Ok(f) if method == axum::http::Method::GET && blob_digest(&path).is_some() => f.blob_delay,
+        _ => None,
+    };
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
     }
     let url = format!("{}{path_and_query}", state.upstream);
     let mut upstream = state.http.request(method.clone(), &url);

@@ -2,13 +2,15 @@
 //! GHCR and quay.io use: the registry answers 401 with `WWW-Authenticate: Bearer realm,service,
 //! scope`; the client asks the issuer (with basic credentials) for a JWT granting the scope.
 //!
-//! The issuer signs ES256 JWTs with a self-signed certificate (rcgen) that it hands the registry
-//! as `rootcertbundle`, and puts the certificate in the token's `x5c` header, which distribution
-//! 2.8 verifies against that bundle. It counts the tokens it issues, so tests can check caching.
+//! The issuer signs RS256 JWTs with an RSA key made per run (`openssl genpkey`: ring signs RSA
+//! but cannot make RSA keys) and a self-signed certificate for it (rcgen) that it hands the
+//! registry as `rootcertbundle`, and puts the certificate in the token's `x5c` header, which
+//! distribution 2.8 verifies against that bundle. It counts the tokens it issues and the scopes
+//! each was asked for, so tests can check caching.
 //!
 //! [`TokenOptions`] make it look like an internet registry: HTTPS for the registry and the token
 //! service (one per-run test CA, [`Registry::ca_pem`]), anonymous pull tokens, and tokens with a
-//! short lifetime.
+//! short lifetime that the registry really refuses once it has passed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,15 +21,19 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use base64::Engine as _;
-use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
 
 use crate::registry::{Credentials, Registry, RegistryOptions};
 
 const SERVICE: &str = "testbed-registry";
 const ISSUER: &str = "testbed-issuer";
+/// How long past `exp` distribution 2.8 still accepts a token (its `token.Leeway`, for clock
+/// skew). The issuer writes `exp` this much early, so the registry refuses a token exactly
+/// `lifetime` after it was issued, as a registry without leeway would.
+const REGISTRY_LEEWAY_SECONDS: u64 = 60;
 
 struct IssuerState {
-    key: EcdsaKeyPair,
+    key: RsaKeyPair,
     cert_der: Vec<u8>,
     credentials: Credentials,
     options: TokenOptions,
@@ -44,9 +50,9 @@ pub struct TokenOptions {
     pub https: bool,
     /// Requests without credentials get tokens for `pull` (public repositories).
     pub anonymous_pull: bool,
-    /// The lifetime of a token (`exp` and `expires_in`). Note: distribution 2.8 still accepted a
-    /// 2 s token 3 s after it was issued (it allows a leeway past `exp`), and the client keeps a
-    /// token at least 30 s, so a short lifetime alone does not force a renewal in a short test.
+    /// The lifetime of a token: `expires_in` says it, and the registry refuses the token once
+    /// it has passed (`exp` is written early by the registry's leeway, see
+    /// [`REGISTRY_LEEWAY_SECONDS`]).
     pub lifetime: std::time::Duration,
 }
 
@@ -87,6 +93,33 @@ impl TokenIssuer {
     }
 }
 
+/// A fresh 2048-bit RSA key, for rcgen (the certificate) and ring (the tokens' signatures).
+async fn rsa_key() -> anyhow::Result<(rcgen::KeyPair, RsaKeyPair)> {
+    let out = tokio::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("run openssl genpkey (the `openssl` package; ./dev setup installs it)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "openssl genpkey: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pem = String::from_utf8(out.stdout).context("openssl's key is not PEM")?;
+    let key_pair = rcgen::KeyPair::from_pkcs8_pem_and_sign_algo(&pem, &rcgen::PKCS_RSA_SHA256)
+        .context("RSA key for rcgen")?;
+    let key = RsaKeyPair::from_pkcs8(&key_pair.serialize_der())
+        .map_err(|e| anyhow::anyhow!("RSA key for ring: {e}"))?;
+    Ok((key_pair, key))
+}
+
 fn b64url(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
@@ -103,17 +136,10 @@ pub async fn start_token_registry_with(
     credentials: Credentials,
     options: TokenOptions,
 ) -> anyhow::Result<(Registry, TokenIssuer)> {
-    let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).context("key")?;
+    let (key_pair, key) = rsa_key().await?;
     let params =
         rcgen::CertificateParams::new(vec!["testbed-issuer".to_string()]).context("cert params")?;
     let cert = params.self_signed(&key_pair).context("self-signed cert")?;
-    let rng = ring::rand::SystemRandom::new();
-    let key = EcdsaKeyPair::from_pkcs8(
-        &ECDSA_P256_SHA256_FIXED_SIGNING,
-        &key_pair.serialize_der(),
-        &rng,
-    )
-    .map_err(|e| anyhow::anyhow!("key: {e}"))?;
     let state = Arc::new(IssuerState {
         key,
         cert_der: cert.der().to_vec(),
@@ -205,14 +231,14 @@ async fn token(
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let header = serde_json::json!({
-        "typ": "JWT", "alg": "ES256",
+        "typ": "JWT", "alg": "RS256",
         "x5c": [base64::engine::general_purpose::STANDARD.encode(&state.cert_der)],
     });
     let claims = serde_json::json!({
         "iss": ISSUER,
         "sub": if anonymous { "" } else { state.credentials.username.as_str() },
         "aud": SERVICE,
-        "exp": now + lifetime, "nbf": now - 10, "iat": now - 10,
+        "exp": (now + lifetime).saturating_sub(REGISTRY_LEEWAY_SECONDS), "nbf": now - 10, "iat": now - 10,
         "jti": format!("{now}-{}", state.issued.load(Ordering::SeqCst)),
         "access": access.iter().map(|(name, actions)| serde_json::json!({"type": "repository", "name": name, "actions": actions})).collect::<Vec<_>>(),
     });
@@ -222,9 +248,19 @@ async fn token(
         b64url(claims.to_string().as_bytes())
     );
     let rng = ring::rand::SystemRandom::new();
-    let Ok(signature) = state.key.sign(&rng, signing_input.as_bytes()) else {
+    let mut signature = vec![0; state.key.public().modulus_len()];
+    if state
+        .key
+        .sign(
+            &RSA_PKCS1_SHA256,
+            &rng,
+            signing_input.as_bytes(),
+            &mut signature,
+        )
+        .is_err()
+    {
         return (StatusCode::INTERNAL_SERVER_ERROR, "sign").into_response();
-    };
+    }
     state.issued.fetch_add(1, Ordering::SeqCst);
     let mut asked: Vec<&str> = query
         .iter()
@@ -235,6 +271,6 @@ async fn token(
     if let Ok(mut scopes) = state.scopes.lock() {
         scopes.push(asked.join(" "));
     }
-    let jwt = format!("{signing_input}.{}", b64url(signature.as_ref()));
+    let jwt = format!("{signing_input}.{}", b64url(&signature));
     axum::Json(serde_json::json!({"token": jwt, "expires_in": lifetime})).into_response()
 }
