@@ -6,7 +6,8 @@
 //! registry sits behind a proxy that logs each write with its time and the worker's User-Agent);
 //! no process panicked. The seed is printed: `CHAOS_SEED=<n>` replays a run's sequence of faults.
 //! The same runs on a 3-node JetStream cluster, where the NATS faults are the stream's leader
-//! SIGKILLed, a node back with its store wiped, and once the whole cluster restarted.
+//! SIGKILLed, a node back with its store wiped, and once the whole cluster restarted; and with
+//! both registries in token mode over HTTPS, tokens living 3 s.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -41,6 +42,18 @@ async fn the_guarantees_hold_under_faults() {
     chaos(c).await;
 }
 
+/// The same with both registries as on the internet (issue 28): HTTPS with private CAs (the
+/// fault proxies speak HTTPS with the registries' certificates) and token services whose
+/// tokens live 3 s, so every worker renews its tokens again and again under the faults; the
+/// backup registry is private (a docker config for the backup, a pull secret for the rollout).
+#[tokio::test]
+async fn the_guarantees_hold_under_faults_over_https_with_tokens() {
+    let c = Cluster::start_internet_like(Duration::from_secs(3))
+        .await
+        .expect("cluster");
+    chaos(c).await;
+}
+
 /// The same on a 3-node JetStream cluster (`STREAM_REPLICAS=3`): NATS faults are the stream's
 /// leader SIGKILLed (restarted a round later, half the time with its store wiped) and, once,
 /// the whole cluster restarted.
@@ -57,38 +70,61 @@ async fn chaos(mut c: Cluster) {
         .unwrap_or_else(rand::random);
     println!("chaos seed: {seed} (replay with CHAOS_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
-    let proxy = FaultProxy::start(&c.source.host()).await.expect("proxy");
+    let proxy = FaultProxy::start_for(&c.source).await.expect("proxy");
     // Every write to the backup registry goes through a proxy that logs who wrote when.
-    let writes = FaultProxy::start(&c.backup.host())
+    let writes = FaultProxy::start_for(&c.backup)
         .await
         .expect("backup proxy");
     let backup_registry = format!("{}/{}", writes.host(), testbed::cluster::BACKUP_PREFIX);
-    let pusher = c.source_pusher();
+    let publisher = crate::publish::Publisher::new(&c).await;
     let mut digests = Vec::new();
     for i in 0..IMAGES {
-        let image = pusher
+        let image = publisher
             .push_image(
                 &format!("chaos/app{i}"),
                 "1",
                 &ImageSpec::single(Format::Oci, 2, 64 * 1024, 9000 + i as u64),
             )
-            .await
-            .unwrap();
+            .await;
         digests.push(image.digest);
     }
     let source = |i: usize| format!("{}/chaos/app{i}:1", proxy.host());
-    let extra = [
-        (
+    let mut extra = vec![("BACKUP_REGISTRY", backup_registry.clone())];
+    // Plain registries are named insecure; HTTPS ones are trusted through REGISTRY_CA_FILE.
+    if c.registry_ca_file.is_none() {
+        extra.push((
             "INSECURE_REGISTRIES",
             format!("{},{},{}", proxy.host(), c.source.host(), writes.host()),
-        ),
-        ("BACKUP_REGISTRY", backup_registry.clone()),
+        ));
+    }
+    // A private backup registry: its user for the backup (at the proxy's address it is
+    // written through), a pull secret for the rollout's check that Pods could pull it.
+    let docker_config = c
+        .backup
+        .credentials()
+        .map(|user| testbed::cluster::docker_config_file(&writes.host(), user).expect("file"));
+    if let (Some(user), Some(file)) = (c.backup.credentials(), &docker_config) {
+        extra.push(("DOCKER_CONFIG_FILE", file.path().display().to_string()));
+        c.namespace("image-backup").await.expect("namespace");
+        c.pull_secret(
+            "image-backup",
+            "backup-pull",
+            &writes.host(),
+            &user.username,
+            &user.password,
+        )
+        .await
+        .expect("pull secret");
+        extra.push(("BACKUP_PULL_SECRET", "image-backup/backup-pull".into()));
+        extra.push(("POD_NAMESPACE", "image-backup".into()));
+    }
+    extra.extend([
         ("ACK_WAIT_SECONDS", "4".to_string()),
         ("CLAIM_LEASE_SECONDS", "4".to_string()),
         ("RESYNC_SECONDS", "5".to_string()),
         // Registry outages come every few seconds here; a retry waits at most 10 s.
         ("MAX_RETRY_DELAY_SECONDS", "10".to_string()),
-    ];
+    ]);
     let kinds = ["watcher", "backup", "rollout"];
     let mut procs: Vec<(usize, FunctionProcess)> = Vec::new();
     for (k, kind) in kinds.iter().enumerate() {
@@ -258,6 +294,20 @@ async fn chaos(mut c: Cluster) {
         overlaps.is_empty(),
         "seed {seed}: written by two workers at once: {overlaps:?}"
     );
+    // In token mode: the tokens were renewed throughout (more tokens than scope sets), none
+    // refused.
+    if let [source_tokens, backup_tokens] = &c.token_issuers[..] {
+        let scopes = backup_tokens.scopes();
+        let sets: std::collections::HashSet<&String> = scopes.iter().collect();
+        println!(
+            "tokens: source {}, backup {} for {} scope sets",
+            source_tokens.issued(),
+            scopes.len(),
+            sets.len()
+        );
+        assert!(scopes.len() > sets.len(), "seed {seed}: no token renewed");
+        assert_eq!((source_tokens.refused(), backup_tokens.refused()), (0, 0));
+    }
     for (_, p) in &procs {
         assert!(
             !p.log().contains("panicked"),

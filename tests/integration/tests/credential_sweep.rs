@@ -1,9 +1,11 @@
 //! Secrets never reach logs, Events, CRs or NATS messages: an authenticated run end to end —
-//! a private source read with a workload's pull secret, a private backup registry written with
-//! the backup function's own credentials and read by the rollout's docker config, NATS with a
-//! user and password in its URL, the Kubernetes API with bearer tokens — with every function
-//! logging at `debug` for every crate. Then every log line, Event, ImageBackup, NATS message
-//! and metrics page is searched for each secret, also base64-encoded.
+//! a private source (htpasswd, basic auth) read with a workload's pull secret, a private backup
+//! registry in token mode over HTTPS written with the backup function's own credentials and
+//! read by the rollout's docker config (every bearer token its token service issued is a
+//! secret too), NATS with a user and password in its URL, the Kubernetes API with bearer tokens
+//! — with every function logging at `debug` for every crate. Then every log line, Event,
+//! ImageBackup, NATS message and metrics page is searched for each secret, also
+//! base64-encoded.
 
 use std::time::Duration;
 
@@ -13,6 +15,7 @@ use kube::Api;
 use kube::api::PostParams;
 use serde_json::json;
 use testbed::cluster::Cluster;
+use testbed::token_auth::{TokenOptions, start_token_registry_with};
 use testbed::{
     ApiServer, Credentials, Format, ImageSpec, NatsServer, Pusher, Registry, RegistryOptions,
 };
@@ -43,6 +46,21 @@ async fn an_authenticated_run_at_debug_level_leaves_no_credential_anywhere() {
     shared::nats::ensure_stream(&js).await.expect("stream");
     let kubeconfig = tempfile::NamedTempFile::new().expect("tmp");
     api.write_kubeconfig(kubeconfig.path()).expect("kubeconfig");
+    let (backup, issuer) = start_token_registry_with(
+        Credentials {
+            username: "pusher".into(),
+            password: TARGET_PASSWORD.into(),
+        },
+        TokenOptions {
+            https: true,
+            anonymous_pull: false,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("backup");
+    let ca_file = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(ca_file.path(), backup.ca_pem().expect("HTTPS")).expect("CA file");
     let c = Cluster {
         client: api.client().expect("client"),
         api,
@@ -52,10 +70,10 @@ async fn an_authenticated_run_at_debug_level_leaves_no_credential_anywhere() {
         source: Registry::start_with(private("puller", SOURCE_PASSWORD))
             .await
             .expect("source"),
-        backup: Registry::start_with(private("pusher", TARGET_PASSWORD))
-            .await
-            .expect("backup"),
+        backup,
         docker_config: None,
+        token_issuers: Vec::new(),
+        registry_ca_file: Some(ca_file),
     };
     let pushed = Pusher::new(&c.source.host(), c.source.credentials())
         .push_image(
@@ -273,6 +291,17 @@ async fn an_authenticated_run_at_debug_level_leaves_no_credential_anywhere() {
         target_auth,
     ];
     secrets.extend(tokens);
+    // The registry's bearer tokens, whole and their signatures alone (a log that cut a token
+    // short would still leak it).
+    let bearer = issuer.tokens();
+    assert!(
+        !bearer.is_empty(),
+        "the backup registry was reached with tokens"
+    );
+    for token in bearer {
+        let signature = token.rsplit('.').next().unwrap_or_default().to_string();
+        secrets.extend([token, signature]);
+    }
     for (what, text) in &haystacks {
         for secret in &secrets {
             assert!(

@@ -20,6 +20,7 @@ mod mirrors;
 mod nats_cluster;
 mod nats_events;
 mod nats_users;
+mod publish;
 mod readme;
 mod referrers;
 mod registry_images;

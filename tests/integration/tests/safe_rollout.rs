@@ -4,6 +4,7 @@
 //!
 //! - With `BACKUP_PULL_SECRET`, the original design's scenario ends on the backups with every
 //!   Pod running: the Secret is copied into each namespace and listed in each template.
+//! - The same over HTTPS with token services for both registries (issue 28).
 //! - Without it, nothing is patched and `BackupNotPullable` says why.
 //! - A pull secret with wrong credentials: the Pods cannot pull, the workload is reverted once
 //!   (`RolloutReverted`, `workload.reverted`) and not tried again.
@@ -61,31 +62,26 @@ async fn set_image(c: &Cluster, namespace: &str, name: &str, image: &str) {
 /// Docker Hub's `library/nginx:1.14.0` and `library/fluentd:latest` in the source registry
 /// (which mirrors docker.io for the functions and the kubelet).
 async fn design_images(c: &Cluster) -> (PushedImage, PushedImage) {
-    let pusher = c.source_pusher();
-    let nginx = pusher
+    let publisher = crate::publish::Publisher::new(c).await;
+    let nginx = publisher
         .push_image(
             "library/nginx",
             "1.14.0",
             &ImageSpec::multi_arch(Format::Docker, 2, 16 * 1024, 1),
         )
-        .await
-        .expect("push nginx");
-    let fluentd = pusher
+        .await;
+    let fluentd = publisher
         .push_image(
             "library/fluentd",
             "latest",
             &ImageSpec::multi_arch(Format::Oci, 2, 16 * 1024, 2),
         )
-        .await
-        .expect("push fluentd");
+        .await;
     (nginx, fluentd)
 }
 
 fn mirror(c: &Cluster) -> (&'static str, String) {
-    (
-        "REGISTRY_MIRRORS",
-        format!("docker.io=http://{}", c.source.host()),
-    )
+    ("REGISTRY_MIRRORS", format!("docker.io={}", c.source.url()))
 }
 
 /// Watcher, backup and rollout (with `rollout_env`), reading docker.io from the mirror.
@@ -185,15 +181,17 @@ where
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_a_backup_pull_secret_the_design_scenario_ends_on_backups_with_every_pod_running() {
-    let c = Cluster::start_private_backup().await.expect("cluster");
-    c.kubelet_pulls();
-    let (nginx, fluentd) = design_images(&c).await;
-    backup_pull_secret(&c, None).await;
-    kubectl(&c, &["apply", "-f", &samples()]).await;
+/// The design's scenario on a cluster whose pull secret lets Pods pull the backups: both
+/// workloads end on their backups pinned by digest with every Pod running them, the Secret
+/// copied into each namespace and listed in each template. Returns the functions.
+async fn design_scenario_ends_on_backups(
+    c: &Cluster,
+) -> (FunctionProcess, FunctionProcess, FunctionProcess) {
+    let (nginx, fluentd) = design_images(c).await;
+    backup_pull_secret(c, None).await;
+    kubectl(c, &["apply", "-f", &samples()]).await;
     let (watcher, backup, rollout) = functions(
-        &c,
+        c,
         &[
             ("BACKUP_PULL_SECRET", "image-backup/backup-pull".into()),
             ("RESYNC_SECONDS", "2".into()),
@@ -215,8 +213,8 @@ async fn with_a_backup_pull_secret_the_design_scenario_ends_on_backups_with_ever
         "both workloads on their backups, every Pod running them",
         &procs,
         || async {
-            let (n_ok, n) = pods(&c, "nginx").await;
-            let (f_ok, f) = pods(&c, "fluentd").await;
+            let (n_ok, n) = pods(c, "nginx").await;
+            let (f_ok, f) = pods(c, "fluentd").await;
             n_ok && f_ok
                 && !n.is_empty()
                 && !f.is_empty()
@@ -240,7 +238,7 @@ async fn with_a_backup_pull_secret_the_design_scenario_ends_on_backups_with_ever
             Some("image-backup")
         );
         let listed = kubectl(
-            &c,
+            c,
             &[
                 "-n",
                 namespace,
@@ -254,6 +252,15 @@ async fn with_a_backup_pull_secret_the_design_scenario_ends_on_backups_with_ever
         .await;
         assert_eq!(listed.trim(), "backup-pull", "{namespace}");
     }
+    (watcher, backup, rollout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_backup_pull_secret_the_design_scenario_ends_on_backups_with_every_pod_running() {
+    let c = Cluster::start_private_backup().await.expect("cluster");
+    c.kubelet_pulls();
+    let (watcher, backup, rollout) = design_scenario_ends_on_backups(&c).await;
+    let procs = [&watcher, &backup, &rollout];
     // The source Secret changes (rotated credentials): the copies follow.
     let secrets = Api::<Secret>::namespaced(c.client.clone(), "image-backup");
     let mut source = secrets.get("backup-pull").await.expect("source");
@@ -283,6 +290,49 @@ async fn with_a_backup_pull_secret_the_design_scenario_ends_on_backups_with_ever
         synced
     })
     .await;
+}
+
+/// Issue 28: the same scenario with both registries as on the internet — HTTPS with private
+/// CAs (`REGISTRY_CA_FILE` for the functions, the nodes trusting them) and token services (an
+/// anonymous-pull source, a private backup registry): the backup copies through tokens, the
+/// rollout's pull check and the kubelet's pulls buy tokens with the pull secret, every Pod runs
+/// its backup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_https_with_token_services_the_design_scenario_ends_on_backups() {
+    let c = Cluster::start_internet_like(Duration::from_secs(300))
+        .await
+        .expect("cluster");
+    c.kubelet_pulls();
+    let (watcher, backup, rollout) = design_scenario_ends_on_backups(&c).await;
+    let [source_tokens, backup_tokens] = &c.token_issuers[..] else {
+        panic!("two token services");
+    };
+    let pushed: Vec<String> = backup_tokens
+        .scopes()
+        .into_iter()
+        .filter(|s| s.contains(":pull,push"))
+        .collect();
+    assert!(
+        pushed.iter().any(|s| s.contains("backup/library_nginx"))
+            && pushed.iter().any(|s| s.contains("backup/library_fluentd")),
+        "the backup pushed with scoped tokens: {pushed:?}"
+    );
+    assert!(
+        source_tokens.issued() > 0,
+        "the source was read with (anonymous) tokens"
+    );
+    assert_eq!(
+        (source_tokens.refused(), backup_tokens.refused()),
+        (0, 0),
+        "no token request was refused"
+    );
+    for p in [&watcher, &backup, &rollout] {
+        let log = p.log();
+        assert!(
+            !log.contains("UnknownIssuer") && !log.contains("certificate"),
+            "{log}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,6 +35,11 @@ pub struct Cluster {
     /// The docker config the functions get (`DOCKER_CONFIG_FILE`) with the backup registry's
     /// credentials, when it has any.
     pub docker_config: Option<tempfile::NamedTempFile>,
+    /// The token services of the registries in token mode (they stop with the cluster).
+    pub token_issuers: Vec<crate::token_auth::TokenIssuer>,
+    /// The CAs of the HTTPS registries in one PEM file, the functions' `REGISTRY_CA_FILE`
+    /// (none when every registry is plain HTTP).
+    pub registry_ca_file: Option<tempfile::NamedTempFile>,
 }
 
 impl Cluster {
@@ -77,10 +82,62 @@ impl Cluster {
         Self::start_with(Nats::Single(nats), &url, options).await
     }
 
+    /// Starts everything with both registries as they are on the internet: HTTPS with
+    /// certificates from per-run CAs (the functions get them in `REGISTRY_CA_FILE`, the simulated
+    /// kubelet trusts them as a node would) and token services ([`crate::token_auth`]). The
+    /// source lets anyone pull (a public registry: its publisher, [`Cluster::source_publisher`],
+    /// may push); the backup registry is private, its user `backup` in the functions' docker
+    /// config. Tokens live `token_lifetime` (Docker Hub's are 300 s; shorter ones make every
+    /// client renew them during a test).
+    pub async fn start_internet_like(token_lifetime: Duration) -> anyhow::Result<Self> {
+        use crate::token_auth::{TokenOptions, start_token_registry_with};
+        let nats = NatsServer::start().await?;
+        let url = nats.url();
+        let user = |name: &str| crate::registry::Credentials {
+            username: name.into(),
+            password: format!("pw-{:016x}", rand::random::<u64>()),
+        };
+        let options = TokenOptions {
+            https: true,
+            anonymous_pull: true,
+            lifetime: token_lifetime,
+        };
+        let (source, source_tokens) =
+            start_token_registry_with(user("publisher"), options.clone()).await?;
+        let (backup, backup_tokens) = start_token_registry_with(
+            user("backup"),
+            TokenOptions {
+                anonymous_pull: false,
+                ..options
+            },
+        )
+        .await?;
+        Self::assemble(
+            Nats::Single(nats),
+            &url,
+            source,
+            backup,
+            vec![source_tokens, backup_tokens],
+        )
+        .await
+    }
+
     async fn start_with(
         nats: Nats,
         url: &str,
         backup: crate::RegistryOptions,
+    ) -> anyhow::Result<Self> {
+        let source = Registry::start().await?;
+        let backup = Registry::start_with(backup).await?;
+        Self::assemble(nats, url, source, backup, Vec::new()).await
+    }
+
+    async fn assemble(
+        nats: Nats,
+        url: &str,
+        source: Registry,
+        backup: Registry,
+        token_issuers: Vec<crate::token_auth::TokenIssuer>,
     ) -> anyhow::Result<Self> {
         let api = ApiServer::start().await?;
         api.install_imagebackup_crd().await?;
@@ -94,22 +151,29 @@ impl Cluster {
             nats,
             js,
             kubeconfig,
-            source: Registry::start().await?,
-            backup: Registry::start_with(backup).await?,
+            source,
+            backup,
             docker_config: None,
+            token_issuers,
+            registry_ca_file: None,
         }
-        .with_docker_config()
+        .with_registry_files()
     }
 
-    fn with_docker_config(mut self) -> anyhow::Result<Self> {
-        use base64::Engine as _;
-        if let Some(c) = self.backup.credentials() {
-            let auth = base64::engine::general_purpose::STANDARD
-                .encode(format!("{}:{}", c.username, c.password));
-            let config = serde_json::json!({"auths": {self.backup.host(): {"auth": auth}}});
+    /// Writes the files the functions read about the registries: the docker config with the
+    /// backup registry's credentials and the CA file of the HTTPS ones.
+    fn with_registry_files(mut self) -> anyhow::Result<Self> {
+        let cas: Vec<&str> = [&self.source, &self.backup]
+            .into_iter()
+            .filter_map(Registry::ca_pem)
+            .collect();
+        if !cas.is_empty() {
             let file = tempfile::NamedTempFile::new()?;
-            std::fs::write(file.path(), config.to_string())?;
-            self.docker_config = Some(file);
+            std::fs::write(file.path(), cas.concat())?;
+            self.registry_ca_file = Some(file);
+        }
+        if let Some(c) = self.backup.credentials() {
+            self.docker_config = Some(docker_config_file(&self.backup.host(), c)?);
         }
         Ok(self)
     }
@@ -120,8 +184,17 @@ impl Cluster {
         self.api.simulate_pulls(crate::apiserver::PullSettings {
             enabled: true,
             mirrors: [("docker.io".to_string(), self.source.url())].into(),
+            https: [&self.source, &self.backup]
+                .into_iter()
+                .filter_map(|r| Some((r.host(), r.ca_pem()?.to_string())))
+                .collect(),
             ..Default::default()
         });
+    }
+
+    /// The source registry's publisher (who may push to it), when it is in token mode.
+    pub fn source_publisher(&self) -> Option<&crate::registry::Credentials> {
+        self.source.credentials()
     }
 
     /// `host:port/backup`: the `--backup-registry` of the functions.
@@ -158,12 +231,19 @@ impl Cluster {
             ("NATS_URL", self.nats.url()),
             ("STREAM_REPLICAS", self.nats.stream_replicas().to_string()),
             ("BACKUP_REGISTRY", self.backup_registry()),
-            (
-                "INSECURE_REGISTRIES",
-                format!("{},{}", self.source.host(), self.backup.host()),
-            ),
             ("LOG_LEVEL", "info,kube=warn,async_nats=warn".to_string()),
         ];
+        let plain: Vec<String> = [&self.source, &self.backup]
+            .into_iter()
+            .filter(|r| r.ca_pem().is_none())
+            .map(Registry::host)
+            .collect();
+        if !plain.is_empty() {
+            env.push(("INSECURE_REGISTRIES", plain.join(",")));
+        }
+        if let Some(file) = &self.registry_ca_file {
+            env.push(("REGISTRY_CA_FILE", file.path().display().to_string()));
+        }
         if let Some(file) = &self.docker_config {
             env.push(("DOCKER_CONFIG_FILE", file.path().display().to_string()));
         }
@@ -289,4 +369,20 @@ impl Cluster {
     pub async fn events(&self) -> anyhow::Result<Vec<(String, shared::events::Payload)>> {
         crate::stream::stored(&self.js).await
     }
+}
+
+/// A docker config file (`DOCKER_CONFIG_FILE`) with `credentials` for registry `host`.
+pub fn docker_config_file(
+    host: &str,
+    credentials: &crate::registry::Credentials,
+) -> anyhow::Result<tempfile::NamedTempFile> {
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD
+        .encode(format!("{}:{}", credentials.username, credentials.password));
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(
+        file.path(),
+        serde_json::json!({"auths": {host: {"auth": auth}}}).to_string(),
+    )?;
+    Ok(file)
 }

@@ -80,15 +80,38 @@ pub struct FaultProxy {
 }
 
 impl FaultProxy {
-    /// Starts a proxy for the registry at `upstream_host` (`127.0.0.1:5000`) on a free port.
+    /// Starts a proxy for the plain-HTTP registry at `upstream_host` (`127.0.0.1:5000`) on a
+    /// free port.
     pub async fn start(upstream_host: &str) -> anyhow::Result<Self> {
+        Self::start_with(format!("http://{upstream_host}"), None).await
+    }
+
+    /// Starts a proxy for `registry` that speaks as it does: for an HTTPS registry, HTTPS with
+    /// the registry's certificate (clients trust it through the same CA) and HTTPS upstream.
+    pub async fn start_for(registry: &crate::Registry) -> anyhow::Result<Self> {
+        match (registry.tls_config(), registry.ca_pem()) {
+            (Some(tls), Some(ca)) => Self::start_with(registry.url(), Some((tls, ca))).await,
+            _ => Self::start(&registry.host()).await,
+        }
+    }
+
+    async fn start_with(
+        upstream: String,
+        tls: Option<(Arc<rustls::ServerConfig>, &str)>,
+    ) -> anyhow::Result<Self> {
         shared::tls::ensure_crypto_provider();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        let mut http = reqwest::Client::builder().no_proxy();
+        if let Some((_, ca)) = &tls {
+            for ca in reqwest::Certificate::from_pem_bundle(ca.as_bytes())? {
+                http = http.add_root_certificate(ca);
+            }
+        }
         let state = Arc::new(ProxyState {
-            upstream: format!("http://{upstream_host}"),
-            public: format!("http://{addr}"),
-            http: reqwest::Client::builder().no_proxy().build()?,
+            upstream,
+            public: format!("{}://{addr}", if tls.is_some() { "https" } else { "http" }),
+            http: http.build()?,
             faults: Mutex::new(Faults::default()),
             requests: Mutex::new(Vec::new()),
             forwarded: Mutex::new(Vec::new()),
@@ -96,7 +119,10 @@ impl FaultProxy {
         let app = axum::Router::new()
             .fallback(handle)
             .with_state(state.clone());
-        let server = crate::process::ServerTask::spawn(listener, app);
+        let server = match tls {
+            Some((config, _)) => crate::process::ServerTask::spawn_tls(listener, app, config),
+            None => crate::process::ServerTask::spawn(listener, app),
+        };
         Ok(Self {
             addr,
             state,

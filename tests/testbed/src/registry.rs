@@ -41,7 +41,8 @@ pub struct RegistryOptions {
 #[derive(Debug)]
 pub struct Registry {
     port: u16,
-    credentials: Option<Credentials>,
+    /// The user it knows (htpasswd, or its token service's).
+    pub(crate) credentials: Option<Credentials>,
     /// The CA of its certificate, when it serves HTTPS.
     ca_pem: Option<String>,
     /// Its TLS server configuration (a certificate for 127.0.0.1 by that CA), for a service
@@ -136,7 +137,7 @@ impl Registry {
         self.ca_pem.as_deref()
     }
 
-    /// The credentials it requires, if any.
+    /// The credentials it requires, if any (for a token registry: its token service's user).
     pub fn credentials(&self) -> Option<&Credentials> {
         self.credentials.as_ref()
     }

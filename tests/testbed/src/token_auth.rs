@@ -41,6 +41,8 @@ struct IssuerState {
     refused: AtomicUsize,
     /// The scopes each issued token was asked for (space-joined, sorted), in order.
     scopes: std::sync::Mutex<Vec<String>>,
+    /// Every token issued, for the credential sweep to look for.
+    tokens: std::sync::Mutex<Vec<String>>,
 }
 
 /// How the token registry behaves.
@@ -84,6 +86,15 @@ impl TokenIssuer {
             .scopes
             .lock()
             .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
+    /// Every token issued so far (secrets: for tests that check none reached a log).
+    pub fn tokens(&self) -> Vec<String> {
+        self.state
+            .tokens
+            .lock()
+            .map(|t| t.clone())
             .unwrap_or_default()
     }
 
@@ -148,6 +159,7 @@ pub async fn start_token_registry_with(
         issued: AtomicUsize::new(0),
         refused: AtomicUsize::new(0),
         scopes: std::sync::Mutex::default(),
+        tokens: std::sync::Mutex::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -162,7 +174,7 @@ pub async fn start_token_registry_with(
         bundle.display(),
         scheme = if options.https { "https" } else { "http" },
     );
-    let registry = Registry::start_with(RegistryOptions {
+    let mut registry = Registry::start_with(RegistryOptions {
         auth_yaml: Some(auth_yaml),
         https: options.https,
         ..Default::default()
@@ -175,6 +187,8 @@ pub async fn start_token_registry_with(
     };
     // The bundle must outlive the registry's start-up only; the registry has read it.
     drop(dir);
+    // Its user, as an htpasswd registry's: what the docker configs of a test hold for it.
+    registry.credentials = Some(state.credentials.clone());
     Ok((
         registry,
         TokenIssuer {
@@ -272,5 +286,8 @@ async fn token(
         scopes.push(asked.join(" "));
     }
     let jwt = format!("{signing_input}.{}", b64url(&signature));
+    if let Ok(mut tokens) = state.tokens.lock() {
+        tokens.push(jwt.clone());
+    }
     axum::Json(serde_json::json!({"token": jwt, "expires_in": lifetime})).into_response()
 }

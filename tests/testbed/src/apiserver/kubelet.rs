@@ -30,6 +30,9 @@ pub struct PullSettings {
     /// `registry host` → base URL pulled from instead (`http://127.0.0.1:5000`), as a node's
     /// containerd `hosts.toml` mirrors a registry.
     pub mirrors: HashMap<String, String>,
+    /// Registry hosts served over HTTPS, with the PEM of the CA a node trusts for each (as
+    /// containerd's `hosts.toml` names a `ca`). Other loopback hosts are plain HTTP.
+    pub https: HashMap<String, String>,
     /// How long a result is reused.
     pub ttl: Duration,
 }
@@ -39,6 +42,7 @@ impl Default for PullSettings {
         Self {
             enabled: false,
             mirrors: HashMap::new(),
+            https: HashMap::new(),
             ttl: Duration::from_secs(3),
         }
     }
@@ -243,7 +247,8 @@ async fn pull(settings: &PullSettings, image: &str, login: Option<&Login>) -> Ve
         Err(e) => return Verdict::Invalid(e),
     };
     let base = settings.mirrors.get(&host).cloned().unwrap_or_else(|| {
-        let plain = host.starts_with("127.") || host.starts_with("localhost");
+        let plain = (host.starts_with("127.") || host.starts_with("localhost"))
+            && !settings.https.contains_key(&host);
         format!("{}://{host}", if plain { "http" } else { "https" })
     });
     let url = format!("{base}/v2/{repo}/manifests/{reference}");
@@ -252,7 +257,14 @@ async fn pull(settings: &PullSettings, image: &str, login: Option<&Login>) -> Ve
             "failed to pull and unpack image \"{image}\": failed to resolve reference \"{image}\": {why}"
         ))
     };
-    let Ok(http) = reqwest::Client::builder()
+    let trusted = settings
+        .https
+        .values()
+        .flat_map(|pem| reqwest::Certificate::from_pem_bundle(pem.as_bytes()).unwrap_or_default());
+    let Ok(http) = trusted
+        .fold(reqwest::Client::builder(), |b, ca| {
+            b.add_root_certificate(ca)
+        })
         .timeout(Duration::from_secs(5))
         .build()
     else {
