@@ -601,12 +601,19 @@ async fn token_auth_registry_with_cached_tokens() {
 #[tokio::test]
 async fn a_registry_signed_by_a_private_ca_is_trusted_only_through_registry_ca_file() {
     let src = Registry::start().await.expect("src");
+    // HTTPS with basic auth (htpasswd), as a small private registry is run.
+    let user = Credentials {
+        username: "backup".into(),
+        password: "ca-Pa55".into(),
+    };
     let dst = Registry::start_with(RegistryOptions {
         https: true,
+        htpasswd: Some(user.clone()),
         ..Default::default()
     })
     .await
     .expect("HTTPS registry");
+    let docker_config = testbed::cluster::docker_config_file(&dst.host(), &user).expect("config");
     assert!(dst.url().starts_with("https://"));
     let image = Pusher::new(&src.host(), None)
         .push_image(
@@ -637,7 +644,7 @@ async fn a_registry_signed_by_a_private_ca_is_trusted_only_through_registry_ca_f
         let mut cmd = std::process::Command::new(testbed::workspace_binary("backup"));
         cmd.args(["copy", &source, &target, "--insecure-registry", &src.host()])
             .args(extra)
-            .env_remove("DOCKER_CONFIG_FILE")
+            .env("DOCKER_CONFIG_FILE", docker_config.path())
             .env_remove("REGISTRY_CA_FILE")
             .env("LOG_LEVEL", "debug");
         if let Some(path) = env {
@@ -821,6 +828,7 @@ async fn https_token_registries_anonymous_pull_scoped_push_and_one_token_per_mou
     // Wrong credentials for the target: Unauthorized, and no password in the error.
     let mut wrong = DockerConfig::default();
     wrong.insert_basic(&backup.host(), "backup", "not-the-Pa55");
+    let refused = backup_issuer.refused();
     let err = copier_with(wrong)
         .copy(
             &at(&public.host(), "lib/app:1"),
@@ -831,6 +839,11 @@ async fn https_token_registries_anonymous_pull_scoped_push_and_one_token_per_mou
         .expect_err("wrong password");
     assert_eq!(err.class(), ErrorClass::Unauthorized, "{err}");
     assert!(!err.to_string().contains("not-the-Pa55"));
+    assert_eq!(
+        backup_issuer.refused(),
+        refused + 1,
+        "one refused token request ends the copy: a refusal is not retried"
+    );
 }
 
 /// Issue 28: tokens that live 2 s and a copy that takes longer (every blob download held back

@@ -2,7 +2,8 @@
 //! which has no referrers API): cosign's `.sig`/`.att` tags, an SBOM with a `subject` listed in
 //! the referrers tag schema, and a signature on that SBOM all arrive byte-identical, found the
 //! way a verifier finds them; what the target already lists stays; `--referrers none` copies
-//! none and `signatures` only signatures.
+//! none and `signatures` only signatures; and all of it through a registry in token mode over
+//! HTTPS.
 
 use backup::copy::{ClientOptions, Copier, ReferrersMode, RegistryClient};
 use serde_json::Value;
@@ -129,6 +130,32 @@ fn digests(list: &[Value]) -> Vec<String> {
     d
 }
 
+/// The cosign tags (`.sig`, `.att`) of the image, the SBOM and its signature by digest, and the
+/// SBOM's signature in the SBOM's tag-schema index: all at `repo` of `target`, byte-identical.
+async fn assert_referrers_at(target: &Pusher, repo: &str, s: &Signed) {
+    for (suffix, artifact) in [("sig", &s.sig), ("att", &s.att)] {
+        let tag = format!("{}.{suffix}", tag_schema(&s.image.digest));
+        let (_, bytes) = target
+            .get_manifest(repo, &tag)
+            .await
+            .expect("get")
+            .unwrap_or_else(|| panic!("{tag} at the target"));
+        assert_eq!(bytes, artifact.bytes, "{tag} byte-identical");
+    }
+    for artifact in [&s.sbom, &s.sbom_sig] {
+        let (_, bytes) = target
+            .get_manifest(repo, &artifact.digest)
+            .await
+            .expect("get")
+            .expect("referrer by digest");
+        assert_eq!(bytes, artifact.bytes);
+    }
+    let sbom_referrers = listed_in_tag_schema(target, repo, &s.sbom.digest)
+        .await
+        .expect("index of the sbom");
+    assert_eq!(digests(&sbom_referrers), vec![s.sbom_sig.digest.clone()]);
+}
+
 #[tokio::test]
 async fn signatures_attestations_and_sboms_arrive_byte_identical() {
     let s = signed_image().await;
@@ -168,15 +195,7 @@ async fn signatures_attestations_and_sboms_arrive_byte_identical() {
     );
 
     // Found the way a verifier finds them: cosign's tags, the tag-schema index.
-    for (suffix, artifact) in [("sig", &s.sig), ("att", &s.att)] {
-        let tag = format!("{}.{suffix}", tag_schema(&s.image.digest));
-        let (_, bytes) = target
-            .get_manifest("bk/app", &tag)
-            .await
-            .expect("get")
-            .unwrap_or_else(|| panic!("{tag} at the target"));
-        assert_eq!(bytes, artifact.bytes, "{tag} byte-identical");
-    }
+    assert_referrers_at(&target, "bk/app", &s).await;
     let listed = listed_in_tag_schema(&target, "bk/app", &s.image.digest)
         .await
         .expect("index");
@@ -193,7 +212,6 @@ async fn signatures_attestations_and_sboms_arrive_byte_identical() {
             .await
             .expect("get")
             .expect("referrer by digest");
-        assert_eq!(bytes, artifact.bytes);
         let manifest: Value = serde_json::from_slice(&bytes).expect("json");
         for layer in manifest["layers"].as_array().expect("layers") {
             let digest = layer["digest"].as_str().expect("digest");
@@ -206,10 +224,6 @@ async fn signatures_attestations_and_sboms_arrive_byte_identical() {
             );
         }
     }
-    let sbom_referrers = listed_in_tag_schema(&target, "bk/app", &s.sbom.digest)
-        .await
-        .expect("index of the sbom");
-    assert_eq!(digests(&sbom_referrers), vec![s.sbom_sig.digest.clone()]);
     // The image itself, by tag, with the source's digest.
     let (_, top) = target
         .get_manifest("bk/app", "1")
@@ -356,4 +370,72 @@ async fn a_broken_signature_fails_the_copy_and_a_broken_attestation_is_skipped()
         .await
         .expect("tags");
     assert!(!tags.contains(&"1".to_string()), "{tags:?}");
+}
+
+/// Issue 28: the referrers travel through a registry in token mode over HTTPS (a private CA,
+/// push and pull tokens for the backup user): copied there and back to a plain registry, the
+/// signature, attestation, SBOM and the SBOM's signature are byte-identical and found the way a
+/// verifier finds them.
+#[tokio::test]
+async fn referrers_travel_through_an_https_token_registry_byte_identical() {
+    use backup::copy::auth::DockerConfig;
+    use testbed::token_auth::{TokenOptions, start_token_registry_with};
+    let s = signed_image().await;
+    let (tokens, issuer) = start_token_registry_with(
+        testbed::Credentials {
+            username: "backup".into(),
+            password: "ref-Pa55".into(),
+        },
+        TokenOptions {
+            https: true,
+            anonymous_pull: false,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("token registry");
+    let mut credentials = DockerConfig::default();
+    credentials.insert_basic(&tokens.host(), "backup", "ref-Pa55");
+    let copier = Copier::new(
+        RegistryClient::new(ClientOptions {
+            insecure: [s.src.host(), s.dst.host()].into_iter().collect(),
+            credentials,
+            ca_certificates: reqwest::Certificate::from_pem_bundle(
+                tokens.ca_pem().expect("HTTPS").as_bytes(),
+            )
+            .expect("CA"),
+            ..Default::default()
+        })
+        .expect("client"),
+        4,
+    )
+    .with_referrers(ReferrersMode::All);
+    let there = copier
+        .copy(
+            &at(&s.src.host(), "team/app:1"),
+            &at(&tokens.host(), "bk/app:1"),
+            None,
+        )
+        .await
+        .expect("to the token registry");
+    let back = copier
+        .copy(
+            &at(&tokens.host(), "bk/app:1"),
+            &at(&s.dst.host(), "back/app:1"),
+            None,
+        )
+        .await
+        .expect("back from it");
+    for summary in [&there, &back] {
+        assert_eq!(summary.digest, s.image.digest);
+        assert_eq!(summary.referrers_copied, 4, "sig, att, sbom, its signature");
+        assert!(summary.referrers_skipped.is_empty());
+    }
+    let target = Pusher::new(&s.dst.host(), None);
+    assert_referrers_at(&target, "back/app", &s).await;
+    let listed = listed_in_tag_schema(&target, "back/app", &s.image.digest)
+        .await
+        .expect("index");
+    assert_eq!(digests(&listed), vec![s.sbom.digest.clone()]);
+    assert!(issuer.issued() > 0 && issuer.refused() == 0);
 }
