@@ -682,6 +682,28 @@ async fn a_registry_signed_by_a_private_ca_is_trusted_only_through_registry_ca_f
         String::from_utf8_lossy(&again.stderr)
     );
 
+    // A wrong password over HTTPS: Unauthorized, in no log line even at debug level.
+    let wrong = testbed::cluster::docker_config_file(
+        &dst.host(),
+        &Credentials {
+            username: "backup".into(),
+            password: "wr0ng-Pa55".into(),
+        },
+    )
+    .expect("config");
+    let refused = std::process::Command::new(testbed::workspace_binary("backup"))
+        .args(["copy", &source, &target, "--insecure-registry", &src.host()])
+        .env("DOCKER_CONFIG_FILE", wrong.path())
+        .env("REGISTRY_CA_FILE", &ca)
+        .env("LOG_LEVEL", "debug")
+        .output()
+        .expect("backup binary");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("Unauthorized"), "{stderr}");
+    assert!(!stderr.contains("wr0ng-Pa55"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&refused.stdout).contains("wr0ng-Pa55"));
+
     // A file that is not a CA bundle is a usage error naming it.
     let bogus = dir.path().join("not-a-ca.pem");
     std::fs::write(&bogus, "hello").expect("write");

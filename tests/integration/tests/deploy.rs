@@ -239,3 +239,44 @@ async fn the_plain_overlay_applies_to_the_test_api_server() {
     let names = String::from_utf8_lossy(&out.stdout);
     assert_eq!(names.lines().count(), 3, "{names}");
 }
+
+/// `deploy/components/registry-ca`, as `deploy/examples/registry-ca` adds it to the plain
+/// overlay: the backup and the rollout — only they talk to registries — mount the ConfigMap
+/// `registry-ca` read-only and read it as `REGISTRY_CA_FILE`; the result validates.
+#[test]
+fn the_registry_ca_example_mounts_the_ca_into_the_backup_and_the_rollout() {
+    let manifests =
+        testbed::process::kustomize(&root().join("deploy/examples/registry-ca")).expect("rendered");
+    let (ok, report) = validate(&manifests);
+    assert!(ok, "{report}");
+    let mut given = BTreeSet::new();
+    for doc in documents(&manifests) {
+        if doc["kind"] != "Deployment" {
+            continue;
+        }
+        let name = doc["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let pod = &doc["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        let named = |list: &serde_json::Value, key: &str, value: &str| {
+            list.as_array()
+                .into_iter()
+                .flatten()
+                .find(|item| item[key] == value)
+                .cloned()
+        };
+        let Some(env) = named(&container["env"], "name", "REGISTRY_CA_FILE") else {
+            continue;
+        };
+        assert_eq!(env["value"], "/etc/image-backup/ca/ca.pem", "{name}");
+        let mount = named(&container["volumeMounts"], "name", "registry-ca").expect("mounted");
+        assert_eq!(mount["mountPath"], "/etc/image-backup/ca", "{name}");
+        assert_eq!(mount["readOnly"], true, "{name}");
+        let volume = named(&pod["volumes"], "name", "registry-ca").expect("volume");
+        assert_eq!(volume["configMap"]["name"], "registry-ca", "{name}");
+        given.insert(name);
+    }
+    assert_eq!(
+        given,
+        BTreeSet::from(["backup".to_string(), "rollout".to_string()])
+    );
+}
