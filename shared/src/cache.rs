@@ -6,6 +6,7 @@ use k8s_openapi::api::core::v1::PodSpec;
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::events::{WorkloadKind, WorkloadRef};
+use crate::lean::{Decoded, Lean};
 use crate::workload::Workload;
 
 /// What a cache keeps of an object: everything the functions read, nothing they do not.
@@ -117,10 +118,11 @@ impl Trim for crate::crd::ImageBackup {
     }
 }
 
-/// What a cache can hold: a Kubernetes object the reflector can decode, trim and share
-/// between tasks (every `K` the functions watch).
+/// What a cache can hold: a Kubernetes object the reflector can decode (leanly, through
+/// [`Lean`]), trim and share between tasks (every `K` the functions watch).
 pub trait Cached:
     kube::Resource<DynamicType = ()>
+    + Lean
     + Trim
     + Clone
     + std::fmt::Debug
@@ -133,6 +135,7 @@ pub trait Cached:
 
 impl<K> Cached for K where
     K: kube::Resource<DynamicType = ()>
+        + Lean
         + Trim
         + Clone
         + std::fmt::Debug
@@ -144,8 +147,8 @@ impl<K> Cached for K where
 }
 
 /// A cluster-wide reflector over every `K` into `writer`, with kube-runtime's default backoff,
-/// each object [trimmed](Trim) before it is stored: the watch every cache of the functions is
-/// built on. The stream must be polled for the store to fill.
+/// each object parsed [leanly](Lean) and [trimmed](Trim) before it is stored: the watch every
+/// cache of the functions is built on. The stream must be polled for the store to fill.
 pub fn reflect<K>(
     client: &kube::Client,
     writer: kube::runtime::reflector::store::Writer<K>,
@@ -155,11 +158,20 @@ pub fn reflect<K>(
 where
     K: Cached,
 {
+    use futures::TryStreamExt as _;
     use kube::runtime::WatchStreamExt as _;
+    use kube::runtime::watcher::Event;
     kube::runtime::watcher(
-        kube::Api::<K>::all(client.clone()),
+        kube::Api::<Decoded<K>>::all(client.clone()),
         kube::runtime::watcher::Config::default(),
     )
+    .map_ok(|event| match event {
+        Event::Apply(Decoded(o)) => Event::Apply(o),
+        Event::Delete(Decoded(o)) => Event::Delete(o),
+        Event::Init => Event::Init,
+        Event::InitApply(Decoded(o)) => Event::InitApply(o),
+        Event::InitDone => Event::InitDone,
+    })
     .default_backoff()
     .modify(Trim::trim)
     .reflect(writer)

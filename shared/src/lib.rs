@@ -16,6 +16,7 @@
 //! - [`secret`]: types whose `Debug`/`Display` never show a credential.
 //! - [`telemetry`]: log set-up.
 //! - [`cache`]: the Deployment and DaemonSet caches, seen as workloads.
+//! - [`lean`](mod@lean): workloads parsed off the API into only what the caches keep.
 //! - [`admin`]: the admin server (`/healthz`, `/readyz`, `/metrics`) and readiness.
 //! - [`metrics_auth`]: `/metrics` for callers Kubernetes authenticates and authorizes.
 //! - [`runtime`]: start-up every function shares (signals, metrics, admin server, kube client).
@@ -46,6 +47,7 @@ pub mod error;
 pub mod events;
 pub mod handler;
 pub mod kube_events;
+pub mod lean;
 pub mod metrics_auth;
 pub mod naming;
 pub mod nats;

@@ -1,0 +1,370 @@
+//! Workloads parsed leanly: the watcher's and the rollout's lists, watch events and resyncs
+//! decode a Deployment or DaemonSet into only what [`crate::cache::Trim`] keeps, skipping
+//! `managedFields`, labels, the pod template's metadata, probes, env, resources, volumes and
+//! the rest while parsing (serde passes over them without building them), instead of building
+//! the whole object and trimming it after. On a real cluster every object carries its
+//! `managedFields` tree; parsing it into `serde_json::Value`s was most of the two functions'
+//! time and memory at 6,000 workloads.
+//!
+//! [`Decoded<K>`] is `K` as the API returns it, through [`Lean::Wire`]; kube's `Api` and
+//! watcher work on it as on `K` (it is a [`kube::Resource`] of the same kind), and
+//! [`crate::cache::reflect`] hands the caches plain `K`s. A unit test pins that the lean parse
+//! keeps exactly what parsing everything and trimming keeps.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    DaemonSet, DaemonSetSpec, DaemonSetStatus, DaemonSetUpdateStrategy, Deployment,
+    DeploymentCondition, DeploymentSpec, DeploymentStatus,
+};
+use k8s_openapi::api::core::v1::{Container, LocalObjectReference, PodSpec, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
+use serde::Deserialize;
+
+/// A type with a lean wire form: what is parsed off the API, turned into `Self`.
+pub trait Lean: Sized {
+    /// What is parsed: only the fields the functions read (serde skips the others unbuilt).
+    type Wire: serde::de::DeserializeOwned;
+    /// The object made of what was parsed.
+    fn from_wire(wire: Self::Wire) -> Self;
+}
+
+/// `K` decoded through its [`Lean::Wire`] form: use `Api<Decoded<K>>` where `Api<K>` would
+/// parse whole objects only to drop most of them.
+#[derive(Debug, Clone)]
+pub struct Decoded<K>(pub K);
+
+impl<'de, K: Lean> Deserialize<'de> for Decoded<K> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        K::Wire::deserialize(d).map(|wire| Decoded(K::from_wire(wire)))
+    }
+}
+
+impl<K: kube::Resource<DynamicType = ()>> kube::Resource for Decoded<K> {
+    type DynamicType = ();
+    type Scope = K::Scope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        K::kind(dt)
+    }
+    fn group(dt: &()) -> Cow<'_, str> {
+        K::group(dt)
+    }
+    fn version(dt: &()) -> Cow<'_, str> {
+        K::version(dt)
+    }
+    fn plural(dt: &()) -> Cow<'_, str> {
+        K::plural(dt)
+    }
+    fn meta(&self) -> &ObjectMeta {
+        self.0.meta()
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        self.0.meta_mut()
+    }
+}
+
+/// A type parsed whole (small objects the caches also hold: Namespaces, ServiceAccounts,
+/// ImageBackups).
+macro_rules! whole {
+    ($($t:ty),*) => {$(
+        impl Lean for $t {
+            type Wire = $t;
+            fn from_wire(wire: $t) -> $t {
+                wire
+            }
+        }
+    )*};
+}
+
+whole!(
+    k8s_openapi::api::core::v1::Namespace,
+    k8s_openapi::api::core::v1::ServiceAccount,
+    crate::crd::ImageBackup
+);
+
+/// A workload's metadata without `managedFields`, labels, owners and finalizers.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WireMeta {
+    annotations: Option<BTreeMap<String, String>>,
+    creation_timestamp: Option<Time>,
+    deletion_grace_period_seconds: Option<i64>,
+    deletion_timestamp: Option<Time>,
+    generate_name: Option<String>,
+    generation: Option<i64>,
+    name: Option<String>,
+    namespace: Option<String>,
+    resource_version: Option<String>,
+    self_link: Option<String>,
+    uid: Option<String>,
+}
+
+impl From<WireMeta> for ObjectMeta {
+    fn from(w: WireMeta) -> Self {
+        ObjectMeta {
+            annotations: w.annotations,
+            creation_timestamp: w.creation_timestamp,
+            deletion_grace_period_seconds: w.deletion_grace_period_seconds,
+            deletion_timestamp: w.deletion_timestamp,
+            generate_name: w.generate_name,
+            generation: w.generation,
+            name: w.name,
+            namespace: w.namespace,
+            resource_version: w.resource_version,
+            self_link: w.self_link,
+            uid: w.uid,
+            ..Default::default()
+        }
+    }
+}
+
+/// A container: its name and image.
+#[derive(Deserialize)]
+struct WireContainer {
+    #[serde(default)]
+    name: String,
+    image: Option<String>,
+}
+
+impl From<WireContainer> for Container {
+    fn from(w: WireContainer) -> Self {
+        Container {
+            name: w.name,
+            image: w.image,
+            ..Default::default()
+        }
+    }
+}
+
+/// A pod template: no metadata; of the spec the service account, pull secrets and containers.
+#[derive(Deserialize, Default)]
+struct WireTemplate {
+    spec: Option<WirePodSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WirePodSpec {
+    #[serde(default)]
+    containers: Vec<WireContainer>,
+    init_containers: Option<Vec<WireContainer>>,
+    image_pull_secrets: Option<Vec<LocalObjectReference>>,
+    service_account_name: Option<String>,
+    service_account: Option<String>,
+}
+
+impl From<WireTemplate> for PodTemplateSpec {
+    fn from(w: WireTemplate) -> Self {
+        let containers = |list: Vec<WireContainer>| list.into_iter().map(Container::from).collect();
+        PodTemplateSpec {
+            metadata: None,
+            spec: w.spec.map(|s| PodSpec {
+                containers: containers(s.containers),
+                init_containers: s.init_containers.map(containers),
+                image_pull_secrets: s.image_pull_secrets,
+                service_account_name: s.service_account_name,
+                service_account: s.service_account,
+                ..Default::default()
+            }),
+        }
+    }
+}
+
+/// A Deployment without what no function reads (see [`crate::cache::Trim`]).
+#[derive(Deserialize)]
+pub struct WireDeployment {
+    metadata: WireMeta,
+    spec: Option<WireDeploymentSpec>,
+    status: Option<DeploymentStatus>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireDeploymentSpec {
+    min_ready_seconds: Option<i32>,
+    paused: Option<bool>,
+    progress_deadline_seconds: Option<i32>,
+    replicas: Option<i32>,
+    revision_history_limit: Option<i32>,
+    #[serde(default)]
+    selector: LabelSelector,
+    #[serde(default)]
+    template: WireTemplate,
+}
+
+impl Lean for Deployment {
+    type Wire = WireDeployment;
+
+    fn from_wire(w: WireDeployment) -> Self {
+        Deployment {
+            metadata: w.metadata.into(),
+            spec: w.spec.map(|s| DeploymentSpec {
+                min_ready_seconds: s.min_ready_seconds,
+                paused: s.paused,
+                progress_deadline_seconds: s.progress_deadline_seconds,
+                replicas: s.replicas,
+                revision_history_limit: s.revision_history_limit,
+                selector: s.selector,
+                strategy: None,
+                template: s.template.into(),
+            }),
+            status: w.status.map(|mut status| {
+                // Of each condition its type and status (the messages are not read).
+                for c in status.conditions.iter_mut().flatten() {
+                    *c = DeploymentCondition {
+                        type_: std::mem::take(&mut c.type_),
+                        status: std::mem::take(&mut c.status),
+                        ..Default::default()
+                    };
+                }
+                status
+            }),
+        }
+    }
+}
+
+/// A DaemonSet without what no function reads (see [`crate::cache::Trim`]).
+#[derive(Deserialize)]
+pub struct WireDaemonSet {
+    metadata: WireMeta,
+    spec: Option<WireDaemonSetSpec>,
+    status: Option<DaemonSetStatus>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireDaemonSetSpec {
+    min_ready_seconds: Option<i32>,
+    revision_history_limit: Option<i32>,
+    #[serde(default)]
+    selector: LabelSelector,
+    #[serde(default)]
+    template: WireTemplate,
+    update_strategy: Option<WireUpdateStrategy>,
+}
+
+/// The update strategy's type only (`OnDelete` holds a rollout).
+#[derive(Deserialize)]
+struct WireUpdateStrategy {
+    #[serde(rename = "type")]
+    type_: Option<String>,
+}
+
+impl Lean for DaemonSet {
+    type Wire = WireDaemonSet;
+
+    fn from_wire(w: WireDaemonSet) -> Self {
+        DaemonSet {
+            metadata: w.metadata.into(),
+            spec: w.spec.map(|s| DaemonSetSpec {
+                min_ready_seconds: s.min_ready_seconds,
+                revision_history_limit: s.revision_history_limit,
+                selector: s.selector,
+                template: s.template.into(),
+                update_strategy: s.update_strategy.map(|u| DaemonSetUpdateStrategy {
+                    rolling_update: None,
+                    type_: u.type_,
+                }),
+            }),
+            status: w.status.map(|status| DaemonSetStatus {
+                conditions: None,
+                ..status
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::Trim;
+
+    /// Everything an API server sends about a workload: `managedFields`, labels, owners,
+    /// finalizers, template metadata, probes, env, resources, volumes, condition messages.
+    fn rich(kind: &str) -> serde_json::Value {
+        let pod = serde_json::json!({
+            "serviceAccountName": "bot", "serviceAccount": "bot",
+            "imagePullSecrets": [{"name": "regcred"}],
+            "volumes": [{"name": "v", "emptyDir": {}}],
+            "initContainers": [{"name": "init", "image": "busybox:1.36", "command": ["true"]}],
+            "containers": [
+                {"name": "a", "image": "nginx:1.25", "env": [{"name": "X", "value": "1"}],
+                 "readinessProbe": {"httpGet": {"path": "/", "port": 80}},
+                 "resources": {"limits": {"cpu": "1"}}},
+                {"name": "b", "image": "redis:7", "ports": [{"containerPort": 6379}]}
+            ]
+        });
+        let mut spec = serde_json::json!({
+            "selector": {"matchLabels": {"app": "web"}}, "revisionHistoryLimit": 5,
+            "minReadySeconds": 3,
+            "template": {"metadata": {"labels": {"app": "web"}, "annotations": {"a": "b"}},
+                         "spec": pod}
+        });
+        let status = if kind == "Deployment" {
+            spec["replicas"] = 2.into();
+            spec["paused"] = false.into();
+            spec["progressDeadlineSeconds"] = 600.into();
+            spec["strategy"] =
+                serde_json::json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1}});
+            serde_json::json!({"observedGeneration": 3, "readyReplicas": 2, "updatedReplicas": 2,
+                "availableReplicas": 2, "replicas": 2,
+                "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable",
+                                "message": "Deployment has minimum availability.",
+                                "lastUpdateTime": "2026-01-01T00:00:00Z", "lastTransitionTime": "2026-01-01T00:00:00Z"}]})
+        } else {
+            spec["updateStrategy"] = serde_json::json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}});
+            serde_json::json!({"currentNumberScheduled": 3, "desiredNumberScheduled": 3, "numberMisscheduled": 0,
+                "numberReady": 3, "observedGeneration": 3, "updatedNumberScheduled": 3, "numberAvailable": 3,
+                "conditions": [{"type": "X", "status": "True", "message": "m"}]})
+        };
+        serde_json::json!({
+            "apiVersion": "apps/v1", "kind": kind,
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u-1", "generation": 3,
+                         "resourceVersion": "42", "creationTimestamp": "2026-01-01T00:00:00Z",
+                         "labels": {"app": "web"}, "finalizers": ["f"],
+                         "ownerReferences": [{"apiVersion": "v1", "kind": "X", "name": "o", "uid": "o-1"}],
+                         "annotations": {"k8slab.io/image-backup": "disabled"},
+                         "managedFields": [{"manager": "kubectl", "operation": "Apply", "apiVersion": "apps/v1",
+                                            "fieldsType": "FieldsV1",
+                                            "fieldsV1": {"f:spec": {"f:replicas": {}, "f:template": {"f:spec": {}}}}}]},
+            "spec": spec,
+            "status": status
+        })
+    }
+
+    #[test]
+    fn the_lean_parse_keeps_exactly_what_parsing_everything_and_trimming_keeps() {
+        let json = rich("Deployment").to_string();
+        let Decoded(lean) = serde_json::from_str::<Decoded<Deployment>>(&json).expect("lean");
+        let mut whole: Deployment = serde_json::from_str(&json).expect("whole");
+        assert!(whole.metadata.managed_fields.is_some());
+        whole.trim();
+        assert_eq!(lean, whole);
+        assert_eq!(lean.metadata.resource_version.as_deref(), Some("42"));
+
+        let json = rich("DaemonSet").to_string();
+        let Decoded(lean) = serde_json::from_str::<Decoded<DaemonSet>>(&json).expect("lean");
+        let mut whole: DaemonSet = serde_json::from_str(&json).expect("whole");
+        whole.trim();
+        assert_eq!(lean, whole);
+        assert_eq!(
+            lean.spec
+                .and_then(|s| s.update_strategy)
+                .and_then(|u| u.type_)
+                .as_deref(),
+            Some("RollingUpdate")
+        );
+    }
+
+    #[test]
+    fn a_decoded_workload_is_the_same_kubernetes_resource() {
+        use kube::Resource as _;
+        assert_eq!(
+            Decoded::<Deployment>::url_path(&(), Some("shop")),
+            Deployment::url_path(&(), Some("shop"))
+        );
+        assert_eq!(Decoded::<DaemonSet>::kind(&()), "DaemonSet");
+    }
+}
