@@ -57,7 +57,9 @@ enum Command {
     },
     /// The whole flow at scale: watcher, backup and rollout on Ready workloads in 50 namespaces
     /// referencing distinct small images; seconds until all run their backups, copies, API
-    /// requests and NATS messages per workload, peak RSS of each function (Markdown rows).
+    /// requests and NATS messages per workload, peak RSS and CPU seconds of each function
+    /// (Markdown rows). Workloads look as clusters hold them (labels, annotations, an app and a
+    /// sidecar with probes, env, resources), with `managedFields`, unless `--bare`.
     BenchScale {
         /// Workload counts to run, one row each.
         #[arg(long, value_delimiter = ',', default_value = "120,1200")]
@@ -68,6 +70,9 @@ enum Command {
         /// The rollout's MAX_CONCURRENT_ROLLOUTS values to run each size with (0: no limit).
         #[arg(long, value_delimiter = ',', default_value = "0")]
         max_concurrent_rollouts: Vec<usize>,
+        /// One bare container per workload (the objects of earlier runs).
+        #[arg(long)]
+        bare: bool,
     },
     /// The backup function: events for distinct images handled by 2 `backup run` processes,
     /// against the sum of one-shot `backup copy` times; prints a Markdown table.
@@ -236,9 +241,10 @@ async fn main() -> anyhow::Result<()> {
             workloads,
             images,
             max_concurrent_rollouts,
+            bare,
         } => {
             println!(
-                "| workloads | images | rollout limit | seconds until all rolled out | peak rolling out at once | copies | API requests per workload | NATS messages per workload | peak RSS watcher / backup / rollout (MiB) |\n|---|---|---|---|---|---|---|---|---|"
+                "| workloads | images | rollout limit | seconds until all rolled out | peak rolling out at once | copies | API requests per workload | NATS messages per workload | peak RSS watcher / backup / rollout (MiB) | CPU seconds watcher / backup / rollout |\n|---|---|---|---|---|---|---|---|---|---|"
             );
             for n in workloads {
                 for &limit in &max_concurrent_rollouts {
@@ -247,6 +253,7 @@ async fn main() -> anyhow::Result<()> {
                         namespaces: 50,
                         images: images.max(1),
                         max_concurrent_rollouts: limit,
+                        realistic: !bare,
                     };
                     print!("{}", testbed::bench::scale::run(shape).await?);
                 }

@@ -2,8 +2,10 @@
 //! over 50 namespaces referencing 100 distinct small images, with watcher, backup and rollout
 //! running as processes; measures the seconds until every workload runs its backup, the copies
 //! made (must equal the distinct images), Kubernetes API requests and NATS messages per workload,
-//! the peak RSS of each function, and the most workloads seen rolling out at once (patched, not
-//! yet Ready; sampled every 250 ms) under the rollout's `MAX_CONCURRENT_ROLLOUTS`.
+//! the peak RSS and CPU seconds of each function, and the most workloads seen rolling out at
+//! once (patched, not yet Ready; sampled every 250 ms) under the rollout's
+//! `MAX_CONCURRENT_ROLLOUTS`. Workloads look as a real cluster holds them unless asked for bare
+//! ones.
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +30,60 @@ pub struct Shape {
     pub images: usize,
     /// The rollout's `MAX_CONCURRENT_ROLLOUTS` (0: no limit).
     pub max_concurrent_rollouts: usize,
+    /// Workloads as a real cluster holds them ([`realistic_workload`]) instead of one bare
+    /// container each.
+    pub realistic: bool,
+}
+
+/// A workload as clusters hold them: labels and annotations (Helm's among them), an app
+/// container and a sidecar (another of the images) with ports, env, probes, resources and a
+/// volume mount, a ConfigMap volume, a security context. About 2.5 KB of JSON before the API
+/// server adds `managedFields` and a status.
+pub fn realistic_workload(
+    name: &str,
+    namespace: &str,
+    image: &str,
+    sidecar: &str,
+) -> serde_json::Value {
+    let labels = json!({"app.kubernetes.io/name": name, "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/part-of": "shop", "app.kubernetes.io/managed-by": "Helm",
+        "app.kubernetes.io/version": "1.4.2"});
+    let probe = |path: &str| {
+        json!({"httpGet": {"path": path, "port": "http"},
+        "initialDelaySeconds": 5, "periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3})
+    };
+    let env: Vec<serde_json::Value> = [
+        "LOG_LEVEL",
+        "PORT",
+        "REGION",
+        "FEATURE_FLAGS",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ]
+    .iter()
+    .map(|k| json!({"name": k, "value": format!("value-of-{}", k.to_lowercase())}))
+    .collect();
+    json!({
+        "metadata": {"name": name, "namespace": namespace, "labels": labels,
+                     "annotations": {"meta.helm.sh/release-name": name, "meta.helm.sh/release-namespace": namespace,
+                                     "deployment.kubernetes.io/revision": "1"}},
+        "spec": {"selector": {"matchLabels": {"app.kubernetes.io/name": name, "app.kubernetes.io/instance": name}},
+                 "template": {"metadata": {"labels": labels, "annotations": {"checksum/config": "4f1c2a7e9b0d3e6f8a1b2c3d4e5f60718293a4b5c6d7e8f9"}},
+                              "spec": {"serviceAccountName": "default",
+                                       "securityContext": {"runAsNonRoot": true, "runAsUser": 10001, "fsGroup": 10001},
+                                       "volumes": [{"name": "config", "configMap": {"name": format!("{name}-config")}}],
+                                       "containers": [
+                                           {"name": "app", "image": image, "imagePullPolicy": "IfNotPresent",
+                                            "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
+                                            "env": env, "readinessProbe": probe("/readyz"), "livenessProbe": probe("/healthz"),
+                                            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
+                                            "volumeMounts": [{"name": "config", "mountPath": "/etc/app", "readOnly": true}],
+                                            "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                                                                "capabilities": {"drop": ["ALL"]}}},
+                                           {"name": "proxy", "image": sidecar,
+                                            "ports": [{"name": "proxy", "containerPort": 15001}],
+                                            "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}}}
+                                       ]}}}
+    })
 }
 
 /// The most intervals (closed) that hold at one instant.
@@ -103,12 +159,17 @@ pub async fn run(shape: Shape) -> anyhow::Result<String> {
     let src = c.source.host();
     for i in 0..shape.workloads {
         let ns = format!("ns-{}", i % shape.namespaces);
-        let spec = json!({
-            "metadata": {"name": format!("w-{i}"), "namespace": ns},
-            "spec": {"selector": {"matchLabels": {"app": "w"}},
-                     "template": {"metadata": {"labels": {"app": "w"}},
-                                  "spec": {"containers": [{"name": "main", "image": format!("{src}/scale/app{}:1", i % shape.images)}]}}}
-        });
+        let image = |k: usize| format!("{src}/scale/app{}:1", k % shape.images);
+        let spec = if shape.realistic {
+            realistic_workload(&format!("w-{i}"), &ns, &image(i), &image(i + 1))
+        } else {
+            json!({
+                "metadata": {"name": format!("w-{i}"), "namespace": ns},
+                "spec": {"selector": {"matchLabels": {"app": "w"}},
+                         "template": {"metadata": {"labels": {"app": "w"}},
+                                      "spec": {"containers": [{"name": "main", "image": image(i)}]}}}
+            })
+        };
         if i % 4 == 3 {
             let ds: DaemonSet = serde_json::from_value(spec)?;
             Api::<DaemonSet>::namespaced(c.client.clone(), &ns)
@@ -173,6 +234,10 @@ pub async fn run(shape: Shape) -> anyhow::Result<String> {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let cpu: Vec<f64> = [&watcher, &backup, &rollout]
+        .iter()
+        .map(|p| p.cpu_seconds().unwrap_or(0.0))
+        .collect();
     let peak_in_flight = peak_overlap(seen.values().copied());
     for (slot, p) in rss.iter_mut().zip([&watcher, &backup, &rollout]) {
         *slot = (*slot).max(p.peak_rss_kib().unwrap_or(0));
@@ -219,7 +284,7 @@ pub async fn run(shape: Shape) -> anyhow::Result<String> {
         n => n.to_string(),
     };
     Ok(format!(
-        "| {} | {} | {limit} | {seconds:.1} | {peak_in_flight} | {copies} | {:.2} | {:.2} | {:.1} / {:.1} / {:.1} |\n",
+        "| {} | {} | {limit} | {seconds:.1} | {peak_in_flight} | {copies} | {:.2} | {:.2} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} |\n",
         shape.workloads,
         shape.images,
         per(requests as f64),
@@ -227,6 +292,9 @@ pub async fn run(shape: Shape) -> anyhow::Result<String> {
         mib(rss[0]),
         mib(rss[1]),
         mib(rss[2]),
+        cpu[0],
+        cpu[1],
+        cpu[2],
     ))
 }
 
