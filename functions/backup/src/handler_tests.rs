@@ -448,6 +448,9 @@ async fn two_events_for_one_image_in_one_process_copy_it_once() {
     let first = w.copy_in_background().await;
     let second = w.handle(1).await;
     assert_eq!(second.retry_after, Some(Duration::from_secs(2)));
+    // Delivered again while the copy still runs: it waits longer each time (not every 2 s).
+    let fourth = w.handle(4).await;
+    assert_eq!(fourth.retry_after, Some(Duration::from_secs(8)));
     assert_eq!(w.copies(), 1);
     first.abort();
 }

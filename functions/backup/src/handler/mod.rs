@@ -273,7 +273,7 @@ impl<C: Cluster, R: Registry> Context<C, R> {
         let span =
             tracing::info_span!("image", source = %source, name = %image_backup_name(source));
         async {
-            match self.try_backup_image(source, target, secrets).await {
+            match self.try_backup_image(source, target, secrets, retry).await {
                 Ok(r) => r,
                 Err(e) => match ApiFailure::of(&e) {
                     ApiFailure::Conflict => ImageResult::Later(Duration::from_secs(2)),
@@ -303,12 +303,17 @@ impl<C: Cluster, R: Registry> Context<C, R> {
         source: &Reference,
         target: &Reference,
         secrets: &[SecretRef],
+        retry: Duration,
     ) -> Result<ImageResult, kube::Error> {
         let inner = &self.inner;
         let me = inner.settings.holder.as_str();
         let Some(_local) = self.local_claim(&image_backup_name(source)) else {
-            // Another event handled by this process right now covers the image.
-            return Ok(ImageResult::Later(Duration::from_secs(2)));
+            // Another event handled by this process right now covers the image: look again
+            // after it, waiting longer at each delivery (2 s, 2 s, 4 s, 8 s … up to the retry
+            // cap), so the hundred workloads of one image do not each read their workload
+            // again every 2 s while it is copied. Nothing waits on this event: the rollout
+            // reacts to the image's completion.
+            return Ok(ImageResult::Later(retry.max(Duration::from_secs(2))));
         };
         let mut ib = self.ensure(source, target, secrets).await?;
         let name = ib.metadata.name.clone().unwrap_or_default();
