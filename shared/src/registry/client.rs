@@ -118,13 +118,7 @@ impl RegistryClient {
     ) -> Result<Response, CopyError> {
         let scopes = scopes(repo, access, mount_from);
         let registry = repo.registry.as_str();
-        let mut authorization = self.auth.known_authorization(registry, &scopes);
-        if authorization.is_none() {
-            authorization = self
-                .auth
-                .proactive_authorization(registry, &scopes, what)
-                .await?;
-        }
+        let authorization = self.auth.authorization(registry, &scopes, what).await?;
         let http = self.transport.http(&self.transport.base(registry));
         let build = &build;
         let send = |authorization: Option<String>| {
@@ -540,13 +534,10 @@ impl RegistryClient {
         what: &str,
     ) -> Result<RequestBuilder, CopyError> {
         let scopes = scopes(repo, Access::Push, None);
-        let mut authorization = self.auth.known_authorization(&repo.registry, &scopes);
-        if authorization.is_none() {
-            authorization = self
-                .auth
-                .proactive_authorization(&repo.registry, &scopes, what)
-                .await?;
-        }
+        let authorization = self
+            .auth
+            .authorization(&repo.registry, &scopes, what)
+            .await?;
         Ok(match authorization {
             Some(a) => request.header(header::AUTHORIZATION, a),
             None => request,

@@ -97,7 +97,7 @@ impl Authenticator {
     }
 
     /// The Authorization header to send, from what we know of the registry (no network).
-    pub(super) fn known_authorization(&self, registry: &str, scopes: &[String]) -> Option<String> {
+    fn known_authorization(&self, registry: &str, scopes: &[String]) -> Option<String> {
         match self.scheme(registry)? {
             AuthScheme::Basic => self.transport.credential(registry)?.basic_header(),
             AuthScheme::Bearer { .. } => self
@@ -107,30 +107,52 @@ impl Authenticator {
         }
     }
 
-    /// For a registry known to use bearer tokens, a token for a new scope before the first
-    /// request (saves the 401 round trip).
-    pub(super) async fn proactive_authorization(
+    /// The Authorization header for a request: what is known of the registry (no network), or
+    /// for a registry known to use bearer tokens a token for a new scope fetched before the
+    /// first request (saves the 401 round trip). `None` until the registry's scheme is known.
+    pub(super) async fn authorization(
         &self,
         registry: &str,
         scopes: &[String],
         what: &str,
     ) -> Result<Option<String>, CopyError> {
+        if let Some(known) = self.known_authorization(registry, scopes) {
+            return Ok(Some(known));
+        }
         match self.scheme(registry) {
-            Some(AuthScheme::Bearer { realm, service }) => {
-                let key = token_key(registry, scopes);
-                let gate = self.gate(&key);
-                let _one_at_a_time = gate.lock().await;
-                // Another request may have fetched it while this one waited.
-                if let Some(token) = self.tokens.get(&key) {
-                    return Ok(Some(format!("Bearer {token}")));
-                }
-                let token = self
-                    .fetch_token(registry, &realm, service.as_deref(), scopes, what)
-                    .await?;
-                Ok(Some(format!("Bearer {token}")))
-            }
+            Some(AuthScheme::Bearer { realm, service }) => self
+                .bearer(registry, &realm, service.as_deref(), scopes, what, None)
+                .await
+                .map(Some),
             _ => Ok(None),
         }
+    }
+
+    /// `Bearer <token>` for `scopes`, one fetch at a time per registry and scope set: requests
+    /// that wait behind a fetch take its token, unless it is the one the registry just refused
+    /// (`rejected`).
+    async fn bearer(
+        &self,
+        registry: &str,
+        realm: &str,
+        service: Option<&str>,
+        scopes: &[String],
+        what: &str,
+        rejected: Option<&str>,
+    ) -> Result<String, CopyError> {
+        let key = token_key(registry, scopes);
+        let gate = self.gate(&key);
+        let _one_at_a_time = gate.lock().await;
+        if let Some(token) = self.tokens.get(&key) {
+            let header = format!("Bearer {token}");
+            if Some(header.as_str()) != rejected {
+                return Ok(header);
+            }
+        }
+        let token = self
+            .fetch_token(registry, realm, service, scopes, what)
+            .await?;
+        Ok(format!("Bearer {token}"))
     }
 
     /// The lock that lets one request at a time fetch the token of `key`.
@@ -174,21 +196,10 @@ impl Authenticator {
                 .transport
                 .credential(registry)
                 .and_then(Credential::basic_header)),
-            AuthScheme::Bearer { realm, service } => {
-                let key = token_key(registry, scopes);
-                let gate = self.gate(&key);
-                let _one_at_a_time = gate.lock().await;
-                if let Some(token) = self.tokens.get(&key) {
-                    let header = format!("Bearer {token}");
-                    if Some(header.as_str()) != rejected {
-                        return Ok(Some(header));
-                    }
-                }
-                let token = self
-                    .fetch_token(registry, &realm, service.as_deref(), scopes, what)
-                    .await?;
-                Ok(Some(format!("Bearer {token}")))
-            }
+            AuthScheme::Bearer { realm, service } => self
+                .bearer(registry, &realm, service.as_deref(), scopes, what, rejected)
+                .await
+                .map(Some),
         }
     }
 
