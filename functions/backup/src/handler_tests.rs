@@ -165,6 +165,15 @@ async fn an_image_completed_at_its_digest_is_not_copied_or_announced_again() {
     assert_eq!(w.copies(), 1);
     assert_eq!(w.claims(ClaimResult::Taken), 1);
     assert_eq!(w.metrics.redeliveries.get(), 1);
+    // The existing ImageBackup was read, not created again (no refused create).
+    let creates = w
+        .cluster
+        .state()
+        .calls
+        .iter()
+        .filter(|c| **c == Call::Create)
+        .count();
+    assert_eq!(creates, 1);
 }
 
 #[tokio::test]

@@ -395,16 +395,22 @@ impl<C: Cluster, R: Registry> Context<C, R> {
         })
     }
 
-    /// Creates the ImageBackup, or reads it if it exists (409).
+    /// Reads the ImageBackup, or creates it when it does not exist (and reads it when another
+    /// worker created it in between: 409). Read first: all but the first of the many workloads
+    /// that run one image find it there, one request instead of a refused create and a read.
     async fn ensure(
         &self,
         source: &Reference,
         target: &Reference,
         secrets: &[SecretRef],
     ) -> Result<ImageBackup, kube::Error> {
+        let name = image_backup_name(source);
+        match self.inner.cluster.get(&name).await {
+            Err(e) if ApiFailure::is_not_found(&e) => {}
+            found => return found,
+        }
         let mut ib = ImageBackup::for_source(source, target);
         ib.spec.pull_secrets = secrets.to_vec();
-        let name = image_backup_name(source);
         match self.inner.cluster.create(&ib).await {
             Ok(created) => Ok(created),
             Err(e) if ApiFailure::is_conflict(&e) => self.inner.cluster.get(&name).await,
