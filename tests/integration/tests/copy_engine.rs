@@ -757,19 +757,10 @@ async fn https_token_registries_anonymous_pull_scoped_push_and_one_token_per_mou
         )
         .await
         .expect("push");
-    let cas: Vec<reqwest::Certificate> = [public.ca_pem(), backup.ca_pem()]
-        .into_iter()
-        .flat_map(|pem| reqwest::Certificate::from_pem_bundle(pem.expect("HTTPS").as_bytes()))
-        .flatten()
-        .collect();
-    assert_eq!(cas.len(), 2);
     let copier_with = |credentials: DockerConfig| {
         let client = RegistryClient::new(ClientOptions {
-            insecure: [plain.host()].into_iter().collect(),
-            credentials,
             retry: quick_retries(),
-            ca_certificates: cas.clone(),
-            ..Default::default()
+            ..crate::publish::trusting(&[&public, &backup], &[plain.host()], credentials)
         })
         .expect("client");
         Copier::new(client, 4)
@@ -954,11 +945,8 @@ async fn two_second_tokens_are_renewed_during_a_longer_copy_a_bounded_number_of_
     credentials.insert_basic(&backup.host(), "backup", "bk-Pa55");
     let copier = Copier::new(
         RegistryClient::new(ClientOptions {
-            insecure: [slow.host()].into_iter().collect(),
-            credentials,
             retry: quick_retries(),
-            ca_certificates: vec![ca],
-            ..Default::default()
+            ..crate::publish::trusting(&[&backup], &[slow.host()], credentials)
         })
         .expect("client"),
         4,

@@ -1,12 +1,30 @@
 //! Test images onto a cluster's source registry, whatever it speaks: pushed straight to a plain
 //! one, or — for a source in token mode over HTTPS ([`Cluster::start_internet_like`]), which
 //! the test bed's pusher does not speak — pushed to a plain staging registry and copied there
-//! by the source's publisher with the product's copier.
+//! by the source's publisher with the product's copier. And [`trusting`]: the client options
+//! every test that copies to or from HTTPS test registries starts from.
 
 use backup::copy::auth::DockerConfig;
 use backup::copy::{ClientOptions, Copier, RegistryClient};
 use testbed::cluster::Cluster;
 use testbed::{ImageSpec, PushedImage, Pusher, Registry};
+
+/// Client options that trust the CAs of the HTTPS registries `https`, speak plain HTTP to the
+/// hosts `plain`, and log in with `credentials`; the rest default.
+pub fn trusting(https: &[&Registry], plain: &[String], credentials: DockerConfig) -> ClientOptions {
+    ClientOptions {
+        insecure: plain.iter().cloned().collect(),
+        credentials,
+        ca_certificates: https
+            .iter()
+            .flat_map(|r| {
+                let pem = r.ca_pem().expect("an HTTPS registry");
+                reqwest::Certificate::from_pem_bundle(pem.as_bytes()).expect("its CA")
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
 
 /// Puts images on one cluster's source registry.
 pub struct Publisher {
@@ -30,15 +48,9 @@ impl Publisher {
         let staging = Registry::start().await.expect("staging registry");
         let mut credentials = DockerConfig::default();
         credentials.insert_basic(&source, &user.username, &user.password);
-        let ca = c.source.ca_pem().expect("a token source speaks HTTPS");
         let copier = Copier::new(
-            RegistryClient::new(ClientOptions {
-                insecure: [staging.host()].into_iter().collect(),
-                credentials,
-                ca_certificates: reqwest::Certificate::from_pem_bundle(ca.as_bytes()).expect("CA"),
-                ..Default::default()
-            })
-            .expect("client"),
+            RegistryClient::new(trusting(&[&c.source], &[staging.host()], credentials))
+                .expect("client"),
             4,
         );
         Self {

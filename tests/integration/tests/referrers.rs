@@ -397,15 +397,11 @@ async fn referrers_travel_through_an_https_token_registry_byte_identical() {
     let mut credentials = DockerConfig::default();
     credentials.insert_basic(&tokens.host(), "backup", "ref-Pa55");
     let copier = Copier::new(
-        RegistryClient::new(ClientOptions {
-            insecure: [s.src.host(), s.dst.host()].into_iter().collect(),
+        RegistryClient::new(crate::publish::trusting(
+            &[&tokens],
+            &[s.src.host(), s.dst.host()],
             credentials,
-            ca_certificates: reqwest::Certificate::from_pem_bundle(
-                tokens.ca_pem().expect("HTTPS").as_bytes(),
-            )
-            .expect("CA"),
-            ..Default::default()
-        })
+        ))
         .expect("client"),
         4,
     )
