@@ -258,12 +258,23 @@ impl Cluster {
         args: &[&str],
         extra: &[(&'static str, String)],
     ) -> anyhow::Result<FunctionProcess> {
+        let mut p = self.start_function(function, args, extra)?;
+        p.wait_ready(Duration::from_secs(60)).await?;
+        Ok(p)
+    }
+
+    /// Starts a function like [`Cluster::spawn`] without waiting for it to be ready (to start
+    /// several at once, as a cluster does).
+    pub fn start_function(
+        &self,
+        function: &str,
+        args: &[&str],
+        extra: &[(&'static str, String)],
+    ) -> anyhow::Result<FunctionProcess> {
         let mut env = self.env();
         env.extend(extra.iter().cloned());
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let mut p = FunctionProcess::spawn(function, &args, &env)?;
-        p.wait_ready(Duration::from_secs(60)).await?;
-        Ok(p)
+        FunctionProcess::spawn(function, &args, &env)
     }
 
     /// Creates a namespace (an existing one is fine).

@@ -397,6 +397,15 @@ impl ApiServer {
         }
     }
 
+    /// Calls `f` with every stored object of `group`/`plural` (`""` for the core group), in
+    /// place under the store's lock: what a benchmark's sampler reads without a request, so
+    /// sampling neither costs the server serialization nor counts among the requests.
+    pub fn inspect(&self, group: &str, plural: &str, f: impl FnMut(&serde_json::Value)) {
+        if let Ok(store) = self.state.store.lock() {
+            store.each(&format!("{group}/{plural}"), f);
+        }
+    }
+
     /// The current global resourceVersion.
     pub fn resource_version(&self) -> u64 {
         self.state

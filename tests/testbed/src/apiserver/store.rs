@@ -204,6 +204,19 @@ impl Store {
             .collect()
     }
 
+    /// Calls `f` with every object of a resource in all namespaces, in place (no copies).
+    pub fn each(&self, storage_key: &str, mut f: impl FnMut(&Value)) {
+        let start = Key {
+            storage_key: storage_key.to_string(),
+            namespace: String::new(),
+            name: String::new(),
+        };
+        self.objects
+            .range(start..)
+            .take_while(|(k, _)| k.storage_key == storage_key)
+            .for_each(|(_, v)| f(v));
+    }
+
     /// Subscribes to changes after the current resourceVersion.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
         self.changes.subscribe()

@@ -14,7 +14,6 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use kube::Api;
 use kube::api::PostParams;
 use serde_json::json;
-use shared::crd::ImageBackup;
 
 use crate::cluster::Cluster;
 use crate::image::{Format, ImageSpec};
@@ -123,14 +122,15 @@ fn in_flight(o: &serde_json::Value) -> bool {
     patched && !(observed && ready)
 }
 
-fn workload_images(list: Vec<serde_json::Value>) -> Vec<String> {
-    list.into_iter()
-        .filter_map(|o| {
-            o["spec"]["template"]["spec"]["containers"][0]["image"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect()
+/// The ImageBackups that are Completed (read in place, like the workloads).
+fn completed_copies(c: &Cluster) -> usize {
+    let mut completed = 0;
+    c.api.inspect("k8slab.io", "imagebackups", |o| {
+        if o["status"]["phase"] == "Completed" {
+            completed += 1;
+        }
+    });
+    completed
 }
 
 /// Runs one size; returns a Markdown table row.
@@ -187,8 +187,9 @@ pub async fn run(shape: Shape) -> anyhow::Result<String> {
     let started = Instant::now();
     c.namespace("image-backup").await?;
     let quiet = [("LOG_LEVEL", "warn".to_string())];
-    let watcher = c.spawn("watcher", &["run"], &quiet).await?;
-    let backup = c.spawn("backup", &["run"], &quiet).await?;
+    // The three start together, as a cluster starts them.
+    let mut watcher = c.start_function("watcher", &["run"], &quiet)?;
+    let mut backup = c.start_function("backup", &["run"], &quiet)?;
     let rollout_env = [
         ("LOG_LEVEL", "warn".to_string()),
         ("POD_NAMESPACE", "image-backup".to_string()),
@@ -197,34 +198,59 @@ pub async fn run(shape: Shape) -> anyhow::Result<String> {
             shape.max_concurrent_rollouts.to_string(),
         ),
     ];
-    let rollout = c.spawn("rollout", &["run"], &rollout_env).await?;
+    let mut rollout = c.start_function("rollout", &["run"], &rollout_env)?;
+    for p in [&mut watcher, &mut backup, &mut rollout] {
+        p.wait_ready(Duration::from_secs(120)).await?;
+    }
     // Each workload's first and last sighting in flight (Deployments and DaemonSets are two
     // lists, taken one after the other): the peak counts only sightings that overlap in time, so
     // it never counts two workloads together that were not in flight together.
     let mut seen: std::collections::HashMap<String, (Instant, Instant)> = Default::default();
     let deadline = Instant::now() + Duration::from_secs(900);
     let mut rss = [0u64; 3];
+    // Where the time goes (stderr, every 5 s): copies completed and workloads rolled out.
+    let mut reported = Instant::now();
+    let mut copies_done: Option<f64> = None;
     loop {
         for (slot, p) in rss.iter_mut().zip([&watcher, &backup, &rollout]) {
             *slot = (*slot).max(p.peak_rss_kib().unwrap_or(0));
         }
-        let listed_d = Instant::now();
-        let d = list_json::<Deployment>(&c.client).await?;
-        let listed_s = Instant::now();
-        let s = list_json::<DaemonSet>(&c.client).await?;
-        for (list, at, kind) in [(&d, listed_d, "d"), (&s, listed_s, "s")] {
-            for o in list.iter().filter(|o| in_flight(o)) {
-                let key = format!(
-                    "{kind}/{}/{}",
-                    o["metadata"]["namespace"].as_str().unwrap_or(""),
-                    o["metadata"]["name"].as_str().unwrap_or("")
+        // Read in place from the test API server's store: a list of 10,000 realistic objects
+        // every 250 ms would cost the server (and the two cores) more than the functions do.
+        let at = Instant::now();
+        let mut done = 0;
+        for (plural, kind) in [("deployments", "d"), ("daemonsets", "s")] {
+            c.api.inspect("apps", plural, |o| {
+                if o["spec"]["template"]["spec"]["containers"][0]["image"]
+                    .as_str()
+                    .is_some_and(|i| i.contains("@sha256:"))
+                {
+                    done += 1;
+                }
+                if in_flight(o) {
+                    let key = format!(
+                        "{kind}/{}/{}",
+                        o["metadata"]["namespace"].as_str().unwrap_or(""),
+                        o["metadata"]["name"].as_str().unwrap_or("")
+                    );
+                    seen.entry(key).or_insert((at, at)).1 = at;
+                }
+            });
+        }
+        if copies_done.is_none() || reported.elapsed() >= Duration::from_secs(5) {
+            let completed = completed_copies(&c);
+            if copies_done.is_none() && completed >= shape.images {
+                copies_done = Some(started.elapsed().as_secs_f64());
+            }
+            if reported.elapsed() >= Duration::from_secs(5) {
+                reported = Instant::now();
+                eprintln!(
+                    "bench-scale: {:>6.1} s: {completed} copies completed, {done} of {} rolled out",
+                    started.elapsed().as_secs_f64(),
+                    shape.workloads
                 );
-                seen.entry(key).or_insert((at, at)).1 = at;
             }
         }
-        let mut images = workload_images(d);
-        images.extend(workload_images(s));
-        let done = images.iter().filter(|i| i.contains("@sha256:")).count();
         if done == shape.workloads {
             break;
         }
@@ -242,33 +268,36 @@ pub async fn run(shape: Shape) -> anyhow::Result<String> {
     for (slot, p) in rss.iter_mut().zip([&watcher, &backup, &rollout]) {
         *slot = (*slot).max(p.peak_rss_kib().unwrap_or(0));
     }
-    let copies = Api::<ImageBackup>::all(c.client.clone())
-        .list(&Default::default())
-        .await?
-        .items
-        .len();
-    // The poller's own lists are excluded: only the functions' requests count.
-    let requests = c
-        .api
-        .requests()
-        .iter()
-        .filter(|r| {
-            !(r.starts_with("GET /apis/apps/v1/deployments")
-                || r.starts_with("GET /apis/apps/v1/daemonsets"))
-                || r.contains("watch=")
-        })
-        .count();
+    let mut copies = 0;
+    c.api.inspect("k8slab.io", "imagebackups", |_| copies += 1);
+    // The sampler reads in place: every request logged is a function's.
+    let requests = c.api.requests().len();
+    if let Some(at) = copies_done {
+        eprintln!(
+            "bench-scale: all {} copies completed at {at:.1} s",
+            shape.images
+        );
+    }
     // Where the requests go (stderr): method and resource, names and queries left out.
     let mut by_kind: std::collections::BTreeMap<String, usize> = Default::default();
     for r in c.api.requests() {
         let (method, path) = r.split_once(' ').unwrap_or(("?", &r));
         let path = path.split('?').next().unwrap_or("");
         let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-        let resource = match parts.iter().position(|p| *p == "namespaces") {
-            Some(i) if parts.len() > i + 2 => parts[i + 2],
-            _ => parts.last().copied().unwrap_or(""),
+        // /api/v1/[namespaces/NS/]RESOURCE[/NAME[/SUB]], /apis/GROUP/VERSION/[…]
+        let at = if parts.first() == Some(&"api") { 2 } else { 3 };
+        let at = match parts.get(at) {
+            Some(&"namespaces") if parts.len() > at + 2 => at + 2,
+            _ => at,
         };
-        *by_kind.entry(format!("{method} {resource}")).or_default() += 1;
+        let resource = parts.get(at).copied().unwrap_or("");
+        let sub = parts
+            .get(at + 2)
+            .map(|s| format!("/{s}"))
+            .unwrap_or_default();
+        *by_kind
+            .entry(format!("{method} {resource}{sub}"))
+            .or_default() += 1;
     }
     let mut by_kind: Vec<_> = by_kind.into_iter().collect();
     by_kind.sort_by_key(|k| std::cmp::Reverse(k.1));
@@ -296,22 +325,4 @@ pub async fn run(shape: Shape) -> anyhow::Result<String> {
         cpu[1],
         cpu[2],
     ))
-}
-
-/// Every `K` in the cluster, as JSON (what the sampler reads of each workload).
-async fn list_json<K>(client: &kube::Client) -> anyhow::Result<Vec<serde_json::Value>>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + serde::Serialize,
-{
-    Ok(Api::<K>::all(client.clone())
-        .list(&Default::default())
-        .await?
-        .items
-        .into_iter()
-        .map(|o| serde_json::to_value(o).unwrap_or_default())
-        .collect())
 }
