@@ -30,6 +30,7 @@
 //! - [`api_error`]: what a failed Kubernetes API call means: retry now, back off, or record.
 //! - [`kube_events`]: Kubernetes Events recorded the same way by every function.
 //! - [`pull_secrets`]: pull secrets named by a workload or ServiceAccount.
+//! - [`service_accounts`]: ServiceAccounts read for their pull secrets, each reused briefly.
 //!
 //! The crate never depends on the test bed and never on a function.
 #![forbid(unsafe_code)]
@@ -58,6 +59,7 @@ pub mod registry;
 pub mod runtime;
 pub mod secret;
 pub mod serve;
+pub mod service_accounts;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

@@ -15,13 +15,14 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::PostParams;
 use shared::api_error::ApiFailure;
 use shared::error::ErrorClass;
 use shared::reference::Reference;
 use shared::registry::{Access as Scope, RegistryClient, Repo};
+use shared::service_accounts::ServiceAccounts;
 use shared::workload::Workload;
 
 /// The label on the copies the rollout makes (and the only Secrets it ever updates).
@@ -82,6 +83,7 @@ pub enum Need {
 #[derive(Clone)]
 pub struct PullAccess {
     client: kube::Client,
+    accounts: ServiceAccounts,
     source: Option<SecretName>,
     backup_host: String,
     /// For the anonymous pull check (no credentials at all).
@@ -98,6 +100,7 @@ impl PullAccess {
         anonymous: RegistryClient,
     ) -> Self {
         Self {
+            accounts: ServiceAccounts::new(client.clone()),
             client,
             source,
             backup_host: backup_host.to_string(),
@@ -115,8 +118,9 @@ impl PullAccess {
     pub async fn prepare(&self, w: &Workload, targets: &[String]) -> Need {
         let namespace = w.reference().namespace;
         // Already pullable with the workload's own secrets?
-        let sa = match Api::<ServiceAccount>::namespaced(self.client.clone(), &namespace)
-            .get_opt(&w.service_account_name())
+        let sa = match self
+            .accounts
+            .get(&namespace, &w.service_account_name())
             .await
         {
             Ok(sa) => sa,
