@@ -98,6 +98,9 @@ pub struct ClusterState {
     /// Pull secrets by (namespace, name).
     pub secrets: HashMap<(String, String), DockerConfig>,
     pub backups: BTreeMap<String, ImageBackup>,
+    /// What the watch on ImageBackups shows ([`Cluster::known`]); nothing unless a test puts
+    /// something there.
+    pub watched: BTreeMap<String, ImageBackup>,
     version: u64,
     /// Events recorded: (reason, note).
     pub events: Vec<(String, String)>,
@@ -195,6 +198,10 @@ impl Cluster for FakeCluster {
         created.metadata.uid = Some(format!("uid-{name}"));
         s.backups.insert(name, created.clone());
         Ok(created)
+    }
+
+    fn known(&self, name: &str) -> Option<ImageBackup> {
+        self.state().watched.get(name).cloned()
     }
 
     async fn get(&self, name: &str) -> Result<ImageBackup, kube::Error> {

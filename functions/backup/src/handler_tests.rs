@@ -33,6 +33,7 @@ fn settings(lease: Duration) -> Settings {
         lease,
         ttl: None,
         max_attempts: 3,
+        max_copies: 4,
         per_registry: 2,
         max_retry_delay: Duration::from_secs(60),
         naming: naming(),
@@ -462,4 +463,109 @@ async fn two_events_for_one_image_in_one_process_copy_it_once() {
     assert_eq!(fourth.retry_after, Some(Duration::from_secs(8)));
     assert_eq!(w.copies(), 1);
     first.abort();
+}
+
+#[tokio::test]
+async fn an_event_whose_images_the_watch_shows_backed_up_is_answered_without_a_read() {
+    let w = world(Duration::from_secs(30));
+    w.handle(1).await;
+    assert_eq!(w.phase(), Some(Phase::Completed));
+    let completed = w.cluster.backup(&World::name()).unwrap();
+    w.cluster
+        .state()
+        .watched
+        .insert(World::name(), completed.clone());
+    w.cluster.state().calls.clear();
+
+    let outcome = w.handle(2).await;
+    assert!(outcome.events.is_empty() && outcome.retry_after.is_none());
+    assert!(
+        w.cluster.state().calls.is_empty(),
+        "neither the workload nor the ImageBackup read: {:?}",
+        w.cluster.state().calls
+    );
+    assert_eq!(w.copies(), 1, "not copied again");
+
+    // A forged target is never answered from the watch: the full path refuses it.
+    let forged = event(&[(SOURCE, "registry.local/backup/someone_else:1")]);
+    w.handler.handle(forged, Delivered::FIRST).await.unwrap();
+    assert_eq!(w.cluster.state().calls, vec![Call::Workload]);
+
+    // The backup gone from the registry: the full path reads the workload and copies again.
+    w.cluster.state().calls.clear();
+    w.registry.state().digests.clear();
+    w.handle(3).await;
+    assert_eq!(w.cluster.state().calls.first(), Some(&Call::Workload));
+    assert_eq!(w.copies(), 2, "copied again");
+}
+
+#[tokio::test]
+async fn an_image_the_watch_shows_only_copying_is_read_from_the_api() {
+    let w = world(Duration::from_secs(30));
+    let mut copying = ImageBackup::for_source(
+        &Reference::parse_normalized(SOURCE).unwrap(),
+        &Reference::parse_normalized(TARGET).unwrap(),
+    );
+    copying.status = Some(ImageBackupStatus {
+        phase: Some(Phase::Copying),
+        ..Default::default()
+    });
+    w.cluster.state().watched.insert(World::name(), copying);
+    w.handle(1).await;
+    let calls = w.cluster.state().calls.clone();
+    assert_eq!(calls[..2], [Call::Workload, Call::Get], "{calls:?}");
+    assert_eq!(w.phase(), Some(Phase::Completed));
+}
+
+#[tokio::test]
+async fn no_claim_is_taken_while_every_copy_slot_is_busy() {
+    let cluster =
+        FakeCluster::default().with_workload(deployment(&["nginx:1.14.0", "redis:7"], &[]));
+    let registry = FakeRegistry::default();
+    let one_copy = Settings {
+        max_copies: 1,
+        ..settings(Duration::from_secs(30))
+    };
+    let handler = Context::with_ports(
+        cluster.clone(),
+        registry.clone(),
+        one_copy,
+        Metrics::default(),
+    );
+    registry.state().hang = true;
+    let h = handler.clone();
+    let first =
+        tokio::spawn(async move { h.handle(event(&[(SOURCE, TARGET)]), Delivered::FIRST).await });
+    registry.started.notified().await;
+
+    let redis = (
+        "docker.io/library/redis:7",
+        "registry.local/backup/library_redis:7",
+    );
+    let name = shared::naming::image_backup_name(&Reference::parse_normalized(redis.0).unwrap());
+    let h = handler.clone();
+    let second = tokio::spawn(async move { h.handle(event(&[redis]), Delivered::FIRST).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let waiting = cluster.backup(&name).expect("created while it waits");
+    assert!(
+        waiting
+            .status
+            .as_ref()
+            .and_then(|s| s.claim.as_ref())
+            .is_none(),
+        "no claim while waiting for a copy slot: {:?}",
+        waiting.status
+    );
+    assert_eq!(registry.state().copies.len(), 1, "one copy at once");
+
+    // The slot frees: the second image is claimed and copied.
+    registry.state().hang = false;
+    first.abort();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(outcome.retry_after.is_none(), "{outcome:?}");
+    assert_eq!(cluster.backup(&name).unwrap().phase(), Phase::Completed);
 }

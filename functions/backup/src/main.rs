@@ -20,6 +20,9 @@ use shared::runtime::Mode;
 
 /// The CloudEvents `source` of the backup function's events.
 const SOURCE: &str = "/image-backup/backup";
+/// The most events in hand at once: the backup consumer's `max_ack_pending`
+/// (`nats/consumer-backup.json`); JetStream delivers no more than that unacknowledged.
+const MAX_EVENTS: usize = 1000;
 
 /// Backs up images to the backup registry.
 #[derive(Debug, Parser)]
@@ -105,9 +108,14 @@ struct FunctionArgs {
     /// A file holding the backup registry's password (a mounted Secret key).
     #[arg(long, env = "TARGET_PASSWORD_FILE")]
     target_password_file: Option<PathBuf>,
-    /// Images copied at once by this process (also bounds events handled at once).
+    /// Images copied at once by this process.
     #[arg(long, env = "MAX_CONCURRENT_COPIES", default_value_t = 4)]
     max_concurrent_copies: usize,
+    /// Events handled at once by this process (`run`): checking an event against the cluster
+    /// and finding its images backed up already does not wait for a copy slot, so many more
+    /// events than copies can be in hand.
+    #[arg(long, env = "MAX_CONCURRENT_EVENTS", default_value_t = 32)]
+    max_concurrent_events: usize,
     /// Images copied at once from one source registry by this process.
     #[arg(long, env = "PER_REGISTRY_COPIES", default_value_t = 2)]
     per_registry_copies: usize,
@@ -189,6 +197,7 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
         ttl: (args.completed_ttl_seconds > 0)
             .then(|| Duration::from_secs(args.completed_ttl_seconds)),
         max_attempts: args.max_attempts.max(1),
+        max_copies: args.max_concurrent_copies.max(1),
         per_registry: args.per_registry_copies.max(1),
         max_retry_delay: Duration::from_secs(args.max_retry_delay_seconds.max(1)),
         naming: args.backup.naming(),
@@ -246,7 +255,7 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
                 handler,
                 publisher,
                 shared::consumer::ConsumerSettings {
-                    concurrency: args.max_concurrent_copies.max(1),
+                    concurrency: args.max_concurrent_events.clamp(1, MAX_EVENTS),
                     ack_wait,
                     max_redelivery_delay: Duration::from_secs(300),
                 },

@@ -6,17 +6,20 @@
 //! a registry or NATS.
 
 use std::future::Future;
+use std::sync::{Arc, OnceLock};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ObjectReference, ServiceAccount};
 use kube::Api;
 use kube::api::PostParams;
 use kube::runtime::events::EventType;
+use kube::runtime::reflector::{ObjectRef, Store};
 use shared::crd::ImageBackup;
 use shared::events::{WorkloadKind, WorkloadRef};
 use shared::kube_events::{Events, KubeEvents};
 use shared::reference::Reference;
 use shared::registry::auth::DockerConfig;
+use shared::service_accounts::ServiceAccounts;
 use shared::workload::Workload;
 use tokio::sync::watch;
 
@@ -27,7 +30,8 @@ use crate::copy::{ClientOptions, Copier, CopyError, CopySummary, Progress, Regis
 /// ([`shared::api_error::ApiFailure`]) whatever delivers them.
 pub trait Cluster: Events {
     /// The workload `r` names as the cluster has it now (`None`: it does not exist), and the
-    /// ServiceAccount its pods run as (`None`: not found). `r` has been validated.
+    /// ServiceAccount its pods run as (`None`: not found; read at most a few seconds ago,
+    /// [`shared::service_accounts`]). `r` has been validated.
     fn workload(
         &self,
         r: &WorkloadRef,
@@ -41,6 +45,11 @@ pub trait Cluster: Events {
 
     /// Reads the ImageBackup `name`.
     fn get(&self, name: &str) -> impl Future<Output = Result<ImageBackup, kube::Error>> + Send;
+
+    /// The ImageBackup `name` as this process's watch on ImageBackups last saw it (`None`: not
+    /// seen, or no watch yet). It may be behind the API server, so it only answers where an
+    /// old copy is safe: a Completed backup whose digest the registry is then asked for.
+    fn known(&self, name: &str) -> Option<ImageBackup>;
 
     /// Replaces `ib`'s status, guarded by its `resourceVersion` (409 when it changed).
     fn replace_status(
@@ -81,6 +90,9 @@ pub trait Registry: Send + Sync + 'static {
 pub struct KubeCluster {
     client: kube::Client,
     api: Api<ImageBackup>,
+    accounts: ServiceAccounts,
+    /// The requests controller's view of the ImageBackups, once it runs.
+    seen: Arc<OnceLock<Store<ImageBackup>>>,
     events: KubeEvents,
 }
 
@@ -89,9 +101,17 @@ impl KubeCluster {
     pub fn new(client: kube::Client, events: KubeEvents) -> Self {
         Self {
             api: Api::all(client.clone()),
+            accounts: ServiceAccounts::new(client.clone()),
+            seen: Arc::default(),
             client,
             events,
         }
+    }
+
+    /// Answers [`Cluster::known`] from `store` (the requests controller's reflector, which
+    /// watches every ImageBackup anyway). Only the first store given is kept.
+    pub fn share_store(&self, store: Store<ImageBackup>) {
+        let _ = self.seen.set(store);
     }
 }
 
@@ -113,8 +133,8 @@ impl Cluster for KubeCluster {
         };
         let account = match &workload {
             Some(w) => {
-                Api::<ServiceAccount>::namespaced(client, &r.namespace)
-                    .get_opt(&w.service_account_name())
+                self.accounts
+                    .get(&r.namespace, &w.service_account_name())
                     .await?
             }
             None => None,
@@ -128,6 +148,11 @@ impl Cluster for KubeCluster {
 
     async fn get(&self, name: &str) -> Result<ImageBackup, kube::Error> {
         self.api.get(name).await
+    }
+
+    fn known(&self, name: &str) -> Option<ImageBackup> {
+        let store = self.seen.get()?;
+        store.get(&ObjectRef::new(name)).map(|ib| (*ib).clone())
     }
 
     async fn replace_status(&self, ib: &ImageBackup) -> Result<ImageBackup, kube::Error> {

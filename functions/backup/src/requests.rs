@@ -126,7 +126,10 @@ pub async fn run(
     mut shutdown: Shutdown,
 ) {
     let api: Api<ImageBackup> = Api::all(client);
-    Controller::new(api, watcher::Config::default())
+    let controller = Controller::new(api, watcher::Config::default());
+    // The event path answers "already backed up?" from this watch instead of a read per event.
+    handler.share_store(controller.store());
+    controller
         .graceful_shutdown_on(async move { shutdown.wait().await })
         .run(
             reconcile,

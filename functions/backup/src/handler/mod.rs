@@ -2,8 +2,11 @@
 //! / `image.failed` out. Transport-free: the `run` (JetStream) and `serve` (HTTP) adapters drive
 //! the same [`Context::handle`].
 //!
-//! First the event is checked against the cluster ([`crate::admit`]): the workload it names is
-//! read (one GET, and one for its ServiceAccount), and only images that workload runs, with the
+//! An event all of whose images are backed up already (Completed as the watch on ImageBackups
+//! shows, the digest still at the target) changes nothing and is answered at once, without a
+//! read. Otherwise the event is checked against the cluster ([`crate::admit`]): the workload it
+//! names is read (one GET; its ServiceAccount is read at most every few seconds,
+//! [`shared::service_accounts`]), and only images that workload runs, with the
 //! target this backup's naming derives, are backed up, with that workload's pull secrets.
 //! Refused images are counted (`events_rejected_total{reason}`) and logged; nothing is created
 //! for them. Then for each admitted image, independently:
@@ -43,7 +46,7 @@ use shared::naming::image_backup_name;
 use shared::reference::Reference;
 use shared::registry::auth::DockerConfig;
 use shared::workload::Workload;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument as _;
 
 use crate::claim;
@@ -66,6 +69,8 @@ pub struct Settings {
     pub ttl: Option<Duration>,
     /// Copy attempts before a transiently failing image is marked Failed.
     pub max_attempts: u32,
+    /// Copies at once in this process (any registry).
+    pub max_copies: usize,
     /// Copies from one source registry at once in this process.
     pub per_registry: usize,
     /// The longest pause before a retried image is looked at again.
@@ -120,6 +125,8 @@ struct Inner<C, R> {
     metrics: Metrics,
     /// One semaphore per source registry (the per-registry bound).
     registries: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// The process-wide bound on copies.
+    copies: Arc<Semaphore>,
     /// ImageBackups this process is working on: the claim tells workers apart, not two
     /// events handled at once in one worker (same holder), so those meet here.
     local: Arc<Mutex<std::collections::HashSet<String>>>,
@@ -161,11 +168,17 @@ impl Context {
     ) -> Self {
         Self::with_ports(KubeCluster::new(client, events), copier, settings, metrics)
     }
+
+    /// Lets the event path see ImageBackups through `store` ([`KubeCluster::share_store`]).
+    pub fn share_store(&self, store: kube::runtime::reflector::Store<ImageBackup>) {
+        self.inner.cluster.share_store(store);
+    }
 }
 
 impl<C: Cluster, R: Registry> Context<C, R> {
     /// A handler context over any ports (the unit tests' fakes).
     pub fn with_ports(cluster: C, registry: R, settings: Settings, metrics: Metrics) -> Self {
+        let copies = Arc::new(Semaphore::new(settings.max_copies.max(1)));
         Self {
             inner: Arc::new(Inner {
                 cluster,
@@ -173,6 +186,7 @@ impl<C: Cluster, R: Registry> Context<C, R> {
                 settings,
                 metrics,
                 registries: Mutex::new(HashMap::new()),
+                copies,
                 local: Arc::default(),
             }),
         }
@@ -199,6 +213,9 @@ impl<C: Cluster, R: Registry> Context<C, R> {
                     });
                 }
             }
+        }
+        if self.already_backed_up(&w).await {
+            return Ok(Outcome::default());
         }
         let about = w.workload.object_reference();
         let retry =
@@ -257,6 +274,54 @@ impl<C: Cluster, R: Registry> Context<C, R> {
             }
         }
         Ok(outcome)
+    }
+
+    /// True when every image `w` names is backed up already: its target is the naming's, the
+    /// watch on ImageBackups shows it Completed, and the backup registry still has that digest
+    /// under the target. Such an event changes nothing, so it is answered without reading the
+    /// workload or the ImageBackups: at scale most events are (the hundreds of workloads of one
+    /// image, the redeliveries while it was copied). Nothing is created, claimed or copied on
+    /// this path and the event's pull secrets are not used, so it trusts the event no further
+    /// than the full path does; anything else takes the full path.
+    async fn already_backed_up(&self, w: &WorkloadChanged) -> bool {
+        let inner = &self.inner;
+        let mut verified = Vec::with_capacity(w.images.len());
+        for image in &w.images {
+            let parse = |value: &str| {
+                Reference::parse_normalized(value)
+                    .ok()
+                    .map(Reference::with_default_tag)
+            };
+            let (Some(source), Some(target)) = (parse(&image.source), parse(&image.target)) else {
+                return false;
+            };
+            if inner.settings.naming.target(&source).ok().as_ref() != Some(&target) {
+                return false;
+            }
+            let Some(ib) = inner.cluster.known(&image_backup_name(&source)) else {
+                return false;
+            };
+            let digest = ib.status.as_ref().and_then(|s| s.digest.clone());
+            match digest {
+                Some(digest)
+                    if ib.phase() == Phase::Completed
+                        && crate::admit::request(&ib, &inner.settings.naming).is_ok() =>
+                {
+                    verified.push((target, digest));
+                }
+                _ => return false,
+            }
+        }
+        for (target, digest) in &verified {
+            match inner.registry.target_digest(target).await {
+                Ok(Some(d)) if d == *digest => {}
+                _ => return false,
+            }
+        }
+        for _ in &verified {
+            inner.metrics.copy(CopyOutcome::AlreadyCompleted, None);
+        }
+        true
     }
 
     /// Backs up one image; a failed API call is retried after `retry` (a conflict after 2 s),
@@ -339,6 +404,10 @@ impl<C: Cluster, R: Registry> Context<C, R> {
                 }
             }
         }
+        // A copy slot (this source registry's, then the process's) before the claim: a claim
+        // is taken only when its copy can start, so none waits unrenewed behind other copies,
+        // and events about images already backed up are never held up behind copies.
+        let _slots = self.copy_slots(source).await;
         let now = Timestamp::now();
         if let Some(left) = claim::held_by_other(&ib, me, now) {
             inner.metrics.claim(ClaimResult::Busy);
@@ -397,7 +466,8 @@ impl<C: Cluster, R: Registry> Context<C, R> {
 
     /// Reads the ImageBackup, or creates it when it does not exist (and reads it when another
     /// worker created it in between: 409). Read first: all but the first of the many workloads
-    /// that run one image find it there, one request instead of a refused create and a read.
+    /// that run one image find it there, one request instead of a refused create and a read;
+    /// and no read at all when the watch shows it Completed.
     async fn ensure(
         &self,
         source: &Reference,
@@ -405,6 +475,13 @@ impl<C: Cluster, R: Registry> Context<C, R> {
         secrets: &[SecretRef],
     ) -> Result<ImageBackup, kube::Error> {
         let name = image_backup_name(source);
+        // Completed as the watch shows it: the registry check that follows is what decides,
+        // so an old copy is as good as a read.
+        if let Some(ib) = self.inner.cluster.known(&name)
+            && ib.phase() == Phase::Completed
+        {
+            return Ok(ib);
+        }
         match self.inner.cluster.get(&name).await {
             Err(e) if ApiFailure::is_not_found(&e) => {}
             found => return found,
@@ -418,14 +495,23 @@ impl<C: Cluster, R: Registry> Context<C, R> {
         }
     }
 
-    fn registry_permits(&self, registry: &str) -> Arc<Semaphore> {
-        let mut map = match self.inner.registries.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
+    /// Waits for a copy slot from `source`'s registry, then one of the process's (always in
+    /// that order, so two waits never hold each other up); released on drop.
+    async fn copy_slots(&self, source: &Reference) -> Option<[OwnedSemaphorePermit; 2]> {
+        let registry = {
+            let mut map = match self.inner.registries.lock() {
+                Ok(m) => m,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            map.entry(source.domain().to_string())
+                .or_insert_with(|| {
+                    Arc::new(Semaphore::new(self.inner.settings.per_registry.max(1)))
+                })
+                .clone()
         };
-        map.entry(registry.to_string())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.inner.settings.per_registry.max(1))))
-            .clone()
+        let registry = registry.acquire_owned().await.ok()?;
+        let process = self.inner.copies.clone().acquire_owned().await.ok()?;
+        Some([registry, process])
     }
 
     /// The credentials in the image's pull secrets (all in the workload's namespace).

@@ -22,6 +22,7 @@ use crate::status;
 
 impl<C: Cluster, R: Registry> Context<C, R> {
     /// Copies under the claim held in `ib`, renewing it and writing progress; records the end.
+    /// The caller holds the copy slots.
     pub(super) async fn copy_and_record(
         &self,
         ib: ImageBackup,
@@ -31,8 +32,6 @@ impl<C: Cluster, R: Registry> Context<C, R> {
     ) -> ImageResult {
         let inner = &self.inner;
         let name = ib.metadata.name.clone().unwrap_or_default();
-        let permits = self.registry_permits(source.domain());
-        let _permit = permits.acquire_owned().await;
         let extra = self.pull_credentials(secrets).await;
         let (tx, rx) = watch::channel(Progress::default());
         inner.metrics.in_flight.inc();
