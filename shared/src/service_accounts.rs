@@ -25,13 +25,15 @@ pub const TTL: Duration = Duration::from_secs(10);
 pub const CAPACITY: usize = 4096;
 
 type Key = (String, String);
+/// When a ServiceAccount was read, and what was read (`None`: not found).
+type Entry = (Instant, Option<ServiceAccount>);
 
 /// ServiceAccounts by namespace and name, each read at most once per [`TTL`]. Cheap to clone
 /// (one `Arc`): clones share the entries.
 #[derive(Clone)]
 pub struct ServiceAccounts {
     client: kube::Client,
-    entries: Arc<Mutex<HashMap<Key, (Instant, Option<ServiceAccount>)>>>,
+    entries: Arc<Mutex<HashMap<Key, Entry>>>,
 }
 
 impl ServiceAccounts {
