@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use futures::StreamExt as _;
+
 use kube::runtime::reflector::ObjectRef;
 use shared::events::{ImageCompleted, Payload, WorkloadChanged};
 use shared::handler::{Delivered, Handler, Outcome};
@@ -19,6 +21,9 @@ const CACHE_CATCH_UP: Duration = Duration::from_secs(5);
 /// Deliveries after which an event the caches never catch up with is left to the resync
 /// (a workload deleted since, an ImageBackup expired since).
 const MAX_CATCH_UP_DELIVERIES: u64 = 5;
+
+/// Workloads of one event evaluated at once.
+const EVALUATIONS_AT_ONCE: usize = 16;
 
 /// How long before a workload that was not Ready is looked at again.
 const NOT_READY_RETRY: Duration = Duration::from_secs(10);
@@ -131,14 +136,23 @@ impl<P: Ports> Handler for Context<P> {
             RolloutEvent::Completed(c) => self.users_of(&c.source),
             RolloutEvent::Changed(c) => self.workloads.get(&c.workload).into_iter().collect(),
         };
-        for w in targets {
-            // A workload not Ready now (mid-rollout, scaling) is looked at again shortly rather
-            // than at the next resync.
-            if self.decide(&w) == Decision::NotReady && delivered.0 < MAX_NOT_READY_DELIVERIES {
-                outcome.retry_after = Some(NOT_READY_RETRY);
-                continue;
+        // The hundreds of workloads of one image are evaluated a few at a time: each waits on
+        // its registry checks and its patch, not on the others (each patch is guarded alone).
+        let mut evaluations = futures::stream::iter(targets)
+            .map(|w| async move {
+                // A workload not Ready now (mid-rollout, scaling) is looked at again shortly
+                // rather than at the next resync.
+                if self.decide(&w) == Decision::NotReady && delivered.0 < MAX_NOT_READY_DELIVERIES {
+                    return Err(NOT_READY_RETRY);
+                }
+                Ok(self.evaluate(&w).await)
+            })
+            .buffer_unordered(EVALUATIONS_AT_ONCE);
+        while let Some(evaluated) = evaluations.next().await {
+            match evaluated {
+                Ok(event) => outcome.events.extend(event),
+                Err(retry) => outcome.retry_after = Some(retry),
             }
-            outcome.events.extend(self.evaluate(&w).await);
         }
         Ok(outcome)
     }
