@@ -184,6 +184,7 @@ pub async fn run(shape: Shape) -> anyhow::Result<String> {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     c.api.reset_requests();
+    c.api.reset_audit_log();
     let started = Instant::now();
     c.namespace("image-backup").await?;
     let quiet = [("LOG_LEVEL", "warn".to_string())];
@@ -303,6 +304,22 @@ pub async fn run(shape: Shape) -> anyhow::Result<String> {
     by_kind.sort_by_key(|k| std::cmp::Reverse(k.1));
     for (kind, n) in by_kind.iter().take(10) {
         eprintln!("bench-scale: {n:>7} {kind}");
+    }
+    // The requests refused (conflicts, failed guards): work done twice.
+    let mut refused: std::collections::BTreeMap<String, usize> = Default::default();
+    for e in c.api.audit_log().into_iter().filter(|e| e.code >= 400) {
+        let a = &e.attributes;
+        let sub = if a.subresource.is_empty() {
+            String::new()
+        } else {
+            format!("/{}", a.subresource)
+        };
+        *refused
+            .entry(format!("{} {}{sub} {}", a.verb, a.resource, e.code))
+            .or_default() += 1;
+    }
+    for (what, n) in refused {
+        eprintln!("bench-scale: refused {n:>7} {what}");
     }
     let mut stream = c.js.get_stream(shared::nats::STREAM_NAME).await?;
     let messages = stream.info().await?.state.messages;
