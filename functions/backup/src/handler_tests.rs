@@ -569,3 +569,42 @@ async fn no_claim_is_taken_while_every_copy_slot_is_busy() {
     assert!(outcome.retry_after.is_none(), "{outcome:?}");
     assert_eq!(cluster.backup(&name).unwrap().phase(), Phase::Completed);
 }
+
+#[tokio::test]
+async fn an_image_being_copied_here_or_claimed_elsewhere_is_looked_at_later_without_a_read() {
+    let w = world(Duration::from_secs(30));
+    let running = w.copy_in_background().await;
+    w.cluster.state().calls.clear();
+    let outcome = w.handle(4).await;
+    assert!(
+        outcome
+            .retry_after
+            .is_some_and(|d| d >= Duration::from_secs(2)),
+        "{outcome:?}"
+    );
+    assert!(
+        w.cluster.state().calls.is_empty(),
+        "{:?}",
+        w.cluster.state().calls
+    );
+    running.abort();
+    let _ = running.await;
+
+    // Another worker's live claim, as the watch shows it: back when it would run out.
+    let mut claimed = w.cluster.backup(&World::name()).unwrap();
+    claimed.status.as_mut().unwrap().claim = Some(claim::claim(
+        "other",
+        Duration::from_secs(60),
+        Timestamp::now(),
+    ));
+    w.cluster.state().watched.insert(World::name(), claimed);
+    w.cluster.state().calls.clear();
+    let outcome = w.handle(1).await;
+    let after = outcome.retry_after.unwrap();
+    assert!(
+        after > Duration::from_secs(55) && after <= Duration::from_secs(61),
+        "{after:?}"
+    );
+    assert!(w.cluster.state().calls.is_empty());
+    assert_eq!(w.claims(ClaimResult::Busy), 1);
+}

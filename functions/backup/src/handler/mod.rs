@@ -4,7 +4,8 @@
 //!
 //! An event all of whose images are backed up already (Completed as the watch on ImageBackups
 //! shows, the digest still at the target) changes nothing and is answered at once, without a
-//! read. Otherwise the event is checked against the cluster ([`crate::admit`]): the workload it
+//! read; one whose other images are being copied right now comes back after a delay, also
+//! without a read. Otherwise the event is checked against the cluster ([`crate::admit`]): the workload it
 //! names is read (one GET; its ServiceAccount is read at most every few seconds,
 //! [`shared::service_accounts`]), and only images that workload runs, with the
 //! target this backup's naming derives, are backed up, with that workload's pull secrets.
@@ -214,12 +215,12 @@ impl<C: Cluster, R: Registry> Context<C, R> {
                 }
             }
         }
-        if self.already_backed_up(&w).await {
-            return Ok(Outcome::default());
-        }
-        let about = w.workload.object_reference();
         let retry =
             shared::delivery::redelivery_delay(delivered, self.inner.settings.max_retry_delay);
+        if let Some(outcome) = self.without_reading(&w, retry).await {
+            return Ok(outcome);
+        }
+        let about = w.workload.object_reference();
         let (workload, account) = match self.read_workload(&w.workload).await {
             Ok(found) => found,
             Err(e) => {
@@ -276,52 +277,71 @@ impl<C: Cluster, R: Registry> Context<C, R> {
         Ok(outcome)
     }
 
-    /// True when every image `w` names is backed up already: its target is the naming's, the
-    /// watch on ImageBackups shows it Completed, and the backup registry still has that digest
-    /// under the target. Such an event changes nothing, so it is answered without reading the
-    /// workload or the ImageBackups: at scale most events are (the hundreds of workloads of one
-    /// image, the redeliveries while it was copied). Nothing is created, claimed or copied on
-    /// this path and the event's pull secrets are not used, so it trusts the event no further
-    /// than the full path does; anything else takes the full path.
-    async fn already_backed_up(&self, w: &WorkloadChanged) -> bool {
+    /// The answer to `w` when it needs no read of the workload, because it would change
+    /// nothing now: every image it names is backed up already (its target is the naming's, the
+    /// watch on ImageBackups shows it Completed, the backup registry still has that digest under
+    /// the target): done; or each is either that or being copied right now (by this process,
+    /// or under another worker's live claim as the watch shows): look again after `retry`
+    /// (at least 2 s; the claim's time left). At scale most events are one or the other (the
+    /// hundreds of workloads of one image, their redeliveries while it is copied). Nothing is
+    /// created, claimed or copied on this path and the event's pull secrets are not used, so it
+    /// trusts the event no further than the full path does. `None`: the full path.
+    async fn without_reading(&self, w: &WorkloadChanged, retry: Duration) -> Option<Outcome> {
         let inner = &self.inner;
+        let me = inner.settings.holder.as_str();
         let mut verified = Vec::with_capacity(w.images.len());
+        let mut later: Option<Duration> = None;
+        let mut wait = |d: Duration| later = Some(later.map_or(d, |l| l.min(d)));
         for image in &w.images {
             let parse = |value: &str| {
                 Reference::parse_normalized(value)
                     .ok()
                     .map(Reference::with_default_tag)
             };
-            let (Some(source), Some(target)) = (parse(&image.source), parse(&image.target)) else {
-                return false;
-            };
+            let (source, target) = (parse(&image.source)?, parse(&image.target)?);
             if inner.settings.naming.target(&source).ok().as_ref() != Some(&target) {
-                return false;
+                return None;
             }
-            let Some(ib) = inner.cluster.known(&image_backup_name(&source)) else {
-                return false;
-            };
-            let digest = ib.status.as_ref().and_then(|s| s.digest.clone());
-            match digest {
-                Some(digest)
-                    if ib.phase() == Phase::Completed
-                        && crate::admit::request(&ib, &inner.settings.naming).is_ok() =>
-                {
-                    verified.push((target, digest));
-                }
-                _ => return false,
+            let name = image_backup_name(&source);
+            if self.copying_here(&name) {
+                wait(retry.max(Duration::from_secs(2)));
+                continue;
             }
+            let ib = inner.cluster.known(&name)?;
+            if let Some(left) = claim::held_by_other(&ib, me, Timestamp::now()) {
+                inner.metrics.claim(ClaimResult::Busy);
+                wait(left + Duration::from_secs(1));
+                continue;
+            }
+            let digest = ib.status.as_ref().and_then(|s| s.digest.clone())?;
+            if ib.phase() != Phase::Completed
+                || crate::admit::request(&ib, &inner.settings.naming).is_err()
+            {
+                return None;
+            }
+            verified.push((target, digest));
+        }
+        if later.is_some() {
+            return Some(Outcome {
+                events: Vec::new(),
+                retry_after: later,
+            });
         }
         for (target, digest) in &verified {
             match inner.registry.target_digest(target).await {
                 Ok(Some(d)) if d == *digest => {}
-                _ => return false,
+                _ => return None,
             }
         }
         for _ in &verified {
             inner.metrics.copy(CopyOutcome::AlreadyCompleted, None);
         }
-        true
+        Some(Outcome::default())
+    }
+
+    /// Whether this process is working on the ImageBackup `name` right now.
+    fn copying_here(&self, name: &str) -> bool {
+        self.inner.local.lock().is_ok_and(|set| set.contains(name))
     }
 
     /// Backs up one image; a failed API call is retried after `retry` (a conflict after 2 s),
