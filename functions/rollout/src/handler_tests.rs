@@ -600,3 +600,40 @@ async fn the_resync_rolls_out_what_an_event_never_announced_and_counts_what_wait
     assert_eq!(w.metrics.blocked.get(), 1, "redis failed");
     assert_eq!(w.metrics.resyncs.get(), 1);
 }
+
+#[tokio::test]
+async fn a_second_completion_before_the_cache_shows_the_patch_patches_nothing() {
+    let mut w = world();
+    w.run("web", &["nginx:1.14.0", "redis:7.2"]);
+    w.backed_up(NGINX, NGINX_DIGEST, 10);
+    w.backed_up(REDIS, REDIS_DIGEST, 5);
+    assert_eq!(
+        rolled_out(&w.completed(REDIS, REDIS_DIGEST, 1).await).len(),
+        2
+    );
+    // The other image's completion, handled while the cache still holds the workload as it
+    // was before the patch: no second attempt (it could only fail the guard).
+    let other = w.completed(NGINX, NGINX_DIGEST, 1).await;
+    assert!(other.events.is_empty(), "{other:?}");
+    assert_eq!(w.ports.state().patches.len(), 1);
+    assert_eq!(w.patches(PatchOutcome::Conflict), 0);
+
+    // A user's change after the patch (a newer generation in the cache) is evaluated again.
+    w.edit("web", |o| {
+        o["spec"]["template"]["spec"]["containers"][0]["image"] = "nginx:1.15.0".into();
+        o["metadata"]["generation"] = 3.into();
+        o["status"]["observedGeneration"] = 3.into();
+        // The flight ended (the gate took its marker away).
+        o["metadata"]["annotations"]
+            .as_object_mut()
+            .unwrap()
+            .remove(ROLLOUT_ANNOTATION);
+    });
+    w.refresh();
+    w.backed_up("docker.io/library/nginx:1.15.0", NGINX_DIGEST, 1);
+    let changed = w
+        .completed("docker.io/library/nginx:1.15.0", NGINX_DIGEST, 1)
+        .await;
+    assert_eq!(rolled_out(&changed).len(), 1, "{changed:?}");
+    assert_eq!(w.ports.state().patches.len(), 2);
+}

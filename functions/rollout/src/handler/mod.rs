@@ -91,6 +91,10 @@ pub struct Context<P = KubePorts> {
     refilled: Arc<Mutex<Instant>>,
     /// Workloads this process is rolling out right now.
     busy: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// Workloads this process patched, with the generation each patch produced and when: until
+    /// the cache shows that generation, an evaluation of the older one is left out (its patch
+    /// could only fail the guard).
+    patched: Arc<Mutex<HashMap<String, (i64, Instant)>>>,
     /// When a failure to reach the pacing Lease was last logged.
     slot_warned: Arc<Mutex<Option<Instant>>>,
 }
@@ -126,6 +130,7 @@ impl<P> Clone for Context<P> {
             pod_checks: self.pod_checks.clone(),
             refilled: self.refilled.clone(),
             busy: self.busy.clone(),
+            patched: self.patched.clone(),
             slot_warned: self.slot_warned.clone(),
         }
     }
@@ -188,6 +193,7 @@ impl<P: Ports> Context<P> {
             pod_checks: Arc::default(),
             refilled: Arc::new(Mutex::new(Instant::now())),
             busy: Arc::default(),
+            patched: Arc::default(),
             slot_warned: Arc::default(),
         }
     }

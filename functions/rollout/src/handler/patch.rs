@@ -51,7 +51,29 @@ impl Drop for Busy {
     }
 }
 
+/// How long a patch this process made is remembered: the cache shows it well before.
+const PATCH_MEMORY: Duration = Duration::from_secs(60);
+
 impl<P: Ports> Context<P> {
+    /// Whether this process patched `key` to a generation after `cached` (within
+    /// [`PATCH_MEMORY`]).
+    fn patched_since(&self, key: &str, cached: i64) -> bool {
+        self.patched.lock().is_ok_and(|p| {
+            p.get(key)
+                .is_some_and(|(g, at)| *g > cached && at.elapsed() < PATCH_MEMORY)
+        })
+    }
+
+    /// Remembers that `key` was patched to `generation` (what has expired goes first).
+    fn remember_patch(&self, key: &str, generation: i64) {
+        if let Ok(mut p) = self.patched.lock() {
+            if p.len() >= 1024 {
+                p.retain(|_, (_, at)| at.elapsed() < PATCH_MEMORY);
+            }
+            p.insert(key.to_string(), (generation, Instant::now()));
+        }
+    }
+
     /// The backups must still be at the registry, at their digests, before anything points at
     /// them.
     pub(super) async fn verified(&self, changes: &[Change]) -> bool {
@@ -87,6 +109,11 @@ impl<P: Ports> Context<P> {
         let Some(_busy) = Busy::take(&self.busy, &key) else {
             return Attempt::Done(None);
         };
+        // This process patched it moments ago and the cache has not caught up: `w` is the
+        // workload before that patch (an image's other completion, a redelivery).
+        if self.patched_since(&key, w.generation()) {
+            return Attempt::Done(None);
+        }
         let slotted = paced && held.is_none() && !self.dry_run && self.ports.paced();
         if slotted {
             match self
@@ -186,6 +213,7 @@ impl<P: Ports> Context<P> {
         match self.json_patch(w, patch).await {
             Ok(generation) => {
                 self.metrics.patch(PatchOutcome::Patched);
+                self.remember_patch(&Self::key(w), generation);
                 let mut summary: Vec<String> = changes
                     .iter()
                     .map(|c| {
