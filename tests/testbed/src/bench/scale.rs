@@ -185,6 +185,8 @@ pub async fn run(shape: Shape) -> anyhow::Result<String> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     c.api.reset_requests();
     c.api.reset_audit_log();
+    let own_cpu = || crate::function::cpu_seconds_of(std::process::id()).unwrap_or(0.0);
+    let own_cpu_before = own_cpu();
     let started = Instant::now();
     c.namespace("image-backup").await?;
     let quiet = [("LOG_LEVEL", "warn".to_string())];
@@ -265,6 +267,11 @@ pub async fn run(shape: Shape) -> anyhow::Result<String> {
         .iter()
         .map(|p| p.cpu_seconds().unwrap_or(0.0))
         .collect();
+    // This process: the test API server (and the sampler, which reads in place).
+    eprintln!(
+        "bench-scale: the test API server used {:.1} CPU seconds",
+        own_cpu() - own_cpu_before
+    );
     let peak_in_flight = peak_overlap(seen.values().copied());
     for (slot, p) in rss.iter_mut().zip([&watcher, &backup, &rollout]) {
         *slot = (*slot).max(p.peak_rss_kib().unwrap_or(0));
