@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use prometheus_client::encoding::EncodeLabelValue;
 use shared::NamingPolicy;
 use shared::crd::{ImageBackup, SecretRef};
-use shared::events::WorkloadChanged;
+use shared::events::{WorkloadChanged, WorkloadImage};
 use shared::naming::image_backup_name;
 use shared::reference::Reference;
 use shared::workload::Workload;
@@ -86,6 +86,27 @@ fn runs_backup(workload: Option<&Workload>, target: &Reference) -> bool {
     })
 }
 
+/// An image of an event as the backup reads it: its source and target, normalized (default
+/// tag), and the target the one this backup's naming derives from the source. The one reading
+/// of an event's image, for [`admit`] and for the handler's answer without a read.
+pub fn event_image(
+    image: &WorkloadImage,
+    naming: &NamingPolicy,
+) -> Result<(Reference, Reference), RejectReason> {
+    let parse = |value: &str| {
+        Reference::parse_normalized(value)
+            .ok()
+            .map(Reference::with_default_tag)
+    };
+    let (Some(source), Some(target)) = (parse(&image.source), parse(&image.target)) else {
+        return Err(RejectReason::InvalidReference);
+    };
+    if naming.target(&source).ok().as_ref() != Some(&target) {
+        return Err(RejectReason::TargetMismatch);
+    }
+    Ok((source, target))
+}
+
 /// Decides which images of `event` to back up, given the workload as the cluster has it now
 /// (`None`: it does not exist) and its ServiceAccount.
 pub fn admit(
@@ -110,22 +131,14 @@ pub fn admit(
             source: image.source.chars().take(300).collect(),
             reason,
         };
-        let parse = |value: &str| {
-            Reference::parse_normalized(value)
-                .ok()
-                .map(Reference::with_default_tag)
+        let (source, target) = match event_image(image, naming) {
+            Ok(pair) => pair,
+            Err(reason) => {
+                admission.rejected.push(reject(reason));
+                continue;
+            }
         };
-        let (Some(source), Some(target)) = (parse(&image.source), parse(&image.target)) else {
-            admission
-                .rejected
-                .push(reject(RejectReason::InvalidReference));
-            continue;
-        };
-        if naming.target(&source).ok().as_ref() != Some(&target) {
-            admission
-                .rejected
-                .push(reject(RejectReason::TargetMismatch));
-        } else if workload.is_none() {
+        if workload.is_none() {
             admission
                 .rejected
                 .push(reject(RejectReason::WorkloadNotFound));

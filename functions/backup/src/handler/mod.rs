@@ -293,15 +293,7 @@ impl<C: Cluster, R: Registry> Context<C, R> {
         let mut later: Option<Duration> = None;
         let mut wait = |d: Duration| later = Some(later.map_or(d, |l| l.min(d)));
         for image in &w.images {
-            let parse = |value: &str| {
-                Reference::parse_normalized(value)
-                    .ok()
-                    .map(Reference::with_default_tag)
-            };
-            let (source, target) = (parse(&image.source)?, parse(&image.target)?);
-            if inner.settings.naming.target(&source).ok().as_ref() != Some(&target) {
-                return None;
-            }
+            let (source, target) = crate::admit::event_image(image, &inner.settings.naming).ok()?;
             let name = image_backup_name(&source);
             if self.copying_here(&name) {
                 wait(retry.max(Duration::from_secs(2)));
