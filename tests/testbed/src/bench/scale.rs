@@ -100,11 +100,16 @@ fn peak_overlap(intervals: impl Iterator<Item = (Instant, Instant)>) -> usize {
     usize::try_from(peak).unwrap_or(0)
 }
 
+/// Whether a workload (JSON) runs its first container pinned by digest (rolled out).
+fn pinned(o: &serde_json::Value) -> bool {
+    o["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .is_some_and(|i| i.contains("@sha256:"))
+}
+
 /// Whether a workload (JSON) is patched to a digest and not yet Ready at its generation.
 fn in_flight(o: &serde_json::Value) -> bool {
-    let patched = o["spec"]["template"]["spec"]["containers"][0]["image"]
-        .as_str()
-        .is_some_and(|i| i.contains("@sha256:"));
+    let patched = pinned(o);
     let st = &o["status"];
     let generation = o["metadata"]["generation"].as_i64().unwrap_or(0);
     let observed = st["observedGeneration"].as_i64().unwrap_or(0) >= generation;
@@ -224,10 +229,7 @@ pub async fn run(shape: Shape) -> anyhow::Result<String> {
         let mut done = 0;
         for (plural, kind) in [("deployments", "d"), ("daemonsets", "s")] {
             c.api.inspect("apps", plural, |o| {
-                if o["spec"]["template"]["spec"]["containers"][0]["image"]
-                    .as_str()
-                    .is_some_and(|i| i.contains("@sha256:"))
-                {
+                if pinned(o) {
                     done += 1;
                 }
                 if in_flight(o) {
@@ -286,44 +288,27 @@ pub async fn run(shape: Shape) -> anyhow::Result<String> {
             shape.images
         );
     }
-    // Where the requests go (stderr): method and resource, names and queries left out.
+    // Where the requests go, and which were refused (failed guards, not found: work done for
+    // nothing), by verb and resource as the test API server resolved them (its audit log).
     let mut by_kind: std::collections::BTreeMap<String, usize> = Default::default();
-    for r in c.api.requests() {
-        let (method, path) = r.split_once(' ').unwrap_or(("?", &r));
-        let path = path.split('?').next().unwrap_or("");
-        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-        // /api/v1/[namespaces/NS/]RESOURCE[/NAME[/SUB]], /apis/GROUP/VERSION/[…]
-        let at = if parts.first() == Some(&"api") { 2 } else { 3 };
-        let at = match parts.get(at) {
-            Some(&"namespaces") if parts.len() > at + 2 => at + 2,
-            _ => at,
-        };
-        let resource = parts.get(at).copied().unwrap_or("");
-        let sub = parts
-            .get(at + 2)
-            .map(|s| format!("/{s}"))
-            .unwrap_or_default();
-        *by_kind
-            .entry(format!("{method} {resource}{sub}"))
-            .or_default() += 1;
-    }
-    let mut by_kind: Vec<_> = by_kind.into_iter().collect();
-    by_kind.sort_by_key(|k| std::cmp::Reverse(k.1));
-    for (kind, n) in by_kind.iter().take(10) {
-        eprintln!("bench-scale: {n:>7} {kind}");
-    }
-    // The requests refused (conflicts, failed guards): work done twice.
     let mut refused: std::collections::BTreeMap<String, usize> = Default::default();
-    for e in c.api.audit_log().into_iter().filter(|e| e.code >= 400) {
+    for e in c.api.audit_log() {
         let a = &e.attributes;
         let sub = if a.subresource.is_empty() {
             String::new()
         } else {
             format!("/{}", a.subresource)
         };
-        *refused
-            .entry(format!("{} {}{sub} {}", a.verb, a.resource, e.code))
-            .or_default() += 1;
+        let what = format!("{} {}{sub}", a.verb, a.resource);
+        if e.code >= 400 {
+            *refused.entry(format!("{what} {}", e.code)).or_default() += 1;
+        }
+        *by_kind.entry(what).or_default() += 1;
+    }
+    let mut by_kind: Vec<_> = by_kind.into_iter().collect();
+    by_kind.sort_by_key(|k| std::cmp::Reverse(k.1));
+    for (kind, n) in by_kind.iter().take(10) {
+        eprintln!("bench-scale: {n:>7} {kind}");
     }
     for (what, n) in refused {
         eprintln!("bench-scale: refused {n:>7} {what}");
