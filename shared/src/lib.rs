@@ -54,6 +54,7 @@ pub mod naming;
 pub mod nats;
 pub mod publish;
 pub mod pull_secrets;
+pub mod recent;
 pub mod reference;
 pub mod registry;
 pub mod runtime;

@@ -11,7 +11,6 @@
 //!
 //! A read, not a watch, so the functions need only `get` on ServiceAccounts.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,21 +18,22 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::Api;
 use kube::api::ObjectMeta;
 
+use crate::recent::Recent;
+
 /// How long a ServiceAccount read is reused.
 pub const TTL: Duration = Duration::from_secs(10);
 /// The most ServiceAccounts held at once.
 pub const CAPACITY: usize = 4096;
 
 type Key = (String, String);
-/// When a ServiceAccount was read, and what was read (`None`: not found).
-type Entry = (Instant, Option<ServiceAccount>);
 
 /// ServiceAccounts by namespace and name, each read at most once per [`TTL`]. Cheap to clone
 /// (one `Arc`): clones share the entries.
 #[derive(Clone)]
 pub struct ServiceAccounts {
     client: kube::Client,
-    entries: Arc<Mutex<HashMap<Key, Entry>>>,
+    /// What was read (`None`: not found), by namespace and name.
+    entries: Arc<Mutex<Recent<Key, Option<ServiceAccount>>>>,
 }
 
 impl ServiceAccounts {
@@ -41,7 +41,7 @@ impl ServiceAccounts {
     pub fn new(client: kube::Client) -> Self {
         Self {
             client,
-            entries: Arc::default(),
+            entries: Arc::new(Mutex::new(Recent::new(TTL, CAPACITY))),
         }
     }
 
@@ -65,24 +65,13 @@ impl ServiceAccounts {
     }
 
     fn fresh(&self, key: &Key, now: Instant) -> Option<Option<ServiceAccount>> {
-        let entries = self.entries.lock().ok()?;
-        entries
-            .get(key)
-            .filter(|(at, _)| now.saturating_duration_since(*at) < TTL)
-            .map(|(_, sa)| sa.clone())
+        self.entries.lock().ok()?.get(key, now).cloned()
     }
 
     fn keep(&self, key: Key, sa: Option<ServiceAccount>, now: Instant) {
-        let Ok(mut entries) = self.entries.lock() else {
-            return;
-        };
-        if entries.len() >= CAPACITY {
-            entries.retain(|_, (at, _)| now.saturating_duration_since(*at) < TTL);
-            if entries.len() >= CAPACITY {
-                entries.clear();
-            }
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.insert(key, sa, now);
         }
-        entries.insert(key, (now, sa));
     }
 }
 

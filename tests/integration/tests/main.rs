@@ -12,6 +12,7 @@ mod demo;
 mod deploy;
 mod docs_design;
 mod hostile_registry;
+mod kube_events;
 mod kubectl;
 mod kubectl_session;
 mod least_privilege;

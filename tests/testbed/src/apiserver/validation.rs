@@ -587,6 +587,10 @@ fn builtin_rules(
                     required(f);
                 }
             }
+            let series = &object["series"];
+            if !series.is_null() && missing(&series["lastObservedTime"]) {
+                required("series.lastObservedTime");
+            }
             if !matches!(object["type"].as_str(), Some("Normal" | "Warning")) {
                 causes.push(Cause {
                     reason: "FieldValueNotSupported",
@@ -595,6 +599,13 @@ fn builtin_rules(
                         "Unsupported value: {}: supported values: \"Normal\", \"Warning\"",
                         shown(&object["type"])
                     ),
+                });
+            }
+            if !series.is_null() && series["count"].as_i64().is_none_or(|c| c < 2) {
+                causes.push(Cause {
+                    reason: "FieldValueInvalid",
+                    field: "series.count".into(),
+                    message: "Invalid value: should be at least 2".into(),
                 });
             }
             if object["note"].as_str().is_some_and(|n| n.len() > 1024) {
@@ -732,5 +743,35 @@ mod tests {
             causes[0].message,
             "Invalid value: -1: must be greater than or equal to 0"
         );
+    }
+}
+
+#[cfg(test)]
+mod event_tests {
+    use super::*;
+
+    #[test]
+    fn an_event_series_counts_from_two_and_has_a_last_observed_time() {
+        let r = super::super::resources::find_builtin("events.k8s.io", "events").expect("events");
+        let event = |series: Value| {
+            json!({"metadata": {"name": "e", "namespace": "d"}, "eventTime": "2026-01-01T00:00:00.000000Z",
+                   "reportingController": "c", "reportingInstance": "i", "action": "A", "reason": "R",
+                   "type": "Normal", "series": series})
+        };
+        let fields = |series: Value| {
+            let mut causes = Vec::new();
+            builtin_rules(&r, &event(series), None, &mut causes);
+            causes.into_iter().map(|c| c.field).collect::<Vec<_>>()
+        };
+        assert!(fields(Value::Null).is_empty());
+        assert!(
+            fields(json!({"count": 2, "lastObservedTime": "2026-01-01T00:00:01.000000Z"}))
+                .is_empty()
+        );
+        assert_eq!(
+            fields(json!({"count": 1, "lastObservedTime": "2026-01-01T00:00:01.000000Z"})),
+            ["series.count"]
+        );
+        assert_eq!(fields(json!({"count": 3})), ["series.lastObservedTime"]);
     }
 }
