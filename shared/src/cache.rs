@@ -2,11 +2,11 @@
 //! Deployments and DaemonSets, seen as [`Workload`]s. Reading a cache never calls the API.
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::PodSpec;
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::events::{WorkloadKind, WorkloadRef};
 use crate::lean::{Decoded, Lean};
+use crate::slim::{Slim, SlimPod};
 use crate::workload::Workload;
 
 /// What a cache keeps of an object: everything the functions read, nothing they do not.
@@ -34,7 +34,7 @@ fn trim_workload_meta(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1:
     meta.finalizers = None;
 }
 
-fn trim_pod_spec(spec: &mut PodSpec) {
+fn trim_pod_spec(spec: &mut k8s_openapi::api::core::v1::PodSpec) {
     use k8s_openapi::api::core::v1::Container;
     let keep = |containers: &mut Vec<Container>| {
         containers
@@ -46,7 +46,7 @@ fn trim_pod_spec(spec: &mut PodSpec) {
             })
             .collect::<Vec<_>>()
     };
-    *spec = PodSpec {
+    *spec = k8s_openapi::api::core::v1::PodSpec {
         containers: keep(&mut spec.containers),
         init_containers: spec.init_containers.as_mut().map(keep),
         image_pull_secrets: spec.image_pull_secrets.take(),
@@ -121,15 +121,7 @@ impl Trim for crate::crd::ImageBackup {
 /// What a cache can hold: a Kubernetes object the reflector can decode (leanly, through
 /// [`Lean`]), trim and share between tasks (every `K` the functions watch).
 pub trait Cached:
-    kube::Resource<DynamicType = ()>
-    + Lean
-    + Trim
-    + Clone
-    + std::fmt::Debug
-    + serde::de::DeserializeOwned
-    + Send
-    + Sync
-    + 'static
+    kube::Resource<DynamicType = ()> + Lean + Trim + Clone + std::fmt::Debug + Send + Sync + 'static
 {
 }
 
@@ -139,7 +131,6 @@ impl<K> Cached for K where
         + Trim
         + Clone
         + std::fmt::Debug
-        + serde::de::DeserializeOwned
         + Send
         + Sync
         + 'static
@@ -177,13 +168,14 @@ where
     .reflect(writer)
 }
 
-/// Reflector stores of Deployments and DaemonSets. Cheap to clone.
+/// Reflector stores of Deployments and DaemonSets, each held [slim](Slim) and built whole
+/// only when read. Cheap to clone.
 #[derive(Clone)]
 pub struct WorkloadCache {
     /// The Deployments store.
-    pub deployments: Store<Deployment>,
+    pub deployments: Store<Slim<Deployment>>,
     /// The DaemonSets store.
-    pub daemonsets: Store<DaemonSet>,
+    pub daemonsets: Store<Slim<DaemonSet>>,
 }
 
 impl WorkloadCache {
@@ -193,57 +185,65 @@ impl WorkloadCache {
             WorkloadKind::Deployment => self
                 .deployments
                 .get(&ObjectRef::new(&r.name).within(&r.namespace))
-                .map(|d| Workload::Deployment(Box::new(d.as_ref().clone()))),
+                .map(|d| Workload::Deployment(Box::new(d.full()))),
             WorkloadKind::DaemonSet => self
                 .daemonsets
                 .get(&ObjectRef::new(&r.name).within(&r.namespace))
-                .map(|d| Workload::DaemonSet(Box::new(d.as_ref().clone()))),
+                .map(|d| Workload::DaemonSet(Box::new(d.full()))),
         }
     }
 
-    /// Every cached workload, each cloned only when the iterator reaches it: a pass over
-    /// thousands of workloads holds one copy at a time, not a copy of the cache (at 6,000
+    /// Every cached workload, each built only when the iterator reaches it: a pass over
+    /// thousands of workloads holds one at a time, not a copy of the cache (at 6,000
     /// workloads the rollout's resync held 26 MiB of copies at its peak).
     pub fn each(&self) -> impl Iterator<Item = Workload> + Send + use<> {
         let d = self
             .deployments
             .state()
             .into_iter()
-            .map(|d| Workload::Deployment(Box::new(d.as_ref().clone())));
+            .map(|d| Workload::Deployment(Box::new(d.full())));
         let s = self
             .daemonsets
             .state()
             .into_iter()
-            .map(|d| Workload::DaemonSet(Box::new(d.as_ref().clone())));
+            .map(|d| Workload::DaemonSet(Box::new(d.full())));
         d.chain(s)
     }
 
-    /// The cached workloads whose pod spec satisfies `keep`, cloning only those (an event that
-    /// concerns a few workloads of thousands must not copy them all).
-    pub fn filter(&self, keep: impl Fn(&PodSpec) -> bool) -> Vec<Workload> {
-        let d = self.deployments.state().into_iter().filter_map(|d| {
-            let spec = d.spec.as_ref()?.template.spec.as_ref()?;
-            keep(spec).then(|| Workload::Deployment(Box::new(d.as_ref().clone())))
-        });
-        let s = self.daemonsets.state().into_iter().filter_map(|d| {
-            let spec = d.spec.as_ref()?.template.spec.as_ref()?;
-            keep(spec).then(|| Workload::DaemonSet(Box::new(d.as_ref().clone())))
-        });
+    /// The cached workloads whose pod spec satisfies `keep` (it sees the slim pod spec: the
+    /// images, pull secrets, service account), building only those (an event that concerns a
+    /// few workloads of thousands must not build them all).
+    pub fn filter(&self, keep: impl Fn(&SlimPod) -> bool) -> Vec<Workload> {
+        let d = self
+            .deployments
+            .state()
+            .into_iter()
+            .filter_map(|d| keep(d.pod()?).then(|| Workload::Deployment(Box::new(d.full()))));
+        let s = self
+            .daemonsets
+            .state()
+            .into_iter()
+            .filter_map(|d| keep(d.pod()?).then(|| Workload::DaemonSet(Box::new(d.full()))));
         d.chain(s).collect()
     }
 
-    /// The cached workloads that carry annotation `key`, cloning only those (the rollout's
+    /// The cached workloads that carry annotation `key`, building only those (the rollout's
     /// in-flight workloads among thousands).
     pub fn annotated(&self, key: &str) -> Vec<Workload> {
+        use kube::Resource as _;
         let has = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
             m.annotations.as_ref().is_some_and(|a| a.contains_key(key))
         };
-        let d = self.deployments.state().into_iter().filter_map(|d| {
-            has(&d.metadata).then(|| Workload::Deployment(Box::new(d.as_ref().clone())))
-        });
-        let s = self.daemonsets.state().into_iter().filter_map(|d| {
-            has(&d.metadata).then(|| Workload::DaemonSet(Box::new(d.as_ref().clone())))
-        });
+        let d = self
+            .deployments
+            .state()
+            .into_iter()
+            .filter_map(|d| has(d.meta()).then(|| Workload::Deployment(Box::new(d.full()))));
+        let s = self
+            .daemonsets
+            .state()
+            .into_iter()
+            .filter_map(|d| has(d.meta()).then(|| Workload::DaemonSet(Box::new(d.full()))));
         d.chain(s).collect()
     }
 

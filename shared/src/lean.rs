@@ -8,18 +8,13 @@
 //!
 //! [`Decoded<K>`] is `K` as the API returns it, through [`Lean::Wire`]; kube's `Api` and
 //! watcher work on it as on `K` (it is a [`kube::Resource`] of the same kind), and
-//! [`crate::cache::reflect`] hands the caches plain `K`s. A unit test pins that the lean parse
-//! keeps exactly what parsing everything and trimming keeps.
+//! [`crate::cache::reflect`] hands the caches plain `K`s. Workloads are parsed straight into
+//! their [slim](crate::slim) form, the one the caches hold. A unit test pins that the lean
+//! parse keeps exactly what parsing everything and trimming keeps.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{
-    DaemonSet, DaemonSetSpec, DaemonSetStatus, DaemonSetUpdateStrategy, Deployment,
-    DeploymentCondition, DeploymentSpec, DeploymentStatus,
-};
-use k8s_openapi::api::core::v1::{Container, LocalObjectReference, PodSpec, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde::Deserialize;
 
 /// A type with a lean wire form: what is parsed off the API, turned into `Self`.
@@ -41,29 +36,43 @@ impl<'de, K: Lean> Deserialize<'de> for Decoded<K> {
     }
 }
 
-impl<K: kube::Resource<DynamicType = ()>> kube::Resource for Decoded<K> {
-    type DynamicType = ();
-    type Scope = K::Scope;
+/// Implements [`kube::Resource`] for `$wrapper<K>`, a form of `K` that is the same
+/// Kubernetes kind (its kind, group, version and plural are `K`'s), whose metadata the two
+/// closures reach: kube's `Api` and watcher then work on it as on `K`.
+macro_rules! same_kind {
+    ($wrapper:ident<K: $bound:path>, |$o:ident| $meta:expr, |$m:ident| $meta_mut:expr) => {
+        impl<K: $bound> kube::Resource for $wrapper<K> {
+            type DynamicType = ();
+            type Scope = K::Scope;
 
-    fn kind(dt: &()) -> Cow<'_, str> {
-        K::kind(dt)
-    }
-    fn group(dt: &()) -> Cow<'_, str> {
-        K::group(dt)
-    }
-    fn version(dt: &()) -> Cow<'_, str> {
-        K::version(dt)
-    }
-    fn plural(dt: &()) -> Cow<'_, str> {
-        K::plural(dt)
-    }
-    fn meta(&self) -> &ObjectMeta {
-        self.0.meta()
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        self.0.meta_mut()
-    }
+            fn kind(dt: &()) -> std::borrow::Cow<'_, str> {
+                K::kind(dt)
+            }
+            fn group(dt: &()) -> std::borrow::Cow<'_, str> {
+                K::group(dt)
+            }
+            fn version(dt: &()) -> std::borrow::Cow<'_, str> {
+                K::version(dt)
+            }
+            fn plural(dt: &()) -> std::borrow::Cow<'_, str> {
+                K::plural(dt)
+            }
+            fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                let $o = self;
+                $meta
+            }
+            fn meta_mut(
+                &mut self,
+            ) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                let $m = self;
+                $meta_mut
+            }
+        }
+    };
 }
+pub(crate) use same_kind;
+
+same_kind!(Decoded<K: kube::Resource<DynamicType = ()>>, |o| o.0.meta(), |o| o.0.meta_mut());
 
 /// A type parsed whole (small objects the caches also hold: Namespaces, ServiceAccounts,
 /// ImageBackups).
@@ -120,166 +129,22 @@ impl From<WireMeta> for ObjectMeta {
     }
 }
 
-/// A container: its name and image.
+/// A workload (Deployment or DaemonSet, with status `S`) as parsed off the API: the metadata
+/// without what no function reads, the spec already [slim](crate::slim::SlimSpec) (the pod
+/// template's metadata, probes, env, resources, volumes and the rest skipped unbuilt).
 #[derive(Deserialize)]
-struct WireContainer {
-    #[serde(default)]
-    name: String,
-    image: Option<String>,
-}
-
-impl From<WireContainer> for Container {
-    fn from(w: WireContainer) -> Self {
-        Container {
-            name: w.name,
-            image: w.image,
-            ..Default::default()
-        }
-    }
-}
-
-/// A pod template: no metadata; of the spec the service account, pull secrets and containers.
-#[derive(Deserialize, Default)]
-struct WireTemplate {
-    spec: Option<WirePodSpec>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct WirePodSpec {
-    #[serde(default)]
-    containers: Vec<WireContainer>,
-    init_containers: Option<Vec<WireContainer>>,
-    image_pull_secrets: Option<Vec<LocalObjectReference>>,
-    service_account_name: Option<String>,
-    service_account: Option<String>,
-}
-
-impl From<WireTemplate> for PodTemplateSpec {
-    fn from(w: WireTemplate) -> Self {
-        let containers = |list: Vec<WireContainer>| list.into_iter().map(Container::from).collect();
-        PodTemplateSpec {
-            metadata: None,
-            spec: w.spec.map(|s| PodSpec {
-                containers: containers(s.containers),
-                init_containers: s.init_containers.map(containers),
-                image_pull_secrets: s.image_pull_secrets,
-                service_account_name: s.service_account_name,
-                service_account: s.service_account,
-                ..Default::default()
-            }),
-        }
-    }
-}
-
-/// A Deployment without what no function reads (see [`crate::cache::Trim`]).
-#[derive(Deserialize)]
-pub struct WireDeployment {
-    metadata: WireMeta,
-    spec: Option<WireDeploymentSpec>,
-    status: Option<DeploymentStatus>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct WireDeploymentSpec {
-    min_ready_seconds: Option<i32>,
-    paused: Option<bool>,
-    progress_deadline_seconds: Option<i32>,
-    replicas: Option<i32>,
-    revision_history_limit: Option<i32>,
-    #[serde(default)]
-    selector: LabelSelector,
-    #[serde(default)]
-    template: WireTemplate,
-}
-
-impl Lean for Deployment {
-    type Wire = WireDeployment;
-
-    fn from_wire(w: WireDeployment) -> Self {
-        Deployment {
-            metadata: w.metadata.into(),
-            spec: w.spec.map(|s| DeploymentSpec {
-                min_ready_seconds: s.min_ready_seconds,
-                paused: s.paused,
-                progress_deadline_seconds: s.progress_deadline_seconds,
-                replicas: s.replicas,
-                revision_history_limit: s.revision_history_limit,
-                selector: s.selector,
-                strategy: None,
-                template: s.template.into(),
-            }),
-            status: w.status.map(|mut status| {
-                // Of each condition its type and status (the messages are not read).
-                for c in status.conditions.iter_mut().flatten() {
-                    *c = DeploymentCondition {
-                        type_: std::mem::take(&mut c.type_),
-                        status: std::mem::take(&mut c.status),
-                        ..Default::default()
-                    };
-                }
-                status
-            }),
-        }
-    }
-}
-
-/// A DaemonSet without what no function reads (see [`crate::cache::Trim`]).
-#[derive(Deserialize)]
-pub struct WireDaemonSet {
-    metadata: WireMeta,
-    spec: Option<WireDaemonSetSpec>,
-    status: Option<DaemonSetStatus>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct WireDaemonSetSpec {
-    min_ready_seconds: Option<i32>,
-    revision_history_limit: Option<i32>,
-    #[serde(default)]
-    selector: LabelSelector,
-    #[serde(default)]
-    template: WireTemplate,
-    update_strategy: Option<WireUpdateStrategy>,
-}
-
-/// The update strategy's type only (`OnDelete` holds a rollout).
-#[derive(Deserialize)]
-struct WireUpdateStrategy {
-    #[serde(rename = "type")]
-    type_: Option<String>,
-}
-
-impl Lean for DaemonSet {
-    type Wire = WireDaemonSet;
-
-    fn from_wire(w: WireDaemonSet) -> Self {
-        DaemonSet {
-            metadata: w.metadata.into(),
-            spec: w.spec.map(|s| DaemonSetSpec {
-                min_ready_seconds: s.min_ready_seconds,
-                revision_history_limit: s.revision_history_limit,
-                selector: s.selector,
-                template: s.template.into(),
-                update_strategy: s.update_strategy.map(|u| DaemonSetUpdateStrategy {
-                    rolling_update: None,
-                    type_: u.type_,
-                }),
-            }),
-            status: w.status.map(|status| DaemonSetStatus {
-                conditions: None,
-                ..status
-            }),
-        }
-    }
+pub struct WireWorkload<S> {
+    pub(crate) metadata: WireMeta,
+    pub(crate) spec: Option<crate::slim::SlimSpec>,
+    pub(crate) status: Option<S>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cache::Trim;
+    use crate::slim::Slim;
+    use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 
     /// Everything an API server sends about a workload: `managedFields`, labels, owners,
     /// finalizers, template metadata, probes, env, resources, volumes, condition messages.
@@ -337,7 +202,8 @@ mod tests {
     #[test]
     fn the_lean_parse_keeps_exactly_what_parsing_everything_and_trimming_keeps() {
         let json = rich("Deployment").to_string();
-        let Decoded(lean) = serde_json::from_str::<Decoded<Deployment>>(&json).expect("lean");
+        let Decoded(lean) = serde_json::from_str::<Decoded<Slim<Deployment>>>(&json).expect("lean");
+        let lean = lean.full();
         let mut whole: Deployment = serde_json::from_str(&json).expect("whole");
         assert!(whole.metadata.managed_fields.is_some());
         whole.trim();
@@ -345,7 +211,8 @@ mod tests {
         assert_eq!(lean.metadata.resource_version.as_deref(), Some("42"));
 
         let json = rich("DaemonSet").to_string();
-        let Decoded(lean) = serde_json::from_str::<Decoded<DaemonSet>>(&json).expect("lean");
+        let Decoded(lean) = serde_json::from_str::<Decoded<Slim<DaemonSet>>>(&json).expect("lean");
+        let lean = lean.full();
         let mut whole: DaemonSet = serde_json::from_str(&json).expect("whole");
         whole.trim();
         assert_eq!(lean, whole);
@@ -362,9 +229,9 @@ mod tests {
     fn a_decoded_workload_is_the_same_kubernetes_resource() {
         use kube::Resource as _;
         assert_eq!(
-            Decoded::<Deployment>::url_path(&(), Some("shop")),
+            Decoded::<Slim<Deployment>>::url_path(&(), Some("shop")),
             Deployment::url_path(&(), Some("shop"))
         );
-        assert_eq!(Decoded::<DaemonSet>::kind(&()), "DaemonSet");
+        assert_eq!(Decoded::<Slim<DaemonSet>>::kind(&()), "DaemonSet");
     }
 }

@@ -62,6 +62,7 @@ pub mod secret;
 pub mod serve;
 pub mod service_accounts;
 pub mod shutdown;
+pub mod slim;
 pub mod telemetry;
 pub mod tls;
 pub mod workload;

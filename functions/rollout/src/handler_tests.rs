@@ -3,6 +3,7 @@
 //! NATS. The fake applies the rollout's own JSON patches, so a guard that would not hold on a
 //! real API server does not hold here either.
 
+use shared::slim::Slim;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
@@ -76,7 +77,7 @@ fn reference(name: &str) -> WorkloadRef {
 
 struct World {
     ports: FakePorts,
-    deployments: Writer<Deployment>,
+    deployments: Writer<Slim<Deployment>>,
     backups: Writer<ImageBackup>,
     metrics: Metrics,
     published: Collected,
@@ -88,8 +89,8 @@ fn world() -> World {
 }
 
 fn world_with(dry_run: bool) -> World {
-    let (deployment_store, deployments) = reflector::store::<Deployment>();
-    let (daemonsets, _) = reflector::store::<DaemonSet>();
+    let (deployment_store, deployments) = reflector::store::<Slim<Deployment>>();
+    let (daemonsets, _) = reflector::store::<Slim<DaemonSet>>();
     let (backup_store, backups) = reflector::store::<ImageBackup>();
     let ports = FakePorts::default();
     let metrics = Metrics::default();
@@ -133,7 +134,7 @@ impl World {
         for o in objects {
             let d: Deployment = serde_json::from_value(o).unwrap();
             self.deployments
-                .apply_watcher_event(&watcher::Event::Apply(d));
+                .apply_watcher_event(&watcher::Event::Apply(Slim::from(d)));
         }
     }
 

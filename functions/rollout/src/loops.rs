@@ -11,6 +11,7 @@ use kube::runtime::reflector;
 use shared::crd::ImageBackup;
 use shared::publish::{EventPublisher as _, Publisher};
 use shared::shutdown::Shutdown;
+use shared::slim::Slim;
 use shared::workload::Workload;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -51,9 +52,9 @@ where
 /// The caches the rollout reads, and the workloads they see change.
 pub struct Caches {
     /// Deployments.
-    pub deployments: reflector::Store<Deployment>,
+    pub deployments: reflector::Store<Slim<Deployment>>,
     /// DaemonSets.
-    pub daemonsets: reflector::Store<DaemonSet>,
+    pub daemonsets: reflector::Store<Slim<DaemonSet>>,
     /// ImageBackups.
     pub backups: reflector::Store<ImageBackup>,
     /// Workloads as they change after the initial list (bounded; a full queue is left to the
@@ -65,13 +66,15 @@ impl Caches {
     /// Starts the three reflectors (they fill in the background; wait for their stores).
     pub fn start(client: &kube::Client) -> Self {
         let (changes, changed) = mpsc::channel::<Workload>(1024);
-        let deployments = cache::<Deployment>(
+        let deployments = cache::<Slim<Deployment>>(
             client,
-            Some((changes.clone(), |d| Workload::Deployment(Box::new(d)))),
+            Some((changes.clone(), |d| {
+                Workload::Deployment(Box::new(d.full()))
+            })),
         );
-        let daemonsets = cache::<DaemonSet>(
+        let daemonsets = cache::<Slim<DaemonSet>>(
             client,
-            Some((changes, |d| Workload::DaemonSet(Box::new(d)))),
+            Some((changes, |d| Workload::DaemonSet(Box::new(d.full())))),
         );
         let backups = cache::<ImageBackup>(client, None);
         Self {

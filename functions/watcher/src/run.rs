@@ -83,11 +83,11 @@ pub async fn run<P: EventPublisher, E: Events>(
     let (namespaces, nw) = reflector::store();
     let (accounts, aw) = reflector::store();
     let mut signals = futures::stream::select_all([
-        watch::<Deployment, _>(&client, dw, |e| {
+        watch::<shared::slim::Slim<Deployment>, _>(&client, dw, |e| {
             workload_signal(KindKey::Deployment, Cache::Deployments, e)
         })
         .boxed(),
-        watch::<DaemonSet, _>(&client, sw, |e| {
+        watch::<shared::slim::Slim<DaemonSet>, _>(&client, sw, |e| {
             workload_signal(KindKey::DaemonSet, Cache::DaemonSets, e)
         })
         .boxed(),

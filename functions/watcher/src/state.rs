@@ -171,12 +171,12 @@ impl<P: EventPublisher, E: Events> Watcher<P, E> {
     fn mark_all(&mut self, namespace: Option<&str>) {
         let in_scope = |ns: &Option<String>| namespace.is_none_or(|n| ns.as_deref() == Some(n));
         for d in self.workloads.deployments.state() {
-            if in_scope(&d.metadata.namespace) {
+            if in_scope(&d.meta().namespace) {
                 self.dirty.insert(key_of(KindKey::Deployment, d.as_ref()));
             }
         }
         for d in self.workloads.daemonsets.state() {
-            if in_scope(&d.metadata.namespace) {
+            if in_scope(&d.meta().namespace) {
                 self.dirty.insert(key_of(KindKey::DaemonSet, d.as_ref()));
             }
         }

@@ -1,6 +1,7 @@
 //! The watcher loop's decisions over stores filled by hand, a publisher that can be told to
 //! fail, and an in-memory Event recorder: no API server or NATS.
 
+use shared::slim::Slim;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -60,7 +61,7 @@ impl Events for Recorded {
 }
 
 struct World {
-    deployments: Writer<Deployment>,
+    deployments: Writer<Slim<Deployment>>,
     namespaces: Writer<Namespace>,
     sink: Sink,
     events: Recorded,
@@ -70,8 +71,8 @@ struct World {
 }
 
 fn world() -> World {
-    let (deployment_store, deployments) = reflector::store::<Deployment>();
-    let (daemonsets, _) = reflector::store::<DaemonSet>();
+    let (deployment_store, deployments) = reflector::store::<Slim<Deployment>>();
+    let (daemonsets, _) = reflector::store::<Slim<DaemonSet>>();
     let (namespace_store, namespaces) = reflector::store::<Namespace>();
     let (accounts, _) = reflector::store::<ServiceAccount>();
     let sink = Sink::default();
@@ -142,7 +143,7 @@ impl World {
     fn apply(&mut self, namespace: &str, name: &str, image: &str, ready: bool) {
         let d = deployment(namespace, name, image, ready);
         self.deployments
-            .apply_watcher_event(&watcher::Event::Apply(d));
+            .apply_watcher_event(&watcher::Event::Apply(Slim::from(d)));
         self.watcher
             .on_signal(Signal::Touched(key(namespace, name)));
     }
@@ -249,7 +250,7 @@ async fn not_ready_excluded_and_already_backed_up_workloads_publish_nothing() {
     opted_out.metadata.annotations =
         Some([("k8slab.io/image-backup".to_string(), "disabled".to_string())].into());
     w.deployments
-        .apply_watcher_event(&watcher::Event::Apply(opted_out));
+        .apply_watcher_event(&watcher::Event::Apply(Slim::from(opted_out)));
     w.watcher.on_signal(Signal::Touched(key("shop", "private")));
     w.watcher.flush().await;
     assert!(w.published().is_empty());

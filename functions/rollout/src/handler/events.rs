@@ -50,31 +50,36 @@ impl<P: Ports> Context<P> {
     /// True when `w` runs at least one image that is not in the backup registry (the shared
     /// needs-backup rule): only such a workload can have a rollout to do.
     pub fn runs_external_images(&self, w: &Workload) -> bool {
-        w.pod_spec()
-            .is_some_and(|spec| self.external_sources(spec).next().is_some())
+        w.pod_spec().is_some_and(|spec| {
+            let images = spec
+                .init_containers
+                .iter()
+                .flatten()
+                .chain(&spec.containers);
+            self.external_sources(images.filter_map(|c| c.image.as_deref()))
+                .next()
+                .is_some()
+        })
     }
 
-    /// The external sources (normalized) a pod spec runs, by the shared needs-backup rule.
+    /// The external sources (normalized) among `images`, by the shared needs-backup rule.
     pub(super) fn external_sources<'s>(
         &'s self,
-        spec: &'s k8s_openapi::api::core::v1::PodSpec,
+        images: impl Iterator<Item = &'s str> + 's,
     ) -> impl Iterator<Item = Reference> + 's {
-        spec.init_containers
-            .iter()
-            .flatten()
-            .chain(spec.containers.iter())
-            .filter_map(|c| c.image.as_deref())
-            .filter_map(|image| {
-                shared::workload::needs_backup(image, &self.naming)
-                    .ok()
-                    .flatten()
-            })
+        images.filter_map(|image| {
+            shared::workload::needs_backup(image, &self.naming)
+                .ok()
+                .flatten()
+        })
     }
 
     /// The cached workloads that run `source` (normalized), cloning only those.
     fn users_of(&self, source: &str) -> Vec<Workload> {
-        self.workloads
-            .filter(|spec| self.external_sources(spec).any(|s| s.to_string() == source))
+        self.workloads.filter(|pod| {
+            self.external_sources(pod.images())
+                .any(|s| s.to_string() == source)
+        })
     }
 }
 

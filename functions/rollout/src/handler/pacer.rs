@@ -87,7 +87,7 @@ impl<P: Ports> Context<P> {
         }
         let candidates = self
             .workloads
-            .filter(|spec| self.external_sources(spec).next().is_some());
+            .filter(|pod| self.external_sources(pod.images()).next().is_some());
         for w in candidates {
             if decide::holder(&w).is_none() && matches!(self.decide(&w), Decision::Patch(_)) {
                 let order = self.completed_at(&w);
