@@ -211,40 +211,52 @@ impl WorkloadCache {
     }
 
     /// The cached workloads whose pod spec satisfies `keep` (it sees the slim pod spec: the
-    /// images, pull secrets, service account), building only those (an event that concerns a
-    /// few workloads of thousands must not build them all).
-    pub fn filter(&self, keep: impl Fn(&SlimPod) -> bool) -> Vec<Workload> {
-        let d = self
-            .deployments
-            .state()
-            .into_iter()
-            .filter_map(|d| keep(d.pod()?).then(|| Workload::Deployment(Box::new(d.full()))));
-        let s = self
-            .daemonsets
-            .state()
-            .into_iter()
-            .filter_map(|d| keep(d.pod()?).then(|| Workload::DaemonSet(Box::new(d.full()))));
+    /// images, pull secrets, service account), by reference: the caller builds each with
+    /// [`WorkloadCache::get`] when it comes to it, so an image that thousands of workloads run
+    /// (or a pass over every workload) never holds them all built at once.
+    pub fn refs(&self, keep: impl Fn(&SlimPod) -> bool) -> Vec<WorkloadRef> {
+        use kube::Resource as _;
+        let reference =
+            |kind: WorkloadKind,
+             meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+                WorkloadRef {
+                    kind,
+                    namespace: meta.namespace.clone().unwrap_or_default(),
+                    name: meta.name.clone().unwrap_or_default(),
+                }
+            };
+        let d =
+            self.deployments.state().into_iter().filter_map(|d| {
+                keep(d.pod()?).then(|| reference(WorkloadKind::Deployment, d.meta()))
+            });
+        let s =
+            self.daemonsets.state().into_iter().filter_map(|d| {
+                keep(d.pod()?).then(|| reference(WorkloadKind::DaemonSet, d.meta()))
+            });
         d.chain(s).collect()
     }
 
-    /// The cached workloads that carry annotation `key`, building only those (the rollout's
-    /// in-flight workloads among thousands).
-    pub fn annotated(&self, key: &str) -> Vec<Workload> {
+    /// The cached workloads that carry annotation `key`, each built only when the iterator
+    /// reaches it (the rollout's in-flight workloads among thousands; after a rollout, every
+    /// workload it moved carries its original images).
+    pub fn annotated(&self, key: &str) -> impl Iterator<Item = Workload> + Send + use<> {
         use kube::Resource as _;
-        let has = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-            m.annotations.as_ref().is_some_and(|a| a.contains_key(key))
+        let has = {
+            let key = key.to_string();
+            move |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+                m.annotations.as_ref().is_some_and(|a| a.contains_key(&key))
+            }
         };
-        let d = self
-            .deployments
-            .state()
-            .into_iter()
-            .filter_map(|d| has(d.meta()).then(|| Workload::Deployment(Box::new(d.full()))));
-        let s = self
-            .daemonsets
-            .state()
-            .into_iter()
-            .filter_map(|d| has(d.meta()).then(|| Workload::DaemonSet(Box::new(d.full()))));
-        d.chain(s).collect()
+        let also = has.clone();
+        let d =
+            self.deployments.state().into_iter().filter_map(move |d| {
+                has(d.meta()).then(|| Workload::Deployment(Box::new(d.full())))
+            });
+        let s =
+            self.daemonsets.state().into_iter().filter_map(move |d| {
+                also(d.meta()).then(|| Workload::DaemonSet(Box::new(d.full())))
+            });
+        d.chain(s)
     }
 
     /// How many workloads are cached.

@@ -9,27 +9,28 @@ use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use kube::runtime::reflector;
 use shared::crd::ImageBackup;
+use shared::events::{WorkloadKind, WorkloadRef};
 use shared::publish::{EventPublisher as _, Publisher};
 use shared::shutdown::Shutdown;
 use shared::slim::Slim;
-use shared::workload::Workload;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::handler::Context;
 
-/// Where a cache sends the workloads it sees change, and how it makes one of its object.
-type Changes<K> = (mpsc::Sender<Workload>, fn(K) -> Workload);
+/// Where a cache sends the workloads it sees change (by reference: built from the cache when
+/// taken, so a full queue holds names, not objects), and their kind.
+type Changes = (mpsc::Sender<WorkloadRef>, WorkloadKind);
 
 /// A reflector over every `K`, driven until the process ends. Objects applied after the
 /// initial list go to `changes` as workloads (when `as_workload` makes one), so the rollout acts
 /// on a change it sees itself: a change back to images seen before publishes a
 /// `workload.changed` the stream drops as a duplicate, and must not wait for the resync.
-fn cache<K>(client: &kube::Client, changes: Option<Changes<K>>) -> reflector::Store<K>
+fn cache<K>(client: &kube::Client, changes: Option<Changes>) -> reflector::Store<K>
 where
     K: shared::cache::Cached,
 {
-    let (store, writer) = reflector::store();
+    let (store, writer) = reflector::store::<K>();
     let stream = shared::cache::reflect(client, writer);
     tokio::spawn(stream.for_each(move |event| {
         let changes = changes.clone();
@@ -37,9 +38,14 @@ where
             match event {
                 Err(e) => tracing::warn!(error = %e, "watch failed; retrying with backoff"),
                 Ok(kube::runtime::watcher::Event::Apply(object)) => {
-                    if let Some((tx, as_workload)) = changes {
+                    if let Some((tx, kind)) = changes {
+                        let meta = object.meta();
                         // Full: the resync sees it anyway.
-                        let _ = tx.try_send(as_workload(object));
+                        let _ = tx.try_send(WorkloadRef {
+                            kind,
+                            namespace: meta.namespace.clone().unwrap_or_default(),
+                            name: meta.name.clone().unwrap_or_default(),
+                        });
                     }
                 }
                 Ok(_) => {}
@@ -59,23 +65,16 @@ pub struct Caches {
     pub backups: reflector::Store<ImageBackup>,
     /// Workloads as they change after the initial list (bounded; a full queue is left to the
     /// resync).
-    pub changed: mpsc::Receiver<Workload>,
+    pub changed: mpsc::Receiver<WorkloadRef>,
 }
 
 impl Caches {
     /// Starts the three reflectors (they fill in the background; wait for their stores).
     pub fn start(client: &kube::Client) -> Self {
-        let (changes, changed) = mpsc::channel::<Workload>(1024);
-        let deployments = cache::<Slim<Deployment>>(
-            client,
-            Some((changes.clone(), |d| {
-                Workload::Deployment(Box::new(d.full()))
-            })),
-        );
-        let daemonsets = cache::<Slim<DaemonSet>>(
-            client,
-            Some((changes, |d| Workload::DaemonSet(Box::new(d.full())))),
-        );
+        let (changes, changed) = mpsc::channel::<WorkloadRef>(1024);
+        let deployments =
+            cache::<Slim<Deployment>>(client, Some((changes.clone(), WorkloadKind::Deployment)));
+        let daemonsets = cache::<Slim<DaemonSet>>(client, Some((changes, WorkloadKind::DaemonSet)));
         let backups = cache::<ImageBackup>(client, None);
         Self {
             deployments,
@@ -103,7 +102,7 @@ impl Loops {
 pub fn spawn(
     ctx: &Context,
     publisher: &Publisher,
-    mut changed: mpsc::Receiver<Workload>,
+    mut changed: mpsc::Receiver<WorkloadRef>,
     resync_every: Duration,
     shutdown: &Shutdown,
 ) -> Loops {
@@ -127,12 +126,16 @@ pub fn spawn(
         let (ctx, publisher, mut stop) = (ctx.clone(), publisher.clone(), shutdown.clone());
         tokio::spawn(async move {
             loop {
-                let w = tokio::select! {
+                let r = tokio::select! {
                     _ = stop.wait() => break,
-                    w = changed.recv() => match w {
-                        Some(w) => w,
+                    r = changed.recv() => match r {
+                        Some(r) => r,
                         None => break,
                     },
+                };
+                // As the cache shows it now (gone since: nothing to do).
+                let Some(w) = ctx.workloads.get(&r) else {
+                    continue;
                 };
                 // A workload in flight: Ready now (its slot frees at once), or not yet.
                 if crate::decide::annotation(&w, crate::decide::ROLLOUT_ANNOTATION).is_some() {

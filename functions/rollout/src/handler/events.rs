@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::StreamExt as _;
 
 use kube::runtime::reflector::ObjectRef;
-use shared::events::{ImageCompleted, Payload, WorkloadChanged};
+use shared::events::{ImageCompleted, Payload, WorkloadChanged, WorkloadRef};
 use shared::handler::{Delivered, Handler, Outcome};
 use shared::reference::Reference;
 use shared::workload::Workload;
@@ -74,9 +74,9 @@ impl<P: Ports> Context<P> {
         })
     }
 
-    /// The cached workloads that run `source` (normalized), cloning only those.
-    fn users_of(&self, source: &str) -> Vec<Workload> {
-        self.workloads.filter(|pod| {
+    /// The cached workloads that run `source` (normalized), by reference.
+    fn users_of(&self, source: &str) -> Vec<WorkloadRef> {
+        self.workloads.refs(|pod| {
             self.external_sources(pod.images())
                 .any(|s| s.to_string() == source)
         })
@@ -137,13 +137,15 @@ impl<P: Ports> Handler for Context<P> {
             outcome.retry_after = Some(Duration::from_secs(2));
             return Ok(outcome);
         }
-        let targets: Vec<Workload> = match &event {
+        let targets: Vec<WorkloadRef> = match &event {
             RolloutEvent::Completed(c) => self.users_of(&c.source),
-            RolloutEvent::Changed(c) => self.workloads.get(&c.workload).into_iter().collect(),
+            RolloutEvent::Changed(c) => vec![c.workload.clone()],
         };
-        // The hundreds of workloads of one image are evaluated a few at a time: each waits on
-        // its registry checks and its patch, not on the others (each patch is guarded alone).
+        // The hundreds of workloads of one image are evaluated a few at a time (each built
+        // from the cache only then, as it is now): each waits on its registry checks and its
+        // patch, not on the others (each patch is guarded alone).
         let mut evaluations = futures::stream::iter(targets)
+            .filter_map(|r| std::future::ready(self.workloads.get(&r)))
             .map(|w| async move {
                 // A workload not Ready now (mid-rollout, scaling) is looked at again shortly
                 // rather than at the next resync.

@@ -87,8 +87,8 @@ impl<P: Ports> Context<P> {
         }
         let candidates = self
             .workloads
-            .filter(|pod| self.external_sources(pod.images()).next().is_some());
-        for w in candidates {
+            .refs(|pod| self.external_sources(pod.images()).next().is_some());
+        for w in candidates.iter().filter_map(|r| self.workloads.get(r)) {
             if decide::holder(&w).is_none() && matches!(self.decide(&w), Decision::Patch(_)) {
                 let order = self.completed_at(&w);
                 if let Ok(mut q) = self.queue.lock() {

@@ -33,7 +33,6 @@ impl<P: Ports> Context<P> {
             let namespaces: std::collections::BTreeSet<String> = self
                 .workloads
                 .annotated(decide::ORIGINAL_IMAGES_ANNOTATION)
-                .iter()
                 .filter(|w| {
                     w.pod_spec()
                         .and_then(|s| s.image_pull_secrets.as_ref())
