@@ -11,8 +11,8 @@ use crate::workload::Workload;
 
 /// What a cache keeps of an object: everything the functions read, nothing they do not.
 ///
-/// A workload keeps its name, namespace, uid, generation and annotations (the rollout's patch
-/// adds to them), replicas, its status counts and each condition's type and status, and of its
+/// A workload keeps its name, namespace, uid, generation and image-backup's own annotations
+/// (see [`kept_annotation`]), replicas, its status counts and each condition's type and status, and of its
 /// pod template the service account, pull secrets and each container's name and image, in their
 /// order (the rollout's patch addresses containers by index). Labels, selector, the template's
 /// metadata, condition messages, probes, env, resources, volumes, affinity and the rest go, and
@@ -26,12 +26,24 @@ fn trim_meta(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMe
     meta.managed_fields = None;
 }
 
-/// A workload's metadata: also without labels, owners and finalizers (no function reads them).
+/// Whether a cache keeps a workload's annotation `key`: only image-backup's own (`k8slab.io/`:
+/// the opt-out, the rollout's marker and original images) are read. The others — often
+/// `kubectl.kubernetes.io/last-applied-configuration`, a copy of the whole object — go; the map
+/// itself stays, empty, so the rollout's patch still knows it exists and adds to it.
+pub fn kept_annotation(key: &str) -> bool {
+    key.starts_with("k8slab.io/")
+}
+
+/// A workload's metadata: also without labels, owners, finalizers and other tools'
+/// annotations (no function reads them).
 fn trim_workload_meta(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
     trim_meta(meta);
     meta.labels = None;
     meta.owner_references = None;
     meta.finalizers = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|k, _| kept_annotation(k));
+    }
 }
 
 fn trim_pod_spec(spec: &mut k8s_openapi::api::core::v1::PodSpec) {
@@ -314,9 +326,19 @@ mod tests {
         );
         assert!(d.metadata.managed_fields.is_none());
         assert_eq!(
-            d.metadata.annotations.map(|a| a.len()),
-            Some(2),
-            "annotations stay: the patch adds to them"
+            d.metadata.annotations,
+            Some([("k8slab.io/image-backup".to_string(), "disabled".to_string())].into()),
+            "image-backup's annotations stay, last-applied-configuration goes"
+        );
+        let mut other_tools_only: Deployment = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "annotations": {"meta.helm.sh/release-name": "web"}}
+        }))
+        .expect("deployment");
+        other_tools_only.trim();
+        assert_eq!(
+            other_tools_only.metadata.annotations,
+            Some(Default::default()),
+            "the map stays, empty: the rollout's patch adds to it"
         );
     }
 }

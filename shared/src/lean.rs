@@ -97,6 +97,7 @@ whole!(
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WireMeta {
+    #[serde(default, deserialize_with = "kept_annotations")]
     annotations: Option<BTreeMap<String, String>>,
     creation_timestamp: Option<Time>,
     deletion_grace_period_seconds: Option<i64>,
@@ -108,6 +109,45 @@ pub struct WireMeta {
     resource_version: Option<String>,
     self_link: Option<String>,
     uid: Option<String>,
+}
+
+/// `annotations`, of which only those a cache keeps ([`crate::cache::kept_annotation`]) are
+/// built; the others' values are skipped unparsed.
+fn kept_annotations<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+    struct Kept;
+    impl<'de> serde::de::Visitor<'de> for Kept {
+        type Value = Option<BTreeMap<String, String>>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a map of annotations")
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+        fn visit_map<M: serde::de::MapAccess<'de>>(
+            self,
+            mut map: M,
+        ) -> Result<Self::Value, M::Error> {
+            let mut kept = BTreeMap::new();
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if crate::cache::kept_annotation(&key) {
+                    kept.insert(key.into_owned(), map.next_value()?);
+                } else {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+            Ok(Some(kept))
+        }
+    }
+    d.deserialize_option(Kept)
 }
 
 impl From<WireMeta> for ObjectMeta {
@@ -190,7 +230,8 @@ mod tests {
                          "resourceVersion": "42", "creationTimestamp": "2026-01-01T00:00:00Z",
                          "labels": {"app": "web"}, "finalizers": ["f"],
                          "ownerReferences": [{"apiVersion": "v1", "kind": "X", "name": "o", "uid": "o-1"}],
-                         "annotations": {"k8slab.io/image-backup": "disabled"},
+                         "annotations": {"k8slab.io/image-backup": "disabled",
+                                         "kubectl.kubernetes.io/last-applied-configuration": "{\"kind\":\"Deployment\"}"},
                          "managedFields": [{"manager": "kubectl", "operation": "Apply", "apiVersion": "apps/v1",
                                             "fieldsType": "FieldsV1",
                                             "fieldsV1": {"f:spec": {"f:replicas": {}, "f:template": {"f:spec": {}}}}}]},
