@@ -50,16 +50,10 @@ impl<P: Ports> Context<P> {
     /// True when `w` runs at least one image that is not in the backup registry (the shared
     /// needs-backup rule): only such a workload can have a rollout to do.
     pub fn runs_external_images(&self, w: &Workload) -> bool {
-        w.pod_spec().is_some_and(|spec| {
-            let images = spec
-                .init_containers
-                .iter()
-                .flatten()
-                .chain(&spec.containers);
-            self.external_sources(images.filter_map(|c| c.image.as_deref()))
-                .next()
-                .is_some()
-        })
+        let images = w.images();
+        self.external_sources(images.iter().map(|c| c.image.as_str()))
+            .next()
+            .is_some()
     }
 
     /// The external sources (normalized) among `images`, by the shared needs-backup rule.

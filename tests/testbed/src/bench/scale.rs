@@ -207,8 +207,11 @@ pub async fn run(shape: Shape) -> anyhow::Result<String> {
         ),
     ];
     let mut rollout = c.start_function("rollout", &["run"], &rollout_env)?;
+    // Ready means every cache listed: on two cores shared with the test API server, about
+    // 100 s at 20,000 workloads; allowed 120 s, or 20 ms a workload.
+    let ready_within = Duration::from_millis(120_000.max(20 * shape.workloads as u64));
     for p in [&mut watcher, &mut backup, &mut rollout] {
-        p.wait_ready(Duration::from_secs(120)).await?;
+        p.wait_ready(ready_within).await?;
     }
     // Each workload's first and last sighting in flight (Deployments and DaemonSets are two
     // lists, taken one after the other): the peak counts only sightings that overlap in time, so
