@@ -2,6 +2,7 @@
 //! Deployments and DaemonSets, seen as [`Workload`]s. Reading a cache never calls the API.
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::PodSpec;
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::events::{WorkloadKind, WorkloadRef};
@@ -12,9 +13,9 @@ use crate::workload::Workload;
 /// What a cache keeps of an object: everything the functions read, nothing they do not.
 ///
 /// A workload keeps its name, namespace, uid, generation and image-backup's own annotations
-/// (see [`kept_annotation`]), replicas, its status counts and each condition's type and status, and of its
-/// pod template the service account, pull secrets and each container's name and image, in their
-/// order (the rollout's patch addresses containers by index). Labels, selector, the template's
+/// (see [`kept_annotation`]), replicas, its status counts and each condition's type and
+/// status, and of its pod template the service account, pull secrets and each container's name
+/// and image, in their order (the rollout's patch addresses containers by index). Labels, selector, the template's
 /// metadata, condition messages, probes, env, resources, volumes, affinity and the rest go, and
 /// so do `managedFields`: at 6,000 workloads they were most of the rollout's memory.
 pub trait Trim {
@@ -46,7 +47,7 @@ fn trim_workload_meta(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1:
     }
 }
 
-fn trim_pod_spec(spec: &mut k8s_openapi::api::core::v1::PodSpec) {
+fn trim_pod_spec(spec: &mut PodSpec) {
     use k8s_openapi::api::core::v1::Container;
     let keep = |containers: &mut Vec<Container>| {
         containers
@@ -58,7 +59,7 @@ fn trim_pod_spec(spec: &mut k8s_openapi::api::core::v1::PodSpec) {
             })
             .collect::<Vec<_>>()
     };
-    *spec = k8s_openapi::api::core::v1::PodSpec {
+    *spec = PodSpec {
         containers: keep(&mut spec.containers),
         init_containers: spec.init_containers.as_mut().map(keep),
         image_pull_secrets: spec.image_pull_secrets.take(),

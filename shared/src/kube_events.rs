@@ -34,6 +34,9 @@ pub const SERIES_TTL: Duration = Duration::from_secs(6 * 60);
 /// The most series remembered at once: past it, the oldest are forgotten (a repeat then
 /// starts a new Event).
 pub const SERIES_CAPACITY: usize = 4096;
+/// The longest an Event's write is waited for: the work that records it is never held up
+/// longer by a slow API server (the client's own read timeout is minutes).
+pub const RECORD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where a function's Kubernetes Events go: a port, so a handler that records Events is
 /// tested with an in-memory fake. [`KubeEvents`] is the real one.
@@ -188,7 +191,12 @@ impl Events for KubeEvents {
             name: about.name.clone(),
             uid: about.uid.clone(),
         };
-        match self.publish(about, &key).await {
+        let published = tokio::time::timeout(RECORD_TIMEOUT, self.publish(about, &key)).await;
+        match published.unwrap_or_else(|_| {
+            Err(kube::Error::Service(
+                format!("no answer within {RECORD_TIMEOUT:?}").into(),
+            ))
+        }) {
             Ok(series) => {
                 if let Ok(mut s) = self.series.lock() {
                     s.insert(key, series, Instant::now());

@@ -137,8 +137,8 @@ pub trait Slimmable: kube::Resource<DynamicType = ()> + Trim + Sized {
     type Status: Clone + std::fmt::Debug + PartialEq + Send + Sync + 'static;
     /// The object's parts (after [`Trim`]).
     fn split(self) -> (ObjectMeta, Option<SlimSpec>, Option<Self::Status>);
-    /// The object made of `split`'s parts.
-    fn join(metadata: ObjectMeta, spec: Option<SlimSpec>, status: Option<Self::Status>) -> Self;
+    /// The object made of `split`'s parts (the spec's copied: a cache keeps its own).
+    fn join(metadata: ObjectMeta, spec: Option<&SlimSpec>, status: Option<Self::Status>) -> Self;
 }
 
 impl Slimmable for Deployment {
@@ -160,7 +160,7 @@ impl Slimmable for Deployment {
 
     fn join(
         metadata: ObjectMeta,
-        spec: Option<SlimSpec>,
+        spec: Option<&SlimSpec>,
         status: Option<DeploymentStatus>,
     ) -> Self {
         Deployment {
@@ -171,7 +171,7 @@ impl Slimmable for Deployment {
                 progress_deadline_seconds: s.progress_deadline_seconds,
                 replicas: s.replicas,
                 revision_history_limit: s.revision_history_limit,
-                selector: s.selector,
+                selector: s.selector.clone(),
                 strategy: None,
                 template: PodTemplateSpec {
                     metadata: None,
@@ -200,20 +200,24 @@ impl Slimmable for DaemonSet {
         (self.metadata, spec, self.status)
     }
 
-    fn join(metadata: ObjectMeta, spec: Option<SlimSpec>, status: Option<DaemonSetStatus>) -> Self {
+    fn join(
+        metadata: ObjectMeta,
+        spec: Option<&SlimSpec>,
+        status: Option<DaemonSetStatus>,
+    ) -> Self {
         DaemonSet {
             metadata,
             spec: spec.map(|s| DaemonSetSpec {
                 min_ready_seconds: s.min_ready_seconds,
                 revision_history_limit: s.revision_history_limit,
-                selector: s.selector,
+                selector: s.selector.clone(),
                 template: PodTemplateSpec {
                     metadata: None,
                     spec: s.pod.as_ref().map(SlimPod::full),
                 },
-                update_strategy: s.update_strategy.map(|t| DaemonSetUpdateStrategy {
+                update_strategy: s.update_strategy.as_ref().map(|t| DaemonSetUpdateStrategy {
                     rolling_update: None,
-                    type_: (!t.is_empty()).then_some(t),
+                    type_: (!t.is_empty()).then(|| t.clone()),
                 }),
             }),
             status,
@@ -248,7 +252,7 @@ impl<K: Slimmable> Slim<K> {
     pub fn full(&self) -> K {
         K::join(
             self.metadata.clone(),
-            self.spec.clone(),
+            self.spec.as_ref(),
             self.status.clone(),
         )
     }
