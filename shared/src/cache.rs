@@ -47,26 +47,10 @@ fn trim_workload_meta(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1:
     }
 }
 
+/// A pod spec as a cache keeps it: what [`SlimPod`] holds (the one place that says which
+/// fields those are).
 fn trim_pod_spec(spec: &mut PodSpec) {
-    use k8s_openapi::api::core::v1::Container;
-    let keep = |containers: &mut Vec<Container>| {
-        containers
-            .iter_mut()
-            .map(|c| Container {
-                name: std::mem::take(&mut c.name),
-                image: c.image.take(),
-                ..Default::default()
-            })
-            .collect::<Vec<_>>()
-    };
-    *spec = PodSpec {
-        containers: keep(&mut spec.containers),
-        init_containers: spec.init_containers.as_mut().map(keep),
-        image_pull_secrets: spec.image_pull_secrets.take(),
-        service_account_name: spec.service_account_name.take(),
-        service_account: spec.service_account.take(),
-        ..Default::default()
-    };
+    *spec = SlimPod::of(std::mem::take(spec)).full();
 }
 
 /// A workload's pod template: no metadata, the pod spec trimmed.

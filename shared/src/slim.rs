@@ -41,7 +41,8 @@ pub struct SlimPod {
 }
 
 impl SlimPod {
-    fn of(spec: PodSpec) -> Self {
+    /// What a cache keeps of `spec`.
+    pub(crate) fn of(spec: PodSpec) -> Self {
         let slim = |list: Vec<Container>| {
             list.into_iter()
                 .map(|c| SlimContainer {
@@ -59,7 +60,8 @@ impl SlimPod {
         }
     }
 
-    fn full(&self) -> PodSpec {
+    /// The k8s-openapi pod spec holding what was kept.
+    pub(crate) fn full(&self) -> PodSpec {
         let full = |list: &[SlimContainer]| {
             list.iter()
                 .map(|c| Container {
