@@ -287,9 +287,11 @@ async fn none_copies_no_referrer_and_signatures_only_signatures() {
     );
 }
 
-#[tokio::test]
-async fn a_warm_copy_checks_each_referrer_source_in_a_few_requests() {
-    let s = signed_image().await;
+/// The signed image copied once (cold, `--referrers all`) through a counting proxy in front
+/// of each registry, the proxies' counts then cleared: ready for a warm copy to be watched.
+async fn copied_through_proxies(
+    s: &Signed,
+) -> (FaultProxy, FaultProxy, Copier, Reference, Reference) {
     let src_proxy = FaultProxy::start(&s.src.host()).await.expect("proxy");
     let dst_proxy = FaultProxy::start(&s.dst.host()).await.expect("proxy");
     let all = copier(&[src_proxy.host(), dst_proxy.host()], ReferrersMode::All);
@@ -298,6 +300,13 @@ async fn a_warm_copy_checks_each_referrer_source_in_a_few_requests() {
     all.copy(&source, &target, None).await.expect("cold");
     src_proxy.reset_requests();
     dst_proxy.reset_requests();
+    (src_proxy, dst_proxy, all, source, target)
+}
+
+#[tokio::test]
+async fn a_warm_copy_checks_each_referrer_source_in_a_few_requests() {
+    let s = signed_image().await;
+    let (src_proxy, dst_proxy, all, source, target) = copied_through_proxies(&s).await;
     let warm = all.copy(&source, &target, None).await.expect("warm");
     assert!(warm.already_complete);
     assert_eq!((warm.referrers_copied, warm.referrers_present), (0, 4));
@@ -319,6 +328,50 @@ async fn a_warm_copy_checks_each_referrer_source_in_a_few_requests() {
             .any(|r| r.starts_with("PUT") || r.starts_with("POST")),
         "a warm copy writes nothing"
     );
+}
+
+/// Round trips of a warm copy against registries far away: every request is held back
+/// `ROUND` by the proxies, so a request that needs an earlier answer arrives at least `ROUND`
+/// after it, while requests sent together arrive together. The requests are grouped into rounds
+/// by the gaps between their arrivals.
+#[tokio::test]
+async fn a_warm_copy_asks_what_it_can_at_once() {
+    const ROUND: std::time::Duration = std::time::Duration::from_millis(300);
+    let s = signed_image().await;
+    let (src_proxy, dst_proxy, all, source, target) = copied_through_proxies(&s).await;
+    src_proxy.delay_requests(ROUND);
+    dst_proxy.delay_requests(ROUND);
+    let warm = all.copy(&source, &target, None).await.expect("warm");
+    assert_eq!((warm.referrers_copied, warm.referrers_present), (0, 4));
+    let mut arrivals: Vec<_> = src_proxy
+        .forwarded()
+        .into_iter()
+        .map(|f| (f.at, format!("source {} {}", f.method, f.path)))
+        .chain(
+            dst_proxy
+                .forwarded()
+                .into_iter()
+                .map(|f| (f.at, format!("target {} {}", f.method, f.path))),
+        )
+        .collect();
+    arrivals.sort_by_key(|(at, _)| *at);
+    let mut rounds: Vec<Vec<String>> = Vec::new();
+    let mut last = None;
+    for (at, request) in arrivals {
+        if last.is_none_or(|l| at.duration_since(l) > ROUND / 2) {
+            rounds.push(Vec::new());
+        }
+        if let Some(round) = rounds.last_mut() {
+            round.push(request);
+        }
+        last = Some(at);
+    }
+    // 1: the source's manifest and the target's tag; 2: what refers to the index and each
+    // platform manifest; 3: whether the target holds each referrer found, the target's
+    // indexes, and what refers to the referrers; 4: whether it holds the SBOM's signature,
+    // and the SBOM's index. One request after another, it was 9 rounds.
+    assert_eq!(rounds.len(), 4, "{rounds:#?}");
+    assert_eq!(rounds[0].len(), 2, "{rounds:#?}");
 }
 
 #[tokio::test]

@@ -31,6 +31,8 @@ struct Faults {
     outage: Option<(std::time::Instant, u16)>,
     /// Every blob download waits this long before it is forwarded.
     blob_delay: Option<std::time::Duration>,
+    /// Every request waits this long before it is forwarded: a registry far away.
+    request_delay: Option<std::time::Duration>,
 }
 
 struct ProxyState {
@@ -186,6 +188,14 @@ impl FaultProxy {
         }
     }
 
+    /// Holds every request back `delay` before forwarding it: a registry a round trip of
+    /// `delay` away (what parallel lookups save is measured against it).
+    pub fn delay_requests(&self, delay: std::time::Duration) {
+        if let Ok(mut f) = self.state.faults.lock() {
+            f.request_delay = Some(delay);
+        }
+    }
+
     /// The requests forwarded so far, as `METHOD path`.
     pub fn requests(&self) -> Vec<String> {
         self.state
@@ -308,7 +318,10 @@ async fn handle(State(state): State<Arc<ProxyState>>, request: Request) -> Respo
         });
     }
     let delay = match state.faults.lock() {
-        Ok(f) if method == axum::http::Method::GET && blob_digest(&path).is_some() => f.blob_delay,
+        Ok(f) if method == axum::http::Method::GET && blob_digest(&path).is_some() => {
+            f.blob_delay.or(f.request_delay)
+        }
+        Ok(f) => f.request_delay,
         _ => None,
     };
     if let Some(delay) = delay {

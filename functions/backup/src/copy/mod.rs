@@ -210,15 +210,17 @@ impl Copier {
             })?;
         let top_what = format!("manifest {}", source.familiar());
         // Where a pull would read it (a mirror first, if one is set); every other read of the
-        // image goes there too.
-        let (src, top) = self
-            .client
-            .locate_manifest(&src, source.pull_reference())
-            .await?
-            .ok_or_else(|| CopyError::NotFound {
-                what: top_what.clone(),
-                registry: self.client.pull_hosts(&src.registry).join(" or "),
-            })?;
+        // image goes there too. What the target tag holds is asked at the same time (one round
+        // trip, not two, before a warm copy knows it is warm).
+        let (located, at_target) = futures::join!(
+            self.client.locate_manifest(&src, source.pull_reference()),
+            self.client
+                .manifest_digest(&dst, target_ref, client::Access::Push),
+        );
+        let (src, top) = located?.ok_or_else(|| CopyError::NotFound {
+            what: top_what.clone(),
+            registry: self.client.pull_hosts(&src.registry).join(" or "),
+        })?;
         if let Some(d) = target.digest()
             && d != top.digest
         {
@@ -244,13 +246,7 @@ impl Copier {
 
         // Warm path: the target already holds this exact manifest under the tag; referrers
         // made since (a signature added later) are still brought over.
-        if self
-            .client
-            .manifest_digest(&dst, target_ref, client::Access::Push)
-            .await?
-            .as_deref()
-            == Some(top.digest.as_str())
-        {
+        if at_target?.as_deref() == Some(top.digest.as_str()) {
             let platforms = match &content {
                 Content::Index(children) => children.iter().map(|c| c.platform.clone()).collect(),
                 Content::Image(_) => Vec::new(),

@@ -119,10 +119,27 @@ fn listed(bytes: &[u8], origin: Origin<'_>) -> Result<Vec<Value>, CopyError> {
         .collect()
 }
 
+/// What the target holds of one subject's referrers index, read before the referrers are
+/// pushed so that it costs no round trip of its own.
+enum TargetIndex {
+    /// The registry offers the referrers API: it indexes subjects itself.
+    Api,
+    /// The referrers tag schema: the index tagged `sha256-<hex>`, if there is one yet.
+    Schema(Option<RawManifest>),
+}
+
 impl Copier {
     /// Copies what refers to `subjects` (digests already at, or about to be at, the target)
     /// from `src` to `dst`, as the copier's [`ReferrersMode`] says. A referrer that cannot be
     /// copied fails the copy only when it is a signature and signatures were asked for.
+    ///
+    /// Round trips, not requests, are what a remote registry makes slow, so each step asks
+    /// everything it can at once: one level's lookups together; then, together, whether the
+    /// target holds each referrer found (and copies those it lacks), the target's index of
+    /// each subject, and the lookups of the next level (what refers to the referrers found:
+    /// their digests are known from the listing, so this need not wait for their copies). A
+    /// warm copy whose referrers have none of their own thus costs two round trips more than
+    /// `--referrers none`.
     pub(super) async fn copy_referrers(
         &self,
         src: &Repo,
@@ -130,57 +147,128 @@ impl Copier {
         subjects: &[String],
     ) -> Result<ReferrersOutcome, CopyError> {
         let mut outcome = ReferrersOutcome::default();
-        if self.referrers == ReferrersMode::None {
+        if self.referrers == ReferrersMode::None || subjects.is_empty() {
             return Ok(outcome);
         }
-        let mut level: Vec<String> = subjects.to_vec();
         let mut seen: HashSet<(String, Option<String>)> = HashSet::new();
+        let mut level: Vec<String> = subjects.to_vec();
+        let mut discovered = self.discover_all(src, &level, true).await;
         for depth in 0..MAX_DEPTH {
-            if level.is_empty() {
+            // What this level found that is wanted and new, per subject (in order).
+            let mut wanted: Vec<(usize, Found)> = Vec::new();
+            for (i, found) in discovered.into_iter().enumerate() {
+                for f in found? {
+                    if self.referrers.wants(&f) && seen.insert((f.digest.clone(), f.tag.clone())) {
+                        wanted.push((i, f));
+                    }
+                }
+            }
+            if wanted.is_empty() {
                 break;
             }
-            // One level's lookups at once (each is a few small requests: round trips add up
-            // on a remote registry); the copies that follow go one after another.
-            let lookups: Vec<_> = level
-                .iter()
-                .map(|subject| self.discover(src, subject, depth == 0))
-                .collect();
-            let found_per_subject: Vec<Vec<Found>> = futures::stream::iter(lookups)
-                .buffered(self.concurrency)
-                .try_collect()
-                .await?;
-            let mut next = Vec::new();
-            for (subject, found) in level.iter().zip(found_per_subject) {
-                let mut indexed = Vec::new();
-                for f in found {
-                    if !self.referrers.wants(&f) || !seen.insert((f.digest.clone(), f.tag.clone()))
-                    {
-                        continue;
-                    }
-                    match self.copy_referrer(src, dst, &f).await {
-                        Ok(copied) => {
-                            if copied {
-                                outcome.copied += 1;
-                            } else {
-                                outcome.present += 1;
-                            }
-                            indexed.extend(f.descriptor.clone());
-                            next.push(f.digest.clone());
-                        }
-                        Err(e) if f.signature => return Err(e),
-                        Err(e) => {
-                            tracing::warn!(referrer = %f.digest, error = %e, "referrer skipped");
-                            outcome.skipped.push(format!("{}: {e}", f.digest));
-                        }
-                    }
-                }
-                if !indexed.is_empty() {
-                    self.index_referrers(dst, subject, &indexed).await?;
+            let mut next: Vec<String> = Vec::new();
+            for (_, f) in &wanted {
+                if !next.contains(&f.digest) {
+                    next.push(f.digest.clone());
                 }
             }
-            level = next;
+            let indexed_subjects: Vec<usize> = {
+                let mut v: Vec<usize> = wanted
+                    .iter()
+                    .filter(|(_, f)| f.descriptor.is_some())
+                    .map(|(i, _)| *i)
+                    .collect();
+                v.dedup();
+                v
+            };
+            let copies: Vec<_> = wanted
+                .iter()
+                .map(|(_, f)| self.copy_referrer(src, dst, f))
+                .collect();
+            let indexes: Vec<_> = indexed_subjects
+                .iter()
+                .map(|i| self.target_index(dst, &level[*i]))
+                .collect();
+            let deeper = depth + 1 < MAX_DEPTH;
+            let (copied, indexes, next_discovered) = futures::join!(
+                futures::stream::iter(copies)
+                    .buffered(self.concurrency)
+                    .collect::<Vec<_>>(),
+                futures::stream::iter(indexes)
+                    .buffered(self.concurrency)
+                    .collect::<Vec<_>>(),
+                async {
+                    if deeper {
+                        self.discover_all(src, &next, false).await
+                    } else {
+                        Vec::new()
+                    }
+                },
+            );
+            let mut descriptors: Vec<Vec<Value>> = vec![Vec::new(); level.len()];
+            let mut made_it: HashSet<String> = HashSet::new();
+            for ((i, f), result) in wanted.into_iter().zip(copied) {
+                match result {
+                    Ok(copied) => {
+                        if copied {
+                            outcome.copied += 1;
+                        } else {
+                            outcome.present += 1;
+                        }
+                        descriptors[i].extend(f.descriptor);
+                        made_it.insert(f.digest);
+                    }
+                    Err(e) if f.signature => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(referrer = %f.digest, error = %e, "referrer skipped");
+                        outcome.skipped.push(format!("{}: {e}", f.digest));
+                    }
+                }
+            }
+            let merges: Vec<_> = indexed_subjects
+                .iter()
+                .zip(indexes)
+                .filter(|(i, _)| !descriptors[**i].is_empty())
+                .map(|(i, index)| {
+                    let descriptors = &descriptors[*i];
+                    let subject = &level[*i];
+                    async move {
+                        self.index_referrers(dst, subject, index?, descriptors)
+                            .await
+                    }
+                })
+                .collect();
+            futures::stream::iter(merges)
+                .buffered(self.concurrency)
+                .try_collect::<Vec<()>>()
+                .await?;
+            // Only what reached the target is followed further; the lookups made for the
+            // others are dropped unread (an error there is not this copy's concern).
+            (level, discovered) = next
+                .into_iter()
+                .zip(next_discovered)
+                .filter(|(digest, _)| made_it.contains(digest))
+                .unzip();
         }
         Ok(outcome)
+    }
+
+    /// What refers to each of `subjects` at the source, looked up at once (at most the
+    /// copier's concurrency in flight); one result per subject, in order.
+    async fn discover_all(
+        &self,
+        src: &Repo,
+        subjects: &[String],
+        cosign: bool,
+    ) -> Vec<Result<Vec<Found>, CopyError>> {
+        let lookups: Vec<_> = subjects
+            .iter()
+            .map(|subject| self.discover(src, subject, cosign))
+            .collect();
+        futures::stream::iter(lookups)
+            .buffered(self.concurrency)
+            .collect()
+            .await
     }
 
     /// What refers to `subject` at the source: the referrers API or the tag schema, and (for
@@ -291,26 +379,36 @@ impl Copier {
         Ok(true)
     }
 
-    /// Makes the target list `descriptors` as referrers of `subject`: nothing to do where the
-    /// registry offers the referrers API, else the tag-schema index is merged (kept entries
-    /// first, new ones appended; pushed only when something was added).
+    /// The target's index of `subject`'s referrers: whether the registry offers the
+    /// referrers API, else the tag-schema index (both asked at once).
+    async fn target_index(&self, dst: &Repo, subject: &str) -> Result<TargetIndex, CopyError> {
+        let tag = tag_schema(subject);
+        let (api, schema) = futures::join!(
+            self.client.referrers(dst, subject, Access::Push),
+            self.client.get_manifest(dst, &tag),
+        );
+        if api?.is_some() {
+            return Ok(TargetIndex::Api);
+        }
+        Ok(TargetIndex::Schema(schema?))
+    }
+
+    /// Makes the target list `descriptors` as referrers of `subject`, given what it held
+    /// ([`Copier::target_index`]): nothing to do where the registry offers the referrers API,
+    /// else the tag-schema index is merged (kept entries first, new ones appended; pushed only
+    /// when something was added).
     async fn index_referrers(
         &self,
         dst: &Repo,
         subject: &str,
+        index: TargetIndex,
         descriptors: &[Value],
     ) -> Result<(), CopyError> {
-        if self
-            .client
-            .referrers(dst, subject, Access::Push)
-            .await?
-            .is_some()
-        {
+        let TargetIndex::Schema(existing) = index else {
             return Ok(());
-        }
+        };
         let tag = tag_schema(subject);
         let what = format!("referrers index {}:{tag}", dst.path);
-        let existing = self.client.get_manifest(dst, &tag).await?;
         let mut manifests = match &existing {
             Some(m) => listed(
                 &m.bytes,
