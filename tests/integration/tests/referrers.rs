@@ -336,7 +336,7 @@ async fn a_warm_copy_checks_each_referrer_source_in_a_few_requests() {
 /// by the gaps between their arrivals.
 #[tokio::test]
 async fn a_warm_copy_asks_what_it_can_at_once() {
-    const ROUND: std::time::Duration = std::time::Duration::from_millis(300);
+    const ROUND: std::time::Duration = std::time::Duration::from_millis(500);
     let s = signed_image().await;
     let (src_proxy, dst_proxy, all, source, target) = copied_through_proxies(&s).await;
     src_proxy.delay_requests(ROUND);
