@@ -63,11 +63,96 @@ impl<K: Eq + Hash, V> Recent<K, V> {
     }
 }
 
+/// What references resolved to at a registry moments ago (reference → digest), shared between
+/// tasks: the rollout checks the same backup for every workload that runs it, and a registry
+/// answers the same within seconds. Only a found digest is kept, never a miss or an error, and
+/// only for [`Resolved::TTL`].
+#[derive(Debug, Clone)]
+pub struct Resolved(std::sync::Arc<std::sync::Mutex<Recent<String, String>>>);
+
+impl Resolved {
+    /// How long an answer is reused: short next to the health gate that reverts a workload
+    /// whose Pods cannot pull, and to the seconds between a check and the kubelet's pull.
+    pub const TTL: Duration = Duration::from_secs(5);
+    /// The most references remembered.
+    pub const CAPACITY: usize = 4096;
+
+    /// An empty map.
+    pub fn new() -> Self {
+        Self(std::sync::Arc::new(std::sync::Mutex::new(Recent::new(
+            Self::TTL,
+            Self::CAPACITY,
+        ))))
+    }
+
+    /// The digest `reference` resolved to less than [`Resolved::TTL`] ago.
+    pub fn get(&self, reference: &str) -> Option<String> {
+        let now = Instant::now();
+        self.0
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&reference.to_string(), now).cloned())
+    }
+
+    /// Remembers that `reference` resolved to `digest` just now.
+    pub fn insert(&self, reference: &str, digest: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(reference.to_string(), digest.to_string(), Instant::now());
+        }
+    }
+
+    /// The digest `reference` resolved to moments ago, else what `ask` (not started unless
+    /// needed: a future does nothing until awaited) answers, remembered when it found one.
+    pub async fn resolve<E>(
+        &self,
+        reference: &str,
+        ask: impl Future<Output = Result<Option<String>, E>>,
+    ) -> Result<Option<String>, E> {
+        if let Some(digest) = self.get(reference) {
+            return Ok(Some(digest));
+        }
+        let digest = ask.await?;
+        if let Some(d) = &digest {
+            self.insert(reference, d);
+        }
+        Ok(digest)
+    }
+}
+
+impl Default for Resolved {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const TTL: Duration = Duration::from_secs(10);
+
+    #[tokio::test]
+    async fn a_found_digest_is_reused_and_a_miss_or_an_error_asked_again() {
+        let resolved = Resolved::new();
+        let asked = std::sync::atomic::AtomicUsize::new(0);
+        let ask = |answer: Result<Option<&'static str>, &'static str>| {
+            asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move { answer.map(|d| d.map(str::to_string)) }
+        };
+        // A miss and an error are not remembered.
+        assert_eq!(resolved.resolve("r:1", ask(Ok(None))).await, Ok(None));
+        assert_eq!(resolved.resolve("r:1", ask(Err("503"))).await, Err("503"));
+        // A found digest is, and the next caller does not ask (its future never runs).
+        let found = resolved.resolve("r:1", ask(Ok(Some("sha256:a")))).await;
+        assert_eq!(found, Ok(Some("sha256:a".to_string())));
+        let unasked = async { Err::<Option<String>, &str>("must not be awaited") };
+        assert_eq!(
+            resolved.resolve("r:1", unasked).await,
+            Ok(Some("sha256:a".to_string()))
+        );
+        assert_eq!(resolved.get("r:2"), None, "by reference");
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
 
     #[test]
     fn an_entry_is_fresh_until_the_ttl_after_its_last_insertion() {

@@ -13,6 +13,7 @@ use kube::api::{ListParams, PatchParams};
 use kube::runtime::events::EventType;
 use shared::events::{WorkloadKind, WorkloadRef};
 use shared::kube_events::{Events, KubeEvents};
+use shared::recent::Resolved;
 use shared::reference::Reference;
 use shared::registry::{Access, CopyError, RegistryClient, Repo};
 use shared::workload::Workload;
@@ -74,6 +75,8 @@ pub struct KubePorts {
     registry: RegistryClient,
     pull: PullAccess,
     slots: Slots,
+    /// Backups checked moments ago: every workload running an image asks about the same one.
+    resolved: Resolved,
 }
 
 impl KubePorts {
@@ -92,6 +95,7 @@ impl KubePorts {
             registry,
             pull,
             slots,
+            resolved: Resolved::new(),
         }
     }
 }
@@ -146,9 +150,10 @@ impl Ports for KubePorts {
             registry: target.domain().to_string(),
             path: target.path().to_string(),
         };
-        self.registry
-            .manifest_digest(&repo, target.pull_reference(), Access::Pull)
-            .await
+        let ask = self
+            .registry
+            .manifest_digest(&repo, target.pull_reference(), Access::Pull);
+        self.resolved.resolve(&target.to_string(), ask).await
     }
 
     async fn pull_access(&self, w: &Workload, targets: &[String]) -> Need {

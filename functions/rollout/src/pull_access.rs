@@ -20,6 +20,7 @@ use kube::Api;
 use kube::api::PostParams;
 use shared::api_error::ApiFailure;
 use shared::error::ErrorClass;
+use shared::recent::Resolved;
 use shared::reference::Reference;
 use shared::registry::{Access as Scope, RegistryClient, Repo};
 use shared::service_accounts::ServiceAccounts;
@@ -88,6 +89,8 @@ pub struct PullAccess {
     backup_host: String,
     /// For the anonymous pull check (no credentials at all).
     anonymous: RegistryClient,
+    /// Backups served to anonymous pulls moments ago.
+    anonymously_resolved: Resolved,
     cached: Arc<Mutex<Option<(Instant, Secret)>>>,
 }
 
@@ -105,6 +108,7 @@ impl PullAccess {
             source,
             backup_host: backup_host.to_string(),
             anonymous,
+            anonymously_resolved: Resolved::new(),
             cached: Arc::default(),
         }
     }
@@ -148,11 +152,10 @@ impl PullAccess {
                 registry: r.domain().to_string(),
                 path: r.path().to_string(),
             };
-            match self
+            let ask = self
                 .anonymous
-                .manifest_digest(&repo, r.pull_reference(), Scope::Pull)
-                .await
-            {
+                .manifest_digest(&repo, r.pull_reference(), Scope::Pull);
+            match self.anonymously_resolved.resolve(target, ask).await {
                 Ok(Some(_)) => {}
                 Ok(None) => {
                     return Need::NotPullable(format!(
