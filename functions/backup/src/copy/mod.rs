@@ -134,6 +134,9 @@ pub struct Copier {
     concurrency: usize,
     locations: Arc<Mutex<HashMap<(String, String), String>>>,
     referrers: ReferrersMode,
+    /// Target tags [`Copier::target_digest`] found moments ago: the events of every workload
+    /// running an image ask whether its backup is still there.
+    resolved: shared::recent::Resolved,
 }
 
 // === impl Copier ===
@@ -146,6 +149,7 @@ impl Copier {
             concurrency: concurrency.max(1),
             locations: Arc::new(Mutex::new(HashMap::new())),
             referrers: ReferrersMode::default(),
+            resolved: shared::recent::Resolved::new(),
         }
     }
 
@@ -165,6 +169,7 @@ impl Copier {
             concurrency: self.concurrency,
             locations: self.locations.clone(),
             referrers: self.referrers,
+            resolved: self.resolved.clone(),
         }
     }
 
@@ -173,15 +178,17 @@ impl Copier {
         &self.client
     }
 
-    /// The digest the target tag resolves to now (HEAD), `None` if it does not exist.
+    /// The digest the target tag resolves to (HEAD), `None` if it does not exist. A digest
+    /// found is reused for [`shared::recent::Resolved::TTL`]; a miss is always asked again.
     pub async fn target_digest(&self, target: &Reference) -> Result<Option<String>, CopyError> {
         let repo = Repo {
             registry: target.domain().to_string(),
             path: target.path().to_string(),
         };
-        self.client
-            .manifest_digest(&repo, target.pull_reference(), client::Access::Push)
-            .await
+        let ask = self
+            .client
+            .manifest_digest(&repo, target.pull_reference(), client::Access::Push);
+        self.resolved.resolve(&target.to_string(), ask).await
     }
 
     /// Copies `source` to `target` (which must carry a tag or a digest). Progress, if asked for,
