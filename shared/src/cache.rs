@@ -15,9 +15,10 @@ use crate::workload::Workload;
 /// A workload keeps its name, namespace, uid, generation and image-backup's own annotations
 /// (see [`kept_annotation`]), replicas, its status counts and each condition's type and
 /// status, and of its pod template the service account, pull secrets and each container's name
-/// and image, in their order (the rollout's patch addresses containers by index). Labels, selector, the template's
-/// metadata, condition messages, probes, env, resources, volumes, affinity and the rest go, and
-/// so do `managedFields`: at 6,000 workloads they were most of the rollout's memory.
+/// and image, in their order (the rollout's patch addresses containers by index). Labels,
+/// selector, the template's metadata, condition messages, probes, env, resources, volumes,
+/// affinity and the rest go, and so do `managedFields`: at 6,000 workloads they were most of
+/// the rollout's memory.
 pub trait Trim {
     /// Drops what no function reads.
     fn trim(&mut self) {}

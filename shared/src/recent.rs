@@ -27,7 +27,11 @@ impl<K: Eq + Hash, V> Recent<K, V> {
     }
 
     /// The entry for `key`, if inserted less than the TTL before `now`.
-    pub fn get(&self, key: &K, now: Instant) -> Option<&V> {
+    pub fn get<Q>(&self, key: &Q, now: Instant) -> Option<&V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Eq + Hash + ?Sized,
+    {
         self.entries
             .get(key)
             .filter(|(at, _)| now.saturating_duration_since(*at) < self.ttl)
@@ -91,7 +95,7 @@ impl Resolved {
         self.0
             .lock()
             .ok()
-            .and_then(|m| m.get(&reference.to_string(), now).cloned())
+            .and_then(|m| m.get(reference, now).cloned())
     }
 
     /// Remembers that `reference` resolved to `digest` just now.

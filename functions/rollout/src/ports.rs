@@ -146,10 +146,7 @@ impl Ports for KubePorts {
     }
 
     async fn backup_digest(&self, target: &Reference) -> Result<Option<String>, CopyError> {
-        let repo = Repo {
-            registry: target.domain().to_string(),
-            path: target.path().to_string(),
-        };
+        let repo = Repo::from(target);
         let ask = self
             .registry
             .manifest_digest(&repo, target.pull_reference(), Access::Pull);

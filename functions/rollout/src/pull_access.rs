@@ -148,10 +148,7 @@ impl PullAccess {
             let Ok(r) = Reference::parse(target) else {
                 return Need::NotPullable(format!("{target} is not a valid reference"));
             };
-            let repo = Repo {
-                registry: r.domain().to_string(),
-                path: r.path().to_string(),
-            };
+            let repo = Repo::from(&r);
             let ask = self
                 .anonymous
                 .manifest_digest(&repo, r.pull_reference(), Scope::Pull);

@@ -10,6 +10,16 @@ pub struct Repo {
     pub path: String,
 }
 
+impl From<&crate::reference::Reference> for Repo {
+    /// The repository a reference names, at its registry.
+    fn from(r: &crate::reference::Reference) -> Self {
+        Self {
+            registry: r.domain().to_string(),
+            path: r.path().to_string(),
+        }
+    }
+}
+
 impl std::fmt::Display for Repo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.registry, self.path)

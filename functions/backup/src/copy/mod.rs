@@ -181,10 +181,7 @@ impl Copier {
     /// The digest the target tag resolves to (HEAD), `None` if it does not exist. A digest
     /// found is reused for [`shared::recent::Resolved::TTL`]; a miss is always asked again.
     pub async fn target_digest(&self, target: &Reference) -> Result<Option<String>, CopyError> {
-        let repo = Repo {
-            registry: target.domain().to_string(),
-            path: target.path().to_string(),
-        };
+        let repo = Repo::from(target);
         let ask = self
             .client
             .manifest_digest(&repo, target.pull_reference(), client::Access::Push);
@@ -200,14 +197,8 @@ impl Copier {
         progress: Option<watch::Sender<Progress>>,
     ) -> Result<CopySummary, CopyError> {
         let started = Instant::now();
-        let src = Repo {
-            registry: source.domain().to_string(),
-            path: source.path().to_string(),
-        };
-        let dst = Repo {
-            registry: target.domain().to_string(),
-            path: target.path().to_string(),
-        };
+        let src = Repo::from(source);
+        let dst = Repo::from(target);
         let target_ref = target
             .tag()
             .or(target.digest())
