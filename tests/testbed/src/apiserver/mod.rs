@@ -54,7 +54,7 @@
 //!   Running on simulated nodes, a Pod nobody owns is scheduled and runs, statuses and
 //!   controller Events follow; a workload can be held not-ready.
 //! - Faults: latency, the next N requests answering 429/500/503, watches cut after N events,
-//!   history compaction.
+//!   history compaction, streaming lists refused (WatchList off).
 //!
 //! # What it simplifies (compared with kube-apiserver)
 //! - Anonymous requests act as the admin unless [`ApiServer::require_authentication`] is on; no
@@ -116,6 +116,9 @@ pub struct Faults {
     pub fail_next: VecDeque<u16>,
     /// Watches end after sending this many events.
     pub cut_watches_after: Option<usize>,
+    /// Streaming lists (`sendInitialEvents`) refused with 422, as by kube-apiserver with its
+    /// WatchList feature off (before 1.32, or by choice) and by aggregated API servers.
+    pub no_watch_list: bool,
 }
 
 /// Workload simulation settings.
@@ -334,6 +337,14 @@ impl ApiServer {
     pub fn cut_watches_after(&self, events: Option<usize>) {
         if let Ok(mut f) = self.state.faults.lock() {
             f.cut_watches_after = events;
+        }
+    }
+
+    /// Refuses streaming lists from now on (`false`) or serves them again (`true`, the default),
+    /// as kube-apiserver with its WatchList feature off or on.
+    pub fn watch_list(&self, enabled: bool) {
+        if let Ok(mut f) = self.state.faults.lock() {
+            f.no_watch_list = !enabled;
         }
     }
 

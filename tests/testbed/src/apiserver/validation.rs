@@ -123,6 +123,70 @@ pub fn admit(
     Err(e)
 }
 
+/// A watch's list options, checked as kube-apiserver's `validateWatchOptions` does:
+/// `sendInitialEvents` needs `resourceVersionMatch=NotOlderThan` and the WatchList feature
+/// (`watch_list`: off, the server refuses every streaming list as kube-apiserver with the gate
+/// off does, 422 Invalid on `ListOptions.meta.k8s.io`), and `resourceVersionMatch` on a watch
+/// needs `sendInitialEvents`.
+pub fn watch_options(
+    query: &std::collections::BTreeMap<String, String>,
+    watch_list: bool,
+) -> Result<(), ApiError> {
+    let forbidden = |field: &str, message: &str| Cause {
+        reason: "FieldValueForbidden",
+        field: field.into(),
+        message: format!("Forbidden: {message}"),
+    };
+    let initial = query.get("sendInitialEvents");
+    let matching = query.get("resourceVersionMatch").filter(|m| !m.is_empty());
+    let mut causes = Vec::new();
+    if initial.is_some() {
+        if matching.map(String::as_str) != Some("NotOlderThan") {
+            causes.push(forbidden(
+                "resourceVersionMatch",
+                "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+            ));
+        }
+        if !watch_list {
+            causes.push(forbidden(
+                "sendInitialEvents",
+                "sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled",
+            ));
+        }
+    }
+    if let Some(m) = matching {
+        if initial.is_none() {
+            causes.push(forbidden(
+                "resourceVersionMatch",
+                "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+            ));
+        }
+        if m != "NotOlderThan" {
+            causes.push(Cause {
+                reason: "FieldValueNotSupported",
+                field: "resourceVersionMatch".into(),
+                message: format!("Unsupported value: {m:?}: supported values: \"NotOlderThan\""),
+            });
+        }
+    }
+    if causes.is_empty() {
+        return Ok(());
+    }
+    let detail: Vec<String> = causes
+        .iter()
+        .map(|c| format!("{}: {}", c.field, c.message))
+        .collect();
+    let mut e = ApiError::invalid(format!(
+        "ListOptions.meta.k8s.io \"\" is invalid: {}",
+        join(&detail)
+    ));
+    e.details = Some(json!({
+        "group": "meta.k8s.io", "kind": "ListOptions",
+        "causes": causes.iter().map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field})).collect::<Vec<_>>(),
+    }));
+    Err(e)
+}
+
 fn join(parts: &[String]) -> String {
     if parts.len() == 1 {
         parts[0].clone()

@@ -1,5 +1,6 @@
 //! Watch: synthetic ADDED events or the history after a resourceVersion, then live changes;
-//! BOOKMARKs, `sendInitialEvents`, `timeoutSeconds`, 410 as an ERROR event, and the cut fault.
+//! BOOKMARKs, `sendInitialEvents` (refused, as with kube-apiserver's WatchList off, when a test
+//! turns it off), `timeoutSeconds`, 410 as an ERROR event, and the cut fault.
 
 use super::*;
 
@@ -28,6 +29,12 @@ pub(super) async fn watch(
     table: bool,
     protobuf: bool,
 ) -> Result<Response> {
+    let watch_list = state
+        .faults
+        .lock()
+        .map(|f| !f.no_watch_list)
+        .unwrap_or(true);
+    super::super::validation::watch_options(query, watch_list)?;
     let protobuf = protobuf
         && !table
         && super::super::protobuf::has_form(&target.resource.api_version(), &target.resource.kind);
@@ -36,7 +43,10 @@ pub(super) async fn watch(
     let storage_key = resource.storage_key();
     let namespace = target.namespace.clone();
     let bookmarks = is_true(query.get("allowWatchBookmarks"));
-    let initial_events = is_true(query.get("sendInitialEvents"));
+    // `sendInitialEvents` given decides; without it, a watch from "" or "0" starts with the
+    // current objects and one from a resourceVersion with the history after it.
+    let asked_initial = query.get("sendInitialEvents").map(|v| v == "true");
+    let initial_events = asked_initial == Some(true);
     let timeout = query
         .get("timeoutSeconds")
         .and_then(|t| t.parse::<u64>().ok())
@@ -51,13 +61,16 @@ pub(super) async fn watch(
         let live = store.subscribe();
         let epoch = store.epoch();
         let start_rv = store.resource_version();
-        let synthetic = rv_param.is_empty() || rv_param == "0" || initial_events;
+        let from_now = rv_param.is_empty() || rv_param == "0";
+        let synthetic = asked_initial.unwrap_or(from_now);
         let initial: std::result::Result<Vec<(ChangeType, Value)>, ApiError> = if synthetic {
             Ok(store
                 .list(&storage_key, namespace.as_deref())
                 .into_iter()
                 .map(|o| (ChangeType::Added, o))
                 .collect())
+        } else if from_now {
+            Ok(Vec::new())
         } else {
             match rv_param.parse::<u64>() {
                 Ok(rv) => store.since(&storage_key, rv).map(|changes| {
