@@ -136,11 +136,13 @@ impl<K> Cached for K where
 }
 
 /// A cluster-wide reflector over every `K` into `writer`, with kube-runtime's default backoff,
-/// each object parsed [leanly](Lean) and [trimmed](Trim) before it is stored: the watch every
-/// cache of the functions is built on. The stream must be polled for the store to fill.
+/// its initial state got as `initial` says, each object parsed [leanly](Lean) and
+/// [trimmed](Trim) before it is stored: the watch every cache of the functions is built on. The
+/// stream must be polled for the store to fill.
 pub fn reflect<K>(
     client: &kube::Client,
     writer: kube::runtime::reflector::store::Writer<K>,
+    initial: crate::initial_list::InitialList,
 ) -> impl futures::Stream<Item = Result<kube::runtime::watcher::Event<K>, kube::runtime::watcher::Error>>
 + Send
 + 'static
@@ -150,20 +152,17 @@ where
     use futures::TryStreamExt as _;
     use kube::runtime::WatchStreamExt as _;
     use kube::runtime::watcher::Event;
-    kube::runtime::watcher(
-        kube::Api::<Decoded<K>>::all(client.clone()),
-        kube::runtime::watcher::Config::default(),
-    )
-    .map_ok(|event| match event {
-        Event::Apply(Decoded(o)) => Event::Apply(o),
-        Event::Delete(Decoded(o)) => Event::Delete(o),
-        Event::Init => Event::Init,
-        Event::InitApply(Decoded(o)) => Event::InitApply(o),
-        Event::InitDone => Event::InitDone,
-    })
-    .default_backoff()
-    .modify(Trim::trim)
-    .reflect(writer)
+    crate::initial_list::watch(kube::Api::<Decoded<K>>::all(client.clone()), initial)
+        .map_ok(|event| match event {
+            Event::Apply(Decoded(o)) => Event::Apply(o),
+            Event::Delete(Decoded(o)) => Event::Delete(o),
+            Event::Init => Event::Init,
+            Event::InitApply(Decoded(o)) => Event::InitApply(o),
+            Event::InitDone => Event::InitDone,
+        })
+        .default_backoff()
+        .modify(Trim::trim)
+        .reflect(writer)
 }
 
 /// Reflector stores of Deployments and DaemonSets, each held [slim](Slim) and built whole

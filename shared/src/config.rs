@@ -250,6 +250,16 @@ pub struct AdminArgs {
     pub metrics_auth: crate::metrics_auth::MetricsAuthMode,
 }
 
+/// How the function's caches get their initial state from the API server.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WatchArgs {
+    /// `auto`: a streaming list (`sendInitialEvents`, kube-apiserver's WatchList) where the API
+    /// server serves one, paged lists of 500 where it refuses or does not finish one;
+    /// `streaming` or `paged`: only that.
+    #[arg(long, env = "INITIAL_LIST", value_enum, default_value_t = crate::initial_list::InitialList::Auto)]
+    pub initial_list: crate::initial_list::InitialList,
+}
+
 /// Where events go instead of JetStream (Knative).
 #[derive(Debug, Clone, clap::Args)]
 pub struct SinkArgs {

@@ -17,6 +17,7 @@
 //! - [`telemetry`]: log set-up.
 //! - [`cache`]: the Deployment and DaemonSet caches, seen as workloads.
 //! - [`lean`](mod@lean): workloads parsed off the API into only what the caches keep.
+//! - [`initial_list`]: streaming lists where the API server serves them, paged lists where not.
 //! - [`admin`]: the admin server (`/healthz`, `/readyz`, `/metrics`) and readiness.
 //! - [`metrics_auth`]: `/metrics` for callers Kubernetes authenticates and authorizes.
 //! - [`runtime`]: start-up every function shares (signals, metrics, admin server, kube client).
@@ -47,6 +48,7 @@ pub mod delivery;
 pub mod error;
 pub mod events;
 pub mod handler;
+pub mod initial_list;
 pub mod kube_events;
 pub mod lean;
 pub mod metrics_auth;

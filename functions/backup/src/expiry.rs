@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::api::{DeleteParams, Preconditions};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use shared::api_error::ApiFailure;
 use shared::crd::{ImageBackup, Phase};
@@ -62,10 +61,15 @@ fn error_policy(_: Arc<ImageBackup>, e: &ExpiryError, _: Arc<Ctx>) -> Action {
     Action::requeue(Duration::from_secs(10))
 }
 
-/// Runs until `shutdown` drains.
-pub async fn run(client: kube::Client, metrics: Metrics, mut shutdown: Shutdown) {
+/// Runs until `shutdown` drains, its watch getting its initial state as `initial` says.
+pub async fn run(
+    client: kube::Client,
+    metrics: Metrics,
+    initial: shared::initial_list::InitialList,
+    mut shutdown: Shutdown,
+) {
     let api: Api<ImageBackup> = Api::all(client);
-    let controller = Controller::new(api.clone(), watcher::Config::default());
+    let controller = shared::initial_list::controller(api.clone(), initial);
     let store = controller.store();
     let mut stop = shutdown.clone();
     let gauges = tokio::spawn(async move {

@@ -13,7 +13,9 @@ use backup::copy::{Copier, DEFAULT_CONCURRENCY, ReferrersMode, RegistryClient};
 use backup::handler::{Context, Settings};
 use backup::metrics::Metrics;
 use clap::{Parser, Subcommand};
-use shared::config::{AdminArgs, BackupArgs, NatsArgs, RegistryArgs, ServeArgs, SinkArgs};
+use shared::config::{
+    AdminArgs, BackupArgs, NatsArgs, RegistryArgs, ServeArgs, SinkArgs, WatchArgs,
+};
 use shared::kube_events::KubeEvents;
 use shared::publish::Publisher;
 use shared::runtime::Mode;
@@ -95,6 +97,8 @@ struct FunctionArgs {
     registries: RegistryArgs,
     #[command(flatten)]
     admin: AdminArgs,
+    #[command(flatten)]
+    watch: WatchArgs,
     #[command(flatten)]
     sink: SinkArgs,
     /// Where backups go and how they are named: the only source of targets (an event's
@@ -209,9 +213,11 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
         "Backup",
     );
     let handler = Context::new(client.clone(), copier, settings, metrics.clone(), events);
+    let initial = args.watch.initial_list;
     let expiry = tokio::spawn(backup::expiry::run(
         client.clone(),
         metrics,
+        initial,
         shutdown.clone(),
     ));
     let sink = Publisher::sink(args.sink.sink.as_ref(), SOURCE);
@@ -244,6 +250,7 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
             let publisher = sink.unwrap_or_else(|| Publisher::jetstream(js.clone(), SOURCE));
             let requests = tokio::spawn(backup::requests::run(
                 client.clone(),
+                initial,
                 handler.clone(),
                 Some(publisher.clone()),
                 shutdown.clone(),
@@ -270,6 +277,7 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
         } => {
             let requests = tokio::spawn(backup::requests::run(
                 client.clone(),
+                initial,
                 handler.clone(),
                 sink.clone(),
                 shutdown.clone(),

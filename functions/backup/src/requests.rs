@@ -15,8 +15,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::controller::Action;
 use shared::crd::{ImageBackup, Phase};
 use shared::publish::{EventPublisher as _, Publisher};
 use shared::shutdown::Shutdown;
@@ -118,15 +117,16 @@ fn error_policy(_: Arc<ImageBackup>, _: &RequestError, _: Arc<Ctx>) -> Action {
     Action::requeue(Duration::from_secs(10))
 }
 
-/// Runs until `shutdown` drains.
+/// Runs until `shutdown` drains, its watch getting its initial state as `initial` says.
 pub async fn run(
     client: kube::Client,
+    initial: shared::initial_list::InitialList,
     handler: Context,
     publisher: Option<Publisher>,
     mut shutdown: Shutdown,
 ) {
     let api: Api<ImageBackup> = Api::all(client);
-    let controller = Controller::new(api, watcher::Config::default());
+    let controller = shared::initial_list::controller(api, initial);
     // The event path answers "already backed up?" from this watch instead of a read per event.
     handler.share_store(controller.store());
     controller

@@ -26,12 +26,16 @@ type Changes = (mpsc::Sender<WorkloadRef>, WorkloadKind);
 /// initial list go to `changes` as workloads (when `as_workload` makes one), so the rollout acts
 /// on a change it sees itself: a change back to images seen before publishes a
 /// `workload.changed` the stream drops as a duplicate, and must not wait for the resync.
-fn cache<K>(client: &kube::Client, changes: Option<Changes>) -> reflector::Store<K>
+fn cache<K>(
+    client: &kube::Client,
+    initial: shared::initial_list::InitialList,
+    changes: Option<Changes>,
+) -> reflector::Store<K>
 where
     K: shared::cache::Cached,
 {
     let (store, writer) = reflector::store::<K>();
-    let stream = shared::cache::reflect(client, writer);
+    let stream = shared::cache::reflect(client, writer, initial);
     tokio::spawn(stream.for_each(move |event| {
         let changes = changes.clone();
         async move {
@@ -69,13 +73,18 @@ pub struct Caches {
 }
 
 impl Caches {
-    /// Starts the three reflectors (they fill in the background; wait for their stores).
-    pub fn start(client: &kube::Client) -> Self {
+    /// Starts the three reflectors, each getting its initial state as `initial` says (they
+    /// fill in the background; wait for their stores).
+    pub fn start(client: &kube::Client, initial: shared::initial_list::InitialList) -> Self {
         let (changes, changed) = mpsc::channel::<WorkloadRef>(1024);
-        let deployments =
-            cache::<Slim<Deployment>>(client, Some((changes.clone(), WorkloadKind::Deployment)));
-        let daemonsets = cache::<Slim<DaemonSet>>(client, Some((changes, WorkloadKind::DaemonSet)));
-        let backups = cache::<ImageBackup>(client, None);
+        let deployments = cache::<Slim<Deployment>>(
+            client,
+            initial,
+            Some((changes.clone(), WorkloadKind::Deployment)),
+        );
+        let daemonsets =
+            cache::<Slim<DaemonSet>>(client, initial, Some((changes, WorkloadKind::DaemonSet)));
+        let backups = cache::<ImageBackup>(client, initial, None);
         Self {
             deployments,
             daemonsets,

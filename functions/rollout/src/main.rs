@@ -12,7 +12,9 @@ use rollout::handler::{Context, Safety};
 use rollout::metrics::Metrics;
 use rollout::pacing::Slots;
 use rollout::pull_access::{PullAccess, SecretName};
-use shared::config::{AdminArgs, BackupArgs, NatsArgs, RegistryArgs, ServeArgs, SinkArgs};
+use shared::config::{
+    AdminArgs, BackupArgs, NatsArgs, RegistryArgs, ServeArgs, SinkArgs, WatchArgs,
+};
 use shared::kube_events::KubeEvents;
 use shared::publish::Publisher;
 use shared::registry::auth::DockerConfig;
@@ -71,6 +73,8 @@ struct FunctionArgs {
     #[command(flatten)]
     admin: AdminArgs,
     #[command(flatten)]
+    watch: WatchArgs,
+    #[command(flatten)]
     sink: SinkArgs,
     /// `digest`: `target:tag@sha256:…`; `tag`: `target:tag`.
     #[arg(long, env = "PIN", value_enum, default_value_t = Pin::Digest)]
@@ -120,7 +124,7 @@ async fn function(args: FunctionArgs, mode: Mode) -> anyhow::Result<()> {
     .await?;
     let mut shutdown = runtime.shutdown.clone();
     let client = runtime.client.clone();
-    let caches = rollout::loops::Caches::start(&client);
+    let caches = rollout::loops::Caches::start(&client, args.watch.initial_list);
     let (deployments, daemonsets, backups) = (
         caches.deployments.clone(),
         caches.daemonsets.clone(),

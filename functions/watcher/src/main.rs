@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use shared::config::{AdminArgs, BackupArgs, NatsArgs, SinkArgs};
+use shared::config::{AdminArgs, BackupArgs, NatsArgs, SinkArgs, WatchArgs};
 use shared::publish::Publisher;
 use watcher::decide::{DEFAULT_EXCLUDED, Policy};
 use watcher::metrics::Metrics;
@@ -76,6 +76,8 @@ struct RunArgs {
     backup: BackupArgs,
     #[command(flatten)]
     admin: AdminArgs,
+    #[command(flatten)]
+    watch: WatchArgs,
     #[command(flatten)]
     sink: SinkArgs,
     /// Namespaces never looked at (the function's own, from POD_NAMESPACE, is added).
@@ -145,7 +147,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         readiness: runtime.readiness.clone(),
         resync: Duration::from_secs(args.resync_seconds),
     };
-    watcher::run::run(client, ctx, shutdown).await;
+    watcher::run::run(client, ctx, args.watch.initial_list, shutdown).await;
     runtime.finish().await;
     Ok(())
 }

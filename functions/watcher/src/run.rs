@@ -22,6 +22,7 @@ use kube::Resource;
 use kube::runtime::reflector;
 use kube::runtime::watcher;
 use shared::cache::WorkloadCache;
+use shared::initial_list::InitialList;
 use shared::kube_events::Events;
 use shared::publish::EventPublisher;
 use shared::shutdown::Shutdown;
@@ -30,17 +31,19 @@ use tokio::time::Instant;
 pub use crate::state::Context;
 use crate::state::{Cache, KindKey, Signal, Watcher, key_of};
 
-/// A reflector over every `K`, mapped to signals by `to_signal`.
+/// A reflector over every `K` (its initial state got as `initial` says), mapped to signals by
+/// `to_signal`.
 fn watch<K, F>(
     client: &kube::Client,
     writer: reflector::store::Writer<K>,
+    initial: InitialList,
     to_signal: F,
 ) -> impl Stream<Item = Signal> + Send + 'static
 where
     K: shared::cache::Cached,
     F: Fn(watcher::Event<K>) -> Signal + Send + 'static,
 {
-    shared::cache::reflect(client, writer).map(move |event| match event {
+    shared::cache::reflect(client, writer, initial).map(move |event| match event {
         Ok(event) => to_signal(event),
         Err(e) => Signal::Error(e.to_string()),
     })
@@ -71,11 +74,13 @@ fn namespaced_signal<K: Resource>(
     }
 }
 
-/// Runs until `shutdown` drains. Errors of the API or of publishing are logged, counted and
-/// retried, never returned: the loop only ends on shutdown.
+/// Runs until `shutdown` drains, its caches getting their initial state as `initial` says.
+/// Errors of the API or of publishing are logged, counted and retried, never returned: the
+/// loop only ends on shutdown.
 pub async fn run<P: EventPublisher, E: Events>(
     client: kube::Client,
     ctx: Context<P, E>,
+    initial: InitialList,
     mut shutdown: Shutdown,
 ) {
     let (deployments, dw) = reflector::store();
@@ -83,21 +88,21 @@ pub async fn run<P: EventPublisher, E: Events>(
     let (namespaces, nw) = reflector::store();
     let (accounts, aw) = reflector::store();
     let mut signals = futures::stream::select_all([
-        watch::<shared::slim::Slim<Deployment>, _>(&client, dw, |e| {
+        watch::<shared::slim::Slim<Deployment>, _>(&client, dw, initial, |e| {
             workload_signal(KindKey::Deployment, Cache::Deployments, e)
         })
         .boxed(),
-        watch::<shared::slim::Slim<DaemonSet>, _>(&client, sw, |e| {
+        watch::<shared::slim::Slim<DaemonSet>, _>(&client, sw, initial, |e| {
             workload_signal(KindKey::DaemonSet, Cache::DaemonSets, e)
         })
         .boxed(),
-        watch::<Namespace, _>(&client, nw, |e| {
+        watch::<Namespace, _>(&client, nw, initial, |e| {
             namespaced_signal(Cache::Namespaces, e, |n: &Namespace| {
                 n.metadata.name.clone().unwrap_or_default()
             })
         })
         .boxed(),
-        watch::<ServiceAccount, _>(&client, aw, |e| {
+        watch::<ServiceAccount, _>(&client, aw, initial, |e| {
             namespaced_signal(Cache::ServiceAccounts, e, |a: &ServiceAccount| {
                 a.metadata.namespace.clone().unwrap_or_default()
             })

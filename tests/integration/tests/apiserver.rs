@@ -650,6 +650,178 @@ async fn raw_watch_bookmarks_and_gone() {
     }
 }
 
+/// Creates empty ConfigMaps named `names`.
+async fn create_config_maps(api: &Api<ConfigMap>, names: &[&str]) {
+    for name in names {
+        api.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": name}})).expect("cm"),
+        )
+        .await
+        .expect("create");
+    }
+}
+
+/// A streaming list as kube-apiserver serves it (every object, then the bookmark annotated
+/// `k8s.io/initial-events-end`), its refusal with WatchList off (422 Invalid on
+/// `ListOptions.meta.k8s.io`), and kube-apiserver's rules for `resourceVersionMatch` on a watch.
+#[tokio::test]
+async fn streaming_lists_end_with_their_bookmark_and_are_refused_with_watch_list_off() {
+    let server = ApiServer::start().await.expect("server");
+    let client = server.client().expect("client");
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    create_config_maps(&api, &["a", "b", "c"]).await;
+    let params = kube::api::WatchParams::streaming_lists().timeout(5);
+    let mut stream = api.watch(&params, "0").await.expect("watch").boxed();
+    let mut added = Vec::new();
+    let end = loop {
+        let event = tokio::time::timeout(Duration::from_secs(6), stream.next())
+            .await
+            .expect("event in time")
+            .expect("an event")
+            .expect("decoded");
+        match event {
+            kube::api::WatchEvent::Added(cm) => added.push(cm.name_any()),
+            kube::api::WatchEvent::Bookmark(b) => break b,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(added, ["a", "b", "c"], "every object before the bookmark");
+    assert_eq!(
+        end.metadata
+            .annotations
+            .get("k8s.io/initial-events-end")
+            .map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        end.metadata.resource_version,
+        server.resource_version().to_string(),
+        "the bookmark carries the list's resourceVersion"
+    );
+
+    server.watch_list(false);
+    let refused = api.watch(&params, "0").await.err().expect("refused");
+    let kube::Error::Api(status) = refused else {
+        panic!("not an API error: {refused}")
+    };
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+    assert_eq!(
+        status.message,
+        "ListOptions.meta.k8s.io \"\" is invalid: sendInitialEvents: Forbidden: sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled"
+    );
+    server.watch_list(true);
+
+    // resourceVersionMatch on a watch needs sendInitialEvents, and only NotOlderThan.
+    for query in [
+        "watch=true&resourceVersionMatch=NotOlderThan",
+        "watch=true&sendInitialEvents=true&allowWatchBookmarks=true",
+        "watch=true&sendInitialEvents=true&resourceVersionMatch=Exact",
+    ] {
+        let request = http::Request::get(format!("/api/v1/namespaces/default/configmaps?{query}"))
+            .body(Vec::new())
+            .expect("request");
+        let e = client
+            .request::<serde_json::Value>(request)
+            .await
+            .expect_err("refused");
+        assert_eq!(status_code(&e), (422, "Invalid".to_string()), "{query}");
+    }
+}
+
+/// The functions' watch (`shared::initial_list::watch`, `auto`) against each kind of server:
+/// streaming where served, paged after a refusal, and paged after streaming lists that never
+/// reach their end bookmark — the cache complete and no error passed on in every case.
+#[tokio::test]
+async fn the_functions_watch_falls_back_to_paged_lists_where_streaming_ones_fail() {
+    use shared::initial_list::{InitialList, UNFINISHED_LIMIT, watch};
+    let server = ApiServer::start().await.expect("server");
+    let client = server.client().expect("client");
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    create_config_maps(&api, &["a", "b", "c"]).await;
+    // What one start yields up to its first InitDone: the Inits seen, the names of the last
+    // list, and every error passed on.
+    let start = async |how: InitialList| {
+        let mut stream = watch(api.clone(), how).boxed();
+        let (mut inits, mut names, mut errors) = (0, Vec::new(), Vec::new());
+        loop {
+            let item = tokio::time::timeout(Duration::from_secs(30), stream.next())
+                .await
+                .expect("the initial list finishes")
+                .expect("the watch never ends");
+            match item {
+                Ok(watcher::Event::Init) => {
+                    inits += 1;
+                    names.clear();
+                }
+                Ok(watcher::Event::InitApply(cm)) => names.push(cm.name_any()),
+                Ok(watcher::Event::InitDone) => return (inits, names, errors),
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+    };
+    let lists = |requests: &[String]| -> (usize, usize) {
+        let of = |f: &dyn Fn(&str) -> bool| {
+            requests
+                .iter()
+                .filter(|r| r.contains("/configmaps?") && f(r))
+                .count()
+        };
+        (
+            of(&|r| r.contains("sendInitialEvents=true")),
+            of(&|r| r.contains("limit=500") && !r.contains("watch=")),
+        )
+    };
+
+    server.reset_requests();
+    let served = start(InitialList::Auto).await;
+    assert_eq!(
+        served,
+        (1, vec!["a".into(), "b".into(), "c".into()], vec![])
+    );
+    assert_eq!(lists(&server.requests()), (1, 0), "streamed, never paged");
+
+    server.watch_list(false);
+    server.reset_requests();
+    let refused = start(InitialList::Auto).await;
+    assert_eq!(
+        refused,
+        (1, vec!["a".into(), "b".into(), "c".into()], vec![]),
+        "the refusal is the switch, not an error: one Init, the paged list's"
+    );
+    assert_eq!(lists(&server.requests()), (1, 1), "one refused, then paged");
+    // Told `streaming`, it never falls back: the refusal is passed on for the backoff.
+    let first = watch(api.clone(), InitialList::Streaming)
+        .boxed()
+        .next()
+        .await
+        .expect("an item");
+    assert!(
+        matches!(&first, Err(e) if e.to_string().contains("sendInitialEvents is forbidden")),
+        "{first:?}"
+    );
+    server.watch_list(true);
+
+    // A server (or a proxy) that cuts every streaming list before its bookmark.
+    server.cut_watches_after(Some(1));
+    server.reset_requests();
+    let cut = start(InitialList::Auto).await;
+    server.cut_watches_after(None);
+    assert_eq!(
+        cut.0 as u32,
+        UNFINISHED_LIMIT + 1,
+        "the cut lists' Inits and the paged list's"
+    );
+    assert_eq!(cut.1, ["a", "b", "c"]);
+    assert!(cut.2.is_empty(), "{:?}", cut.2);
+    assert_eq!(
+        lists(&server.requests()),
+        (UNFINISHED_LIMIT as usize + 1, 1),
+        "the cut streaming lists (and the next, open when the last cut one is seen), then one paged list"
+    );
+}
+
 #[tokio::test]
 async fn tables_show_the_crd_printer_columns() {
     let server = ApiServer::start().await.expect("server");

@@ -249,6 +249,75 @@ async fn the_original_design_scenario_ends_on_backups_pinned_by_digest() {
     }
 }
 
+/// Every function fills its caches from streaming lists where the API server serves them, and
+/// from paged lists (after one refused streaming list per watch) where it refuses them, as
+/// kube-apiserver with its WatchList feature off does; the flow ends the same either way.
+#[tokio::test]
+async fn the_flow_ends_the_same_with_streaming_lists_and_where_they_are_refused() {
+    // What each function watches: the watcher namespaces and ServiceAccounts too, the backup
+    // and the rollout ImageBackups.
+    const KINDS: [&str; 5] = [
+        "deployments",
+        "daemonsets",
+        "imagebackups",
+        "namespaces",
+        "serviceaccounts",
+    ];
+    const FALLBACK: &str = "using paged lists instead of streaming lists";
+    for watch_list in [true, false] {
+        let c = Cluster::start().await.expect("cluster");
+        c.api.watch_list(watch_list);
+        let want = seed(&c).await;
+        let watcher = c.spawn("watcher", &["run"], &[]).await.expect("watcher");
+        let backup = c.spawn("backup", &["run"], &[]).await.expect("backup");
+        let rollout = c.spawn("rollout", &["run"], &[]).await.expect("rollout");
+        let procs = [&watcher, &backup, &rollout];
+        seed_rolled_out(&c, &want, &procs).await;
+        let requests = c.api.requests();
+        let of = |plural: &str| {
+            requests
+                .iter()
+                .filter(|r| r.starts_with("GET ") && r.contains(&format!("/{plural}?")))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        for plural in KINDS {
+            let asked = of(plural);
+            let streamed = asked
+                .iter()
+                .filter(|r| r.contains("watch=true") && r.contains("sendInitialEvents=true"))
+                .count();
+            let paged = asked
+                .iter()
+                .filter(|r| !r.contains("watch=") && r.contains("limit=500"))
+                .count();
+            assert!(
+                streamed > 0,
+                "{plural}: a streaming list is asked for first (WatchList {watch_list}): {asked:#?}"
+            );
+            if watch_list {
+                assert_eq!(paged, 0, "{plural}: never paged where streamed: {asked:#?}");
+            } else {
+                assert!(paged > 0, "{plural}: paged after the refusal: {asked:#?}");
+                // One refused streaming list per watch, not one per retry.
+                assert!(
+                    streamed <= 3,
+                    "{plural}: streaming lists asked for again after the fallback: {asked:#?}"
+                );
+            }
+        }
+        for p in procs {
+            assert_eq!(
+                p.log().contains(FALLBACK),
+                !watch_list,
+                "the fallback is logged where (and only where) it happens:\n{}",
+                p.log()
+            );
+            assert!(!p.log().contains("panicked"), "{}", p.log());
+        }
+    }
+}
+
 #[tokio::test]
 async fn the_original_design_scenario_in_knative_mode() {
     let c = Cluster::start().await.expect("cluster");
