@@ -73,6 +73,12 @@ enum Command {
         /// One bare container per workload (the objects of earlier runs).
         #[arg(long)]
         bare: bool,
+        /// The functions' INITIAL_LIST (auto, streaming, paged).
+        #[arg(long, value_enum, default_value_t = shared::initial_list::InitialList::Auto)]
+        initial_list: shared::initial_list::InitialList,
+        /// The test API server refuses streaming lists, as kube-apiserver with WatchList off.
+        #[arg(long)]
+        no_watch_list: bool,
     },
     /// The backup function: events for distinct images handled by 2 `backup run` processes,
     /// against the sum of one-shot `backup copy` times; prints a Markdown table.
@@ -242,9 +248,11 @@ async fn main() -> anyhow::Result<()> {
             images,
             max_concurrent_rollouts,
             bare,
+            initial_list,
+            no_watch_list,
         } => {
             println!(
-                "| workloads | images | rollout limit | seconds until all rolled out | peak rolling out at once | copies | API requests per workload | NATS messages per workload | peak RSS watcher / backup / rollout (MiB) | CPU seconds watcher / backup / rollout |\n|---|---|---|---|---|---|---|---|---|---|"
+                "| workloads | images | rollout limit | initial lists | seconds until all rolled out | peak rolling out at once | copies | API requests per workload | NATS messages per workload | peak RSS watcher / backup / rollout (MiB) | CPU seconds watcher / backup / rollout |\n|---|---|---|---|---|---|---|---|---|---|---|"
             );
             for n in workloads {
                 for &limit in &max_concurrent_rollouts {
@@ -254,6 +262,8 @@ async fn main() -> anyhow::Result<()> {
                         images: images.max(1),
                         max_concurrent_rollouts: limit,
                         realistic: !bare,
+                        initial_list,
+                        watch_list: !no_watch_list,
                     };
                     print!("{}", testbed::bench::scale::run(shape).await?);
                 }

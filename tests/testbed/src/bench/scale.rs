@@ -32,6 +32,32 @@ pub struct Shape {
     /// Workloads as a real cluster holds them ([`realistic_workload`]) instead of one bare
     /// container each.
     pub realistic: bool,
+    /// How the functions get their caches' initial state (`INITIAL_LIST`).
+    pub initial_list: shared::initial_list::InitialList,
+    /// Whether the test API server serves streaming lists (off: refused, as by kube-apiserver
+    /// with its WatchList feature off).
+    pub watch_list: bool,
+}
+
+impl Shape {
+    /// The functions' `INITIAL_LIST`.
+    fn told(&self) -> String {
+        use clap::ValueEnum as _;
+        self.initial_list
+            .to_possible_value()
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default()
+    }
+
+    /// How the functions got their initial lists, for the table: what they were told, and
+    /// whether the server refused streaming lists.
+    fn lists(&self) -> String {
+        if self.watch_list {
+            self.told()
+        } else {
+            format!("{}, WatchList off", self.told())
+        }
+    }
 }
 
 /// A workload as clusters hold them: labels and annotations (Helm's among them), an app
@@ -141,6 +167,7 @@ fn completed_copies(c: &Cluster) -> usize {
 /// Runs one size; returns a Markdown table row.
 pub async fn run(shape: Shape) -> anyhow::Result<String> {
     let c = Cluster::start().await?;
+    c.api.watch_list(shape.watch_list);
     // Statuses only: ReplicaSets and Pods would measure the simulation, not the functions
     // (the API server runs in this process, on the same two cores).
     c.api.simulate_pods(false);
@@ -194,12 +221,16 @@ pub async fn run(shape: Shape) -> anyhow::Result<String> {
     let own_cpu_before = own_cpu();
     let started = Instant::now();
     c.namespace("image-backup").await?;
-    let quiet = [("LOG_LEVEL", "warn".to_string())];
+    let quiet = [
+        ("LOG_LEVEL", "warn".to_string()),
+        ("INITIAL_LIST", shape.told()),
+    ];
     // The three start together, as a cluster starts them.
     let mut watcher = c.start_function("watcher", &["run"], &quiet)?;
     let mut backup = c.start_function("backup", &["run"], &quiet)?;
     let rollout_env = [
         ("LOG_LEVEL", "warn".to_string()),
+        ("INITIAL_LIST", shape.told()),
         ("POD_NAMESPACE", "image-backup".to_string()),
         (
             "MAX_CONCURRENT_ROLLOUTS",
@@ -213,6 +244,10 @@ pub async fn run(shape: Shape) -> anyhow::Result<String> {
     for p in [&mut watcher, &mut backup, &mut rollout] {
         p.wait_ready(ready_within).await?;
     }
+    eprintln!(
+        "bench-scale: all three ready (caches listed) at {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     // Each workload's first and last sighting in flight (Deployments and DaemonSets are two
     // lists, taken one after the other): the peak counts only sightings that overlap in time, so
     // it never counts two workloads together that were not in flight together.
@@ -325,9 +360,10 @@ pub async fn run(shape: Shape) -> anyhow::Result<String> {
         n => n.to_string(),
     };
     Ok(format!(
-        "| {} | {} | {limit} | {seconds:.1} | {peak_in_flight} | {copies} | {:.2} | {:.2} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} |\n",
+        "| {} | {} | {limit} | {} | {seconds:.1} | {peak_in_flight} | {copies} | {:.2} | {:.2} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} |\n",
         shape.workloads,
         shape.images,
+        shape.lists(),
         per(requests as f64),
         per(messages as f64),
         mib(rss[0]),
