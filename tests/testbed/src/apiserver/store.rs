@@ -204,6 +204,43 @@ impl Store {
             .collect()
     }
 
+    /// One page of a resource's objects (in `namespace`, or all), in store order: those after
+    /// `after` (a namespace/name position) that `keep` accepts, at most `limit` of them cloned,
+    /// and how many more it accepts after them (counted in place). Costs the page, not the
+    /// resource, in copies: as kube-apiserver reads a page from etcd or its cache.
+    pub fn page(
+        &self,
+        storage_key: &str,
+        namespace: Option<&str>,
+        after: Option<&(String, String)>,
+        limit: usize,
+        keep: impl Fn(&Value) -> bool,
+    ) -> (Vec<Value>, usize) {
+        use std::ops::Bound;
+        let start = match after {
+            Some((ns, name)) => Bound::Excluded(Key {
+                storage_key: storage_key.to_string(),
+                namespace: ns.clone(),
+                name: name.clone(),
+            }),
+            None => Bound::Included(Key {
+                storage_key: storage_key.to_string(),
+                namespace: namespace.unwrap_or_default().to_string(),
+                name: String::new(),
+            }),
+        };
+        let mut matching = self
+            .objects
+            .range((start, Bound::Unbounded))
+            .take_while(|(k, _)| {
+                k.storage_key == storage_key && namespace.is_none_or(|ns| k.namespace == ns)
+            })
+            .map(|(_, v)| v)
+            .filter(|v| keep(v));
+        let items = matching.by_ref().take(limit).cloned().collect();
+        (items, matching.count())
+    }
+
     /// Calls `f` with every object of a resource in all namespaces, in place (no copies).
     pub fn each(&self, storage_key: &str, mut f: impl FnMut(&Value)) {
         let start = Key {

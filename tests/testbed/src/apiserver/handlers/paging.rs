@@ -18,21 +18,26 @@ pub(super) fn list(
             Some((rv, _)) => *rv,
             None => store.resource_version(),
         };
-        let mut matching = store
-            .list(&target.resource.storage_key(), target.namespace.as_deref())
+        // Selectors see the object as served: an events.k8s.io Event converted from the core one
+        // it is stored as; other kinds as stored.
+        let converted = events::is_events_v1(&target.resource);
+        let (items, remaining) = store.page(
+            &target.resource.storage_key(),
+            target.namespace.as_deref(),
+            page.after.as_ref().map(|(_, after)| after),
+            page.limit.unwrap_or(usize::MAX),
+            |o| {
+                if converted {
+                    filter.matches(&with_version(o.clone(), &target.resource))
+                } else {
+                    filter.matches(o)
+                }
+            },
+        );
+        let items: Vec<Value> = items
             .into_iter()
-            .filter(|o| {
-                page.after
-                    .as_ref()
-                    .is_none_or(|(_, after)| position(o) > *after)
-            })
             .map(|o| with_version(o, &target.resource))
-            .filter(|o| filter.matches(o));
-        let items: Vec<Value> = matching
-            .by_ref()
-            .take(page.limit.unwrap_or(usize::MAX))
             .collect();
-        let remaining = matching.count();
         let next = (remaining > 0)
             .then(|| {
                 items
