@@ -491,9 +491,13 @@ fn is_true(v: Option<&String>) -> bool {
 }
 
 fn parse_target(state: &ApiState, group: &str, version: &str, rest: &[&str]) -> Option<Target> {
-    let all = resources_of(state);
+    // Only the resource found is cloned (a request used to clone the whole list).
     let find = |plural: &str| {
-        all.iter()
+        state
+            .resources
+            .read()
+            .ok()?
+            .iter()
             .find(|r| r.group == group && r.version == version && r.plural == plural)
             .cloned()
     };

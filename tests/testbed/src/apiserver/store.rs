@@ -59,6 +59,9 @@ pub struct Change {
     pub namespace: String,
     /// The object after (or, for deletes, at) the change.
     pub object: Value,
+    /// The change as a JSON watch event line, rendered once by the first watch that sends it
+    /// as stored and shared by every other (each watch used to copy and serialize it anew).
+    pub json_line: std::sync::OnceLock<axum::body::Bytes>,
 }
 
 /// Where an object lives.
@@ -139,16 +142,22 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// The parts of an object that count as its spec for `metadata.generation`.
-fn spec_part(object: &Value) -> Value {
-    let mut v = object.clone();
-    if let Some(map) = v.as_object_mut() {
-        map.remove("metadata");
-        map.remove("status");
-        map.remove("apiVersion");
-        map.remove("kind");
-    }
-    v
+/// Whether two objects have the same spec for `metadata.generation`: every top-level field
+/// but metadata, status, apiVersion and kind equal (compared in place, not copied).
+fn same_spec(a: &Value, b: &Value) -> bool {
+    const NOT_SPEC: [&str; 4] = ["metadata", "status", "apiVersion", "kind"];
+    let empty = serde_json::Map::new();
+    let (a, b) = (
+        a.as_object().unwrap_or(&empty),
+        b.as_object().unwrap_or(&empty),
+    );
+    let spec_len = |m: &serde_json::Map<String, Value>| {
+        m.keys().filter(|k| !NOT_SPEC.contains(&k.as_str())).count()
+    };
+    spec_len(a) == spec_len(b)
+        && a.iter()
+            .filter(|(k, _)| !NOT_SPEC.contains(&k.as_str()))
+            .all(|(k, v)| b.get(k) == Some(v))
 }
 
 impl Store {
@@ -298,6 +307,7 @@ impl Store {
             storage_key: key.storage_key.clone(),
             namespace: key.namespace.clone(),
             object,
+            json_line: std::sync::OnceLock::new(),
         });
         let history = self.history.entry(key.storage_key.clone()).or_default();
         history.push_back(change.clone());
@@ -418,7 +428,7 @@ impl Store {
         }
         object["apiVersion"] = resource.api_version().into();
         object["kind"] = resource.kind.clone().into();
-        if resource.tracks_generation && spec_part(&object) != spec_part(&current) {
+        if resource.tracks_generation && !same_spec(&object, &current) {
             let generation = current["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
             object["metadata"]["generation"] = generation.into();
         }

@@ -22,6 +22,19 @@ pub(super) fn watch_event(kind: &str, object: Value, protobuf: bool) -> Bytes {
     Bytes::from(line)
 }
 
+/// A JSON watch event line for `object` as it is, without copying it.
+fn json_line(kind: &str, object: &Value) -> Bytes {
+    let mut line = Vec::with_capacity(4096);
+    line.extend_from_slice(b"{\"type\":\"");
+    line.extend_from_slice(kind.as_bytes());
+    line.extend_from_slice(b"\",\"object\":");
+    if serde_json::to_writer(&mut line, object).is_err() {
+        return Bytes::new();
+    }
+    line.extend_from_slice(b"}\n");
+    Bytes::from(line)
+}
+
 pub(super) async fn watch(
     state: &Arc<ApiState>,
     target: &Target,
@@ -39,6 +52,7 @@ pub(super) async fn watch(
         && !table
         && super::super::protobuf::has_form(&target.resource.api_version(), &target.resource.kind);
     let filter = Filter::from_query(query, &target.resource)?;
+    let filter_live = Filter::from_query(query, &target.resource)?;
     let resource = target.resource.clone();
     let storage_key = resource.storage_key();
     let namespace = target.namespace.clone();
@@ -104,6 +118,13 @@ pub(super) async fn watch(
         };
         Some(watch_event(kind.as_str(), object, protobuf))
     };
+    // A change goes out as stored (its JSON line shared by every watch) unless this watch
+    // wants a table, protobuf or another version of it (events.k8s.io's view of an Event).
+    let as_stored = {
+        let api_version = target.resource.api_version();
+        let plain = !table && !protobuf && !events::is_events_v1(&target.resource);
+        move |object: &Value| plain && object["apiVersion"] == api_version.as_str()
+    };
     let bookmark_kind = target.resource.kind.clone();
     let bookmark_version = target.resource.api_version();
     tokio::spawn(async move {
@@ -165,7 +186,14 @@ pub(super) async fn watch(
                     if change.rv <= start_rv || change.storage_key != storage_key || namespace.as_ref().is_some_and(|ns| *ns != change.namespace) {
                         continue;
                     }
-                    if let Some(line) = render(change.kind, change.object.clone()) {
+                    let line = if as_stored(&change.object) {
+                        filter_live.matches(&change.object).then(|| {
+                            change.json_line.get_or_init(|| json_line(change.kind.as_str(), &change.object)).clone()
+                        })
+                    } else {
+                        render(change.kind, change.object.clone())
+                    };
+                    if let Some(line) = line {
                         if tx.send(line).await.is_err() { return; }
                         sent += 1;
                         if cut_after.is_some_and(|n| sent >= n) { return; }
