@@ -102,13 +102,18 @@ impl std::fmt::Display for Fallback {
     }
 }
 
-/// Whether a status answered to a streaming list's watch is the API server refusing it (not
-/// a fault a retry may cure, nor a missing permission a paged list would hit too).
-fn refuses_streaming(code: u16, message: &str) -> bool {
-    code == 400
-        || code == 422
-        || message.contains("sendInitialEvents")
-        || message.contains("resourceVersionMatch")
+/// The fallback a status answered to a streaming list's watch calls for: `Some` when it is the
+/// API server refusing streaming lists (not a fault a retry may cure, nor a missing permission
+/// a paged list would hit too).
+fn refusal(status: &kube::core::Status) -> Option<Fallback> {
+    let refused = status.code == 400
+        || status.code == 422
+        || status.message.contains("sendInitialEvents")
+        || status.message.contains("resourceVersionMatch");
+    refused.then(|| Fallback::Refused {
+        code: status.code,
+        message: status.message.clone(),
+    })
 }
 
 /// The fallback's rule, apart from the stream it watches: fed every item a streaming watch
@@ -144,19 +149,9 @@ impl Judge {
             Ok(_) => None,
             Err(
                 watcher::Error::WatchStartFailed(kube::Error::Api(status))
-                | watcher::Error::WatchFailed(kube::Error::Api(status)),
-            ) if refuses_streaming(status.code, &status.message) => Some(Fallback::Refused {
-                code: status.code,
-                message: status.message.clone(),
-            }),
-            Err(watcher::Error::WatchError(status))
-                if refuses_streaming(status.code, &status.message) =>
-            {
-                Some(Fallback::Refused {
-                    code: status.code,
-                    message: status.message.clone(),
-                })
-            }
+                | watcher::Error::WatchFailed(kube::Error::Api(status))
+                | watcher::Error::WatchError(status),
+            ) => refusal(status),
             Err(_) => None,
         }
     }

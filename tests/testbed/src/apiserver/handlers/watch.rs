@@ -17,9 +17,7 @@ pub(super) fn watch_event(kind: &str, object: Value, protobuf: bool) -> Bytes {
         });
         return Bytes::from(frame.unwrap_or_default());
     }
-    let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
-    line.push(b'\n');
-    Bytes::from(line)
+    json_line(kind, &object)
 }
 
 /// A JSON watch event line for `object` as it is, without copying it.
