@@ -159,6 +159,41 @@ impl Judge {
 
 type Events<K> = futures::stream::BoxStream<'static, Result<Event<K>, watcher::Error>>;
 
+/// A kube-runtime watcher over `api`, streaming or paged.
+fn start<K>(api: &kube::Api<K>, streaming: bool) -> Events<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    kube::runtime::watcher(api.clone(), config(streaming)).boxed()
+}
+
+/// Where [`watch`] stands: the watcher it reads and, while `Auto` still streams, its judge.
+struct Watching<K: 'static> {
+    api: kube::Api<K>,
+    inner: Events<K>,
+    /// `Some` while `Auto` still asks for streaming lists.
+    judge: Option<Judge>,
+    /// When the streaming list under way has run out of patience.
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl<K> Watching<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    /// Replaces the streaming watch by a paged one, for good, and says why.
+    fn fall_back(&mut self, why: Fallback) {
+        tracing::warn!(
+            kind = std::any::type_name::<K>(),
+            reason = %why,
+            "using paged lists instead of streaming lists"
+        );
+        self.judge = None;
+        self.deadline = None;
+        self.inner = start(&self.api, false);
+    }
+}
+
 /// A kube-runtime watcher over `api` that gets its initial state as `how` says, falling back
 /// from streaming to paged lists as the [module](self) describes. Like kube-runtime's
 /// `watcher`, it never ends and passes errors on (give it a backoff); unlike it, a refusal of
@@ -170,18 +205,7 @@ pub fn watch<K>(
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    struct State<K: 'static> {
-        api: kube::Api<K>,
-        inner: Events<K>,
-        /// `Some` while `Auto` still asks for streaming lists.
-        judge: Option<Judge>,
-        /// When the streaming list under way has run out of patience.
-        deadline: Option<tokio::time::Instant>,
-    }
-    let start = |api: &kube::Api<K>, streaming: bool| -> Events<K> {
-        kube::runtime::watcher(api.clone(), config(streaming)).boxed()
-    };
-    let state = State {
+    let state = Watching {
         inner: start(&api, how != InitialList::Paged),
         judge: (how == InitialList::Auto).then(Judge::default),
         deadline: None,
@@ -193,10 +217,7 @@ where
                 Some(deadline) => match tokio::time::timeout_at(deadline, s.inner.next()).await {
                     Ok(item) => item,
                     Err(_) => {
-                        fall_back(&mut s.inner, &mut s.judge, Fallback::TooSlow, || {
-                            start(&s.api, false)
-                        });
-                        s.deadline = None;
+                        s.fall_back(Fallback::TooSlow);
                         continue;
                     }
                 },
@@ -204,8 +225,7 @@ where
             }?;
             if let Some(judge) = s.judge.as_mut() {
                 if let Some(why) = judge.observe(&item) {
-                    fall_back(&mut s.inner, &mut s.judge, why, || start(&s.api, false));
-                    s.deadline = None;
+                    s.fall_back(why);
                     continue;
                 }
                 s.deadline = match (&item, judge.listing()) {
@@ -236,22 +256,6 @@ where
     let (reader, writer) = kube::runtime::reflector::store();
     let objects = watch(api, how).reflect(writer).applied_objects();
     kube::runtime::Controller::for_stream(objects, reader)
-}
-
-/// Replaces a streaming watch by a paged one, for good, and says why.
-fn fall_back<K>(
-    inner: &mut Events<K>,
-    judge: &mut Option<Judge>,
-    why: Fallback,
-    paged: impl FnOnce() -> Events<K>,
-) {
-    tracing::warn!(
-        kind = std::any::type_name::<K>(),
-        reason = %why,
-        "using paged lists instead of streaming lists"
-    );
-    *judge = None;
-    *inner = paged();
 }
 
 #[cfg(test)]

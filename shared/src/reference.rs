@@ -106,9 +106,11 @@ pub const PARSED_KEPT: usize = 4096;
 /// Texts longer than this are parsed every time, never remembered.
 pub const PARSED_KEPT_LEN: usize = 512;
 
-/// What [`Reference::parse`] has parsed, by text.
-type Parsed = std::collections::HashMap<String, Result<Reference, ReferenceError>>;
-static PARSED: LazyLock<std::sync::Mutex<Parsed>> = LazyLock::new(Default::default);
+/// What [`Reference::parse`] has parsed, by text: a [`Recent`](crate::recent::Recent) whose
+/// entries never expire (a text always parses the same), so it forgets only when full.
+type Parsed = crate::recent::Recent<String, Result<Reference, ReferenceError>>;
+static PARSED: LazyLock<std::sync::Mutex<Parsed>> =
+    LazyLock::new(|| std::sync::Mutex::new(Parsed::new(std::time::Duration::MAX, PARSED_KEPT)));
 
 /// `anchoredIdentifierRegexp`: a bare image ID, which is not a name.
 static IDENTIFIER: LazyLock<Regex> =
@@ -199,15 +201,13 @@ impl Reference {
         if s.len() > PARSED_KEPT_LEN {
             return Self::parse_uncached(s);
         }
-        if let Some(known) = PARSED.lock().ok().and_then(|m| m.get(s).cloned()) {
+        let now = std::time::Instant::now();
+        if let Some(known) = PARSED.lock().ok().and_then(|m| m.get(s, now).cloned()) {
             return known;
         }
         let parsed = Self::parse_uncached(s);
         if let Ok(mut memo) = PARSED.lock() {
-            if memo.len() >= PARSED_KEPT {
-                memo.clear();
-            }
-            memo.insert(s.to_string(), parsed.clone());
+            memo.insert(s.to_string(), parsed.clone(), now);
         }
         parsed
     }

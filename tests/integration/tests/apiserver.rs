@@ -761,26 +761,17 @@ async fn the_functions_watch_falls_back_to_paged_lists_where_streaming_ones_fail
             }
         }
     };
-    let lists = |requests: &[String]| -> (usize, usize) {
-        let of = |f: &dyn Fn(&str) -> bool| {
-            requests
-                .iter()
-                .filter(|r| r.contains("/configmaps?") && f(r))
-                .count()
-        };
-        (
-            of(&|r| r.contains("sendInitialEvents=true")),
-            of(&|r| r.contains("limit=500") && !r.contains("watch=")),
-        )
-    };
-
     server.reset_requests();
     let served = start(InitialList::Auto).await;
     assert_eq!(
         served,
         (1, vec!["a".into(), "b".into(), "c".into()], vec![])
     );
-    assert_eq!(lists(&server.requests()), (1, 0), "streamed, never paged");
+    assert_eq!(
+        server.initial_lists("configmaps"),
+        (1, 0),
+        "streamed, never paged"
+    );
 
     server.watch_list(false);
     server.reset_requests();
@@ -790,7 +781,11 @@ async fn the_functions_watch_falls_back_to_paged_lists_where_streaming_ones_fail
         (1, vec!["a".into(), "b".into(), "c".into()], vec![]),
         "the refusal is the switch, not an error: one Init, the paged list's"
     );
-    assert_eq!(lists(&server.requests()), (1, 1), "one refused, then paged");
+    assert_eq!(
+        server.initial_lists("configmaps"),
+        (1, 1),
+        "one refused, then paged"
+    );
     // Told `streaming`, it never falls back: the refusal is passed on for the backoff.
     let first = watch(api.clone(), InitialList::Streaming)
         .boxed()
@@ -816,7 +811,7 @@ async fn the_functions_watch_falls_back_to_paged_lists_where_streaming_ones_fail
     assert_eq!(cut.1, ["a", "b", "c"]);
     assert!(cut.2.is_empty(), "{:?}", cut.2);
     assert_eq!(
-        lists(&server.requests()),
+        server.initial_lists("configmaps"),
         (UNFINISHED_LIMIT as usize + 1, 1),
         "the cut streaming lists (and the next, open when the last cut one is seen), then one paged list"
     );

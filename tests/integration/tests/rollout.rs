@@ -274,23 +274,12 @@ async fn the_flow_ends_the_same_with_streaming_lists_and_where_they_are_refused(
         let procs = [&watcher, &backup, &rollout];
         seed_rolled_out(&c, &want, &procs).await;
         let requests = c.api.requests();
-        let of = |plural: &str| {
-            requests
-                .iter()
-                .filter(|r| r.starts_with("GET ") && r.contains(&format!("/{plural}?")))
-                .cloned()
-                .collect::<Vec<_>>()
-        };
         for plural in KINDS {
-            let asked = of(plural);
-            let streamed = asked
+            let asked: Vec<_> = requests
                 .iter()
-                .filter(|r| r.contains("watch=true") && r.contains("sendInitialEvents=true"))
-                .count();
-            let paged = asked
-                .iter()
-                .filter(|r| !r.contains("watch=") && r.contains("limit=500"))
-                .count();
+                .filter(|r| r.contains(&format!("/{plural}?")))
+                .collect();
+            let (streamed, paged) = c.api.initial_lists(plural);
             assert!(
                 streamed > 0,
                 "{plural}: a streaming list is asked for first (WatchList {watch_list}): {asked:#?}"

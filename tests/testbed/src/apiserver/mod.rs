@@ -401,6 +401,23 @@ impl ApiServer {
             .unwrap_or_default()
     }
 
+    /// From the request log: how many streaming lists (`sendInitialEvents=true` watches) and
+    /// how many pages of paged lists (`limit=500`, what kube-runtime asks) of `plural` were
+    /// asked for.
+    pub fn initial_lists(&self, plural: &str) -> (usize, usize) {
+        let requests = self.requests();
+        let of = |f: &dyn Fn(&str) -> bool| {
+            requests
+                .iter()
+                .filter(|r| r.starts_with("GET ") && r.contains(&format!("/{plural}?")) && f(r))
+                .count()
+        };
+        (
+            of(&|r| r.contains("watch=true") && r.contains("sendInitialEvents=true")),
+            of(&|r| !r.contains("watch=") && r.contains("limit=500")),
+        )
+    }
+
     /// Forgets the request log.
     pub fn reset_requests(&self) {
         if let Ok(mut r) = self.state.requests.lock() {
