@@ -342,16 +342,26 @@ async fn a_refusal_no_retry_heals_is_recorded_once_not_retried() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let events: Vec<k8s_openapi::api::events::v1::Event> =
-        Api::namespaced(c.client.clone(), "shop")
-            .list(&Default::default())
-            .await
-            .expect("events")
-            .items;
-    let event = events
-        .iter()
-        .find(|e| e.reason.as_deref() == Some("ApiRefused"))
-        .unwrap_or_else(|| panic!("an ApiRefused Event on the workload: {events:?}"));
+    // The Event is recorded after the counter moves (one more API call): wait for it, bounded.
+    let event = loop {
+        let events: Vec<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(c.client.clone(), "shop")
+                .list(&Default::default())
+                .await
+                .expect("events")
+                .items;
+        if let Some(e) = events
+            .iter()
+            .find(|e| e.reason.as_deref() == Some("ApiRefused"))
+        {
+            break e.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "an ApiRefused Event on the workload: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!(
         event.regarding.as_ref().and_then(|r| r.name.as_deref()),
         Some("app")
