@@ -171,9 +171,13 @@ async fn chaos(mut c: Cluster) {
                 let (k, old) = procs.remove(victim);
                 drop(old); // SIGKILL
                 log.push(format!("round {round}: SIGKILL a {}", kinds[k]));
+                // Not waited for here: its readiness may hang on a fault this loop heals
+                // later (a stream without quorum until the killed node is back); every
+                // process must be ready once the faults are over (below).
                 procs.push((
                     k,
-                    c.spawn(kinds[k], &["run"], &extra).await.expect("respawn"),
+                    c.start_function(kinds[k], &["run"], &extra)
+                        .expect("respawn"),
                 ));
             }
             2 => nats_fault(&mut c, &mut down, &mut rng, round, &mut log).await,
@@ -216,6 +220,18 @@ async fn chaos(mut c: Cluster) {
         cluster.restart(i).await.expect("restart node");
     }
     println!("{}", log.join("\n"));
+    // With the faults over, every function (the respawned ones too) gets ready: none is left
+    // waiting on NATS or the API server for good.
+    for (k, p) in procs.iter_mut() {
+        if let Err(e) = p.wait_ready(Duration::from_secs(120)).await {
+            panic!(
+                "seed {seed}: a {} not ready after the faults: {e}\n{}\n{}",
+                kinds[*k],
+                log.join("\n"),
+                c.nats.log()
+            );
+        }
+    }
 
     // Every workload ends on the backup of the image it asks for, pinned to the source digest.
     let flat = |i: usize| {
