@@ -13,12 +13,12 @@ use crate::workload::Workload;
 /// What a cache keeps of an object: everything the functions read, nothing they do not.
 ///
 /// A workload keeps its name, namespace, uid, generation and image-backup's own annotations
-/// (see [`kept_annotation`]), replicas, its status counts and each condition's type and
-/// status, and of its pod template the service account, pull secrets and each container's name
-/// and image, in their order (the rollout's patch addresses containers by index). Labels,
-/// selector, the template's metadata, condition messages, probes, env, resources, volumes,
-/// affinity and the rest go, and so do `managedFields`: at 6,000 workloads they were most of
-/// the rollout's memory.
+/// (see [`kept_annotation`]), replicas, selector, its status counts and (a Deployment) the type
+/// and status of its `Available` condition, and of its pod template the service account, pull
+/// secrets and each container's name and image, in their order (the rollout's patch addresses
+/// containers by index). Labels, the template's metadata, the other conditions, condition
+/// messages, probes, env, resources, volumes, affinity and the rest go, and so do
+/// `managedFields`: at 6,000 workloads they were most of the rollout's memory.
 pub trait Trim {
     /// Drops what no function reads.
     fn trim(&mut self) {}
@@ -71,12 +71,18 @@ impl Trim for Deployment {
             trim_template(&mut spec.template);
         }
         if let Some(status) = self.status.as_mut() {
-            for c in status.conditions.iter_mut().flatten() {
-                *c = k8s_openapi::api::apps::v1::DeploymentCondition {
-                    type_: std::mem::take(&mut c.type_),
-                    status: std::mem::take(&mut c.status),
-                    ..Default::default()
-                };
+            // Of the conditions only `Available` is read (the Ready rule), and only its type
+            // and status.
+            if let Some(conditions) = status.conditions.as_mut() {
+                conditions.retain(|c| c.type_ == "Available");
+                for c in conditions.iter_mut() {
+                    *c = k8s_openapi::api::apps::v1::DeploymentCondition {
+                        type_: std::mem::take(&mut c.type_),
+                        status: std::mem::take(&mut c.status),
+                        ..Default::default()
+                    };
+                }
+                conditions.shrink_to_fit();
             }
         }
     }
@@ -237,22 +243,17 @@ impl WorkloadCache {
     /// reaches it (the rollout's in-flight workloads among thousands; after a rollout, every
     /// workload it moved carries its original images).
     pub fn annotated(&self, key: &str) -> impl Iterator<Item = Workload> + Send + use<> {
-        use kube::Resource as _;
-        let has = {
-            let key = key.to_string();
-            move |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-                m.annotations.as_ref().is_some_and(|a| a.contains_key(&key))
-            }
-        };
-        let also = has.clone();
-        let d =
-            self.deployments.state().into_iter().filter_map(move |d| {
-                has(d.meta()).then(|| Workload::Deployment(Box::new(d.full())))
-            });
-        let s =
-            self.daemonsets.state().into_iter().filter_map(move |d| {
-                also(d.meta()).then(|| Workload::DaemonSet(Box::new(d.full())))
-            });
+        let (key, also) = (key.to_string(), key.to_string());
+        let d = self.deployments.state().into_iter().filter_map(move |d| {
+            d.annotation(&key)
+                .is_some()
+                .then(|| Workload::Deployment(Box::new(d.full())))
+        });
+        let s = self.daemonsets.state().into_iter().filter_map(move |d| {
+            d.annotation(&also)
+                .is_some()
+                .then(|| Workload::DaemonSet(Box::new(d.full())))
+        });
         d.chain(s)
     }
 
@@ -325,5 +326,36 @@ mod tests {
             Some(Default::default()),
             "the map stays, empty: the rollout's patch adds to it"
         );
+    }
+
+    #[test]
+    fn a_trimmed_deployment_keeps_only_its_available_condition_and_its_readiness() {
+        for available in ["True", "False"] {
+            let mut d: Deployment = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "web", "generation": 1},
+                "spec": {"replicas": 1},
+                "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1,
+                           "readyReplicas": 1, "availableReplicas": 1, "conditions": [
+                    {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
+                     "message": "ReplicaSet \"web-1\" has successfully progressed."},
+                    {"type": "Available", "status": available, "reason": "MinimumReplicasAvailable",
+                     "message": "Deployment has minimum availability."},
+                    {"type": "ReplicaFailure", "status": "False"}]}
+            }))
+            .expect("deployment");
+            let ready = Workload::Deployment(Box::new(d.clone())).is_ready();
+            assert_eq!(ready, available == "True");
+            d.trim();
+            let conditions = d.status.as_ref().and_then(|s| s.conditions.clone());
+            assert_eq!(
+                conditions,
+                Some(vec![k8s_openapi::api::apps::v1::DeploymentCondition {
+                    type_: "Available".into(),
+                    status: available.into(),
+                    ..Default::default()
+                }])
+            );
+            assert_eq!(Workload::Deployment(Box::new(d)).is_ready(), ready);
+        }
     }
 }

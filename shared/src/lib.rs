@@ -49,6 +49,7 @@ pub mod error;
 pub mod events;
 pub mod handler;
 pub mod initial_list;
+pub mod intern;
 pub mod kube_events;
 pub mod lean;
 pub mod metrics_auth;

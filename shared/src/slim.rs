@@ -5,26 +5,94 @@
 //! keeps the workload's metadata and status as they are, and of its spec the fields the
 //! functions read (what [`crate::cache::Trim`] keeps) in small types; [`Slim::full`] builds the
 //! k8s-openapi object again when one workload is read, so every rule keeps working on
-//! [`crate::workload::Workload`].
+//! [`crate::workload::Workload`]. Its two string maps (the selector's labels, image-backup's
+//! own annotations) are [`SlimMap`]s: a `BTreeMap` allocates a node for eleven entries, about
+//! 550 bytes, even when it holds one. Images, container names and map keys, which many
+//! workloads hold the same, are [interned](crate::intern).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{
     DaemonSet, DaemonSetSpec, DaemonSetStatus, DaemonSetUpdateStrategy, Deployment, DeploymentSpec,
     DeploymentStatus,
 };
 use k8s_openapi::api::core::v1::{Container, LocalObjectReference, PodSpec, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, ObjectMeta,
+};
 
 use serde::{Deserialize, Deserializer};
 
 use crate::cache::Trim;
 use crate::lean::{Lean, WireWorkload};
 
-/// A container as a cache keeps it: its name and image.
+/// A string map as a cache keeps it: its pairs in key order, in one allocation, the keys
+/// interned.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SlimMap(Box<[(Arc<str>, String)]>);
+
+impl SlimMap {
+    /// What a cache keeps of `map` (all of it, in less memory).
+    fn of(map: BTreeMap<String, String>) -> Self {
+        Self(
+            map.into_iter()
+                .map(|(k, v)| (crate::intern::intern(&k), v))
+                .collect(),
+        )
+    }
+
+    /// The map again.
+    fn full(&self) -> BTreeMap<String, String> {
+        self.0
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        let at = self.0.binary_search_by(|(k, _)| (**k).cmp(key)).ok()?;
+        Some(self.0[at].1.as_str())
+    }
+}
+
+/// A label selector as a cache keeps it: the labels in a [`SlimMap`], the expressions (rare)
+/// as they are.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct SlimSelector {
+    match_labels: Option<SlimMap>,
+    match_expressions: Option<Vec<LabelSelectorRequirement>>,
+}
+
+impl SlimSelector {
+    fn of(selector: LabelSelector) -> Self {
+        Self {
+            match_labels: selector.match_labels.map(SlimMap::of),
+            match_expressions: selector.match_expressions,
+        }
+    }
+
+    fn full(&self) -> LabelSelector {
+        LabelSelector {
+            match_labels: self.match_labels.as_ref().map(SlimMap::full),
+            match_expressions: self.match_expressions.clone(),
+        }
+    }
+}
+
+/// `selector` → a [`SlimSelector`].
+fn selector<'de, D: Deserializer<'de>>(d: D) -> Result<SlimSelector, D::Error> {
+    LabelSelector::deserialize(d).map(SlimSelector::of)
+}
+
+/// A container as a cache keeps it: its name and image, both interned.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 struct SlimContainer {
-    #[serde(default)]
-    name: String,
-    image: Option<String>,
+    #[serde(default, deserialize_with = "crate::intern::deserialize")]
+    name: Arc<str>,
+    #[serde(default, deserialize_with = "crate::intern::deserialize_option")]
+    image: Option<Arc<str>>,
 }
 
 /// A pod template's spec as a cache keeps it: the containers' names and images (in order: the
@@ -46,8 +114,8 @@ impl SlimPod {
         let slim = |list: Vec<Container>| {
             list.into_iter()
                 .map(|c| SlimContainer {
-                    name: c.name,
-                    image: c.image,
+                    name: crate::intern::intern(&c.name),
+                    image: c.image.as_deref().map(crate::intern::intern),
                 })
                 .collect()
         };
@@ -65,8 +133,8 @@ impl SlimPod {
         let full = |list: &[SlimContainer]| {
             list.iter()
                 .map(|c| Container {
-                    name: c.name.clone(),
-                    image: c.image.clone(),
+                    name: c.name.to_string(),
+                    image: c.image.as_deref().map(str::to_string),
                     ..Default::default()
                 })
                 .collect()
@@ -107,8 +175,8 @@ pub struct SlimSpec {
     /// The type of a DaemonSet's update strategy (`Some("")`: a strategy without one).
     #[serde(default, deserialize_with = "strategy_type")]
     update_strategy: Option<String>,
-    #[serde(default)]
-    selector: LabelSelector,
+    #[serde(default, deserialize_with = "selector")]
+    selector: SlimSelector,
     #[serde(default, rename = "template", deserialize_with = "template_spec")]
     pod: Option<SlimPod>,
 }
@@ -154,7 +222,7 @@ impl Slimmable for Deployment {
             replicas: s.replicas,
             revision_history_limit: s.revision_history_limit,
             update_strategy: None,
-            selector: s.selector,
+            selector: SlimSelector::of(s.selector),
             pod: s.template.spec.map(SlimPod::of),
         });
         (self.metadata, spec, self.status)
@@ -173,7 +241,7 @@ impl Slimmable for Deployment {
                 progress_deadline_seconds: s.progress_deadline_seconds,
                 replicas: s.replicas,
                 revision_history_limit: s.revision_history_limit,
-                selector: s.selector.clone(),
+                selector: s.selector.full(),
                 strategy: None,
                 template: PodTemplateSpec {
                     metadata: None,
@@ -195,7 +263,7 @@ impl Slimmable for DaemonSet {
             // Kept as `Some("")` when the strategy is there without a type, so `join` gives
             // back exactly what was split.
             update_strategy: s.update_strategy.map(|u| u.type_.unwrap_or_default()),
-            selector: s.selector,
+            selector: SlimSelector::of(s.selector),
             pod: s.template.spec.map(SlimPod::of),
             ..SlimSpec::default()
         });
@@ -212,7 +280,7 @@ impl Slimmable for DaemonSet {
             spec: spec.map(|s| DaemonSetSpec {
                 min_ready_seconds: s.min_ready_seconds,
                 revision_history_limit: s.revision_history_limit,
-                selector: s.selector.clone(),
+                selector: s.selector.full(),
                 template: PodTemplateSpec {
                     metadata: None,
                     spec: s.pod.as_ref().map(SlimPod::full),
@@ -231,7 +299,10 @@ impl Slimmable for DaemonSet {
 /// a fraction of the memory.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Slim<K: Slimmable> {
+    /// Without its annotations: those are in `annotations`.
     metadata: ObjectMeta,
+    /// The annotations a cache keeps ([`crate::cache::kept_annotation`]).
+    annotations: Option<SlimMap>,
     spec: Option<SlimSpec>,
     status: Option<K::Status>,
 }
@@ -241,22 +312,32 @@ impl<K: Slimmable> From<K> for Slim<K> {
     fn from(mut object: K) -> Self {
         object.trim();
         let (metadata, spec, status) = object.split();
+        Self::new(metadata, spec, status)
+    }
+}
+
+impl<K: Slimmable> Slim<K> {
+    /// Of trimmed parts: the annotations moved out of `metadata` into a [`SlimMap`].
+    fn new(mut metadata: ObjectMeta, spec: Option<SlimSpec>, status: Option<K::Status>) -> Self {
         Self {
+            annotations: metadata.annotations.take().map(SlimMap::of),
             metadata,
             spec,
             status,
         }
     }
-}
 
-impl<K: Slimmable> Slim<K> {
     /// The k8s-openapi object again, as [`Trim`] leaves it.
     pub fn full(&self) -> K {
-        K::join(
-            self.metadata.clone(),
-            self.spec.as_ref(),
-            self.status.clone(),
-        )
+        let mut metadata = self.metadata.clone();
+        metadata.annotations = self.annotations.as_ref().map(SlimMap::full);
+        K::join(metadata, self.spec.as_ref(), self.status.clone())
+    }
+
+    /// The value of annotation `key`, when it is one a cache keeps (the workload's
+    /// `metadata()` holds none: see [`Slim::full`]).
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations.as_ref()?.get(key)
     }
 
     /// The pod template's spec, slim (`None` without a spec or a template spec).
@@ -279,11 +360,7 @@ where
         let mut object = K::join(wire.metadata.into(), None, wire.status);
         object.trim();
         let (metadata, _, status) = object.split();
-        Self {
-            metadata,
-            spec: wire.spec,
-            status,
-        }
+        Self::new(metadata, wire.spec, status)
     }
 }
 
@@ -348,6 +425,28 @@ mod tests {
             ..Deployment::default()
         };
         assert_eq!(Slim::from(bare.clone()).full(), bare);
+    }
+
+    #[test]
+    fn a_slim_workload_answers_for_the_annotations_it_keeps() {
+        use kube::Resource as _;
+        let mut with_two = deployment();
+        with_two.metadata.annotations = Some(
+            [
+                ("k8slab.io/z", "last"),
+                ("k8slab.io/image-backup", "disabled"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into(),
+        );
+        let slim = Slim::from(with_two);
+        assert_eq!(slim.annotation("k8slab.io/image-backup"), Some("disabled"));
+        assert_eq!(slim.annotation("k8slab.io/z"), Some("last"));
+        assert_eq!(slim.annotation("k8slab.io/a"), None);
+        assert_eq!(slim.meta().annotations, None, "held once, in its slim map");
+        let bare = Slim::from(Deployment::default());
+        assert_eq!(bare.annotation("k8slab.io/image-backup"), None);
+        assert_eq!(bare.full().metadata.annotations, None, "no map made up");
     }
 
     #[test]
