@@ -650,6 +650,72 @@ async fn raw_watch_bookmarks_and_gone() {
     }
 }
 
+/// A watch that stops reading while more changes happen than the server holds for it is
+/// closed as kube-apiserver's cacher closes an unresponsive watcher: the stream just ends, with
+/// no ERROR event (a 410 would make every client list everything again), and a watch from the
+/// last resourceVersion it saw carries on where it stopped.
+#[tokio::test]
+async fn an_unresponsive_watch_is_closed_without_an_error_and_resumes_where_it_stopped() {
+    const CREATED: usize = 8000;
+    let server = ApiServer::start().await.expect("server");
+    let client = server.client().expect("client");
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let rv = server.resource_version().to_string();
+    let params = kube::api::WatchParams::default().timeout(290);
+    let stream = api.watch(&params, &rv).await.expect("watch").boxed();
+    // Not read while 8,000 ConfigMaps of 8 KiB are created: more than the server keeps for a
+    // watcher (4,096 changes) beyond what loopback's socket buffers hold.
+    let data = "x".repeat(8192);
+    futures::stream::iter(0..CREATED)
+        .for_each_concurrent(16, |i| {
+            let (api, data) = (api.clone(), data.clone());
+            async move {
+                let cm = json!({"metadata": {"name": format!("cm-{i}")}, "data": {"d": data}});
+                api.create(
+                    &PostParams::default(),
+                    &serde_json::from_value(cm).expect("cm"),
+                )
+                .await
+                .expect("create");
+            }
+        })
+        .await;
+    let drain = |mut stream: futures::stream::BoxStream<
+        'static,
+        kube::Result<kube::api::WatchEvent<ConfigMap>>,
+    >| async move {
+        let (mut added, mut last) = (0, None);
+        loop {
+            match tokio::time::timeout(Duration::from_secs(20), stream.next())
+                .await
+                .expect("the watch ends")
+            {
+                None => return (added, last),
+                Some(Ok(kube::api::WatchEvent::Added(cm))) => {
+                    added += 1;
+                    last = cm.resource_version();
+                }
+                Some(Ok(kube::api::WatchEvent::Bookmark(_))) => {}
+                Some(other) => panic!("only additions, then the end: {other:?}"),
+            }
+        }
+    };
+    let (seen, last) = drain(stream).await;
+    assert!(
+        seen < CREATED,
+        "closed before it was sent every change ({seen} of {CREATED})"
+    );
+    let last = last.expect("some changes were sent before it was closed");
+    let params = kube::api::WatchParams::default().timeout(3);
+    let resumed = api
+        .watch(&params, &last)
+        .await
+        .expect("watch again")
+        .boxed();
+    let (rest, _) = drain(resumed).await;
+    assert_eq!(seen + rest, CREATED, "nothing lost, nothing twice");
+}
+
 /// Creates empty ConfigMaps named `names`.
 async fn create_config_maps(api: &Api<ConfigMap>, names: &[&str]) {
     for name in names {
