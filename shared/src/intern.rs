@@ -33,18 +33,38 @@ pub fn intern(text: &str) -> Arc<str> {
     new
 }
 
+/// Reads a string into its [`intern`]ed form: from the text serde hands over (borrowed from the
+/// input, or its unescaped copy), without a `String` of its own.
+struct Text;
+
+impl serde::de::Visitor<'_> for Text {
+    type Value = Arc<str>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Arc<str>, E> {
+        Ok(intern(text))
+    }
+}
+
 /// Deserializes a string straight into its [`intern`]ed form.
 pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Arc<str>, D::Error> {
-    let text = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
-    Ok(intern(&text))
+    d.deserialize_str(Text)
 }
 
 /// As [`deserialize`], for an optional string.
 pub fn deserialize_option<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Arc<str>>, D::Error> {
-    let text = <Option<std::borrow::Cow<'de, str>> as serde::Deserialize>::deserialize(d)?;
-    Ok(text.map(|t| intern(&t)))
+    struct Interned(Arc<str>);
+    impl<'de> serde::Deserialize<'de> for Interned {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            deserialize(d).map(Interned)
+        }
+    }
+    Ok(<Option<Interned> as serde::Deserialize>::deserialize(d)?.map(|i| i.0))
 }
 
 #[cfg(test)]

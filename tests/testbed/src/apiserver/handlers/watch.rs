@@ -174,11 +174,11 @@ pub(super) async fn watch(
                 change = live.recv() => {
                     let change = match change {
                         Ok(c) => c,
-                        // A watcher that cannot keep up is closed, as kube-apiserver's cacher
-                        // closes one ("Forcing watcher close due to unresponsiveness"): no error
-                        // event, the client watches again from the last resourceVersion it saw
-                        // (410 Gone only if the history no longer holds it).
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                        // The server stopping, or a watcher that cannot keep up (`Lagged`):
+                        // closed as kube-apiserver's cacher closes one ("Forcing watcher close
+                        // due to unresponsiveness"), with no error event; the client watches
+                        // again from the last resourceVersion it saw (410 Gone only if the
+                        // history no longer holds it).
                         Err(_) => return,
                     };
                     last_rv = change.rv;
