@@ -39,8 +39,9 @@
 //!   (generateName, 409), update (resourceVersion precondition, 409), delete (finalizers,
 //!   `propagationPolicy=Orphan`), deletecollection, the four patch types ([`patch`]; server-side
 //!   apply with field ownership, conflicts and `force`, [`managed`]), the status
-//!   and scale subresources, and watch with resourceVersion, BOOKMARKs, `sendInitialEvents`, and
-//!   410 Gone as an ERROR event for compacted history.
+//!   and scale subresources, and watch with resourceVersion, BOOKMARKs, `sendInitialEvents`,
+//!   410 Gone as an ERROR event for compacted history, and a watch that cannot keep up closed
+//!   without an error (kube-apiserver's unresponsive-watcher close: the client resumes).
 //! - The garbage collector (owned objects go with their owner) and namespace deletion
 //!   (Terminating, its objects deleted, then the namespace).
 //! - core/v1 and events.k8s.io/v1 Events as two views of one store ([`events`]).
