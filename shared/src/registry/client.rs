@@ -320,6 +320,47 @@ impl RegistryClient {
         }
     }
 
+    /// The repository's tags from one `GET /v2/<name>/tags/list`, read capped as a manifest
+    /// is. `None` when that one answer is not the whole list: the registry paginates (a `Link`
+    /// header names a next page) or the list is larger than the cap. The copy reads it to know
+    /// which of the referrer tags it would otherwise ask for one by one exist.
+    pub async fn list_tags(
+        &self,
+        repo: &Repo,
+        access: Access,
+    ) -> Result<Option<Vec<String>>, CopyError> {
+        #[derive(serde::Deserialize)]
+        struct TagList {
+            tags: Option<Vec<String>>,
+        }
+        let what = format!("tags of {}", repo.path);
+        let url = self.url(repo, "tags/list");
+        let resp = self
+            .send(repo, access, None, &what, |c| {
+                c.get(&url).timeout(Duration::from_secs(30))
+            })
+            .await?;
+        if !resp.status().is_success() {
+            return Err(status_error(&repo.registry, &what, resp, 1).await);
+        }
+        if resp.headers().contains_key(header::LINK) {
+            return Ok(None);
+        }
+        let bytes = match read_capped(resp, MAX_MANIFEST_BYTES)
+            .await
+            .map_err(|e| transport_error(repo.registry.as_str(), what.as_str(), 1, &e))?
+        {
+            Capped::Complete(bytes) => bytes,
+            Capped::TooLarge => return Ok(None),
+        };
+        let list: TagList = serde_json::from_slice(&bytes).map_err(|e| CopyError::Malformed {
+            registry: repo.registry.clone(),
+            what,
+            reason: format!("not a tag list (line {}, column {})", e.line(), e.column()),
+        })?;
+        Ok(Some(list.tags.unwrap_or_default()))
+    }
+
     /// The digest of a manifest by tag or digest (HEAD), `None` on 404. `access` picks the
     /// token scope (a target is always spoken to with push access, so one token serves all).
     pub async fn manifest_digest(

@@ -321,6 +321,31 @@ async fn a_warm_copy_checks_each_referrer_source_in_a_few_requests() {
         src_proxy.requests(),
         dst_proxy.requests()
     );
+    // The source's tag list said which tags exist: none that does not is asked for (the image
+    // has no `.sbom` tag, its platform manifests no tag-schema index and no cosign tags).
+    let asked: Vec<String> = src_proxy.requests();
+    assert_eq!(
+        asked.iter().filter(|r| r.ends_with("/tags/list")).count(),
+        1,
+        "{asked:#?}"
+    );
+    let existing = [
+        tag_schema(&s.image.digest),
+        format!("{}.sig", tag_schema(&s.image.digest)),
+        format!("{}.att", tag_schema(&s.image.digest)),
+        tag_schema(&s.sbom.digest),
+    ];
+    let tags_asked: Vec<&String> = asked
+        .iter()
+        .filter(|r| r.contains("/manifests/sha256-"))
+        .collect();
+    assert!(
+        tags_asked.iter().all(|r| existing
+            .iter()
+            .any(|t| r.ends_with(&format!("/manifests/{t}")))),
+        "only tags that exist are asked for: {tags_asked:#?}"
+    );
+    assert_eq!(tags_asked.len(), existing.len(), "{tags_asked:#?}");
     assert!(
         !dst_proxy
             .requests()
@@ -366,12 +391,50 @@ async fn a_warm_copy_asks_what_it_can_at_once() {
         }
         last = Some(at);
     }
-    // 1: the source's manifest and the target's tag; 2: what refers to the index and each
-    // platform manifest; 3: whether the target holds each referrer found, the target's
-    // indexes, and what refers to the referrers; 4: whether it holds the SBOM's signature,
-    // and the SBOM's index. One request after another, it was 9 rounds.
+    // 1: the source's manifest, its tag list and the target's tag; 2: what refers to the index
+    // and each platform manifest; 3: whether the target holds each referrer found, the
+    // target's indexes, and what refers to the referrers; 4: whether it holds the SBOM's
+    // signature, and the SBOM's index. One request after another, it was 9 rounds.
     assert_eq!(rounds.len(), 4, "{rounds:#?}");
-    assert_eq!(rounds[0].len(), 2, "{rounds:#?}");
+    assert_eq!(rounds[0].len(), 3, "{rounds:#?}");
+    assert!(
+        rounds[0].iter().any(|r| r.ends_with("/tags/list")),
+        "{rounds:#?}"
+    );
+}
+
+/// A source that will not give its whole tag list in one answer — it refuses the list, or
+/// answers it in pages — still gives every referrer: each tag is then asked for.
+#[tokio::test]
+async fn a_source_that_will_not_list_its_tags_whole_still_gives_every_referrer() {
+    let s = signed_image().await;
+    let target = Pusher::new(&s.dst.host(), None);
+    for (repo, refuse) in [("bk/refused", true), ("bk/paged", false)] {
+        let proxy = FaultProxy::start(&s.src.host()).await.expect("proxy");
+        if refuse {
+            proxy.only_paths("/tags/list");
+            proxy.fail_for(403, std::time::Duration::from_secs(600));
+        } else {
+            proxy.page_tag_lists(2);
+        }
+        let summary = copier(&[proxy.host(), s.dst.host()], ReferrersMode::All)
+            .copy(
+                &at(&proxy.host(), "team/app:1"),
+                &at(&s.dst.host(), &format!("{repo}:1")),
+                None,
+            )
+            .await
+            .expect("copy");
+        assert_eq!(summary.referrers_copied, 4, "{repo}: {summary:?}");
+        assert_referrers_at(&target, repo, &s).await;
+        // The tags that do not exist were asked for: nothing said they do not.
+        let absent = format!("{}.sbom", tag_schema(&s.image.digest));
+        assert!(
+            proxy.requests().iter().any(|r| r.ends_with(&absent)),
+            "{repo}: {:#?}",
+            proxy.requests()
+        );
+    }
 }
 
 #[tokio::test]

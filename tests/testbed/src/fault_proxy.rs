@@ -33,6 +33,8 @@ struct Faults {
     blob_delay: Option<std::time::Duration>,
     /// Every request waits this long before it is forwarded: a registry far away.
     request_delay: Option<std::time::Duration>,
+    /// Tag lists are answered in pages of this many, as registries that page by default do.
+    tag_page: Option<usize>,
 }
 
 struct ProxyState {
@@ -196,6 +198,14 @@ impl FaultProxy {
         }
     }
 
+    /// Answers every tag list with its first `n` tags and a `Link` to the next page, as
+    /// registries that page tag lists by default do (`n` ≥ 1).
+    pub fn page_tag_lists(&self, n: usize) {
+        if let Ok(mut f) = self.state.faults.lock() {
+            f.tag_page = Some(n.max(1));
+        }
+    }
+
     /// The requests forwarded so far, as `METHOD path`.
     pub fn requests(&self) -> Vec<String> {
         self.state
@@ -339,6 +349,11 @@ async fn handle(State(state): State<Arc<ProxyState>>, request: Request) -> Respo
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_GATEWAY, &e.to_string()),
     };
+    let tag_page = state.faults.lock().ok().and_then(|f| f.tag_page);
+    if let Some(n) = tag_page.filter(|_| path.ends_with("/tags/list") && resp.status().is_success())
+    {
+        return first_page(&path, resp, n).await;
+    }
     let mut builder = Response::builder().status(resp.status().as_u16());
     for (name, value) in resp.headers() {
         if name == "location" {
@@ -383,6 +398,27 @@ async fn handle(State(state): State<Arc<ProxyState>>, request: Request) -> Respo
     builder
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| error(StatusCode::BAD_GATEWAY, "bad response"))
+}
+
+/// The first `n` tags of a tag list and a `Link` to the rest, as a registry that pages its tag
+/// lists answers (distribution 2.8 ignores `?n=` on tag lists, so the proxy pages for it).
+async fn first_page(path: &str, resp: reqwest::Response, n: usize) -> Response<Body> {
+    let Ok(mut list) = resp.json::<serde_json::Value>().await else {
+        return error(StatusCode::BAD_GATEWAY, "tag list is not JSON");
+    };
+    let tags: Vec<serde_json::Value> = list["tags"].as_array().cloned().unwrap_or_default();
+    let mut resp = Response::new(Body::empty());
+    if tags.len() > n {
+        let last = tags[n - 1].as_str().unwrap_or_default().to_string();
+        list["tags"] = serde_json::Value::Array(tags[..n].to_vec());
+        if let Ok(v) = HeaderValue::from_str(&format!("<{path}?n={n}&last={last}>; rel=\"next\"")) {
+            resp.headers_mut().insert("link", v);
+        }
+    }
+    *resp.body_mut() = Body::from(list.to_string());
+    resp.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    resp
 }
 
 fn error(status: StatusCode, message: &str) -> Response<Body> {

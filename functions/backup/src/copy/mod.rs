@@ -5,7 +5,8 @@
 //! 1. read the top manifest (exact bytes) and, for an index, every child manifest by digest,
 //!    checking each against its digest;
 //! 2. if the target tag already holds that digest, stop: the registry accepted that manifest only
-//!    once every blob it references was present (the warm path costs two requests);
+//!    once every blob it references was present (the warm path costs two requests, and with
+//!    referrers the source's tag list alongside them and a referrers lookup per manifest);
 //! 3. move every distinct blob, several at once: skip it after one HEAD if the target repository
 //!    has it, mount it if another repository of the target registry is known to have it (one
 //!    this process copied it to, or the source repository when both are in one registry), else
@@ -208,17 +209,30 @@ impl Copier {
             })?;
         let top_what = format!("manifest {}", source.familiar());
         // Where a pull would read it (a mirror first, if one is set); every other read of the
-        // image goes there too. What the target tag holds is asked at the same time (one round
-        // trip, not two, before a warm copy knows it is warm).
-        let (located, at_target) = futures::join!(
+        // image goes there too. What the target tag holds, and which referrer tags the first
+        // host to ask has, are asked at the same time (one round trip before a warm copy knows
+        // it is warm, and the referrer lookups after it ask only for tags that exist).
+        let first_host = Repo {
+            registry: self
+                .client
+                .pull_hosts(&src.registry)
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| src.registry.clone()),
+            path: src.path.clone(),
+        };
+        let (located, at_target, listed) = futures::join!(
             self.client.locate_manifest(&src, source.pull_reference()),
             self.client
                 .manifest_digest(&dst, target_ref, client::Access::Push),
+            self.referrer_tags(&first_host),
         );
         let (src, top) = located?.ok_or_else(|| CopyError::NotFound {
             what: top_what.clone(),
             registry: self.client.pull_hosts(&src.registry).join(" or "),
         })?;
+        // Listed where the image was not found (a mirror without it): not this image's tags.
+        let listed = listed.filter(|_| src == first_host);
         if let Some(d) = target.digest()
             && d != top.digest
         {
@@ -249,7 +263,9 @@ impl Copier {
                 Content::Index(children) => children.iter().map(|c| c.platform.clone()).collect(),
                 Content::Image(_) => Vec::new(),
             };
-            let referrers = self.copy_referrers(&src, &dst, &subjects).await?;
+            let referrers = self
+                .copy_referrers(&src, &dst, &subjects, listed.as_ref())
+                .await?;
             return Ok(CopySummary {
                 source: source.to_string(),
                 target: target.to_string(),
@@ -328,7 +344,9 @@ impl Copier {
             .await?;
         // Referrers before the tag: once a workload can be moved onto the tag, its signatures
         // are there too.
-        let referrers = self.copy_referrers(&src, &dst, &subjects).await?;
+        let referrers = self
+            .copy_referrers(&src, &dst, &subjects, listed.as_ref())
+            .await?;
         self.client
             .put_manifest(&dst, target_ref, &tree.top)
             .await?;

@@ -10,6 +10,10 @@
 //! referrer (a signature on an SBOM), up to [`MAX_DEPTH`]. At the target, a registry with the
 //! referrers API indexes subjects itself; otherwise the tag-schema index is merged — entries
 //! already there are kept, never dropped.
+//!
+//! Which of those tags exist is read from the source's tag list, asked alongside the image's
+//! manifest ([`Copier::referrer_tags`]), so only tags that exist are asked for; where the list
+//! is refused, paginated or too long, every tag is asked for.
 
 use std::collections::HashSet;
 
@@ -119,6 +123,29 @@ fn listed(bytes: &[u8], origin: Origin<'_>) -> Result<Vec<Value>, CopyError> {
         .collect()
 }
 
+/// The source repository's tags of the forms the lookups would otherwise ask for one by one
+/// (`sha256-<hex>` and cosign's `sha256-<hex>.sig`, `.att`, `.sbom`), from one complete tag
+/// list. Only compared with tags made here from validated digests: a listed tag never reaches
+/// a URL.
+#[derive(Debug, Clone, Default)]
+pub(super) struct ListedTags(HashSet<String>);
+
+impl ListedTags {
+    /// The referrer tags among a repository's tags.
+    fn of(tags: Vec<String>) -> Self {
+        Self(
+            tags.into_iter()
+                .filter(|t| t.starts_with("sha256-"))
+                .collect(),
+        )
+    }
+}
+
+/// Whether `tag` may exist: listed, or nothing is known (`None`: ask).
+fn may_exist(tags: Option<&ListedTags>, tag: &str) -> bool {
+    tags.is_none_or(|l| l.0.contains(tag))
+}
+
 /// What the target holds of one subject's referrers index, read before the referrers are
 /// pushed so that it costs no round trip of its own.
 enum TargetIndex {
@@ -129,6 +156,28 @@ enum TargetIndex {
 }
 
 impl Copier {
+    /// The source's referrer tags ([`ListedTags`]), asked alongside the image's manifest so
+    /// that the lookups after it ask only for tags that exist. `None` when referrers are not
+    /// wanted, or the list cannot be had whole (refused, paginated, too long, a failure): then
+    /// every tag is asked for, so a registry that will not list costs requests, never a
+    /// referrer.
+    pub(super) async fn referrer_tags(&self, src: &Repo) -> Option<ListedTags> {
+        if self.referrers == ReferrersMode::None {
+            return None;
+        }
+        match self.client.list_tags(src, Access::Pull).await {
+            Ok(Some(tags)) => Some(ListedTags::of(tags)),
+            Ok(None) => {
+                tracing::debug!(repository = %src, "the tag list comes in pages or is too long; asking for each referrer tag");
+                None
+            }
+            Err(e) => {
+                tracing::debug!(repository = %src, error = %e, "no tag list; asking for each referrer tag");
+                None
+            }
+        }
+    }
+
     /// Copies what refers to `subjects` (digests already at, or about to be at, the target)
     /// from `src` to `dst`, as the copier's [`ReferrersMode`] says. A referrer that cannot be
     /// copied fails the copy only when it is a signature and signatures were asked for.
@@ -139,12 +188,14 @@ impl Copier {
     /// each subject, and the lookups of the next level (what refers to the referrers found:
     /// their digests are known from the listing, so this need not wait for their copies). A
     /// warm copy whose referrers have none of their own thus costs two round trips more than
-    /// `--referrers none`.
+    /// `--referrers none`, and one (the referrers API) when nothing refers to the image.
+    /// `tags`: the source's referrer tags, if known ([`Copier::referrer_tags`]).
     pub(super) async fn copy_referrers(
         &self,
         src: &Repo,
         dst: &Repo,
         subjects: &[String],
+        tags: Option<&ListedTags>,
     ) -> Result<ReferrersOutcome, CopyError> {
         let mut outcome = ReferrersOutcome::default();
         if self.referrers == ReferrersMode::None || subjects.is_empty() {
@@ -152,7 +203,7 @@ impl Copier {
         }
         let mut seen: HashSet<(String, Option<String>)> = HashSet::new();
         let mut level: Vec<String> = subjects.to_vec();
-        let mut discovered = self.discover_all(src, &level, true).await;
+        let mut discovered = self.discover_all(src, &level, true, tags).await;
         for depth in 0..MAX_DEPTH {
             // What this level found that is wanted and new, per subject (in order).
             let mut wanted: Vec<(usize, Found)> = Vec::new();
@@ -199,7 +250,7 @@ impl Copier {
                     .collect::<Vec<_>>(),
                 async {
                     if deeper {
-                        self.discover_all(src, &next, false).await
+                        self.discover_all(src, &next, false, tags).await
                     } else {
                         Vec::new()
                     }
@@ -260,10 +311,11 @@ impl Copier {
         src: &Repo,
         subjects: &[String],
         cosign: bool,
+        tags: Option<&ListedTags>,
     ) -> Vec<Result<Vec<Found>, CopyError>> {
         let lookups: Vec<_> = subjects
             .iter()
-            .map(|subject| self.discover(src, subject, cosign))
+            .map(|subject| self.discover(src, subject, cosign, tags))
             .collect();
         futures::stream::iter(lookups)
             .buffered(self.concurrency)
@@ -272,12 +324,14 @@ impl Copier {
     }
 
     /// What refers to `subject` at the source: the referrers API or the tag schema, and (for
-    /// the image's own manifests) cosign's tags.
+    /// the image's own manifests) cosign's tags; of the tags, only those in `tags` (all when
+    /// nothing is listed).
     async fn discover(
         &self,
         src: &Repo,
         subject: &str,
         cosign: bool,
+        tags: Option<&ListedTags>,
     ) -> Result<Vec<Found>, CopyError> {
         let what = format!("referrers of {}@{subject}", src.path);
         let origin = Origin {
@@ -287,18 +341,26 @@ impl Copier {
         // Every lookup for this manifest goes out at once — the referrers API, the tag schema
         // (used only when the registry has no referrers API; asked for alongside so that case
         // costs no extra round trip) and cosign's tags: one round trip instead of up to five.
+        // A tag the source's list does not hold is not asked for.
         let schema_tag = tag_schema(subject);
         let cosign_tags: Vec<(String, bool)> = if cosign {
             COSIGN_TAGS
                 .iter()
                 .map(|(suffix, signature)| (format!("{schema_tag}.{suffix}"), *signature))
+                .filter(|(tag, _)| may_exist(tags, tag))
                 .collect()
         } else {
             Vec::new()
         };
         let (api, schema, tagged) = futures::join!(
             self.client.referrers(src, subject, Access::Pull),
-            self.client.get_manifest(src, &schema_tag),
+            async {
+                if may_exist(tags, &schema_tag) {
+                    self.client.get_manifest(src, &schema_tag).await
+                } else {
+                    Ok(None)
+                }
+            },
             futures::future::join_all(
                 cosign_tags
                     .iter()
@@ -468,6 +530,21 @@ mod tests {
         assert!(ReferrersMode::All.wants(&sig) && ReferrersMode::All.wants(&sbom));
         assert!(ReferrersMode::Signatures.wants(&sig) && !ReferrersMode::Signatures.wants(&sbom));
         assert!(!ReferrersMode::None.wants(&sig));
+    }
+
+    #[test]
+    fn only_listed_referrer_tags_may_exist_and_nothing_listed_means_ask() {
+        let tags = ListedTags::of(vec![
+            "1".into(),
+            "latest".into(),
+            "sha256-abc".into(),
+            "sha256-abc.sig".into(),
+        ]);
+        assert_eq!(tags.0.len(), 2, "only referrer tags are kept: {tags:?}");
+        assert!(may_exist(Some(&tags), "sha256-abc.sig"));
+        assert!(!may_exist(Some(&tags), "sha256-abc.att"));
+        assert!(!may_exist(Some(&ListedTags::default()), "sha256-abc"));
+        assert!(may_exist(None, "sha256-abc.att"), "unknown: asked for");
     }
 
     #[test]

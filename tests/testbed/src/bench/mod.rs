@@ -1,8 +1,9 @@
 //! The copy benchmark: `backup copy` against `skopeo copy --all --preserve-digests`, side by side
 //! in one run, on two local registries and four generated image shapes, cold (target storage and
 //! skopeo's blob-info cache wiped before every run) and warm (target complete), timed by
-//! hyperfine (median of N runs), plus peak RSS from `/usr/bin/time -v`. Prints a Markdown table
-//! for `docs/benchmarks.md`.
+//! hyperfine (median of N runs), plus peak RSS from `/usr/bin/time -v`; and `backup copy`'s warm
+//! copy with its default `--referrers all` against `--referrers none` (the price of looking for
+//! signatures). Prints Markdown tables for `docs/benchmarks.md`.
 
 pub mod backup;
 pub mod referrers;
@@ -136,6 +137,8 @@ pub async fn run(backup_bin: &Path, runs: u32, only: Option<&str>) -> anyhow::Re
         SKOPEO_CACHE
     );
     let mut rows = Vec::new();
+    let mut referrers = Vec::new();
+    let warm_runs = runs.saturating_mul(5);
     for shape in shapes()
         .into_iter()
         .filter(|s| only.is_none_or(|o| o == s.name))
@@ -147,12 +150,15 @@ pub async fn run(backup_bin: &Path, runs: u32, only: Option<&str>) -> anyhow::Re
         let source = format!("{}/bench/{}:1", src.host(), shape.name);
         let ours_target = format!("{}/ours/{}:1", dst.host(), shape.name);
         let skopeo_target = format!("{}/skopeo/{}:1", dst.host(), shape.name);
-        let ours = format!(
-            "{} copy {source} {ours_target} --insecure-registry {},{} >/dev/null",
-            backup_bin.display(),
-            src.host(),
-            dst.host()
-        );
+        let ours_referrers = |mode: &str| {
+            format!(
+                "{} copy {source} {ours_target} --insecure-registry {},{} --referrers {mode} >/dev/null",
+                backup_bin.display(),
+                src.host(),
+                dst.host()
+            )
+        };
+        let ours = ours_referrers("all");
         let skopeo = format!(
             "skopeo copy -q --all --preserve-digests --src-tls-verify=false --dest-tls-verify=false docker://{source} docker://{skopeo_target} >/dev/null"
         );
@@ -162,8 +168,19 @@ pub async fn run(backup_bin: &Path, runs: u32, only: Option<&str>) -> anyhow::Re
             let cold = hyperfine(command, Some(&wipe), runs, &work.path().join("cold.json"))?;
             let usage = usage(command, Some(&wipe)).ok();
             eprintln!("bench: {} {tool} warm", shape.name);
-            // The RSS run left the target complete.
-            let warm = hyperfine(command, None, runs, &work.path().join("warm.json"))?;
+            // The RSS run left the target complete. A warm copy takes milliseconds: five
+            // times the runs, so that the median is not one noisy run.
+            let warm = hyperfine(command, None, warm_runs, &work.path().join("warm.json"))?;
+            if tool == "backup copy" {
+                eprintln!("bench: {} {tool} warm, --referrers none", shape.name);
+                let none = hyperfine(
+                    &ours_referrers("none"),
+                    None,
+                    warm_runs,
+                    &work.path().join("warm-none.json"),
+                )?;
+                referrers.push((shape.name, warm, none));
+            }
             measures.push((
                 tool,
                 Measure {
@@ -203,6 +220,13 @@ pub async fn run(backup_bin: &Path, runs: u32, only: Option<&str>) -> anyhow::Re
         }
     }
     out.push_str(&ratios);
+    out.push_str("\n| shape | warm, `--referrers all` (s) | warm, `--referrers none` (s) | all ÷ none |\n|---|---|---|---|\n");
+    for (name, all, none) in referrers {
+        out.push_str(&format!(
+            "| {name} | {all:.4} | {none:.4} | {:.2} |\n",
+            all / none.max(f64::EPSILON)
+        ));
+    }
     Ok(out)
 }
 
