@@ -22,8 +22,8 @@ use sha2::{Digest as _, Sha256};
 use super::error::CopyError;
 use super::handshake::{Authenticator, scopes};
 use super::response::{
-    Capped, MAX_MANIFEST_BYTES, content_type, header_str, read_capped, status_error,
-    transport_cause, transport_error,
+    Capped, MAX_ERROR_BYTES, MAX_MANIFEST_BYTES, content_type, header_str, read_capped,
+    status_error, transport_cause, transport_error,
 };
 use super::retry::RetryPolicy;
 use super::stall::StallPolicy;
@@ -40,6 +40,9 @@ application/vnd.docker.distribution.manifest.list.v2+json, \
 application/vnd.docker.distribution.manifest.v2+json, \
 application/vnd.docker.distribution.manifest.v1+prettyjws;q=0.1, \
 application/vnd.docker.distribution.manifest.v1+json;q=0.1";
+
+/// The OCI image index media type: what the referrers API answers.
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 /// A manifest as the registry serves it: exact bytes, media type, digest.
 #[derive(Debug, Clone)]
@@ -292,14 +295,7 @@ impl RegistryClient {
             what: what.clone(),
             reason: e.to_string(),
         })?;
-        let url = self.url(repo, &format!("referrers/{digest}"));
-        let resp = self
-            .send(repo, access, None, &what, |c| {
-                c.get(&url)
-                    .header(header::ACCEPT, "application/vnd.oci.image.index.v1+json")
-                    .timeout(Duration::from_secs(30))
-            })
-            .await?;
+        let resp = self.referrers_request(repo, digest, access, &what).await?;
         match resp.status() {
             s if s.is_success() => {}
             StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST | StatusCode::METHOD_NOT_ALLOWED => {
@@ -359,6 +355,53 @@ impl RegistryClient {
             reason: format!("not a tag list (line {}, column {})", e.line(), e.column()),
         })?;
         Ok(Some(list.tags.unwrap_or_default()))
+    }
+
+    /// Whether the registry offers the referrers API for `repo`, asked as OCI clients (oras,
+    /// notation) ask: the referrers of the all-zero digest. A registry with the API answers
+    /// any digest with an image index (distribution spec 1.1: it "MUST NOT return a 404"); one
+    /// without answers 404 (distribution 2.8) or 405. `None` when the answer says neither (a
+    /// 404 for a repository it does not know, a 200 that is not an index, another status).
+    pub async fn offers_referrers_api(
+        &self,
+        repo: &Repo,
+        access: Access,
+    ) -> Result<Option<bool>, CopyError> {
+        const ZERO: &str =
+            "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+        let what = format!("referrers API of {}", repo.path);
+        let resp = self.referrers_request(repo, ZERO, access, &what).await?;
+        Ok(match resp.status() {
+            // Another type is no sure answer: asked per manifest, as without the ping.
+            s if s.is_success() => (content_type(&resp) == OCI_INDEX).then_some(true),
+            StatusCode::METHOD_NOT_ALLOWED => Some(false),
+            StatusCode::NOT_FOUND => {
+                let body = read_capped(resp, MAX_ERROR_BYTES).await.ok();
+                let unknown_repository = matches!(
+                    &body,
+                    Some(Capped::Complete(b)) if String::from_utf8_lossy(b).contains("NAME_UNKNOWN")
+                );
+                (!unknown_repository).then_some(false)
+            }
+            _ => None,
+        })
+    }
+
+    /// `GET /v2/<name>/referrers/<digest>` (a validated digest), answered whatever its status.
+    async fn referrers_request(
+        &self,
+        repo: &Repo,
+        digest: &str,
+        access: Access,
+        what: &str,
+    ) -> Result<Response, CopyError> {
+        let url = self.url(repo, &format!("referrers/{digest}"));
+        self.send(repo, access, None, what, |c| {
+            c.get(&url)
+                .header(header::ACCEPT, OCI_INDEX)
+                .timeout(Duration::from_secs(30))
+        })
+        .await
     }
 
     /// The digest of a manifest by tag or digest (HEAD), `None` on 404. `access` picks the

@@ -25,9 +25,8 @@ struct Signed {
     sbom_sig: testbed::referrers::Artifact,
 }
 
-/// An image signed as cosign signs it, attested, with an SBOM (a referrer with a subject, in
-/// the tag schema) that is itself signed.
-async fn signed_image() -> Signed {
+/// A source and a target registry, and a two-platform image `team/app:1` at the source.
+async fn registries_and_image(seed: u64) -> (Registry, Registry, Pusher, PushedImage) {
     let src = Registry::start().await.expect("src");
     let dst = Registry::start().await.expect("dst");
     let pusher = Pusher::new(&src.host(), None);
@@ -35,10 +34,32 @@ async fn signed_image() -> Signed {
         .push_image(
             "team/app",
             "1",
-            &ImageSpec::multi_arch(Format::Oci, 1, 4096, 5),
+            &ImageSpec::multi_arch(Format::Oci, 1, 4096, seed),
         )
         .await
         .expect("image");
+    (src, dst, pusher, image)
+}
+
+/// An SBOM of `image` (a referrer with a subject), pushed by digest: no tag points at it.
+async fn push_sbom(pusher: &Pusher, image: &PushedImage) -> testbed::referrers::Artifact {
+    push_artifact(
+        pusher,
+        "team/app",
+        None,
+        SBOM_TYPE,
+        SBOM_TYPE,
+        b"{\"spdxVersion\":\"SPDX-2.3\"}",
+        Some((&image.digest, &image.media_type, image_size(image))),
+    )
+    .await
+    .expect("sbom")
+}
+
+/// An image signed as cosign signs it, attested, with an SBOM (a referrer with a subject, in
+/// the tag schema) that is itself signed.
+async fn signed_image() -> Signed {
+    let (src, dst, pusher, image) = registries_and_image(5).await;
     let sig = push_cosign_tag(
         &pusher,
         "team/app",
@@ -57,17 +78,7 @@ async fn signed_image() -> Signed {
     )
     .await
     .expect("att");
-    let sbom = push_artifact(
-        &pusher,
-        "team/app",
-        None,
-        SBOM_TYPE,
-        SBOM_TYPE,
-        b"{\"spdxVersion\":\"SPDX-2.3\"}",
-        Some((&image.digest, &image.media_type, image_size(&image))),
-    )
-    .await
-    .expect("sbom");
+    let sbom = push_sbom(&pusher, &image).await;
     add_to_tag_schema(&pusher, "team/app", &image.digest, &sbom.descriptor)
         .await
         .expect("tag schema");
@@ -346,6 +357,11 @@ async fn a_warm_copy_checks_each_referrer_source_in_a_few_requests() {
         "only tags that exist are asked for: {tags_asked:#?}"
     );
     assert_eq!(tags_asked.len(), existing.len(), "{tags_asked:#?}");
+    // The registry has no referrers API (distribution 2.8): once the ping said so, no manifest
+    // is looked up there.
+    let api: Vec<&String> = asked.iter().filter(|r| r.contains("/referrers/")).collect();
+    assert_eq!(api.len(), 1, "only the ping: {api:#?}");
+    assert!(api[0].ends_with(&format!("/referrers/sha256:{}", "0".repeat(64))));
     assert!(
         !dst_proxy
             .requests()
@@ -391,14 +407,16 @@ async fn a_warm_copy_asks_what_it_can_at_once() {
         }
         last = Some(at);
     }
-    // 1: the source's manifest, its tag list and the target's tag; 2: what refers to the index
-    // and each platform manifest; 3: whether the target holds each referrer found, the
-    // target's indexes, and what refers to the referrers; 4: whether it holds the SBOM's
-    // signature, and the SBOM's index. One request after another, it was 9 rounds.
+    // 1: the source's manifest, its tag list, the referrers API ping and the target's tag; 2:
+    // what refers to the index and each platform manifest; 3: whether the target holds each
+    // referrer found, the target's indexes, and what refers to the referrers; 4: whether it
+    // holds the SBOM's signature, and the SBOM's index. One request after another, it was 9
+    // rounds.
     assert_eq!(rounds.len(), 4, "{rounds:#?}");
-    assert_eq!(rounds[0].len(), 3, "{rounds:#?}");
+    assert_eq!(rounds[0].len(), 4, "{rounds:#?}");
     assert!(
-        rounds[0].iter().any(|r| r.ends_with("/tags/list")),
+        rounds[0].iter().any(|r| r.ends_with("/tags/list"))
+            && rounds[0].iter().any(|r| r.contains("/referrers/")),
         "{rounds:#?}"
     );
 }
@@ -435,6 +453,58 @@ async fn a_source_that_will_not_list_its_tags_whole_still_gives_every_referrer()
             proxy.requests()
         );
     }
+}
+
+/// A source with the referrers API (the proxy offers it, as zot, Harbor or ECR do): an SBOM
+/// that only the API lists — no tag points at it — is found, copied and listed at a target
+/// without the API; the ping said there is an API, so every manifest was looked up there.
+#[tokio::test]
+async fn a_referrer_only_the_referrers_api_lists_is_copied() {
+    let (src, dst, pusher, image) = registries_and_image(9).await;
+    let sbom = push_sbom(&pusher, &image).await;
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [sbom.descriptor.clone()],
+    });
+    let proxy = FaultProxy::start(&src.host()).await.expect("proxy");
+    proxy.serve_referrers(
+        [(image.digest.clone(), index.to_string().into_bytes())]
+            .into_iter()
+            .collect(),
+    );
+    let summary = copier(&[proxy.host(), dst.host()], ReferrersMode::All)
+        .copy(
+            &at(&proxy.host(), "team/app:1"),
+            &at(&dst.host(), "bk/app:1"),
+            None,
+        )
+        .await
+        .expect("copy");
+    assert_eq!(summary.referrers_copied, 1, "{summary:?}");
+    let target = Pusher::new(&dst.host(), None);
+    let (_, bytes) = target
+        .get_manifest("bk/app", &sbom.digest)
+        .await
+        .expect("get")
+        .expect("the SBOM at the target");
+    assert_eq!(bytes, sbom.bytes);
+    let listed = listed_in_tag_schema(&target, "bk/app", &image.digest)
+        .await
+        .expect("index");
+    assert_eq!(digests(&listed), vec![sbom.digest.clone()]);
+    // The ping, then each of the image's manifests and the SBOM itself, at the API.
+    let api = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.contains("/referrers/"))
+        .count();
+    assert_eq!(
+        api,
+        1 + image.manifests.len() + 1,
+        "{:#?}",
+        proxy.requests()
+    );
 }
 
 #[tokio::test]

@@ -14,6 +14,8 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Response, StatusCode};
 use futures::StreamExt;
 
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
 /// The faults to inject; each test sets what it needs.
 #[derive(Debug, Default)]
 struct Faults {
@@ -35,6 +37,9 @@ struct Faults {
     request_delay: Option<std::time::Duration>,
     /// Tag lists are answered in pages of this many, as registries that page by default do.
     tag_page: Option<usize>,
+    /// The referrers API, answered by the proxy (distribution 2.8 has none): the index of
+    /// each subject digest given, an empty index for any other.
+    referrers: Option<HashMap<String, Vec<u8>>>,
 }
 
 struct ProxyState {
@@ -206,6 +211,15 @@ impl FaultProxy {
         }
     }
 
+    /// Offers the referrers API in front of a registry without one, as zot, Harbor or ECR
+    /// offer it: `GET /v2/<name>/referrers/<digest>` answers `indexes[digest]`, or an empty
+    /// index for any other digest (a registry with the API never answers 404 there).
+    pub fn serve_referrers(&self, indexes: HashMap<String, Vec<u8>>) {
+        if let Ok(mut f) = self.state.faults.lock() {
+            f.referrers = Some(indexes);
+        }
+    }
+
     /// The requests forwarded so far, as `METHOD path`.
     pub fn requests(&self) -> Vec<String> {
         self.state
@@ -326,6 +340,28 @@ async fn handle(State(state): State<Arc<ProxyState>>, request: Request) -> Respo
                 .unwrap_or_default()
                 .to_string(),
         });
+    }
+    let served = match (state.faults.lock(), path.split_once("/referrers/")) {
+        (Ok(f), Some((_, digest))) if method == axum::http::Method::GET => {
+            f.referrers.as_ref().map(|indexes| {
+                indexes.get(digest).cloned().unwrap_or_else(|| {
+                    serde_json::json!({
+                        "schemaVersion": 2,
+                        "mediaType": OCI_INDEX,
+                        "manifests": [],
+                    })
+                    .to_string()
+                    .into_bytes()
+                })
+            })
+        }
+        _ => None,
+    };
+    if let Some(index) = served {
+        let mut resp = Response::new(Body::from(index));
+        resp.headers_mut()
+            .insert("content-type", HeaderValue::from_static(OCI_INDEX));
+        return resp;
     }
     let delay = match state.faults.lock() {
         Ok(f) if method == axum::http::Method::GET && blob_digest(&path).is_some() => {

@@ -209,9 +209,9 @@ impl Copier {
             })?;
         let top_what = format!("manifest {}", source.familiar());
         // Where a pull would read it (a mirror first, if one is set); every other read of the
-        // image goes there too. What the target tag holds, and which referrer tags the first
-        // host to ask has, are asked at the same time (one round trip before a warm copy knows
-        // it is warm, and the referrer lookups after it ask only for tags that exist).
+        // image goes there too. What the target tag holds, and the survey of the first host's
+        // referrer sources, are asked at the same time (one round trip before a warm copy
+        // knows it is warm, and the referrer lookups after it go only where an answer can be).
         let first_host = Repo {
             registry: self
                 .client
@@ -221,18 +221,22 @@ impl Copier {
                 .unwrap_or_else(|| src.registry.clone()),
             path: src.path.clone(),
         };
-        let (located, at_target, listed) = futures::join!(
+        let (located, at_target, survey) = futures::join!(
             self.client.locate_manifest(&src, source.pull_reference()),
             self.client
                 .manifest_digest(&dst, target_ref, client::Access::Push),
-            self.referrer_tags(&first_host),
+            self.survey(&first_host),
         );
         let (src, top) = located?.ok_or_else(|| CopyError::NotFound {
             what: top_what.clone(),
             registry: self.client.pull_hosts(&src.registry).join(" or "),
         })?;
-        // Listed where the image was not found (a mirror without it): not this image's tags.
-        let listed = listed.filter(|_| src == first_host);
+        // Surveyed where the image was not found (a mirror without it): not this image's.
+        let survey = if src == first_host {
+            survey
+        } else {
+            referrers::Survey::default()
+        };
         if let Some(d) = target.digest()
             && d != top.digest
         {
@@ -263,9 +267,7 @@ impl Copier {
                 Content::Index(children) => children.iter().map(|c| c.platform.clone()).collect(),
                 Content::Image(_) => Vec::new(),
             };
-            let referrers = self
-                .copy_referrers(&src, &dst, &subjects, listed.as_ref())
-                .await?;
+            let referrers = self.copy_referrers(&src, &dst, &subjects, &survey).await?;
             return Ok(CopySummary {
                 source: source.to_string(),
                 target: target.to_string(),
@@ -344,9 +346,7 @@ impl Copier {
             .await?;
         // Referrers before the tag: once a workload can be moved onto the tag, its signatures
         // are there too.
-        let referrers = self
-            .copy_referrers(&src, &dst, &subjects, listed.as_ref())
-            .await?;
+        let referrers = self.copy_referrers(&src, &dst, &subjects, &survey).await?;
         self.client
             .put_manifest(&dst, target_ref, &tree.top)
             .await?;

@@ -11,9 +11,11 @@
 //! referrers API indexes subjects itself; otherwise the tag-schema index is merged — entries
 //! already there are kept, never dropped.
 //!
-//! Which of those tags exist is read from the source's tag list, asked alongside the image's
-//! manifest ([`Copier::referrer_tags`]), so only tags that exist are asked for; where the list
-//! is refused, paginated or too long, every tag is asked for.
+//! Before that, alongside the image's manifest, the source is surveyed ([`Copier::survey`]):
+//! its tag list says which of those tags exist, and a referrers lookup of the all-zero digest
+//! says whether it offers the referrers API at all (as oras and notation ask), so the lookups
+//! after it go only where an answer can be. Where the survey cannot tell (the list refused,
+//! paged or too long; the ping answered neither way), everything is asked, as without it.
 
 use std::collections::HashSet;
 
@@ -123,27 +125,41 @@ fn listed(bytes: &[u8], origin: Origin<'_>) -> Result<Vec<Value>, CopyError> {
         .collect()
 }
 
-/// The source repository's tags of the forms the lookups would otherwise ask for one by one
-/// (`sha256-<hex>` and cosign's `sha256-<hex>.sig`, `.att`, `.sbom`), from one complete tag
-/// list. Only compared with tags made here from validated digests: a listed tag never reaches
-/// a URL.
+/// What the first round learnt of the source's referrer sources ([`Copier::survey`]). The
+/// default knows nothing: every source is asked.
 #[derive(Debug, Clone, Default)]
-pub(super) struct ListedTags(HashSet<String>);
-
-impl ListedTags {
-    /// The referrer tags among a repository's tags.
-    fn of(tags: Vec<String>) -> Self {
-        Self(
-            tags.into_iter()
-                .filter(|t| t.starts_with("sha256-"))
-                .collect(),
-        )
-    }
+pub(super) struct Survey {
+    /// The repository's tags of the forms the lookups would otherwise ask for one by one
+    /// (`sha256-<hex>` and cosign's `sha256-<hex>.sig`, `.att`, `.sbom`), from one complete tag
+    /// list; `None`: not known. Only compared with tags made here from validated digests: a
+    /// listed tag never reaches a URL.
+    tags: Option<HashSet<String>>,
+    /// Whether the registry offers the referrers API; `None`: not known.
+    api: Option<bool>,
 }
 
-/// Whether `tag` may exist: listed, or nothing is known (`None`: ask).
-fn may_exist(tags: Option<&ListedTags>, tag: &str) -> bool {
-    tags.is_none_or(|l| l.0.contains(tag))
+impl Survey {
+    /// A survey from a repository's tags (`None`: not listed whole) and the referrers API ping.
+    fn of(tags: Option<Vec<String>>, api: Option<bool>) -> Self {
+        Self {
+            tags: tags.map(|tags| {
+                tags.into_iter()
+                    .filter(|t| t.starts_with("sha256-"))
+                    .collect()
+            }),
+            api,
+        }
+    }
+
+    /// Whether `tag` may exist: listed, or the tags are not known.
+    fn may_exist(&self, tag: &str) -> bool {
+        self.tags.as_ref().is_none_or(|t| t.contains(tag))
+    }
+
+    /// Whether the referrers API may answer: offered, or not known.
+    fn may_have_api(&self) -> bool {
+        self.api != Some(false)
+    }
 }
 
 /// What the target holds of one subject's referrers index, read before the referrers are
@@ -156,26 +172,29 @@ enum TargetIndex {
 }
 
 impl Copier {
-    /// The source's referrer tags ([`ListedTags`]), asked alongside the image's manifest so
-    /// that the lookups after it ask only for tags that exist. `None` when referrers are not
-    /// wanted, or the list cannot be had whole (refused, paginated, too long, a failure): then
-    /// every tag is asked for, so a registry that will not list costs requests, never a
-    /// referrer.
-    pub(super) async fn referrer_tags(&self, src: &Repo) -> Option<ListedTags> {
+    /// Surveys the source's referrer sources ([`Survey`]), asked alongside the image's
+    /// manifest: its tag list and whether it offers the referrers API (both at once), so that
+    /// the lookups after it ask only for tags that exist and use the API only where there is
+    /// one. What cannot be learnt (the list refused, paged, too long; the ping answered neither
+    /// way; a failure) stays unknown, and then everything is asked: a registry that will not
+    /// tell costs requests, never a referrer. Knows nothing when referrers are not wanted.
+    pub(super) async fn survey(&self, src: &Repo) -> Survey {
         if self.referrers == ReferrersMode::None {
-            return None;
+            return Survey::default();
         }
-        match self.client.list_tags(src, Access::Pull).await {
-            Ok(Some(tags)) => Some(ListedTags::of(tags)),
-            Ok(None) => {
-                tracing::debug!(repository = %src, "the tag list comes in pages or is too long; asking for each referrer tag");
-                None
-            }
-            Err(e) => {
-                tracing::debug!(repository = %src, error = %e, "no tag list; asking for each referrer tag");
-                None
-            }
-        }
+        let (tags, api) = futures::join!(
+            self.client.list_tags(src, Access::Pull),
+            self.client.offers_referrers_api(src, Access::Pull),
+        );
+        let tags = tags.unwrap_or_else(|e| {
+            tracing::debug!(repository = %src, error = %e, "no tag list; asking for each referrer tag");
+            None
+        });
+        let api = api.unwrap_or_else(|e| {
+            tracing::debug!(repository = %src, error = %e, "referrers API ping failed; asking it for each manifest");
+            None
+        });
+        Survey::of(tags, api)
     }
 
     /// Copies what refers to `subjects` (digests already at, or about to be at, the target)
@@ -189,13 +208,13 @@ impl Copier {
     /// their digests are known from the listing, so this need not wait for their copies). A
     /// warm copy whose referrers have none of their own thus costs two round trips more than
     /// `--referrers none`, and one (the referrers API) when nothing refers to the image.
-    /// `tags`: the source's referrer tags, if known ([`Copier::referrer_tags`]).
+    /// `survey`: what is known of the source's referrer sources ([`Copier::survey`]).
     pub(super) async fn copy_referrers(
         &self,
         src: &Repo,
         dst: &Repo,
         subjects: &[String],
-        tags: Option<&ListedTags>,
+        survey: &Survey,
     ) -> Result<ReferrersOutcome, CopyError> {
         let mut outcome = ReferrersOutcome::default();
         if self.referrers == ReferrersMode::None || subjects.is_empty() {
@@ -203,7 +222,7 @@ impl Copier {
         }
         let mut seen: HashSet<(String, Option<String>)> = HashSet::new();
         let mut level: Vec<String> = subjects.to_vec();
-        let mut discovered = self.discover_all(src, &level, true, tags).await;
+        let mut discovered = self.discover_all(src, &level, true, survey).await;
         for depth in 0..MAX_DEPTH {
             // What this level found that is wanted and new, per subject (in order).
             let mut wanted: Vec<(usize, Found)> = Vec::new();
@@ -250,7 +269,7 @@ impl Copier {
                     .collect::<Vec<_>>(),
                 async {
                     if deeper {
-                        self.discover_all(src, &next, false, tags).await
+                        self.discover_all(src, &next, false, survey).await
                     } else {
                         Vec::new()
                     }
@@ -311,11 +330,11 @@ impl Copier {
         src: &Repo,
         subjects: &[String],
         cosign: bool,
-        tags: Option<&ListedTags>,
+        survey: &Survey,
     ) -> Vec<Result<Vec<Found>, CopyError>> {
         let lookups: Vec<_> = subjects
             .iter()
-            .map(|subject| self.discover(src, subject, cosign, tags))
+            .map(|subject| self.discover(src, subject, cosign, survey))
             .collect();
         futures::stream::iter(lookups)
             .buffered(self.concurrency)
@@ -331,7 +350,7 @@ impl Copier {
         src: &Repo,
         subject: &str,
         cosign: bool,
-        tags: Option<&ListedTags>,
+        survey: &Survey,
     ) -> Result<Vec<Found>, CopyError> {
         let what = format!("referrers of {}@{subject}", src.path);
         let origin = Origin {
@@ -347,15 +366,21 @@ impl Copier {
             COSIGN_TAGS
                 .iter()
                 .map(|(suffix, signature)| (format!("{schema_tag}.{suffix}"), *signature))
-                .filter(|(tag, _)| may_exist(tags, tag))
+                .filter(|(tag, _)| survey.may_exist(tag))
                 .collect()
         } else {
             Vec::new()
         };
         let (api, schema, tagged) = futures::join!(
-            self.client.referrers(src, subject, Access::Pull),
             async {
-                if may_exist(tags, &schema_tag) {
+                if survey.may_have_api() {
+                    self.client.referrers(src, subject, Access::Pull).await
+                } else {
+                    Ok(None)
+                }
+            },
+            async {
+                if survey.may_exist(&schema_tag) {
                     self.client.get_manifest(src, &schema_tag).await
                 } else {
                     Ok(None)
@@ -533,18 +558,28 @@ mod tests {
     }
 
     #[test]
-    fn only_listed_referrer_tags_may_exist_and_nothing_listed_means_ask() {
-        let tags = ListedTags::of(vec![
-            "1".into(),
-            "latest".into(),
-            "sha256-abc".into(),
-            "sha256-abc.sig".into(),
-        ]);
-        assert_eq!(tags.0.len(), 2, "only referrer tags are kept: {tags:?}");
-        assert!(may_exist(Some(&tags), "sha256-abc.sig"));
-        assert!(!may_exist(Some(&tags), "sha256-abc.att"));
-        assert!(!may_exist(Some(&ListedTags::default()), "sha256-abc"));
-        assert!(may_exist(None, "sha256-abc.att"), "unknown: asked for");
+    fn a_survey_rules_out_only_what_it_knows_is_not_there() {
+        let listed = Survey::of(
+            Some(vec![
+                "1".into(),
+                "latest".into(),
+                "sha256-abc".into(),
+                "sha256-abc.sig".into(),
+            ]),
+            Some(false),
+        );
+        assert_eq!(
+            listed.tags.as_ref().map(HashSet::len),
+            Some(2),
+            "only referrer tags are kept: {listed:?}"
+        );
+        assert!(listed.may_exist("sha256-abc.sig"));
+        assert!(!listed.may_exist("sha256-abc.att"));
+        assert!(!listed.may_have_api());
+        assert!(!Survey::of(Some(Vec::new()), None).may_exist("sha256-abc"));
+        let unknown = Survey::default();
+        assert!(unknown.may_exist("sha256-abc.att") && unknown.may_have_api());
+        assert!(Survey::of(None, Some(true)).may_have_api());
     }
 
     #[test]

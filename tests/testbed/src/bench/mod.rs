@@ -98,6 +98,37 @@ fn hyperfine(command: &str, prepare: Option<&str>, runs: u32, json: &Path) -> an
         .context("hyperfine JSON has no median")
 }
 
+/// Median seconds of `runs` runs of each command (argv, output discarded), run in turn — a, b,
+/// a, b, … — so that a machine that slows down or speeds up meanwhile weighs on each alike:
+/// for comparisons of a few milliseconds, where hyperfine's one-command-then-the-next lets
+/// a shared machine's drift decide.
+fn interleaved(commands: &[Vec<String>], runs: u32) -> anyhow::Result<Vec<f64>> {
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); commands.len()];
+    for _ in 0..runs.max(1) {
+        for (argv, times) in commands.iter().zip(&mut times) {
+            let (program, args) = argv.split_first().context("an empty command")?;
+            let started = std::time::Instant::now();
+            let status = Command::new(program)
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .with_context(|| format!("run {program}"))?;
+            times.push(started.elapsed().as_secs_f64());
+            if !status.success() {
+                bail!("{} failed: {status}", argv.join(" "));
+            }
+        }
+    }
+    Ok(times.into_iter().map(median).collect())
+}
+
+/// The median of some timings (0 for none).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
 fn usage(command: &str, prepare: Option<&str>) -> anyhow::Result<Usage> {
     if let Some(p) = prepare {
         Command::new("sh").args(["-c", p]).status()?;
@@ -150,15 +181,27 @@ pub async fn run(backup_bin: &Path, runs: u32, only: Option<&str>) -> anyhow::Re
         let source = format!("{}/bench/{}:1", src.host(), shape.name);
         let ours_target = format!("{}/ours/{}:1", dst.host(), shape.name);
         let skopeo_target = format!("{}/skopeo/{}:1", dst.host(), shape.name);
+        let insecure = format!("{},{}", src.host(), dst.host());
+        let ours = format!(
+            "{} copy {source} {ours_target} --insecure-registry {insecure} >/dev/null",
+            backup_bin.display(),
+        );
         let ours_referrers = |mode: &str| {
-            format!(
-                "{} copy {source} {ours_target} --insecure-registry {},{} --referrers {mode} >/dev/null",
-                backup_bin.display(),
-                src.host(),
-                dst.host()
-            )
+            let mut args = vec![backup_bin.display().to_string()];
+            args.extend(
+                [
+                    "copy",
+                    &source,
+                    &ours_target,
+                    "--insecure-registry",
+                    &insecure,
+                    "--referrers",
+                    mode,
+                ]
+                .map(str::to_string),
+            );
+            args
         };
-        let ours = ours_referrers("all");
         let skopeo = format!(
             "skopeo copy -q --all --preserve-digests --src-tls-verify=false --dest-tls-verify=false docker://{source} docker://{skopeo_target} >/dev/null"
         );
@@ -172,14 +215,17 @@ pub async fn run(backup_bin: &Path, runs: u32, only: Option<&str>) -> anyhow::Re
             // times the runs, so that the median is not one noisy run.
             let warm = hyperfine(command, None, warm_runs, &work.path().join("warm.json"))?;
             if tool == "backup copy" {
-                eprintln!("bench: {} {tool} warm, --referrers none", shape.name);
-                let none = hyperfine(
-                    &ours_referrers("none"),
-                    None,
-                    warm_runs,
-                    &work.path().join("warm-none.json"),
-                )?;
-                referrers.push((shape.name, warm, none));
+                eprintln!(
+                    "bench: {} {tool} warm, --referrers all and none in turn",
+                    shape.name
+                );
+                if let [all, none] = interleaved(
+                    &[ours_referrers("all"), ours_referrers("none")],
+                    runs.saturating_mul(20),
+                )?[..]
+                {
+                    referrers.push((shape.name, all, none));
+                }
             }
             measures.push((
                 tool,

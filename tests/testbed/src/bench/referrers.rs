@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 
+use super::median;
 use crate::referrers::{add_to_tag_schema, push_artifact, push_cosign_tag};
 use crate::{FaultProxy, Format, ImageSpec, Pusher, Registry};
 
@@ -45,11 +46,6 @@ fn backup_copy(
 
 /// The round trip of the "remote" registries of the warm comparison.
 const REMOTE_RTT: std::time::Duration = std::time::Duration::from_millis(10);
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
 
 /// Runs the benchmark with `runs` cold copies per mode of `bin` (`backup`); returns Markdown.
 pub async fn run(bin: &Path, runs: usize) -> anyhow::Result<String> {
