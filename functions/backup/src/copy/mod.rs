@@ -5,8 +5,9 @@
 //! 1. read the top manifest (exact bytes) and, for an index, every child manifest by digest,
 //!    checking each against its digest;
 //! 2. if the target tag already holds that digest, stop: the registry accepted that manifest only
-//!    once every blob it references was present (the warm path costs two requests, and with
-//!    referrers the source's tag list alongside them and a referrers lookup per manifest);
+//!    once every blob it references was present (the warm path costs two requests; with
+//!    referrers, the survey of the source goes alongside them — its tag list and a referrers
+//!    API ping — and after them only the lookups that can find something);
 //! 3. move every distinct blob, several at once: skip it after one HEAD if the target repository
 //!    has it, mount it if another repository of the target registry is known to have it (one
 //!    this process copied it to, or the source repository when both are in one registry), else

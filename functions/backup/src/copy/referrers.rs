@@ -207,8 +207,8 @@ impl Copier {
     /// each subject, and the lookups of the next level (what refers to the referrers found:
     /// their digests are known from the listing, so this need not wait for their copies). A
     /// warm copy whose referrers have none of their own thus costs two round trips more than
-    /// `--referrers none`, and one (the referrers API) when nothing refers to the image.
-    /// `survey`: what is known of the source's referrer sources ([`Copier::survey`]).
+    /// `--referrers none`; when nothing refers to the image, none more on a registry the
+    /// `survey` ([`Copier::survey`]) found without the referrers API, one (that API) otherwise.
     pub(super) async fn copy_referrers(
         &self,
         src: &Repo,
@@ -343,8 +343,8 @@ impl Copier {
     }
 
     /// What refers to `subject` at the source: the referrers API or the tag schema, and (for
-    /// the image's own manifests) cosign's tags; of the tags, only those in `tags` (all when
-    /// nothing is listed).
+    /// the image's own manifests) cosign's tags; of these, only what the `survey` does not rule
+    /// out.
     async fn discover(
         &self,
         src: &Repo,
