@@ -464,7 +464,7 @@ async fn a_referrer_only_the_referrers_api_lists_is_copied() {
     let sbom = push_sbom(&pusher, &image).await;
     let index = serde_json::json!({
         "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "mediaType": testbed::referrers::OCI_INDEX,
         "manifests": [sbom.descriptor.clone()],
     });
     let proxy = FaultProxy::start(&src.host()).await.expect("proxy");

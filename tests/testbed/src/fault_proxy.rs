@@ -14,7 +14,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Response, StatusCode};
 use futures::StreamExt;
 
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+use crate::referrers::OCI_INDEX;
 
 /// The faults to inject; each test sets what it needs.
 #[derive(Debug, Default)]
