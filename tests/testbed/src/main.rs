@@ -129,6 +129,16 @@ enum Command {
         #[arg(long)]
         backup: Option<std::path::PathBuf>,
     },
+    /// The copy benchmark's raw-bytes floor: move an image (`host/repo:tag`, plain HTTP) to
+    /// another registry with no verification or checks of any kind — a measuring instrument,
+    /// never a way to back anything up.
+    MoveBytes {
+        source: String,
+        target: String,
+        /// Blobs moved at once (`backup copy`'s default).
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
 }
 
 async fn up() -> anyhow::Result<()> {
@@ -225,6 +235,15 @@ async fn main() -> anyhow::Result<()> {
             let bin = backup.unwrap_or_else(testbed::bench::default_backup_binary);
             let report = testbed::bench::run(&bin, runs.max(1), only.as_deref()).await?;
             println!("{report}");
+            Ok(())
+        }
+        Command::MoveBytes {
+            source,
+            target,
+            concurrency,
+        } => {
+            let moved = testbed::bench::floor::move_image(&source, &target, concurrency).await?;
+            println!("{moved} blob bytes moved");
             Ok(())
         }
         Command::Demo { keep } => testbed::demo::run(keep).await,

@@ -1,11 +1,14 @@
 //! The copy benchmark: `backup copy` against `skopeo copy --all --preserve-digests`, side by side
 //! in one run, on two local registries and four generated image shapes, cold (target storage and
 //! skopeo's blob-info cache wiped before every run) and warm (target complete), timed by
-//! hyperfine (median of N runs), plus peak RSS from `/usr/bin/time -v`; and `backup copy`'s warm
+//! hyperfine (median wall time and mean CPU of N runs), plus peak RSS from `/usr/bin/time -v`; and `backup copy`'s warm
 //! copy with its default `--referrers all` against `--referrers none` (the price of looking for
-//! signatures). Prints Markdown tables for `docs/benchmarks.md`.
+//! signatures); and, cold, the raw-bytes floor ([`floor`]: the same bytes moved with no checks
+//! at all), to tell the copier's own cost from the registries'. Prints Markdown tables for
+//! `docs/benchmarks.md`.
 
 pub mod backup;
+pub mod floor;
 pub mod referrers;
 pub mod scale;
 pub mod watcher;
@@ -19,6 +22,8 @@ use crate::{Format, ImageSpec, Pusher, Registry};
 
 const MIB: usize = 1024 * 1024;
 const SKOPEO_CACHE: &str = "/var/lib/containers/cache/blob-info-cache-v1.boltdb";
+/// The row of the raw-bytes floor ([`floor`]).
+const FLOOR: &str = "floor (bytes only)";
 
 /// One image shape of the benchmark.
 struct Shape {
@@ -57,17 +62,24 @@ struct Measure {
     cpu_seconds: Option<f64>,
 }
 
-/// Peak RSS (KiB) and user+system CPU seconds of one run.
-struct Usage {
-    rss_kib: u64,
-    cpu_seconds: f64,
-}
-
 fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-fn hyperfine(command: &str, prepare: Option<&str>, runs: u32, json: &Path) -> anyhow::Result<f64> {
+/// What hyperfine measured of one command.
+struct Timed {
+    /// Median wall seconds.
+    median: f64,
+    /// Mean user + system CPU seconds of one run.
+    cpu: Option<f64>,
+}
+
+fn hyperfine(
+    command: &str,
+    prepare: Option<&str>,
+    runs: u32,
+    json: &Path,
+) -> anyhow::Result<Timed> {
     let mut cmd = Command::new("hyperfine");
     cmd.args([
         "--runs",
@@ -93,9 +105,16 @@ fn hyperfine(command: &str, prepare: Option<&str>, runs: u32, json: &Path) -> an
         );
     }
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(json)?)?;
-    v["results"][0]["median"]
-        .as_f64()
-        .context("hyperfine JSON has no median")
+    let result = &v["results"][0];
+    Ok(Timed {
+        median: result["median"]
+            .as_f64()
+            .context("hyperfine JSON has no median")?,
+        cpu: result["user"]
+            .as_f64()
+            .zip(result["system"].as_f64())
+            .map(|(user, system)| user + system),
+    })
 }
 
 /// Median seconds of `runs` runs of each command (argv, output discarded), run in turn — a, b,
@@ -129,7 +148,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-fn usage(command: &str, prepare: Option<&str>) -> anyhow::Result<Usage> {
+/// Peak RSS (KiB) of one run, from `/usr/bin/time -v`.
+fn peak_rss_kib(command: &str, prepare: Option<&str>) -> anyhow::Result<u64> {
     if let Some(p) = prepare {
         Command::new("sh").args(["-c", p]).status()?;
     }
@@ -142,22 +162,14 @@ fn usage(command: &str, prepare: Option<&str>) -> anyhow::Result<Usage> {
         text.lines()
             .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()))
     };
-    let rss_kib = field("Maximum resident set size (kbytes):")
+    field("Maximum resident set size (kbytes):")
         .and_then(|v| v.parse().ok())
-        .context("no RSS in /usr/bin/time output")?;
-    let seconds = |name: &str| {
-        field(name)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    Ok(Usage {
-        rss_kib,
-        cpu_seconds: seconds("User time (seconds):") + seconds("System time (seconds):"),
-    })
+        .context("no RSS in /usr/bin/time output")
 }
 
 /// Runs the benchmark; returns the Markdown report.
 pub async fn run(backup_bin: &Path, runs: u32, only: Option<&str>) -> anyhow::Result<String> {
+    let testbed_bin = std::env::current_exe().context("the path of this testbed binary")?;
     let src = Registry::start().await?;
     let dst = Registry::start().await?;
     let pusher = Pusher::new(&src.host(), None);
@@ -205,11 +217,26 @@ pub async fn run(backup_bin: &Path, runs: u32, only: Option<&str>) -> anyhow::Re
         let skopeo = format!(
             "skopeo copy -q --all --preserve-digests --src-tls-verify=false --dest-tls-verify=false docker://{source} docker://{skopeo_target} >/dev/null"
         );
+        let floor = format!(
+            "{} move-bytes {source} {}/floor/{}:1 >/dev/null",
+            testbed_bin.display(),
+            dst.host(),
+            shape.name
+        );
         let mut measures = Vec::new();
-        for (tool, command) in [("backup copy", &ours), ("skopeo", &skopeo)] {
+        for (tool, command) in [("backup copy", &ours), ("skopeo", &skopeo), (FLOOR, &floor)] {
             eprintln!("bench: {} {tool} cold", shape.name);
             let cold = hyperfine(command, Some(&wipe), runs, &work.path().join("cold.json"))?;
-            let usage = usage(command, Some(&wipe)).ok();
+            let measure = Measure {
+                median: cold.median,
+                rss_kib: peak_rss_kib(command, Some(&wipe)).ok(),
+                cpu_seconds: cold.cpu,
+            };
+            if tool == FLOOR {
+                // It moves everything every time: there is no warm floor.
+                measures.push((tool, measure, None));
+                continue;
+            }
             eprintln!("bench: {} {tool} warm", shape.name);
             // The RSS run left the target complete. A warm copy takes milliseconds: five
             // times the runs, so that the median is not one noisy run.
@@ -227,41 +254,43 @@ pub async fn run(backup_bin: &Path, runs: u32, only: Option<&str>) -> anyhow::Re
                     referrers.push((shape.name, all, none));
                 }
             }
-            measures.push((
-                tool,
-                Measure {
-                    median: cold,
-                    rss_kib: usage.as_ref().map(|u| u.rss_kib),
-                    cpu_seconds: usage.as_ref().map(|u| u.cpu_seconds),
-                },
-                warm,
-            ));
+            measures.push((tool, measure, Some(warm.median)));
         }
         rows.push((shape.name, image.blob_bytes(), measures));
     }
     let mut out = String::new();
-    out.push_str("| shape | bytes | tool | cold median (s) | warm median (s) | peak RSS (MiB) | CPU of one cold run (s) |\n|---|---|---|---|---|---|---|\n");
+    out.push_str("| shape | bytes | tool | cold median (s) | warm median (s) | peak RSS (MiB) | cold CPU, mean of the runs (s) |\n|---|---|---|---|---|---|---|\n");
     let mut ratios = String::from(
-        "\n| shape | cold speed-up vs skopeo | warm speed-up vs skopeo |\n|---|---|---|\n",
+        "\n| shape | cold speed-up vs skopeo | warm speed-up vs skopeo | cold time ÷ the floor's | cold CPU ÷ the floor's |\n|---|---|---|---|---|\n",
     );
     for (name, bytes, measures) in &rows {
         for (tool, cold, warm) in measures {
             out.push_str(&format!(
-                "| {name} | {:.1} MiB | {tool} | {:.3} | {:.3} | {} | {} |\n",
+                "| {name} | {:.1} MiB | {tool} | {:.3} | {} | {} | {} |\n",
                 *bytes as f64 / MIB as f64,
                 cold.median,
-                warm,
+                warm.map_or("–".to_string(), |w| format!("{w:.3}")),
                 cold.rss_kib
                     .map_or("?".to_string(), |k| format!("{:.1}", k as f64 / 1024.0)),
                 cold.cpu_seconds
                     .map_or("?".to_string(), |c| format!("{c:.2}"))
             ));
         }
-        if let [(_, ours_cold, ours_warm), (_, skopeo_cold, skopeo_warm)] = measures.as_slice() {
+        if let [
+            (_, ours_cold, Some(ours_warm)),
+            (_, skopeo_cold, Some(skopeo_warm)),
+            (_, floor, _),
+        ] = measures.as_slice()
+        {
+            let cpu = match (ours_cold.cpu_seconds, floor.cpu_seconds) {
+                (Some(ours), Some(floor)) if floor > 0.0 => format!("{:.2}", ours / floor),
+                _ => "?".to_string(),
+            };
             ratios.push_str(&format!(
-                "| {name} | {:.2}x | {:.2}x |\n",
+                "| {name} | {:.2}x | {:.2}x | {:.2} | {cpu} |\n",
                 skopeo_cold.median / ours_cold.median,
-                skopeo_warm / ours_warm
+                skopeo_warm / ours_warm,
+                ours_cold.median / floor.median.max(f64::EPSILON),
             ));
         }
     }
@@ -296,10 +325,10 @@ pub async fn run_hostile(backup_bin: &Path) -> anyhow::Result<String> {
             dst.host(),
             "/tmp/bench-hostile.err",
         );
-        // `usage` waits for the child: off the runtime, so the registry keeps serving.
-        let (usage, command) =
-            tokio::task::spawn_blocking(move || (usage(&command, None), command)).await?;
-        let usage = usage?;
+        // `peak_rss_kib` waits for the child: off the runtime, so the registry keeps serving.
+        let (rss_kib, command) =
+            tokio::task::spawn_blocking(move || (peak_rss_kib(&command, None), command)).await?;
+        let rss_kib = rss_kib?;
         let err = std::fs::read_to_string("/tmp/bench-hostile.err").unwrap_or_default();
         let class = err
             .split_once("backup copy: ")
@@ -311,7 +340,7 @@ pub async fn run_hostile(backup_bin: &Path) -> anyhow::Result<String> {
             "| {mode:?} | {} | {class} | {} | {:.1} |\n",
             if class == "-" { "0" } else { "1" },
             hostile.bytes_served(),
-            usage.rss_kib as f64 / 1024.0
+            rss_kib as f64 / 1024.0
         ));
     }
     Ok(out)
