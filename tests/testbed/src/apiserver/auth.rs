@@ -22,7 +22,7 @@ use std::collections::HashMap;
 
 use serde_json::{Value, json};
 
-use super::store::Store;
+use super::store::{Key, Store};
 
 /// An authenticated user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,20 +186,24 @@ pub fn authorize(store: &Store, user: &User, attrs: &Attributes) -> bool {
 /// The rules that apply to `user` in `namespace` ("": only cluster-wide bindings).
 pub fn rules_for(store: &Store, user: &User, namespace: &str) -> Vec<Value> {
     let mut rules = Vec::new();
+    // Looked up by name and read in place: this runs for every request (kube-apiserver's
+    // authorizer reads its informers' caches the same way).
     let role_rules = |kind: &str, name: &str, ns: &str| -> Vec<Value> {
-        let (key, ns) = match kind {
-            "ClusterRole" => ("rbac.authorization.k8s.io/clusterroles", None),
-            _ => ("rbac.authorization.k8s.io/roles", Some(ns)),
+        let (storage_key, namespace) = match kind {
+            "ClusterRole" => ("rbac.authorization.k8s.io/clusterroles", ""),
+            _ => ("rbac.authorization.k8s.io/roles", ns),
         };
         store
-            .list(key, ns)
-            .into_iter()
-            .find(|r| r["metadata"]["name"] == name)
+            .get(&Key {
+                storage_key: storage_key.to_string(),
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            })
             .and_then(|r| r["rules"].as_array().cloned())
             .unwrap_or_default()
     };
-    for binding in store.list("rbac.authorization.k8s.io/clusterrolebindings", None) {
-        if binds(&binding, user) {
+    for binding in store.iter("rbac.authorization.k8s.io/clusterrolebindings", None) {
+        if binds(binding, user) {
             rules.extend(role_rules(
                 "ClusterRole",
                 binding["roleRef"]["name"].as_str().unwrap_or_default(),
@@ -208,8 +212,8 @@ pub fn rules_for(store: &Store, user: &User, namespace: &str) -> Vec<Value> {
         }
     }
     if !namespace.is_empty() {
-        for binding in store.list("rbac.authorization.k8s.io/rolebindings", Some(namespace)) {
-            if binds(&binding, user) {
+        for binding in store.iter("rbac.authorization.k8s.io/rolebindings", Some(namespace)) {
+            if binds(binding, user) {
                 rules.extend(role_rules(
                     binding["roleRef"]["kind"].as_str().unwrap_or_default(),
                     binding["roleRef"]["name"].as_str().unwrap_or_default(),

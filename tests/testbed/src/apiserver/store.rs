@@ -199,6 +199,17 @@ impl Store {
     /// Every object of a resource, in a namespace or (`None`) in all (a range of the ordered
     /// map, not a scan of every object).
     pub fn list(&self, storage_key: &str, namespace: Option<&str>) -> Vec<Value> {
+        self.iter(storage_key, namespace).cloned().collect()
+    }
+
+    /// [`Store::list`] read in place: for a look that keeps little of what it reads (the
+    /// authorizer's bindings on every request), as kube-apiserver's informer listers hand out
+    /// their cached objects without copying them.
+    pub fn iter<'a>(
+        &'a self,
+        storage_key: &'a str,
+        namespace: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a Value> + 'a {
         let start = Key {
             storage_key: storage_key.to_string(),
             namespace: namespace.unwrap_or_default().to_string(),
@@ -206,11 +217,10 @@ impl Store {
         };
         self.objects
             .range(start..)
-            .take_while(|(k, _)| {
+            .take_while(move |(k, _)| {
                 k.storage_key == storage_key && namespace.is_none_or(|ns| k.namespace == ns)
             })
-            .map(|(_, v)| v.clone())
-            .collect()
+            .map(|(_, v)| v)
     }
 
     /// One page of a resource's objects (in `namespace`, or all), in store order: those after
@@ -251,16 +261,8 @@ impl Store {
     }
 
     /// Calls `f` with every object of a resource in all namespaces, in place (no copies).
-    pub fn each(&self, storage_key: &str, mut f: impl FnMut(&Value)) {
-        let start = Key {
-            storage_key: storage_key.to_string(),
-            namespace: String::new(),
-            name: String::new(),
-        };
-        self.objects
-            .range(start..)
-            .take_while(|(k, _)| k.storage_key == storage_key)
-            .for_each(|(_, v)| f(v));
+    pub fn each(&self, storage_key: &str, f: impl FnMut(&Value)) {
+        self.iter(storage_key, None).for_each(f);
     }
 
     /// Subscribes to changes after the current resourceVersion.
