@@ -435,6 +435,13 @@ impl ApiServer {
         }
     }
 
+    /// Every change the store makes from now on, as its watches are fed: for a benchmark that
+    /// follows the objects instead of reading them all again (which holds the store's lock and
+    /// stalls every request meanwhile).
+    pub fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Arc<store::Change>>> {
+        self.state.store.lock().ok().map(|s| s.subscribe())
+    }
+
     /// The current global resourceVersion.
     pub fn resource_version(&self) -> u64 {
         self.state
