@@ -1061,3 +1061,75 @@ async fn injected_faults_and_latency() {
     api.list(&ListParams::default()).await.expect("slow");
     assert!(started.elapsed() >= Duration::from_millis(200));
 }
+
+/// Patches of one object sent at once all land, none lost and none refused: each is applied to
+/// the object as read and written only if nothing changed meanwhile, else applied again to the
+/// new one (kube-apiserver's GuaranteedUpdate). A write that changes nothing keeps its
+/// resourceVersion and sends no watch event, as kube-apiserver skips it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_patches_all_land_and_a_write_that_changes_nothing_is_skipped() {
+    const PATCHES: usize = 24;
+    let server = ApiServer::start().await.expect("server");
+    let client = server.client().expect("client");
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    // Large enough that applying a patch takes a while: the server's workers overlap.
+    let big = json!({"metadata": {"name": "shared"}, "data": {"big": "x".repeat(512 * 1024)}});
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(big).expect("cm"),
+    )
+    .await
+    .expect("create");
+    futures::stream::iter(0..PATCHES)
+        .for_each_concurrent(PATCHES, |i| {
+            let api = api.clone();
+            async move {
+                let patch = json!({"metadata": {"labels": {format!("l{i}"): "x"}}, "data": {format!("k{i}"): i.to_string()}});
+                api.patch("shared", &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .expect("every patch lands");
+            }
+        })
+        .await;
+    let cm = api.get("shared").await.expect("get");
+    assert_eq!(cm.labels().len(), PATCHES, "labels: {:?}", cm.labels());
+    assert_eq!(cm.data.as_ref().map_or(0, |d| d.len()), PATCHES + 1);
+
+    // The same again: nothing changes, so no new resourceVersion and no event.
+    let rv = cm.resource_version().expect("rv");
+    let params = kube::api::WatchParams::default().timeout(10);
+    let mut events = api.watch(&params, &rv).await.expect("watch").boxed();
+    let same = json!({"data": {"k0": "0"}});
+    let patched = api
+        .patch("shared", &PatchParams::default(), &Patch::Merge(&same))
+        .await
+        .expect("patch");
+    assert_eq!(patched.resource_version().as_deref(), Some(rv.as_str()));
+    let replaced = api
+        .replace("shared", &PostParams::default(), &cm)
+        .await
+        .expect("replace");
+    assert_eq!(replaced.resource_version().as_deref(), Some(rv.as_str()));
+    // A real change comes through as the first event after the skipped writes.
+    let changed = json!({"data": {"k0": "changed"}});
+    let after = api
+        .patch("shared", &PatchParams::default(), &Patch::Merge(&changed))
+        .await
+        .expect("patch");
+    assert_ne!(after.resource_version().as_deref(), Some(rv.as_str()));
+    let first = loop {
+        match tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("an event within 10 s")
+        {
+            Some(Ok(kube::api::WatchEvent::Bookmark(_))) => continue,
+            other => break other,
+        }
+    };
+    match first {
+        Some(Ok(kube::api::WatchEvent::Modified(cm))) => {
+            assert_eq!(cm.resource_version(), after.resource_version());
+        }
+        other => panic!("expected the change as the first event, got {other:?}"),
+    }
+}

@@ -372,7 +372,9 @@ impl Store {
         mut object: Value,
         status_only: bool,
     ) -> Result<Value, ApiError> {
-        let Some(current) = self.objects.get(key).cloned() else {
+        // The stored object is read in place (this runs under the store's lock for every
+        // write), and copied only where it is the answer.
+        let Some(current) = self.objects.get(key) else {
             return Err(ApiError::not_found(resource, &key.name));
         };
         if let Some(given) = object["metadata"]["resourceVersion"]
@@ -430,7 +432,7 @@ impl Store {
         }
         object["apiVersion"] = resource.api_version().into();
         object["kind"] = resource.kind.clone().into();
-        if resource.tracks_generation && !same_spec(&object, &current) {
+        if resource.tracks_generation && !same_spec(&object, current) {
             let generation = current["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
             object["metadata"]["generation"] = generation.into();
         }
@@ -439,20 +441,21 @@ impl Store {
         let finalizers_left = object["metadata"]["finalizers"]
             .as_array()
             .is_some_and(|f| !f.is_empty());
+        let goes = deleting && !finalizers_left;
+        // kube-apiserver skips a write that changes nothing: no new resourceVersion, no event.
+        object["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+        if !goes && object == *current {
+            return Ok(object);
+        }
         let rv = self.next_rv();
         object["metadata"]["resourceVersion"] = rv.to_string().into();
-        if deleting && !finalizers_left {
+        if goes {
             self.take(key);
             self.record(ChangeType::Deleted, key, object.clone());
             if let Some(uid) = object["metadata"]["uid"].as_str() {
                 self.collect_dependents(uid);
             }
             return Ok(object);
-        }
-        if object == current {
-            // kube-apiserver skips no-op writes; undo the rv bump.
-            self.rv -= 1;
-            return Ok(current);
         }
         self.put(key.clone(), object.clone());
         self.record(ChangeType::Modified, key, object.clone());

@@ -257,15 +257,75 @@ pub(super) fn patch_object(
     let is_crd_object =
         resources::find_builtin(&target.resource.group, &target.resource.plural).is_none();
     let k = key(target, name);
-    let mut store = state.store()?;
-    let current = store.get(&k).cloned();
-    let (mut object, creating) = match (current, ct.as_str()) {
+    let request = PatchRequest {
+        target,
+        name,
+        headers,
+        body,
+        query,
+        content_type: &ct,
+        is_crd_object,
+        key: &k,
+    };
+    // Read under the store's lock, patch without it, write under it only if nothing changed
+    // meanwhile, else start again from the new object: kube-apiserver's GuaranteedUpdate. The
+    // store is not held while a patch is applied, defaulted, admitted and its managedFields
+    // recorded, so patches of different objects run side by side.
+    for _ in 0..=PATCH_RETRIES {
+        let current = state.store()?.get(&k).cloned();
+        if let Some(response) = patch_from(state, &request, current)? {
+            return Ok(response);
+        }
+    }
+    Err(ApiError::conflict(&target.resource, name))
+}
+
+/// How often a patch starts again when its object changed between its read and its write
+/// (kube-apiserver's `maxRetryWhenPatchConflicts`).
+const PATCH_RETRIES: usize = 5;
+
+/// One patch request, as read from the wire.
+struct PatchRequest<'a> {
+    target: &'a Target,
+    name: &'a str,
+    headers: &'a HeaderMap,
+    body: &'a [u8],
+    query: &'a BTreeMap<String, String>,
+    content_type: &'a str,
+    is_crd_object: bool,
+    key: &'a Key,
+}
+
+/// The patch applied to `current` (the object as read) and written: the response, or `None`
+/// when another write changed the object after it was read.
+fn patch_from(
+    state: &Arc<ApiState>,
+    request: &PatchRequest<'_>,
+    current: Option<Value>,
+) -> Result<Option<Response>> {
+    let PatchRequest {
+        target,
+        name,
+        headers,
+        body,
+        query,
+        content_type: ct,
+        is_crd_object,
+        key: k,
+    } = *request;
+    let read_rv = current
+        .as_ref()
+        .map(|c| c["metadata"]["resourceVersion"].clone());
+    let old = current
+        .as_ref()
+        .map(|o| with_version(o.clone(), &target.resource));
+    let (mut object, creating) = match (current, ct) {
         (Some(c), _) => (with_version(c, &target.resource), false),
         (None, "application/apply-patch+yaml") => (json!({"metadata": {"name": name}}), true),
         (None, _) => return Err(ApiError::not_found(&target.resource, name)),
     };
     let current_rv = object["metadata"]["resourceVersion"].clone();
-    match ct.as_str() {
+    match ct {
         "application/merge-patch+json" => {
             patch::merge_patch(&mut object, &parse_body(headers, body)?)
         }
@@ -308,10 +368,6 @@ pub(super) fn patch_object(
         }
         object["metadata"]["resourceVersion"] = current_rv;
     }
-    let old = (!creating)
-        .then(|| store.get(&k).cloned())
-        .flatten()
-        .map(|o| with_version(o, &target.resource));
     let warnings = default_and_admit(target, &mut object, old.as_ref(), query)?;
     if ct != "application/apply-patch+yaml" {
         crate::apiserver::managed::record_update(
@@ -327,10 +383,18 @@ pub(super) fn patch_object(
         } else {
             StatusCode::OK
         };
-        return Ok(with_warnings(
+        return Ok(Some(with_warnings(
             json_response(code, with_version(object, &target.resource)),
             &warnings,
-        ));
+        )));
+    }
+    let mut store = state.store()?;
+    if store
+        .get(k)
+        .map(|o| o["metadata"]["resourceVersion"].clone())
+        != read_rv
+    {
+        return Ok(None);
     }
     let result = if creating {
         if let Some(ns) = target
@@ -340,11 +404,15 @@ pub(super) fn patch_object(
         {
             store.require_namespace(ns)?;
         }
-        store.create(&target.resource, k, stored_form(object, &target.resource))?
+        store.create(
+            &target.resource,
+            k.clone(),
+            stored_form(object, &target.resource),
+        )?
     } else {
         store.update(
             &target.resource,
-            &k,
+            k,
             stored_form(object, &target.resource),
             target.status,
         )?
@@ -356,10 +424,10 @@ pub(super) fn patch_object(
     } else {
         StatusCode::OK
     };
-    Ok(with_warnings(
+    Ok(Some(with_warnings(
         json_response(code, with_version(result, &target.resource)),
         &warnings,
-    ))
+    )))
 }
 
 /// `propagationPolicy=Orphan` from the query or the DeleteOptions body (`--cascade=orphan`).
