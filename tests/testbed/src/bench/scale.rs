@@ -365,7 +365,7 @@ pub async fn run(shape: Shape) -> anyhow::Result<String> {
         .iter()
         .map(|p| p.cpu_seconds().unwrap_or(0.0))
         .collect();
-    // This process: the test API server (and the sampler, which reads in place).
+    // This process: the test API server (and the benchmark, which follows its changes).
     eprintln!(
         "bench-scale: the test API server used {:.1} CPU seconds (following the workloads took {:.2} s in {samples} samples)",
         own_cpu() - own_cpu_before,
