@@ -115,9 +115,10 @@ enum Command {
         #[arg(long)]
         backup: Option<std::path::PathBuf>,
     },
-    /// Benchmark `backup copy` against `skopeo copy` on four image shapes, and its warm copy
-    /// with referrers against `--referrers none` (build with `--release` first); prints
-    /// Markdown tables for docs/benchmarks.md.
+    /// Benchmark `backup copy` against `skopeo copy` on four image shapes (and, cold, against
+    /// the raw-bytes floor, `move-bytes`), and its warm copy with referrers against
+    /// `--referrers none` (build with `--release` first); prints Markdown tables for
+    /// docs/benchmarks.md.
     BenchCopy {
         /// Runs per cold measurement (median is reported); warm ones run five times as often.
         #[arg(long, default_value_t = 5)]
