@@ -145,6 +145,10 @@ fn media_types(format: Format) -> MediaTypes {
     }
 }
 
+/// The manifest media types the test bed asks a registry for (indexes and images, OCI and
+/// Docker), as containerd and the copiers ask.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+
 /// Pushes generated images to one registry over plain HTTP.
 #[derive(Debug, Clone)]
 pub struct Pusher {
@@ -197,6 +201,19 @@ impl Pusher {
         if head.status().is_success() {
             return Ok(Blob { digest, size });
         }
+        self.upload_blob(repo, &digest, size, bytes.into()).await?;
+        Ok(Blob { digest, size })
+    }
+
+    /// Uploads `body` (`size` bytes, which must hash to `digest`) into a fresh upload session
+    /// with one monolithic PUT; `body` may be a stream.
+    pub async fn upload_blob(
+        &self,
+        repo: &str,
+        digest: &str,
+        size: u64,
+        body: reqwest::Body,
+    ) -> anyhow::Result<()> {
         let start = self
             .request(
                 reqwest::Method::POST,
@@ -222,13 +239,30 @@ impl Pusher {
         let put = self
             .request(reqwest::Method::PUT, &format!("{url}{sep}digest={digest}"))
             .header("Content-Type", "application/octet-stream")
-            .body(bytes)
+            .header("Content-Length", size)
+            .body(body)
             .send()
             .await?;
         if put.status() != reqwest::StatusCode::CREATED {
             bail!("finish upload to {repo}: {}", put.status());
         }
-        Ok(Blob { digest, size })
+        Ok(())
+    }
+
+    /// A blob's GET answer, its body not yet read (to stream it elsewhere).
+    pub async fn blob_response(
+        &self,
+        repo: &str,
+        digest: &str,
+    ) -> anyhow::Result<reqwest::Response> {
+        Ok(self
+            .request(
+                reqwest::Method::GET,
+                &format!("{}/v2/{repo}/blobs/{digest}", self.base),
+            )
+            .send()
+            .await?
+            .error_for_status()?)
     }
 
     /// Pushes a manifest's exact bytes under `reference` (a tag or a digest).
@@ -396,13 +430,12 @@ impl Pusher {
         repo: &str,
         reference: &str,
     ) -> anyhow::Result<Option<(String, Vec<u8>)>> {
-        let accept = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
         let resp = self
             .request(
                 reqwest::Method::GET,
                 &format!("{}/v2/{repo}/manifests/{reference}", self.base),
             )
-            .header("Accept", accept)
+            .header("Accept", MANIFEST_ACCEPT)
             .send()
             .await?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {

@@ -237,8 +237,6 @@ impl Kubelet {
     }
 }
 
-const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
-
 /// Resolves `image` as containerd would before a pull, with `login` (basic, or for a bearer
 /// challenge the token it buys).
 async fn pull(settings: &PullSettings, image: &str, login: Option<&Login>) -> Verdict {
@@ -271,7 +269,9 @@ async fn pull(settings: &PullSettings, image: &str, login: Option<&Login>) -> Ve
         return fail("no HTTP client".into());
     };
     let head = |auth: Option<String>| {
-        let mut r = http.head(&url).header("Accept", ACCEPT);
+        let mut r = http
+            .head(&url)
+            .header("Accept", crate::image::MANIFEST_ACCEPT);
         if let Some(a) = auth {
             r = r.header("Authorization", a);
         }
