@@ -62,6 +62,8 @@ pub struct Forwarded {
     pub path: String,
     /// The client's User-Agent.
     pub user_agent: String,
+    /// The HTTP version the client spoke (HTTP/1.1 or, by ALPN over TLS, HTTP/2).
+    pub version: axum::http::Version,
 }
 
 impl Forwarded {
@@ -339,6 +341,7 @@ async fn handle(State(state): State<Arc<ProxyState>>, request: Request) -> Respo
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
                 .to_string(),
+            version: request.version(),
         });
     }
     let served = match (state.faults.lock(), path.split_once("/referrers/")) {
