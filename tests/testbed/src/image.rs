@@ -149,7 +149,8 @@ fn media_types(format: Format) -> MediaTypes {
 /// Docker), as containerd and the copiers ask.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 
-/// Pushes generated images to one registry over plain HTTP.
+/// Pushes generated images to one registry, over plain HTTP or (with [`Pusher::https`])
+/// HTTPS.
 #[derive(Debug, Clone)]
 pub struct Pusher {
     http: reqwest::Client,
@@ -161,6 +162,31 @@ pub struct Pusher {
 impl Pusher {
     /// A pusher for `host` (`127.0.0.1:5000`), with basic credentials if the registry needs them.
     pub fn new(host: &str, credentials: Option<&Credentials>) -> Self {
+        shared::tls::ensure_crypto_provider();
+        Self::with_client(reqwest::Client::new(), "http", host, credentials)
+    }
+
+    /// A pusher for the HTTPS registry `host` whose certificate a CA of `ca_pem` signed, over
+    /// HTTP/1.1 as `backup copy` speaks to HTTPS registries.
+    pub fn https(
+        host: &str,
+        credentials: Option<&Credentials>,
+        ca_pem: &str,
+    ) -> anyhow::Result<Self> {
+        shared::tls::ensure_crypto_provider();
+        let mut http = reqwest::Client::builder().no_proxy().http1_only();
+        for ca in reqwest::Certificate::from_pem_bundle(ca_pem.as_bytes())? {
+            http = http.add_root_certificate(ca);
+        }
+        Ok(Self::with_client(http.build()?, "https", host, credentials))
+    }
+
+    fn with_client(
+        http: reqwest::Client,
+        scheme: &str,
+        host: &str,
+        credentials: Option<&Credentials>,
+    ) -> Self {
         let authorization = credentials.map(|c| {
             let raw = format!("{}:{}", c.username, c.password);
             format!(
@@ -169,11 +195,8 @@ impl Pusher {
             )
         });
         Self {
-            http: {
-                shared::tls::ensure_crypto_provider();
-                reqwest::Client::new()
-            },
-            base: format!("http://{host}"),
+            http,
+            base: format!("{scheme}://{host}"),
             host: host.to_string(),
             authorization,
         }

@@ -129,16 +129,23 @@ enum Command {
         /// The backup binary to time (default: next to this binary).
         #[arg(long)]
         backup: Option<std::path::PathBuf>,
+        /// Both registries serve HTTPS (each with a certificate of its own test CA), as
+        /// registries on the internet do; plain HTTP otherwise.
+        #[arg(long)]
+        https: bool,
     },
-    /// The copy benchmark's raw-bytes floor: move an image (`host/repo:tag`, plain HTTP) to
-    /// another registry with no verification or checks of any kind — a measuring instrument,
-    /// never a way to back anything up.
+    /// The copy benchmark's raw-bytes floor: move an image (`host/repo:tag`) to another
+    /// registry with no verification or checks of any kind — a measuring instrument, never a
+    /// way to back anything up. Plain HTTP, or HTTPS with `--ca-file`.
     MoveBytes {
         source: String,
         target: String,
         /// Blobs moved at once (`backup copy`'s default).
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
+        /// Speak HTTPS to both registries, trusting the CA certificates in this PEM file.
+        #[arg(long)]
+        ca_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -232,9 +239,14 @@ async fn main() -> anyhow::Result<()> {
             kubeconfig,
             no_simulation,
         } => apiserver(listen, &kubeconfig, no_simulation).await,
-        Command::BenchCopy { runs, only, backup } => {
+        Command::BenchCopy {
+            runs,
+            only,
+            backup,
+            https,
+        } => {
             let bin = backup.unwrap_or_else(testbed::bench::default_backup_binary);
-            let report = testbed::bench::run(&bin, runs.max(1), only.as_deref()).await?;
+            let report = testbed::bench::run(&bin, runs.max(1), only.as_deref(), https).await?;
             println!("{report}");
             Ok(())
         }
@@ -242,8 +254,18 @@ async fn main() -> anyhow::Result<()> {
             source,
             target,
             concurrency,
+            ca_file,
         } => {
-            let moved = testbed::bench::floor::move_image(&source, &target, concurrency).await?;
+            let ca = match &ca_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .with_context(|| format!("--ca-file {}", path.display()))?,
+                ),
+                None => None,
+            };
+            let moved =
+                testbed::bench::floor::move_image(&source, &target, concurrency, ca.as_deref())
+                    .await?;
             println!("{moved} blob bytes moved");
             Ok(())
         }

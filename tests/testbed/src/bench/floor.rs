@@ -37,12 +37,22 @@ impl Place {
     }
 }
 
-/// Moves the image `source` (`host/repo:tag`, plain HTTP) to `target`, moving up to
-/// `concurrency` blobs at once; returns the blob bytes moved.
-pub async fn move_image(source: &str, target: &str, concurrency: usize) -> anyhow::Result<u64> {
+/// Moves the image `source` (`host/repo:tag`) to `target`, moving up to `concurrency` blobs at
+/// once; returns the blob bytes moved. Over plain HTTP, or over HTTPS (HTTP/1.1, as `backup
+/// copy` speaks it) when `ca_pem` holds the CAs that signed both registries' certificates.
+pub async fn move_image(
+    source: &str,
+    target: &str,
+    concurrency: usize,
+    ca_pem: Option<&str>,
+) -> anyhow::Result<u64> {
     let (src, dst) = (Place::parse(source)?, Place::parse(target)?);
     // The test bed's registry client: the same reqwest/hyper stack `backup copy` uses.
-    let (from, to) = (Pusher::new(&src.host, None), Pusher::new(&dst.host, None));
+    let pusher = |host: &str| match ca_pem {
+        Some(ca) => Pusher::https(host, None, ca),
+        None => Ok(Pusher::new(host, None)),
+    };
+    let (from, to) = (pusher(&src.host)?, pusher(&dst.host)?);
     let manifest = |reference: String| {
         let (from, src) = (&from, &src);
         async move {

@@ -4,8 +4,9 @@
 //! hyperfine (median wall time and mean CPU of N runs), plus peak RSS from `/usr/bin/time -v`; and `backup copy`'s warm
 //! copy with its default `--referrers all` against `--referrers none` (the price of looking for
 //! signatures); and, cold, the raw-bytes floor ([`floor`]: the same bytes moved with no checks
-//! at all), to tell the copier's own cost from the registries'. Prints Markdown tables for
-//! `docs/benchmarks.md`.
+//! at all), to tell the copier's own cost from the registries'. Over plain HTTP, or with
+//! `https` between two HTTPS registries (each with its own test CA), as registries on the
+//! internet are spoken to. Prints Markdown tables for `docs/benchmarks.md`.
 
 pub mod backup;
 pub mod floor;
@@ -18,7 +19,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
-use crate::{Format, ImageSpec, Pusher, Registry};
+use crate::{Format, ImageSpec, Pusher, Registry, RegistryOptions};
 
 const MIB: usize = 1024 * 1024;
 const SKOPEO_CACHE: &str = "/var/lib/containers/cache/blob-info-cache-v1.boltdb";
@@ -167,13 +168,69 @@ fn peak_rss_kib(command: &str, prepare: Option<&str>) -> anyhow::Result<u64> {
         .context("no RSS in /usr/bin/time output")
 }
 
-/// Runs the benchmark; returns the Markdown report.
-pub async fn run(backup_bin: &Path, runs: u32, only: Option<&str>) -> anyhow::Result<String> {
+/// How each copier is told to reach the two registries.
+struct Trust {
+    /// `backup copy`'s arguments.
+    ours: Vec<String>,
+    /// skopeo's.
+    skopeo: String,
+    /// `testbed move-bytes`'.
+    floor: String,
+}
+
+impl Trust {
+    /// Plain HTTP to both, or HTTPS trusting both registries' CAs (written into `work`).
+    fn for_registries(src: &Registry, dst: &Registry, work: &Path) -> anyhow::Result<Self> {
+        let (Some(src_ca), Some(dst_ca)) = (src.ca_pem(), dst.ca_pem()) else {
+            return Ok(Self {
+                ours: vec![
+                    "--insecure-registry".to_string(),
+                    format!("{},{}", src.host(), dst.host()),
+                ],
+                skopeo: "--src-tls-verify=false --dest-tls-verify=false".to_string(),
+                floor: String::new(),
+            });
+        };
+        let bundle = work.join("registry-cas.pem");
+        std::fs::write(&bundle, format!("{src_ca}{dst_ca}"))?;
+        // skopeo reads every `*.crt` of a certificate directory as a CA.
+        let certs = work.join("certs");
+        std::fs::create_dir_all(&certs)?;
+        std::fs::write(certs.join("source.crt"), src_ca)?;
+        std::fs::write(certs.join("target.crt"), dst_ca)?;
+        let (bundle, certs) = (bundle.display().to_string(), certs.display().to_string());
+        Ok(Self {
+            ours: vec!["--registry-ca-file".to_string(), bundle.clone()],
+            skopeo: format!(
+                "--src-cert-dir {} --dest-cert-dir {}",
+                sh_quote(&certs),
+                sh_quote(&certs)
+            ),
+            floor: format!("--ca-file {}", sh_quote(&bundle)),
+        })
+    }
+}
+
+/// Runs the benchmark (between HTTPS registries with `https`); returns the Markdown report.
+pub async fn run(
+    backup_bin: &Path,
+    runs: u32,
+    only: Option<&str>,
+    https: bool,
+) -> anyhow::Result<String> {
     let testbed_bin = std::env::current_exe().context("the path of this testbed binary")?;
-    let src = Registry::start().await?;
-    let dst = Registry::start().await?;
-    let pusher = Pusher::new(&src.host(), None);
+    let options = RegistryOptions {
+        https,
+        ..Default::default()
+    };
+    let src = Registry::start_with(options.clone()).await?;
+    let dst = Registry::start_with(options).await?;
     let work = tempfile::tempdir()?;
+    let trust = Trust::for_registries(&src, &dst, work.path())?;
+    let pusher = match src.ca_pem() {
+        Some(ca) => Pusher::https(&src.host(), None, ca)?,
+        None => Pusher::new(&src.host(), None),
+    };
     let wipe = format!(
         "rm -rf {} {}",
         sh_quote(&dst.storage_dir().join("docker").display().to_string()),
@@ -193,35 +250,33 @@ pub async fn run(backup_bin: &Path, runs: u32, only: Option<&str>) -> anyhow::Re
         let source = format!("{}/bench/{}:1", src.host(), shape.name);
         let ours_target = format!("{}/ours/{}:1", dst.host(), shape.name);
         let skopeo_target = format!("{}/skopeo/{}:1", dst.host(), shape.name);
-        let insecure = format!("{},{}", src.host(), dst.host());
         let ours = format!(
-            "{} copy {source} {ours_target} --insecure-registry {insecure} >/dev/null",
+            "{} copy {source} {ours_target} {} >/dev/null",
             backup_bin.display(),
+            trust
+                .ours
+                .iter()
+                .map(|a| sh_quote(a))
+                .collect::<Vec<_>>()
+                .join(" ")
         );
         let ours_referrers = |mode: &str| {
             let mut args = vec![backup_bin.display().to_string()];
-            args.extend(
-                [
-                    "copy",
-                    &source,
-                    &ours_target,
-                    "--insecure-registry",
-                    &insecure,
-                    "--referrers",
-                    mode,
-                ]
-                .map(str::to_string),
-            );
+            args.extend(["copy", &source, &ours_target].map(str::to_string));
+            args.extend(trust.ours.iter().cloned());
+            args.extend(["--referrers", mode].map(str::to_string));
             args
         };
         let skopeo = format!(
-            "skopeo copy -q --all --preserve-digests --src-tls-verify=false --dest-tls-verify=false docker://{source} docker://{skopeo_target} >/dev/null"
+            "skopeo copy -q --all --preserve-digests {} docker://{source} docker://{skopeo_target} >/dev/null",
+            trust.skopeo
         );
         let floor = format!(
-            "{} move-bytes {source} {}/floor/{}:1 >/dev/null",
+            "{} move-bytes {source} {}/floor/{}:1 {} >/dev/null",
             testbed_bin.display(),
             dst.host(),
-            shape.name
+            shape.name,
+            trust.floor
         );
         let mut measures = Vec::new();
         for (tool, command) in [("backup copy", &ours), ("skopeo", &skopeo), (FLOOR, &floor)] {
