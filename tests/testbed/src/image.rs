@@ -181,6 +181,19 @@ impl Pusher {
         Ok(Self::with_client(http.build()?, "https", host, credentials))
     }
 
+    /// A pusher for `host` as the test bed's registries serve it: over HTTPS trusting
+    /// `ca_pem` when the registry has a CA, over plain HTTP when it has none.
+    pub fn trusting(
+        host: &str,
+        credentials: Option<&Credentials>,
+        ca_pem: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        match ca_pem {
+            Some(ca) => Self::https(host, credentials, ca),
+            None => Ok(Self::new(host, credentials)),
+        }
+    }
+
     fn with_client(
         http: reqwest::Client,
         scheme: &str,

@@ -48,11 +48,10 @@ pub async fn move_image(
 ) -> anyhow::Result<u64> {
     let (src, dst) = (Place::parse(source)?, Place::parse(target)?);
     // The test bed's registry client: the same reqwest/hyper stack `backup copy` uses.
-    let pusher = |host: &str| match ca_pem {
-        Some(ca) => Pusher::https(host, None, ca),
-        None => Ok(Pusher::new(host, None)),
-    };
-    let (from, to) = (pusher(&src.host)?, pusher(&dst.host)?);
+    let (from, to) = (
+        Pusher::trusting(&src.host, None, ca_pem)?,
+        Pusher::trusting(&dst.host, None, ca_pem)?,
+    );
     let manifest = |reference: String| {
         let (from, src) = (&from, &src);
         async move {

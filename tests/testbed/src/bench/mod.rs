@@ -227,10 +227,7 @@ pub async fn run(
     let dst = Registry::start_with(options).await?;
     let work = tempfile::tempdir()?;
     let trust = Trust::for_registries(&src, &dst, work.path())?;
-    let pusher = match src.ca_pem() {
-        Some(ca) => Pusher::https(&src.host(), None, ca)?,
-        None => Pusher::new(&src.host(), None),
-    };
+    let pusher = Pusher::trusting(&src.host(), None, src.ca_pem())?;
     let wipe = format!(
         "rm -rf {} {}",
         sh_quote(&dst.storage_dir().join("docker").display().to_string()),
