@@ -66,6 +66,48 @@ async fn testbed_up_starts_everything_and_stops_on_sigterm() {
         std::path::Path::new(endpoints["env"]["KUBECONFIG"].as_str().expect("kubeconfig")).exists()
     );
 
+    // `testbed push-image` puts an image into the source registry with no internet at hand: the
+    // digest it prints is the one the registry serves for the tag.
+    let source = endpoints["registries"]["source"].as_str().expect("host");
+    let push = Command::new(testbed::workspace_binary("testbed"))
+        .args(["push-image", &format!("{source}/team/web:1.0")])
+        .output()
+        .expect("testbed push-image");
+    assert!(push.status.success(), "{push:?}");
+    let printed = String::from_utf8_lossy(&push.stdout);
+    let digest = printed
+        .split_once('@')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .expect("REFERENCE@DIGEST printed");
+    let served = http
+        .head(format!("http://{source}/v2/team/web/manifests/1.0"))
+        .header("Accept", testbed::image::MANIFEST_ACCEPT)
+        .send()
+        .await
+        .expect("registry");
+    assert_eq!(
+        served
+            .headers()
+            .get("Docker-Content-Digest")
+            .and_then(|v| v.to_str().ok()),
+        Some(digest),
+        "{printed}"
+    );
+    // A reference it cannot push to is refused before anything is sent, saying what it wants.
+    for bad in [
+        format!("{source}/Team/Web:1.0"),
+        format!("{source}/team/web"),
+        "web:1.0".to_string(),
+    ] {
+        let refused = Command::new(testbed::workspace_binary("testbed"))
+            .args(["push-image", &bad])
+            .output()
+            .expect("testbed push-image");
+        assert!(!refused.status.success(), "{bad}");
+        let said = String::from_utf8_lossy(&refused.stderr);
+        assert!(said.contains("HOST/REPOSITORY:TAG"), "{bad}: {said}");
+    }
+
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -84,7 +126,6 @@ async fn testbed_up_starts_everything_and_stops_on_sigterm() {
     };
     assert!(exit.success(), "{exit}");
     // Its services went with it.
-    let source = endpoints["registries"]["source"].as_str().expect("host");
     assert!(
         http.get(format!("http://{source}/v2/"))
             .timeout(Duration::from_secs(2))

@@ -5,7 +5,7 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use testbed::{Credentials, NatsServer, Registry, RegistryOptions};
+use testbed::{Credentials, Format, ImageSpec, NatsServer, Registry, RegistryOptions};
 
 /// The image-backup test bed: real NATS and registries on loopback.
 #[derive(Debug, Parser)]
@@ -134,6 +134,26 @@ enum Command {
         #[arg(long)]
         https: bool,
     },
+    /// Generate an image (random layers, an OCI index over linux/amd64 and linux/arm64/v8) and
+    /// push it to a plain-HTTP registry, such as `testbed up`'s source, as
+    /// `HOST/REPOSITORY:TAG`; prints its digest. For trying the flow with no internet registry
+    /// at hand.
+    PushImage {
+        /// Where to push: `127.0.0.1:5000/team/web:1.0`.
+        reference: String,
+        /// Random layers per platform.
+        #[arg(long, default_value_t = 2)]
+        layers: usize,
+        /// KiB per random layer.
+        #[arg(long, default_value_t = 512)]
+        layer_kib: usize,
+        /// One platform (linux/amd64), a single manifest with no index.
+        #[arg(long)]
+        single: bool,
+        /// Seed of the random layers: the same seed, the same image; another seed, another.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// The copy benchmark's raw-bytes floor: move an image (`host/repo:tag`) to another
     /// registry with no verification or checks of any kind — a measuring instrument, never a
     /// way to back anything up. Plain HTTP, or HTTPS with `--ca-file`.
@@ -193,10 +213,30 @@ async fn up() -> anyhow::Result<()> {
         },
     });
     println!("{}", serde_json::to_string_pretty(&endpoints)?);
-    eprintln!("testbed: running; Ctrl-C stops everything");
+    eprintln!(
+        "testbed: running; Ctrl-C stops everything. An image to back up: testbed push-image {}/team/web:1.0",
+        source.host()
+    );
     wait_for_signal().await?;
     eprintln!("testbed: stopping");
     Ok(())
+}
+
+/// Pushes a generated image to `reference` (a registry host, a repository and a tag, checked
+/// as the product checks image references) over plain HTTP.
+async fn push_image(reference: &str, spec: &ImageSpec) -> anyhow::Result<testbed::PushedImage> {
+    let parsed = shared::reference::Reference::parse(reference)
+        .with_context(|| format!("{reference}: expected HOST/REPOSITORY:TAG"))?;
+    let (Some(tag), None, false) = (parsed.tag(), parsed.digest(), parsed.domain().is_empty())
+    else {
+        anyhow::bail!(
+            "{reference}: expected HOST/REPOSITORY:TAG (a registry host, a tag, no digest)"
+        );
+    };
+    testbed::Pusher::new(parsed.domain(), None)
+        .push_image(parsed.path(), tag, spec)
+        .await
+        .with_context(|| format!("pushing to {reference}"))
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {
@@ -248,6 +288,27 @@ async fn main() -> anyhow::Result<()> {
             let bin = backup.unwrap_or_else(testbed::bench::default_backup_binary);
             let report = testbed::bench::run(&bin, runs.max(1), only.as_deref(), https).await?;
             println!("{report}");
+            Ok(())
+        }
+        Command::PushImage {
+            reference,
+            layers,
+            layer_kib,
+            single,
+            seed,
+        } => {
+            let spec = if single {
+                ImageSpec::single(Format::Oci, layers, layer_kib * 1024, seed)
+            } else {
+                ImageSpec::multi_arch(Format::Oci, layers, layer_kib * 1024, seed)
+            };
+            let pushed = push_image(&reference, &spec).await?;
+            println!(
+                "{}@{} ({} blob bytes)",
+                pushed.reference,
+                pushed.digest,
+                pushed.blob_bytes()
+            );
             Ok(())
         }
         Command::MoveBytes {
