@@ -66,6 +66,28 @@ async fn testbed_up_starts_everything_and_stops_on_sigterm() {
         std::path::Path::new(endpoints["env"]["KUBECONFIG"].as_str().expect("kubeconfig")).exists()
     );
 
+    // env.sh exports what "env" lists, for the shells where the functions and kubectl run.
+    let env_file = endpoints["env_file"].as_str().expect("env_file");
+    let env = endpoints["env"].as_object().expect("env");
+    assert_eq!(env.len(), 4, "{env:?}");
+    for (name, value) in env {
+        let sourced = Command::new("sh")
+            .args([
+                "-c",
+                &format!(". \"$1\" && printf %s \"${name}\""),
+                "sh",
+                env_file,
+            ])
+            .output()
+            .expect("sh");
+        assert!(sourced.status.success(), "{sourced:?}");
+        assert_eq!(
+            Some(String::from_utf8_lossy(&sourced.stdout).as_ref()),
+            value.as_str(),
+            "{name}"
+        );
+    }
+
     // `testbed push-image` puts an image into the source registry with no internet at hand: the
     // digest it prints is the one the registry serves for the tag.
     let source = endpoints["registries"]["source"].as_str().expect("host");

@@ -197,6 +197,23 @@ async fn up() -> anyhow::Result<()> {
         .install_imagebackup_crd()
         .await
         .context("installing the ImageBackup CRD")?;
+    let env = [
+        ("NATS_URL", nats.url()),
+        ("KUBECONFIG", kubeconfig.display().to_string()),
+        ("BACKUP_REGISTRY", format!("{}/backup", backup.host())),
+        (
+            "INSECURE_REGISTRIES",
+            format!("{},{},{}", source.host(), backup.host(), auth.host()),
+        ),
+    ];
+    // The same variables as a file a shell sources, for the functions and kubectl run in other
+    // terminals.
+    let env_file = dir.path().join("env.sh");
+    let exports: String = env
+        .iter()
+        .map(|(name, value)| format!("export {name}={}\n", testbed::tools::sh_quote(value)))
+        .collect();
+    std::fs::write(&env_file, exports).context("writing env.sh")?;
     let endpoints = serde_json::json!({
         "nats": {"url": nats.url(), "version": nats.version()},
         "apiserver": {"url": apiserver.url(), "kubeconfig": kubeconfig},
@@ -205,16 +222,18 @@ async fn up() -> anyhow::Result<()> {
             "backup": backup.host(),
             "auth": {"host": auth.host(), "username": creds.username, "password": creds.password},
         },
-        "env": {
-            "NATS_URL": nats.url(),
-            "KUBECONFIG": kubeconfig,
-            "BACKUP_REGISTRY": format!("{}/backup", backup.host()),
-            "INSECURE_REGISTRIES": format!("{},{},{}", source.host(), backup.host(), auth.host()),
-        },
+        "env": env
+            .iter()
+            .map(|(name, value)| (name.to_string(), serde_json::Value::from(value.as_str())))
+            .collect::<serde_json::Map<_, _>>(),
+        "env_file": env_file,
     });
     println!("{}", serde_json::to_string_pretty(&endpoints)?);
     eprintln!(
-        "testbed: running; Ctrl-C stops everything. An image to back up: testbed push-image {}/team/web:1.0",
+        "testbed: running; Ctrl-C stops everything.\n\
+         In another terminal: . {}\n\
+         An image to back up: testbed push-image {}/team/web:1.0",
+        env_file.display(),
         source.host()
     );
     wait_for_signal().await?;

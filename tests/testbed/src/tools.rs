@@ -122,3 +122,8 @@ fn build_spawned(profile_dir: &Path) {
         ),
     }
 }
+
+/// `s` quoted for a POSIX shell: in single quotes, each `'` in it closed, escaped and reopened.
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}

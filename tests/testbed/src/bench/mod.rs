@@ -19,6 +19,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
+use crate::tools::sh_quote;
 use crate::{Format, ImageSpec, Pusher, Registry, RegistryOptions};
 
 const MIB: usize = 1024 * 1024;
@@ -61,10 +62,6 @@ struct Measure {
     median: f64,
     rss_kib: Option<u64>,
     cpu_seconds: Option<f64>,
-}
-
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 /// What hyperfine measured of one command.
