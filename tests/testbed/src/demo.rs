@@ -254,6 +254,11 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
             cluster.nats.url()
         );
         let _ = tokio::signal::ctrl_c().await;
+    } else {
+        println!(
+            "next: `./dev demo --keep` leaves all of it running for kubectl; the README's \"Five \
+             minutes with it\" starts each piece by hand (target/debug/testbed up)"
+        );
     }
     drop((watcher, backup, rollout));
     Ok(())
