@@ -6,10 +6,12 @@ use std::time::Duration;
 
 #[tokio::test]
 async fn testbed_up_starts_everything_and_stops_on_sigterm() {
+    // Its stderr goes to a file, so that a start-up that fails says why.
+    let stderr = tempfile::NamedTempFile::new().expect("stderr file");
     let mut child = Command::new(testbed::workspace_binary("testbed"))
         .arg("up")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr.reopen().expect("stderr file"))
         .spawn()
         .expect("testbed binary (built by cargo test --workspace)");
     let stdout = child.stdout.take().expect("stdout");
@@ -22,7 +24,12 @@ async fn testbed_up_starts_everything_and_stops_on_sigterm() {
             break;
         }
     }
-    let endpoints: serde_json::Value = serde_json::from_str(&text).expect("endpoints JSON");
+    let endpoints: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "endpoints JSON ({e}): {text:?}; testbed up said: {}",
+            std::fs::read_to_string(stderr.path()).unwrap_or_default()
+        )
+    });
     let nats_url = endpoints["nats"]["url"].as_str().expect("nats url");
     shared::nats::connect(nats_url, "testbed-up-test")
         .await
