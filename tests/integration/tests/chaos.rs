@@ -274,12 +274,20 @@ async fn chaos(mut c: Cluster) {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    // Every ImageBackup Completed, one per image used, each at its source digest.
-    let ibs = Api::<ImageBackup>::all(c.client.clone())
-        .list(&Default::default())
-        .await
-        .unwrap()
-        .items;
+    // Every ImageBackup Completed, one per image used, each at its source digest. An image
+    // that no workload asks for any more (a user changed them all away) is still backed up,
+    // but nothing waited for it above: its copy may still be retrying a 503 of the last round.
+    let ib_api = Api::<ImageBackup>::all(c.client.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let ibs = loop {
+        let ibs = ib_api.list(&Default::default()).await.unwrap().items;
+        if ibs.iter().all(|ib| ib.phase() == Phase::Completed)
+            || tokio::time::Instant::now() > deadline
+        {
+            break ibs;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     for ib in &ibs {
         let status = ib.status.clone().unwrap_or_default();
         assert_eq!(
