@@ -736,8 +736,8 @@ async fn https_registries_are_spoken_to_over_http1_though_they_offer_http2() {
         FaultProxy::start_for(&src).await.expect("src proxy"),
         FaultProxy::start_for(&dst).await.expect("dst proxy"),
     );
-    let staging = Registry::start().await.expect("staging");
-    let image = Pusher::new(&staging.host(), None)
+    let image = Pusher::https(&src.host(), None, src.ca_pem().expect("its CA"))
+        .expect("pusher")
         .push_image(
             "h/app",
             "1",
@@ -747,20 +747,12 @@ async fn https_registries_are_spoken_to_over_http1_though_they_offer_http2() {
         .expect("push");
     let client = RegistryClient::new(crate::publish::trusting(
         &[&src, &dst],
-        &[staging.host()],
+        &[],
         DockerConfig::default(),
     ))
     .expect("client");
     let copier = Copier::new(client, 4);
-    // Onto the HTTPS source, then from it to the HTTPS target, both through the proxies.
-    copier
-        .copy(
-            &at(&staging.host(), "h/app:1"),
-            &at(&src_proxy.host(), "h/app:1"),
-            None,
-        )
-        .await
-        .expect("to the source");
+    // From the HTTPS source to the HTTPS target, both through the proxies.
     let copied = copier
         .copy(
             &at(&src_proxy.host(), "h/app:1"),

@@ -98,10 +98,13 @@ async fn testbed_up_starts_everything_and_stops_on_sigterm() {
     // `testbed push-image` puts an image into the source registry with no internet at hand: the
     // digest it prints is the one the registry serves for the tag.
     let source = endpoints["registries"]["source"].as_str().expect("host");
-    let push = Command::new(testbed::workspace_binary("testbed"))
-        .args(["push-image", &format!("{source}/team/web:1.0")])
-        .output()
-        .expect("testbed push-image");
+    let push_image = |reference: &str| {
+        Command::new(testbed::workspace_binary("testbed"))
+            .args(["push-image", reference])
+            .output()
+            .expect("testbed push-image")
+    };
+    let push = push_image(&format!("{source}/team/web:1.0"));
     assert!(push.status.success(), "{push:?}");
     let printed = String::from_utf8_lossy(&push.stdout);
     let digest = printed
@@ -128,10 +131,7 @@ async fn testbed_up_starts_everything_and_stops_on_sigterm() {
         format!("{source}/team/web"),
         "web:1.0".to_string(),
     ] {
-        let refused = Command::new(testbed::workspace_binary("testbed"))
-            .args(["push-image", &bad])
-            .output()
-            .expect("testbed push-image");
+        let refused = push_image(&bad);
         assert!(!refused.status.success(), "{bad}");
         let said = String::from_utf8_lossy(&refused.stderr);
         assert!(said.contains("HOST/REPOSITORY:TAG"), "{bad}: {said}");
